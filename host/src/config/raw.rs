@@ -1,0 +1,60 @@
+//! The file as serde reads it, with the position of every value kept for error messages.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct File {
+    #[serde(default)]
+    pub server: Server,
+    #[serde(default)]
+    pub routes: BTreeMap<Spanned<String>, Route>,
+    #[serde(default)]
+    pub plugins: BTreeMap<String, Plugin>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct Server {
+    pub rtsp: Spanned<String>,
+    pub http: Spanned<String>,
+    pub rtp_ports: Spanned<String>,
+    pub webrtc_udp: Spanned<String>,
+    pub max_clients: Spanned<usize>,
+    pub max_bandwidth_kbps: Spanned<u64>,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            rtsp: Spanned::new(0..0, "0.0.0.0:8554".into()),
+            http: Spanned::new(0..0, "0.0.0.0:8090".into()),
+            rtp_ports: Spanned::new(0..0, "30000-30999".into()),
+            webrtc_udp: Spanned::new(0..0, "0.0.0.0:8189".into()),
+            max_clients: Spanned::new(0..0, 100),
+            max_bandwidth_kbps: Spanned::new(0..0, 100_000),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Route {
+    pub source: Spanned<String>,
+    #[serde(rename = "loop")]
+    pub looping: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub plugins: Vec<Spanned<String>>,
+    pub transcode: Option<Spanned<toml::Table>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Plugin {
+    pub wasm: Spanned<String>,
+    #[serde(default)]
+    pub config: toml::Table,
+}

@@ -1,0 +1,86 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Config, Vec<Problem>> {
+    Config::parse(text, Path::new("/etc/wasmcast/wasmcast.toml")).map_err(|err| match err {
+        Error::Invalid(problems) => problems,
+        Error::Read { .. } => panic!("parse never reads"),
+    })
+}
+
+#[test]
+fn spec_example_parses_with_defaults() {
+    let config = parse(
+        r#"
+[server]
+rtsp = "127.0.0.1:8554"
+
+[routes.unicast]
+source = "file:../media/sample.mp4"
+"#,
+    )
+    .expect("valid config");
+    assert_eq!(config.server.rtsp, "127.0.0.1:8554".parse().unwrap());
+    assert_eq!(config.server.rtp_ports, (30000, 30999));
+    assert_eq!(config.server.max_clients, 100);
+    assert_eq!(
+        config.routes["unicast"].source,
+        SourceConfig::File {
+            path: PathBuf::from("/etc/wasmcast/../media/sample.mp4"),
+            looping: true
+        }
+    );
+}
+
+#[test]
+fn loop_false_is_kept() {
+    let config = parse("[routes.a]\nsource = \"file:a.mp4\"\nloop = false\n").expect("valid");
+    assert!(matches!(
+        config.routes["a"].source,
+        SourceConfig::File { looping: false, .. }
+    ));
+}
+
+#[test]
+fn problems_name_line_and_key() {
+    let problems = parse(
+        "[server]\nrtsp = \"nonsense\"\n\n[routes.api]\nsource = \"file:x.mp4\"\n\n[routes.b]\nsource = \"ftp://x\"\n",
+    )
+    .expect_err("invalid");
+    let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    assert_eq!(text.len(), 3, "{text:?}");
+    assert!(text[0].starts_with("/etc/wasmcast/wasmcast.toml:2:8: server.rtsp: `nonsense`"));
+    assert!(text[1].starts_with("/etc/wasmcast/wasmcast.toml:4:9: routes.api: `api` is reserved"));
+    assert!(text[2].starts_with("/etc/wasmcast/wasmcast.toml:8:10: routes.b.source: `ftp://x`"));
+}
+
+#[test]
+fn syntax_errors_and_unknown_keys_have_positions() {
+    let problems = parse("[routes.a]\nsource = \n").expect_err("invalid");
+    assert_eq!(problems[0].position.map(|p| p.0), Some(2));
+    let problems = parse("[routes.a]\nsource = \"file:a.mp4\"\nsorce = 1\n").expect_err("invalid");
+    assert_eq!(problems[0].position.map(|p| p.0), Some(3));
+    assert!(
+        problems[0].message.contains("sorce"),
+        "{}",
+        problems[0].message
+    );
+}
+
+#[test]
+fn unknown_plugin_is_refused() {
+    let problems =
+        parse("[routes.a]\nsource = \"file:a.mp4\"\nplugins = [\"nope\"]\n").expect_err("invalid");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.message.contains("no plugin named `nope`"))
+    );
+}
+
+#[test]
+fn port_range_must_hold_pairs() {
+    assert_eq!(parse_port_range("30000-30999"), Ok((30000, 30999)));
+    assert!(parse_port_range("30001-30999").is_err());
+    assert!(parse_port_range("30000-30000").is_err());
+    assert!(parse_port_range("30000").is_err());
+}

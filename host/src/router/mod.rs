@@ -1,0 +1,167 @@
+//! The route map and the stream hub of each route.
+//!
+//! One actor task owns the map of routes and their running sources; a cloneable [`RouterHandle`]
+//! applies new route sets to it and looks routes up. Lookups read a snapshot the actor publishes, so
+//! the RTSP and HTTP servers never wait on the actor.
+
+mod stream;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::RouteConfig;
+use crate::sources::{self, RunningSource};
+
+pub use stream::{MediaInfo, Reader, SourceState, Stream, StreamStats, TrackRtp, Unit};
+
+type RouteMap = Arc<BTreeMap<String, Arc<Stream>>>;
+
+/// What a reload changed, for the log.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+enum Command {
+    Apply {
+        routes: BTreeMap<String, RouteConfig>,
+        done: oneshot::Sender<Changes>,
+    },
+    Shutdown {
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// The way to the route map from anywhere in the server.
+#[derive(Clone)]
+pub struct RouterHandle {
+    snapshot: Arc<RwLock<RouteMap>>,
+    commands: mpsc::Sender<Command>,
+}
+
+impl RouterHandle {
+    /// Starts the router actor with no routes.
+    pub fn start() -> RouterHandle {
+        let snapshot: Arc<RwLock<RouteMap>> = Arc::default();
+        let (commands, inbox) = mpsc::channel(16);
+        let actor = Actor {
+            routes: BTreeMap::new(),
+            snapshot: Arc::clone(&snapshot),
+        };
+        tokio::spawn(actor.run(inbox));
+        RouterHandle { snapshot, commands }
+    }
+
+    /// The hub of route `name`, if it exists.
+    pub fn stream(&self, name: &str) -> Option<Arc<Stream>> {
+        let map = self.snapshot.read().unwrap_or_else(|p| p.into_inner());
+        map.get(name).cloned()
+    }
+
+    /// Every route, by name.
+    pub fn streams(&self) -> RouteMap {
+        Arc::clone(&self.snapshot.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Makes the running routes match `routes`, touching only those that differ.
+    pub async fn apply(&self, routes: BTreeMap<String, RouteConfig>) -> Changes {
+        let (done, reply) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::Apply { routes, done })
+            .await
+            .is_err()
+        {
+            return Changes::default();
+        }
+        reply.await.unwrap_or_default()
+    }
+
+    /// Stops every source and closes every stream.
+    pub async fn shutdown(&self) {
+        let (done, reply) = oneshot::channel();
+        if self.commands.send(Command::Shutdown { done }).await.is_ok() {
+            let _ = reply.await;
+        }
+    }
+}
+
+struct RunningRoute {
+    config: RouteConfig,
+    stream: Arc<Stream>,
+    /// Dropping it stops the source.
+    _source: RunningSource,
+}
+
+struct Actor {
+    routes: BTreeMap<String, RunningRoute>,
+    snapshot: Arc<RwLock<RouteMap>>,
+}
+
+impl Actor {
+    async fn run(mut self, mut inbox: mpsc::Receiver<Command>) {
+        while let Some(command) = inbox.recv().await {
+            match command {
+                Command::Apply { routes, done } => {
+                    let changes = self.apply(routes);
+                    let _ = done.send(changes);
+                }
+                Command::Shutdown { done } => {
+                    self.apply(BTreeMap::new());
+                    let _ = done.send(());
+                    return;
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, mut wanted: BTreeMap<String, RouteConfig>) -> Changes {
+        let mut changes = Changes::default();
+        let names: Vec<String> = self.routes.keys().cloned().collect();
+        for name in names {
+            match wanted.remove(&name) {
+                None => {
+                    if let Some(route) = self.routes.remove(&name) {
+                        route.stream.close();
+                    }
+                    changes.removed.push(name);
+                }
+                Some(config) => {
+                    let Some(route) = self.routes.get_mut(&name) else {
+                        continue;
+                    };
+                    if route.config != config {
+                        // The hub stays, so readers stay connected; the new source publishes into it.
+                        route._source = sources::start(&config.source, Arc::clone(&route.stream));
+                        route.config = config;
+                        changes.changed.push(name);
+                    }
+                }
+            }
+        }
+        for (name, config) in wanted {
+            let stream = Stream::new(&name);
+            let source = sources::start(&config.source, Arc::clone(&stream));
+            self.routes.insert(
+                name.clone(),
+                RunningRoute {
+                    config,
+                    stream,
+                    _source: source,
+                },
+            );
+            changes.added.push(name);
+        }
+        let map: BTreeMap<String, Arc<Stream>> = self
+            .routes
+            .iter()
+            .map(|(name, route)| (name.clone(), Arc::clone(&route.stream)))
+            .collect();
+        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(map);
+        changes
+    }
+}

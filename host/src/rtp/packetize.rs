@@ -1,0 +1,288 @@
+//! RTP payload formats: H.264 (RFC 6184), H.265 (RFC 7798) and AAC-hbr (RFC 3640).
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::AccessUnit;
+use crate::media::{Codec, annex_b_nal_units};
+
+/// The largest RTP packet we send, header included: fits a 1500-byte Ethernet MTU with room for
+/// IP/UDP (or an interleaved TCP frame) and tunnel overheads.
+pub const MAX_PACKET_SIZE: usize = 1400;
+const HEADER_SIZE: usize = 12;
+const MAX_PAYLOAD: usize = MAX_PACKET_SIZE - HEADER_SIZE;
+
+const H264_NAL_AUD: u8 = 9;
+const H264_FU_A: u8 = 28;
+const H265_NAL_AUD: u8 = 35;
+const H265_FU: u8 = 49;
+
+/// One access unit's RTP packets, ready to send.
+#[derive(Clone, Debug)]
+pub struct RtpUnit {
+    /// Each packet is a slice of one shared buffer.
+    pub packets: Vec<Bytes>,
+    pub timestamp: u32,
+    pub first_seq: u16,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Format {
+    H264,
+    H265,
+    Aac,
+}
+
+/// Turns one track's access units into RTP packets, keeping its sequence numbers and SSRC.
+#[derive(Debug)]
+pub struct Packetizer {
+    format: Format,
+    payload_type: u8,
+    ssrc: u32,
+    next_seq: u16,
+    timestamp_offset: u32,
+}
+
+impl Packetizer {
+    /// `ssrc`, `initial_seq` and `timestamp_offset` should be random (RFC 3550 section 5.1).
+    pub fn new(
+        codec: &Codec,
+        payload_type: u8,
+        ssrc: u32,
+        initial_seq: u16,
+        timestamp_offset: u32,
+    ) -> Self {
+        let format = match codec {
+            Codec::H264 { .. } => Format::H264,
+            Codec::H265 { .. } => Format::H265,
+            Codec::Aac { .. } => Format::Aac,
+        };
+        Packetizer {
+            format,
+            payload_type,
+            ssrc,
+            next_seq: initial_seq,
+            timestamp_offset,
+        }
+    }
+
+    pub fn ssrc(&self) -> u32 {
+        self.ssrc
+    }
+
+    /// The RTP timestamp of a presentation time in the track's clock.
+    pub fn timestamp(&self, pts: i64) -> u32 {
+        // RTP timestamps are modulo 2^32 by definition; truncation is the intent.
+        self.timestamp_offset.wrapping_add(pts as u32)
+    }
+
+    /// Packetizes one access unit. An access unit with nothing to send yields no packets.
+    pub fn packetize(&mut self, unit: &AccessUnit) -> RtpUnit {
+        let timestamp = self.timestamp(unit.pts);
+        let first_seq = self.next_seq;
+        let mut out = Writer {
+            buf: BytesMut::with_capacity(
+                unit.data.len() + (unit.data.len() / MAX_PAYLOAD + 4) * 20,
+            ),
+            ends: Vec::new(),
+            header: [0; HEADER_SIZE],
+            seq: first_seq,
+        };
+        out.header[0] = 0x80;
+        out.header[1] = self.payload_type;
+        out.header[4..8].copy_from_slice(&timestamp.to_be_bytes());
+        out.header[8..12].copy_from_slice(&self.ssrc.to_be_bytes());
+        match self.format {
+            Format::H264 => packetize_h264(&unit.data, &mut out),
+            Format::H265 => packetize_h265(&unit.data, &mut out),
+            Format::Aac => packetize_aac(&unit.data, &mut out),
+        }
+        self.next_seq = out.seq;
+        RtpUnit {
+            packets: out.finish(),
+            timestamp,
+            first_seq,
+        }
+    }
+}
+
+/// Appends packets to one buffer; the marker bit goes on the last packet of the access unit.
+struct Writer {
+    buf: BytesMut,
+    ends: Vec<usize>,
+    header: [u8; HEADER_SIZE],
+    seq: u16,
+}
+
+impl Writer {
+    fn packet(&mut self, parts: &[&[u8]]) {
+        self.header[2..4].copy_from_slice(&self.seq.to_be_bytes());
+        self.seq = self.seq.wrapping_add(1);
+        self.buf.put_slice(&self.header);
+        for part in parts {
+            self.buf.put_slice(part);
+        }
+        self.ends.push(self.buf.len());
+    }
+
+    fn finish(mut self) -> Vec<Bytes> {
+        if !self.ends.is_empty() {
+            let last_start = match self.ends.len() {
+                1 => 0,
+                n => self.ends[n - 2],
+            };
+            self.buf[last_start + 1] |= 0x80;
+        }
+        let buf = self.buf.freeze();
+        let mut start = 0;
+        self.ends
+            .iter()
+            .map(|&end| {
+                let packet = buf.slice(start..end);
+                start = end;
+                packet
+            })
+            .collect()
+    }
+}
+
+fn packetize_h264(data: &[u8], out: &mut Writer) {
+    for nal in annex_b_nal_units(data) {
+        let nal_type = nal[0] & 0x1f;
+        if nal_type == H264_NAL_AUD {
+            continue;
+        }
+        if nal.len() <= MAX_PAYLOAD {
+            out.packet(&[nal]);
+            continue;
+        }
+        let indicator = (nal[0] & 0xe0) | H264_FU_A;
+        fragment(&nal[1..], MAX_PAYLOAD - 2, |chunk, start, end| {
+            let header = nal_type | if start { 0x80 } else { 0 } | if end { 0x40 } else { 0 };
+            out.packet(&[&[indicator, header], chunk]);
+        });
+    }
+}
+
+fn packetize_h265(data: &[u8], out: &mut Writer) {
+    for nal in annex_b_nal_units(data) {
+        if nal.len() < 2 {
+            continue;
+        }
+        let nal_type = (nal[0] >> 1) & 0x3f;
+        if nal_type == H265_NAL_AUD {
+            continue;
+        }
+        if nal.len() <= MAX_PAYLOAD {
+            out.packet(&[nal]);
+            continue;
+        }
+        let payload_header = [(nal[0] & 0x81) | (H265_FU << 1), nal[1]];
+        fragment(&nal[2..], MAX_PAYLOAD - 3, |chunk, start, end| {
+            let fu_header = nal_type | if start { 0x80 } else { 0 } | if end { 0x40 } else { 0 };
+            out.packet(&[&payload_header, &[fu_header], chunk]);
+        });
+    }
+}
+
+/// One AU per packet with a single 16-bit AU-header (13-bit size, 3-bit index); an AU too large for
+/// one packet is fragmented, each fragment carrying the whole AU's size (RFC 3640 section 3.2.3).
+fn packetize_aac(data: &[u8], out: &mut Writer) {
+    // sizelength=13 caps an AU at 8191 bytes; AAC frames are at most 768 bytes per channel.
+    let Ok(size) = u16::try_from(data.len()) else {
+        return;
+    };
+    if data.is_empty() || size > 0x1fff {
+        return;
+    }
+    let headers = [0x00, 0x10, (size >> 5) as u8, ((size & 0x1f) << 3) as u8];
+    fragment(data, MAX_PAYLOAD - headers.len(), |chunk, _, _| {
+        out.packet(&[&headers, chunk]);
+    });
+}
+
+/// Calls `emit(chunk, is_first, is_last)` for each piece of `data` of at most `max` bytes.
+fn fragment(data: &[u8], max: usize, mut emit: impl FnMut(&[u8], bool, bool)) {
+    let count = data.len().div_ceil(max).max(1);
+    for (i, chunk) in data.chunks(max).enumerate() {
+        emit(chunk, i == 0, i + 1 == count);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn h264() -> Codec {
+        Codec::H264 {
+            sps: Bytes::new(),
+            pps: Bytes::new(),
+        }
+    }
+
+    fn unit(data: Vec<u8>) -> AccessUnit {
+        AccessUnit {
+            track: 0,
+            pts: 3000,
+            dts: 3000,
+            keyframe: true,
+            data: Bytes::from(data),
+        }
+    }
+
+    #[test]
+    fn small_nals_go_one_per_packet_with_marker_on_the_last() {
+        let mut packetizer = Packetizer::new(&h264(), 96, 0x1234_5678, 65535, 10);
+        let rtp = packetizer.packetize(&unit(vec![
+            0, 0, 0, 1, 9, 0xf0, 0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 1, 0x65, 9,
+        ]));
+        assert_eq!(rtp.packets.len(), 3, "the access unit delimiter is dropped");
+        assert_eq!(rtp.first_seq, 65535);
+        assert_eq!(rtp.timestamp, 3010);
+        let seqs: Vec<u16> = rtp
+            .packets
+            .iter()
+            .map(|p| u16::from_be_bytes([p[2], p[3]]))
+            .collect();
+        assert_eq!(seqs, vec![65535, 0, 1]);
+        assert_eq!(&rtp.packets[0][12..], &[0x67, 1, 2]);
+        assert_eq!(rtp.packets[0][1], 96);
+        assert_eq!(rtp.packets[2][1], 0x80 | 96);
+        assert_eq!(&rtp.packets[2][8..12], &0x1234_5678u32.to_be_bytes());
+    }
+
+    #[test]
+    fn large_nal_is_split_into_fu_a() {
+        let mut data = vec![0, 0, 0, 1, 0x65];
+        data.extend((0..5000).map(|i| (i % 251) as u8 | 1));
+        let mut packetizer = Packetizer::new(&h264(), 96, 1, 0, 0);
+        let rtp = packetizer.packetize(&unit(data.clone()));
+        assert!(rtp.packets.iter().all(|p| p.len() <= MAX_PACKET_SIZE));
+        assert_eq!(rtp.packets[0][12], 0x60 | 28);
+        assert_eq!(rtp.packets[0][13], 0x80 | 5);
+        let last = rtp.packets.last().unwrap();
+        assert_eq!(last[13], 0x40 | 5);
+        assert_eq!(last[1] & 0x80, 0x80);
+        let rebuilt: Vec<u8> = rtp.packets.iter().flat_map(|p| p[14..].to_vec()).collect();
+        assert_eq!(rebuilt, data[5..]);
+    }
+
+    #[test]
+    fn aac_has_one_au_header() {
+        let codec = Codec::Aac {
+            config: Bytes::from_static(&[0x11, 0x90]),
+            sample_rate: 48000,
+            channels: 2,
+        };
+        let mut packetizer = Packetizer::new(&codec, 97, 1, 0, 0);
+        let rtp = packetizer.packetize(&unit(vec![7; 300]));
+        assert_eq!(rtp.packets.len(), 1);
+        let p = &rtp.packets[0];
+        assert_eq!(
+            &p[12..16],
+            &[0x00, 0x10, (300 >> 5) as u8, ((300 & 0x1f) << 3) as u8]
+        );
+        assert_eq!(p.len(), 16 + 300);
+        assert_eq!(p[1], 0x80 | 97);
+    }
+}

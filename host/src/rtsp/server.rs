@@ -1,0 +1,562 @@
+//! The tokio edge of the RTSP server: the accept loop, one task per control connection that runs
+//! the protocol core, one egress task per connection that sends its responses and media, and the
+//! shared UDP sockets.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::StreamExt;
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tokio_util::codec::FramedRead;
+
+use super::Error;
+use super::codec::{CodecError, Incoming, RtspDecoder};
+use super::session::{Action, ClientLimit, Connection, Context, Play, TrackTransport, bad_request};
+use crate::config::ServerConfig;
+use crate::router::{Reader, RouterHandle, Unit};
+use crate::rtp::rtcp::{self, SenderReport};
+
+/// How often each reader gets RTCP sender reports.
+const SENDER_REPORT_INTERVAL: Duration = Duration::from_secs(5);
+/// A TCP reader that accepts no bytes for this long is taken as gone.
+const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a connection checks its session's liveness.
+const LIVENESS_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+const EGRESS_BUFFER: usize = 16 * 1024;
+
+/// A bound RTSP server, ready to run.
+pub struct RtspServer {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    router: RouterHandle,
+    clients: Arc<ClientLimit>,
+    udp: Arc<UdpSockets>,
+}
+
+impl RtspServer {
+    /// Binds the RTSP listener and a pair of UDP ports from `rtp_ports`.
+    pub async fn bind(config: &ServerConfig, router: RouterHandle) -> Result<RtspServer, Error> {
+        let listener = TcpListener::bind(config.rtsp)
+            .await
+            .map_err(|source| Error::Bind {
+                what: "RTSP",
+                addr: config.rtsp,
+                source,
+            })?;
+        let udp = UdpSockets::bind(config.rtsp.ip(), config.rtp_ports).await?;
+        Ok(RtspServer {
+            listener,
+            shared: Arc::new(Shared {
+                router,
+                clients: ClientLimit::new(config.max_clients),
+                udp,
+            }),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The server's RTP and RTCP ports.
+    pub fn udp_ports(&self) -> (u16, u16) {
+        self.shared.udp.ports
+    }
+
+    /// Accepts connections until `shutdown` completes.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::spawn(receive_rtcp(Arc::clone(&self.shared.udp)));
+        tokio::spawn(drain_rtp(Arc::clone(&self.shared.udp)));
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((socket, peer)) => {
+                        let _ = socket.set_nodelay(true);
+                        tokio::spawn(serve_connection(socket, peer, Arc::clone(&self.shared)));
+                    }
+                    Err(err) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!("RTSP accept failed: {err}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                () = &mut shutdown => return,
+            }
+        }
+    }
+}
+
+/// The server's UDP sockets, shared by every UDP session: readers are told apart by address.
+struct UdpSockets {
+    rtp: UdpSocket,
+    rtcp: UdpSocket,
+    ports: (u16, u16),
+    /// Liveness flags of playing sessions, by the address their RTCP comes from.
+    rtcp_peers: Mutex<HashMap<SocketAddr, Arc<AtomicBool>>>,
+}
+
+impl UdpSockets {
+    async fn bind(ip: IpAddr, (first, last): (u16, u16)) -> Result<Arc<UdpSockets>, Error> {
+        let mut port = first;
+        while port < last {
+            if let (Ok(rtp), Ok(rtcp)) = (
+                UdpSocket::bind((ip, port)).await,
+                UdpSocket::bind((ip, port + 1)).await,
+            ) {
+                return Ok(Arc::new(UdpSockets {
+                    rtp,
+                    rtcp,
+                    ports: (port, port + 1),
+                    rtcp_peers: Mutex::default(),
+                }));
+            }
+            port = port.saturating_add(2);
+        }
+        Err(Error::NoUdpPorts { first, last })
+    }
+
+    fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Arc<AtomicBool>>> {
+        self.rtcp_peers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Removes a session's RTCP address from the shared map when the session stops playing.
+struct RtcpRegistration {
+    udp: Arc<UdpSockets>,
+    addrs: Vec<SocketAddr>,
+}
+
+impl Drop for RtcpRegistration {
+    fn drop(&mut self) {
+        let mut peers = self.udp.peers();
+        for addr in &self.addrs {
+            peers.remove(addr);
+        }
+    }
+}
+
+async fn receive_rtcp(udp: Arc<UdpSockets>) {
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let Ok((len, from)) = udp.rtcp.recv_from(&mut buf).await else {
+            continue;
+        };
+        let flag = udp.peers().get(&from).cloned();
+        let Some(flag) = flag else { continue };
+        match rtcp::parse_reception_reports(&buf[..len]) {
+            Ok(reports) => {
+                flag.store(true, Ordering::Relaxed);
+                for report in reports {
+                    tracing::trace!(%from, ?report, "RTCP receiver report");
+                }
+            }
+            Err(err) => tracing::debug!(%from, "ignoring RTCP packet: {err}"),
+        }
+    }
+}
+
+/// Readers may send to our RTP port (NAT hole punching); nothing there is for us.
+async fn drain_rtp(udp: Arc<UdpSockets>) {
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let _ = udp.rtp.recv_from(&mut buf).await;
+    }
+}
+
+/// What the control task hands the egress task, in order.
+enum Egress {
+    Response(Vec<u8>),
+    Play(Play, Option<RtcpRegistration>),
+    Stop,
+}
+
+/// What one connection sent, for the access log.
+#[derive(Debug, Default)]
+struct Sent {
+    packets: u64,
+    bytes: u64,
+}
+
+async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let started = Instant::now();
+    let local = socket
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let (read, write) = socket.into_split();
+    let (egress, commands) = mpsc::channel(8);
+    let mut egress_task = tokio::spawn(run_egress(write, commands, Arc::clone(&shared.udp)));
+    let mut requests = FramedRead::new(read, RtspDecoder);
+    let mut connection = Connection::default();
+    let rtcp_seen = Arc::new(AtomicBool::new(false));
+    let mut liveness = tokio::time::interval(LIVENESS_CHECK_INTERVAL);
+    let mut log = AccessLog::default();
+    let ctx = Context {
+        router: &shared.router,
+        clients: &shared.clients,
+        udp_ports: shared.udp.ports,
+        peer,
+        local,
+    };
+    let sent = loop {
+        tokio::select! {
+            incoming = requests.next() => {
+                let request = match incoming {
+                    None => break None,
+                    Some(Err(err)) => {
+                        let reason = match &err {
+                            CodecError::Malformed => "malformed request",
+                            CodecError::TooLarge => "request too large",
+                            CodecError::Io(_) => break None,
+                        };
+                        tracing::info!(%peer, "RTSP connection closed: {err}");
+                        let mut bytes = Vec::new();
+                        if bad_request(reason).write(&mut bytes).is_ok() {
+                            let _ = egress.send(Egress::Response(bytes)).await;
+                        }
+                        break None;
+                    }
+                    Some(Ok(Incoming::Request(request))) => request,
+                    Some(Ok(Incoming::Data { channel, payload })) => {
+                        // Interleaved RTCP from the reader: proof of life.
+                        connection.keep_alive(Instant::now());
+                        if let Ok(reports) = rtcp::parse_reception_reports(&payload) {
+                            for report in reports {
+                                tracing::trace!(%peer, channel, ?report, "RTCP receiver report");
+                            }
+                        }
+                        continue;
+                    }
+                    Some(Ok(Incoming::Response)) => continue,
+                };
+                let reply = connection.handle(&request, &ctx, Instant::now());
+                log.note(&request, &connection, &reply.response);
+                let mut bytes = Vec::with_capacity(512);
+                if reply.response.write(&mut bytes).is_err() || egress.send(Egress::Response(bytes)).await.is_err() {
+                    break None;
+                }
+                let command = match reply.action {
+                    Action::None => continue,
+                    Action::Play(play) => {
+                        let registration = register_rtcp(&shared.udp, &play, &rtcp_seen);
+                        Egress::Play(play, registration)
+                    }
+                    Action::Stop => Egress::Stop,
+                };
+                if egress.send(command).await.is_err() {
+                    break None;
+                }
+            }
+            _ = liveness.tick() => {
+                let now = Instant::now();
+                if rtcp_seen.swap(false, Ordering::Relaxed) {
+                    connection.keep_alive(now);
+                }
+                if connection.timed_out(now) {
+                    tracing::info!(%peer, session = connection.session_id(), "RTSP session timed out");
+                    break None;
+                }
+            }
+            finished = &mut egress_task => break finished.ok(),
+        }
+    };
+    drop(egress);
+    let sent = match sent {
+        Some(sent) => sent,
+        None => egress_task.await.unwrap_or_default(),
+    };
+    log.finish(peer, started.elapsed(), &sent);
+}
+
+fn register_rtcp(
+    udp: &Arc<UdpSockets>,
+    play: &Play,
+    flag: &Arc<AtomicBool>,
+) -> Option<RtcpRegistration> {
+    let addrs: Vec<SocketAddr> = play
+        .tracks
+        .iter()
+        .flatten()
+        .filter_map(|t| match t {
+            TrackTransport::Udp { rtcp, .. } => Some(*rtcp),
+            TrackTransport::Tcp { .. } => None,
+        })
+        .collect();
+    if addrs.is_empty() {
+        return None;
+    }
+    let mut peers = udp.peers();
+    for addr in &addrs {
+        peers.insert(*addr, Arc::clone(flag));
+    }
+    drop(peers);
+    Some(RtcpRegistration {
+        udp: Arc::clone(udp),
+        addrs,
+    })
+}
+
+/// A reader being sent to, with the per-track counts its sender reports carry.
+struct Playback {
+    reader: Reader,
+    tracks: Vec<Option<TrackTransport>>,
+    counts: Vec<TrackCount>,
+    _rtcp: Option<RtcpRegistration>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct TrackCount {
+    packets: u32,
+    octets: u32,
+    reported: bool,
+}
+
+async fn next_unit(playback: &mut Option<Playback>) -> Option<Arc<Unit>> {
+    match playback {
+        Some(playback) => playback.reader.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends responses and media of one connection, in order. Ends when the control task lets go, the
+/// stream closes, or the peer stops accepting bytes.
+async fn run_egress(
+    write: OwnedWriteHalf,
+    mut commands: mpsc::Receiver<Egress>,
+    udp: Arc<UdpSockets>,
+) -> Sent {
+    let mut out = BufWriter::with_capacity(EGRESS_BUFFER, write);
+    let mut playback: Option<Playback> = None;
+    let mut sent = Sent::default();
+    let mut reports = tokio::time::interval(SENDER_REPORT_INTERVAL);
+    loop {
+        let result = tokio::select! {
+            biased;
+            command = commands.recv() => match command {
+                None => break,
+                Some(Egress::Response(bytes)) => {
+                    with_deadline(async {
+                        out.write_all(&bytes).await?;
+                        out.flush().await
+                    })
+                    .await
+                }
+                Some(Egress::Play(play, registration)) => {
+                    let counts = vec![TrackCount::default(); play.tracks.len()];
+                    playback = Some(Playback {
+                        reader: play.reader,
+                        tracks: play.tracks,
+                        counts,
+                        _rtcp: registration,
+                    });
+                    Ok(())
+                }
+                Some(Egress::Stop) => {
+                    playback = None;
+                    Ok(())
+                }
+            },
+            unit = next_unit(&mut playback) => match (unit, &mut playback) {
+                (Some(unit), Some(playback)) => {
+                    with_deadline(send_unit(&unit, playback, &mut out, &udp, &mut sent)).await
+                }
+                // The route was removed: the session ends.
+                _ => break,
+            },
+            _ = reports.tick(), if playback.is_some() => match &mut playback {
+                Some(playback) => with_deadline(send_reports(playback, &mut out, &udp, None)).await,
+                None => Ok(()),
+            },
+        };
+        if result.is_err() {
+            break;
+        }
+    }
+    let _ = out.flush().await;
+    sent
+}
+
+async fn with_deadline(
+    write: impl std::future::Future<Output = std::io::Result<()>>,
+) -> std::io::Result<()> {
+    tokio::time::timeout(WRITE_STALL_TIMEOUT, write)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
+async fn send_unit(
+    unit: &Unit,
+    playback: &mut Playback,
+    out: &mut BufWriter<OwnedWriteHalf>,
+    udp: &UdpSockets,
+    sent: &mut Sent,
+) -> std::io::Result<()> {
+    let track = unit.au.track;
+    let Some(Some(transport)) = playback.tracks.get(track).copied() else {
+        return Ok(());
+    };
+    for packet in &unit.rtp.packets {
+        match transport {
+            TrackTransport::Tcp { rtp_channel, .. } => {
+                write_interleaved(out, rtp_channel, packet).await?
+            }
+            TrackTransport::Udp { rtp, .. } => {
+                // A lost datagram is RTP's normal business; the reader's RTCP reports it.
+                let _ = udp.rtp.send_to(packet, rtp).await;
+            }
+        }
+        sent.packets += 1;
+        sent.bytes += packet.len() as u64;
+    }
+    let count = &mut playback.counts[track];
+    let payload: usize = unit
+        .rtp
+        .packets
+        .iter()
+        .map(|p| p.len().saturating_sub(12))
+        .sum();
+    count.packets = count.packets.wrapping_add(unit.rtp.packets.len() as u32);
+    count.octets = count.octets.wrapping_add(payload as u32);
+    if !count.reported {
+        // The first sender report right after the first packet lets players sync at once.
+        send_reports(playback, out, udp, Some(track)).await?;
+    }
+    if matches!(transport, TrackTransport::Tcp { .. }) {
+        out.flush().await?;
+    }
+    Ok(())
+}
+
+/// Sends a sender report for `only` one track, or for every track that has sent media.
+async fn send_reports(
+    playback: &mut Playback,
+    out: &mut BufWriter<OwnedWriteHalf>,
+    udp: &UdpSockets,
+    only: Option<usize>,
+) -> std::io::Result<()> {
+    let now = Instant::now();
+    let ntp = rtcp::ntp_timestamp(SystemTime::now());
+    let media = Arc::clone(playback.reader.media());
+    for (track, transport) in playback.tracks.iter().enumerate() {
+        let Some(transport) = transport else { continue };
+        if only.is_some_and(|only| only != track) {
+            continue;
+        }
+        let count = &mut playback.counts[track];
+        if count.packets == 0 {
+            continue;
+        }
+        let (Some(rtp_timestamp), Some(info)) =
+            (media.rtp_timestamp_at(track, now), media.tracks.get(track))
+        else {
+            continue;
+        };
+        count.reported = true;
+        let report = SenderReport {
+            ssrc: info.ssrc,
+            ntp,
+            rtp_timestamp,
+            packet_count: count.packets,
+            octet_count: count.octets,
+        }
+        .write();
+        match *transport {
+            TrackTransport::Tcp { rtcp_channel, .. } => {
+                write_interleaved(out, rtcp_channel, &report).await?
+            }
+            TrackTransport::Udp { rtcp, .. } => {
+                let _ = udp.rtcp.send_to(&report, rtcp).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn write_interleaved(
+    out: &mut BufWriter<OwnedWriteHalf>,
+    channel: u8,
+    packet: &[u8],
+) -> std::io::Result<()> {
+    let Ok(len) = u16::try_from(packet.len()) else {
+        return Ok(());
+    };
+    let [hi, lo] = len.to_be_bytes();
+    out.write_all(&[b'$', channel, hi, lo]).await?;
+    out.write_all(packet).await
+}
+
+/// The one access-log line a client session leaves.
+#[derive(Default)]
+struct AccessLog {
+    route: Option<String>,
+    session: Option<String>,
+    user_agent: Option<String>,
+    transport: Option<&'static str>,
+    requests: u32,
+    last_status: u16,
+}
+
+impl AccessLog {
+    fn note(
+        &mut self,
+        request: &rtsp_types::Request<Vec<u8>>,
+        connection: &Connection,
+        response: &rtsp_types::Response<Vec<u8>>,
+    ) {
+        self.requests += 1;
+        self.last_status = response.status().into();
+        if let Some(route) = connection.route() {
+            self.route = Some(route.to_owned());
+        }
+        if let Some(id) = connection.session_id() {
+            self.session = Some(id.to_owned());
+        }
+        if self.user_agent.is_none() {
+            self.user_agent = request
+                .header(&rtsp_types::headers::USER_AGENT)
+                .map(|v| v.as_str().to_owned());
+        }
+        if let Some(transport) = response.header(&rtsp_types::headers::TRANSPORT) {
+            self.transport = Some(if transport.as_str().starts_with("RTP/AVP/TCP") {
+                "tcp"
+            } else {
+                "udp"
+            });
+        }
+        tracing::debug!(
+            method = ?request.method(),
+            url = request.request_uri().map(|u| u.as_str()),
+            status = self.last_status,
+            "RTSP request"
+        );
+    }
+
+    fn finish(&self, peer: SocketAddr, duration: Duration, sent: &Sent) {
+        if self.requests == 0 {
+            return;
+        }
+        tracing::info!(
+            target: "wasmcast::access",
+            %peer,
+            route = self.route.as_deref().unwrap_or("-"),
+            session = self.session.as_deref().unwrap_or("-"),
+            transport = self.transport.unwrap_or("-"),
+            user_agent = self.user_agent.as_deref().unwrap_or("-"),
+            requests = self.requests,
+            last_status = self.last_status,
+            seconds = duration.as_secs_f32(),
+            packets = sent.packets,
+            bytes = sent.bytes,
+            "rtsp"
+        );
+    }
+}

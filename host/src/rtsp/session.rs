@@ -1,0 +1,586 @@
+//! The RTSP protocol core of one control connection: requests in, responses and actions out.
+//!
+//! [`Connection::handle`] touches no socket and reads no clock (time is passed in); the server edge
+//! carries out the [`Action`] it returns (start or stop sending, close).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use rtsp_types::headers::{
+    self, RtpLowerTransport, RtpProfile, Transport as TransportSpec, TransportMode, Transports,
+};
+use rtsp_types::{Method, Request, Response, StatusCode, Url, Version};
+
+use super::sdp;
+use crate::router::{MediaInfo, Reader, RouterHandle, SourceState, Stream};
+
+/// The session timeout we enforce for UDP sessions without keep-alives or RTCP.
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(65);
+/// The timeout we announce: a few seconds less, so clients' keep-alives arrive in time.
+const ANNOUNCED_TIMEOUT_SECS: u64 = 60;
+const PUBLIC_METHODS: &str = "OPTIONS, DESCRIBE, SETUP, PLAY, PAUSE, TEARDOWN, GET_PARAMETER";
+const SERVER: &str = concat!("wasmcast/", env!("CARGO_PKG_VERSION"));
+
+/// Counts sessions against `max_clients`.
+#[derive(Debug)]
+pub struct ClientLimit {
+    active: AtomicUsize,
+    max: usize,
+}
+
+impl ClientLimit {
+    pub fn new(max: usize) -> Arc<ClientLimit> {
+        Arc::new(ClientLimit {
+            active: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    fn acquire(self: &Arc<Self>) -> Option<ClientSlot> {
+        self.active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(ClientSlot(Arc::clone(self)))
+    }
+}
+
+/// One session's place under `max_clients`, given back on drop.
+#[derive(Debug)]
+struct ClientSlot(Arc<ClientLimit>);
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What the server shares with every connection.
+pub struct Context<'a> {
+    pub router: &'a RouterHandle,
+    pub clients: &'a Arc<ClientLimit>,
+    /// The server's RTP and RTCP ports for UDP transport.
+    pub udp_ports: (u16, u16),
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+}
+
+/// How one track reaches the reader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrackTransport {
+    Udp { rtp: SocketAddr, rtcp: SocketAddr },
+    Tcp { rtp_channel: u8, rtcp_channel: u8 },
+}
+
+/// A reader to start sending to.
+pub struct Play {
+    pub reader: Reader,
+    /// Indexed by track; `None` for tracks the client did not set up.
+    pub tracks: Vec<Option<TrackTransport>>,
+}
+
+/// What the server edge does after sending the response.
+pub enum Action {
+    None,
+    Play(Play),
+    /// Stop sending (PAUSE or TEARDOWN); the connection stays.
+    Stop,
+}
+
+pub struct Reply {
+    pub response: Response<Vec<u8>>,
+    pub action: Action,
+}
+
+struct SetupTrack {
+    transport: TrackTransport,
+    /// The control URL the client used, echoed in RTP-Info.
+    url: String,
+}
+
+struct Session {
+    id: String,
+    stream: Arc<Stream>,
+    media: Arc<MediaInfo>,
+    tracks: Vec<Option<SetupTrack>>,
+    playing: bool,
+    last_activity: Instant,
+    _slot: ClientSlot,
+}
+
+impl Session {
+    fn is_udp(&self) -> bool {
+        self.tracks
+            .iter()
+            .flatten()
+            .any(|t| matches!(t.transport, TrackTransport::Udp { .. }))
+    }
+}
+
+/// Protocol state of one control connection (and the session it holds, if any).
+#[derive(Default)]
+pub struct Connection {
+    session: Option<Session>,
+}
+
+/// An error response: status and a reason for people.
+struct Refusal(StatusCode, String);
+
+impl Refusal {
+    fn new(status: StatusCode, reason: impl Into<String>) -> Refusal {
+        Refusal(status, reason.into())
+    }
+}
+
+impl Connection {
+    /// The route this connection's session reads, if any.
+    pub fn route(&self) -> Option<&str> {
+        self.session.as_ref().map(|s| s.stream.name())
+    }
+
+    /// The session id, if any.
+    pub fn session_id(&self) -> Option<&str> {
+        self.session.as_ref().map(|s| s.id.as_str())
+    }
+
+    /// Records liveness that did not come as a request (RTCP from the client).
+    pub fn keep_alive(&mut self, now: Instant) {
+        if let Some(session) = &mut self.session {
+            session.last_activity = now;
+        }
+    }
+
+    /// True when a UDP session has heard nothing for longer than its timeout. TCP sessions live as
+    /// long as their connection.
+    pub fn timed_out(&self, now: Instant) -> bool {
+        self.session.as_ref().is_some_and(|s| {
+            s.is_udp() && now.saturating_duration_since(s.last_activity) > SESSION_TIMEOUT
+        })
+    }
+
+    /// Handles one request.
+    pub fn handle(&mut self, request: &Request<Vec<u8>>, ctx: &Context<'_>, now: Instant) -> Reply {
+        let Some(cseq) = cseq(request) else {
+            return bad_request("missing or invalid CSeq").into_reply();
+        };
+        if let Err(refusal) = self.check_session_header(request) {
+            return self.refuse(&cseq, refusal);
+        }
+        if let Some(session) = &mut self.session {
+            session.last_activity = now;
+        }
+        let result = match request.method() {
+            Method::Options => Ok(self
+                .ok(&cseq)
+                .header(headers::PUBLIC, PUBLIC_METHODS)
+                .build(Vec::new())
+                .into_reply()),
+            Method::Describe => self.describe(request, ctx, &cseq),
+            Method::Setup => self.setup(request, ctx, &cseq, now),
+            Method::Play => self.play(&cseq),
+            Method::Pause => self.pause(&cseq),
+            Method::Teardown => {
+                let response = self.ok(&cseq).build(Vec::new());
+                self.session = None;
+                Ok(Reply {
+                    response,
+                    action: Action::Stop,
+                })
+            }
+            Method::GetParameter | Method::SetParameter => {
+                Ok(self.ok(&cseq).build(Vec::new()).into_reply())
+            }
+            Method::Announce | Method::Record => Err(Refusal::new(
+                StatusCode::MethodNotAllowed,
+                "Method Not Allowed (this server does not take published streams yet)",
+            )),
+            _ => Err(Refusal::new(StatusCode::NotImplemented, "Not Implemented")),
+        };
+        result.unwrap_or_else(|refusal| self.refuse(&cseq, refusal))
+    }
+
+    fn check_session_header(&self, request: &Request<Vec<u8>>) -> Result<(), Refusal> {
+        let Some(value) = request.header(&headers::SESSION) else {
+            return Ok(());
+        };
+        let id = value.as_str().split(';').next().unwrap_or("").trim();
+        match &self.session {
+            Some(session) if session.id == id => Ok(()),
+            _ => Err(Refusal::new(
+                StatusCode::SessionNotFound,
+                "Session Not Found",
+            )),
+        }
+    }
+
+    fn ok(&self, cseq: &str) -> rtsp_types::ResponseBuilder {
+        self.with_session(base_response(StatusCode::Ok, Some(cseq)))
+    }
+
+    fn with_session(&self, builder: rtsp_types::ResponseBuilder) -> rtsp_types::ResponseBuilder {
+        match &self.session {
+            Some(session) => builder.header(
+                headers::SESSION,
+                format!("{};timeout={ANNOUNCED_TIMEOUT_SECS}", session.id),
+            ),
+            None => builder,
+        }
+    }
+
+    fn refuse(&self, cseq: &str, Refusal(status, reason): Refusal) -> Reply {
+        let mut builder =
+            self.with_session(base_response(status, Some(cseq)).reason_phrase(reason));
+        if status == StatusCode::MethodNotAllowed {
+            builder = builder.header(headers::ALLOW, PUBLIC_METHODS);
+        }
+        Reply {
+            response: builder.build(Vec::new()),
+            action: Action::None,
+        }
+    }
+
+    fn describe(
+        &self,
+        request: &Request<Vec<u8>>,
+        ctx: &Context<'_>,
+        cseq: &str,
+    ) -> Result<Reply, Refusal> {
+        let url = request
+            .request_uri()
+            .ok_or_else(|| Refusal::new(StatusCode::BadRequest, "Bad Request (no URL)"))?;
+        let name = route_name(url)
+            .ok_or_else(|| Refusal::new(StatusCode::NotFound, "Not Found (no route in the URL)"))?;
+        let stream = lookup(ctx.router, name)?;
+        let media = live_media(&stream)?;
+        let sdp = sdp::describe(
+            name,
+            &media.description,
+            &media.tracks,
+            ctx.local.ip(),
+            rand::random::<u32>().into(),
+        );
+        let mut base = url.as_str().to_owned();
+        if !base.ends_with('/') {
+            base.push('/');
+        }
+        Ok(self
+            .ok(cseq)
+            .header(headers::CONTENT_TYPE, "application/sdp")
+            .header(headers::CONTENT_BASE, base)
+            .build(sdp.into_bytes())
+            .into_reply())
+    }
+
+    fn setup(
+        &mut self,
+        request: &Request<Vec<u8>>,
+        ctx: &Context<'_>,
+        cseq: &str,
+        now: Instant,
+    ) -> Result<Reply, Refusal> {
+        let url = request
+            .request_uri()
+            .ok_or_else(|| Refusal::new(StatusCode::BadRequest, "Bad Request (no URL)"))?;
+        if self.session.as_ref().is_some_and(|s| s.playing) {
+            return Err(Refusal::new(
+                StatusCode::MethodNotValidInThisState,
+                "Method Not Valid In This State (SETUP while playing)",
+            ));
+        }
+        let stream = match (route_name(url), &self.session) {
+            (Some(name), Some(session)) if name != session.stream.name() => {
+                return Err(Refusal::new(
+                    StatusCode::AggregateOperationNotAllowed,
+                    "Aggregate Operation Not Allowed (one route per session)",
+                ));
+            }
+            (_, Some(session)) => Arc::clone(&session.stream),
+            (Some(name), None) => lookup(ctx.router, name)?,
+            (None, None) => {
+                return Err(Refusal::new(
+                    StatusCode::NotFound,
+                    "Not Found (no route in the URL)",
+                ));
+            }
+        };
+        let media = match &self.session {
+            Some(session) => Arc::clone(&session.media),
+            None => live_media(&stream)?,
+        };
+        let track_count = media.description.tracks.len();
+        let track = match track_id(url) {
+            Some(track) if track < track_count => track,
+            Some(_) => {
+                return Err(Refusal::new(
+                    StatusCode::NotFound,
+                    "Not Found (no such track)",
+                ));
+            }
+            None if track_count == 1 => 0,
+            None => {
+                return Err(Refusal::new(
+                    StatusCode::NotFound,
+                    "Not Found (SETUP needs a track URL, e.g. .../trackID=0)",
+                ));
+            }
+        };
+        let transports: Transports = request.typed_header().ok().flatten().ok_or_else(|| {
+            Refusal::new(
+                StatusCode::BadRequest,
+                "Bad Request (no usable Transport header)",
+            )
+        })?;
+        let session_is_tcp = self
+            .session
+            .as_ref()
+            .map(|s| !s.is_udp() && s.tracks.iter().any(Option::is_some));
+        let chosen = transports
+            .iter()
+            .find_map(|spec| choose_transport(spec, track, ctx.peer, session_is_tcp))
+            .ok_or_else(|| {
+                Refusal::new(
+                    StatusCode::UnsupportedTransport,
+                    "Unsupported Transport (use RTP/AVP unicast over UDP, or RTP/AVP/TCP interleaved)",
+                )
+            })?;
+        if self.session.is_none() {
+            let slot = ctx.clients.acquire().ok_or_else(|| {
+                Refusal::new(
+                    StatusCode::NotEnoughBandwidth,
+                    "Not Enough Bandwidth (max_clients reached)",
+                )
+            })?;
+            self.session = Some(Session {
+                id: session_id(),
+                stream,
+                tracks: (0..track_count).map(|_| None).collect(),
+                media,
+                playing: false,
+                last_activity: now,
+                _slot: slot,
+            });
+        }
+        let Some(session) = &mut self.session else {
+            return Err(Refusal::new(
+                StatusCode::InternalServerError,
+                "Internal Server Error",
+            ));
+        };
+        let ssrc = session.media.tracks[track].ssrc;
+        let transport_header = match chosen {
+            TrackTransport::Udp { rtp, rtcp } => format!(
+                "RTP/AVP;unicast;client_port={}-{};server_port={}-{};ssrc={ssrc:08X}",
+                rtp.port(),
+                rtcp.port(),
+                ctx.udp_ports.0,
+                ctx.udp_ports.1
+            ),
+            TrackTransport::Tcp {
+                rtp_channel,
+                rtcp_channel,
+            } => format!(
+                "RTP/AVP/TCP;unicast;interleaved={rtp_channel}-{rtcp_channel};ssrc={ssrc:08X}"
+            ),
+        };
+        session.tracks[track] = Some(SetupTrack {
+            transport: chosen,
+            url: url.as_str().to_owned(),
+        });
+        Ok(self
+            .ok(cseq)
+            .header(headers::TRANSPORT, transport_header)
+            .build(Vec::new())
+            .into_reply())
+    }
+
+    fn play(&mut self, cseq: &str) -> Result<Reply, Refusal> {
+        let Some(session) = &mut self.session else {
+            return Err(Refusal::new(
+                StatusCode::SessionNotFound,
+                "Session Not Found (SETUP first)",
+            ));
+        };
+        if session.tracks.iter().all(Option::is_none) {
+            return Err(Refusal::new(
+                StatusCode::MethodNotValidInThisState,
+                "Method Not Valid In This State (no track set up)",
+            ));
+        }
+        let reader = session
+            .stream
+            .subscribe()
+            .ok_or_else(|| unavailable(&session.stream))?;
+        // RTP-Info names the first packet this reader will really get on each track.
+        let mut rtp_info = Vec::new();
+        for (index, track) in session.tracks.iter().enumerate() {
+            let Some(track) = track else { continue };
+            let first = reader.backlog().iter().find(|unit| unit.au.track == index);
+            rtp_info.push(match first {
+                Some(unit) => format!(
+                    "url={};seq={};rtptime={}",
+                    track.url, unit.rtp.first_seq, unit.rtp.timestamp
+                ),
+                None => format!("url={}", track.url),
+            });
+        }
+        session.playing = true;
+        let tracks = session
+            .tracks
+            .iter()
+            .map(|t| t.as_ref().map(|t| t.transport))
+            .collect();
+        let response = self
+            .ok(cseq)
+            .header(headers::RANGE, "npt=0.000-")
+            .header(headers::RTP_INFO, rtp_info.join(","))
+            .build(Vec::new());
+        Ok(Reply {
+            response,
+            action: Action::Play(Play { reader, tracks }),
+        })
+    }
+
+    fn pause(&mut self, cseq: &str) -> Result<Reply, Refusal> {
+        let Some(session) = &mut self.session else {
+            return Err(Refusal::new(
+                StatusCode::SessionNotFound,
+                "Session Not Found",
+            ));
+        };
+        session.playing = false;
+        Ok(Reply {
+            response: self.ok(cseq).build(Vec::new()),
+            action: Action::Stop,
+        })
+    }
+}
+
+trait IntoReply {
+    fn into_reply(self) -> Reply;
+}
+
+impl IntoReply for Response<Vec<u8>> {
+    fn into_reply(self) -> Reply {
+        Reply {
+            response: self,
+            action: Action::None,
+        }
+    }
+}
+
+fn base_response(status: StatusCode, cseq: Option<&str>) -> rtsp_types::ResponseBuilder {
+    let builder = Response::builder(Version::V1_0, status).header(headers::SERVER, SERVER);
+    match cseq {
+        Some(cseq) => builder.header(headers::CSEQ, cseq),
+        None => builder,
+    }
+}
+
+/// The response to a request so broken that it cannot be answered in order (no CSeq is known).
+pub fn bad_request(reason: &str) -> Response<Vec<u8>> {
+    base_response(StatusCode::BadRequest, None)
+        .reason_phrase(format!("Bad Request ({reason})"))
+        .build(Vec::new())
+}
+
+fn cseq(request: &Request<Vec<u8>>) -> Option<String> {
+    let value = request.header(&headers::CSEQ)?.as_str().trim();
+    value.parse::<u32>().ok()?;
+    Some(value.to_owned())
+}
+
+fn lookup(router: &RouterHandle, name: &str) -> Result<Arc<Stream>, Refusal> {
+    router.stream(name).ok_or_else(|| {
+        Refusal::new(
+            StatusCode::NotFound,
+            format!("Not Found (no route `{name}`)"),
+        )
+    })
+}
+
+fn live_media(stream: &Stream) -> Result<Arc<MediaInfo>, Refusal> {
+    match stream.state() {
+        SourceState::Live => stream.media().ok_or_else(|| unavailable(stream)),
+        _ => Err(unavailable(stream)),
+    }
+}
+
+fn unavailable(stream: &Stream) -> Refusal {
+    let why = match stream.state() {
+        SourceState::Waiting | SourceState::Live => "its source has no media yet".to_owned(),
+        SourceState::Ended => "its source has ended".to_owned(),
+        SourceState::Failed(reason) => format!("its source failed: {reason}"),
+    };
+    Refusal::new(
+        StatusCode::ServiceUnavailable,
+        format!("Service Unavailable (route `{}`: {why})", stream.name()),
+    )
+}
+
+/// The route a URL names: its first path segment.
+fn route_name(url: &Url) -> Option<&str> {
+    url.path_segments()?.find(|segment| !segment.is_empty())
+}
+
+/// The track a SETUP URL names with `trackID=N` as its last part, in the path (`/route/trackID=0`) or
+/// after a query (`/route?x=y/trackID=0`, as ffmpeg joins them).
+fn track_id(url: &Url) -> Option<usize> {
+    let tail = url.as_str().rsplit('/').next()?;
+    tail.strip_prefix("trackID=")?.parse().ok()
+}
+
+fn choose_transport(
+    spec: &TransportSpec,
+    track: usize,
+    peer: SocketAddr,
+    session_is_tcp: Option<bool>,
+) -> Option<TrackTransport> {
+    let TransportSpec::Rtp(rtp) = spec else {
+        return None;
+    };
+    if rtp.profile != RtpProfile::Avp
+        || rtp.params.multicast
+        || rtp.params.mode.iter().any(|m| *m != TransportMode::Play)
+    {
+        return None;
+    }
+    let tcp = match rtp.lower_transport {
+        Some(RtpLowerTransport::Tcp) => true,
+        None | Some(RtpLowerTransport::Udp) => false,
+        Some(RtpLowerTransport::Other(_)) => return None,
+    };
+    // One session uses one kind of transport for all its tracks.
+    if session_is_tcp.is_some_and(|session_tcp| session_tcp != tcp) {
+        return None;
+    }
+    if tcp {
+        let default = u8::try_from(track * 2).ok()?;
+        let (rtp_channel, rtcp_channel) = match rtp.params.interleaved {
+            Some((first, Some(second))) => (first, second),
+            Some((first, None)) => (first, first.checked_add(1)?),
+            None => (default, default.checked_add(1)?),
+        };
+        return Some(TrackTransport::Tcp {
+            rtp_channel,
+            rtcp_channel,
+        });
+    }
+    let (rtp_port, rtcp_port) = rtp.params.client_port?;
+    let rtcp_port = rtcp_port.or_else(|| rtp_port.checked_add(1))?;
+    // Media goes to the address the control connection comes from, never to a third party.
+    Some(TrackTransport::Udp {
+        rtp: SocketAddr::new(peer.ip(), rtp_port),
+        rtcp: SocketAddr::new(peer.ip(), rtcp_port),
+    })
+}
+
+/// 16 hex digits from a random 64-bit number: unguessable, and without dashes (some clients choke).
+fn session_id() -> String {
+    format!("{:016X}", rand::random::<u64>())
+}
+
+#[cfg(test)]
+mod tests;

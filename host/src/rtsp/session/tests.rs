@@ -1,0 +1,367 @@
+//! The protocol core driven directly, one test per client behaviour it must satisfy.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::*;
+use crate::config::{RouteConfig, SourceConfig};
+
+struct Fixture {
+    router: RouterHandle,
+    clients: Arc<ClientLimit>,
+}
+
+impl Fixture {
+    /// A router with route `cam` playing the bundled sample.
+    async fn new(max_clients: usize) -> Fixture {
+        let router = RouterHandle::start();
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../media/sample.mp4");
+        let routes = BTreeMap::from([(
+            "cam".to_owned(),
+            RouteConfig {
+                source: SourceConfig::File {
+                    path,
+                    looping: true,
+                },
+                plugins: Vec::new(),
+            },
+        )]);
+        router.apply(routes).await;
+        for _ in 0..200 {
+            let has_keyframe = router
+                .stream("cam")
+                .and_then(|s| s.subscribe())
+                .is_some_and(|r| !r.backlog().is_empty());
+            if has_keyframe {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Fixture {
+            router,
+            clients: ClientLimit::new(max_clients),
+        }
+    }
+
+    fn ctx(&self) -> Context<'_> {
+        Context {
+            router: &self.router,
+            clients: &self.clients,
+            udp_ports: (30000, 30001),
+            peer: "127.0.0.1:50000".parse().unwrap(),
+            local: "127.0.0.1:8554".parse().unwrap(),
+        }
+    }
+}
+
+fn request(method: Method, url: &str, headers: &[(&'static str, &str)]) -> Request<Vec<u8>> {
+    let mut builder = Request::builder(method, Version::V1_0).request_uri(Url::parse(url).unwrap());
+    for (name, value) in headers {
+        builder = builder.header(headers::HeaderName::from_static_str(name).unwrap(), *value);
+    }
+    builder.build(Vec::new())
+}
+
+fn header<'a>(response: &'a Response<Vec<u8>>, name: &'static str) -> Option<&'a str> {
+    response
+        .header(&headers::HeaderName::from_static_str(name).unwrap())
+        .map(|v| v.as_str())
+}
+
+fn session_of(response: &Response<Vec<u8>>) -> String {
+    header(response, "Session")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn options_lists_get_parameter_so_players_send_keepalives() {
+    let fixture = Fixture::new(10).await;
+    let mut conn = Connection::default();
+    let reply = conn.handle(
+        &request(
+            Method::Options,
+            "rtsp://127.0.0.1:8554/cam",
+            &[("CSeq", "1")],
+        ),
+        &fixture.ctx(),
+        Instant::now(),
+    );
+    assert_eq!(reply.response.status(), StatusCode::Ok);
+    assert_eq!(header(&reply.response, "CSeq"), Some("1"));
+    assert!(
+        header(&reply.response, "Public")
+            .unwrap()
+            .contains("GET_PARAMETER")
+    );
+}
+
+#[tokio::test]
+async fn describe_gives_sdp_and_content_base_with_trailing_slash() {
+    let fixture = Fixture::new(10).await;
+    let mut conn = Connection::default();
+    let reply = conn.handle(
+        &request(
+            Method::Describe,
+            "rtsp://127.0.0.1:8554/cam",
+            &[("CSeq", "2")],
+        ),
+        &fixture.ctx(),
+        Instant::now(),
+    );
+    assert_eq!(reply.response.status(), StatusCode::Ok);
+    assert_eq!(
+        header(&reply.response, "Content-Base"),
+        Some("rtsp://127.0.0.1:8554/cam/")
+    );
+    assert_eq!(
+        header(&reply.response, "Content-Type"),
+        Some("application/sdp")
+    );
+    let sdp = String::from_utf8(reply.response.body().clone()).unwrap();
+    assert!(sdp.contains("a=rtpmap:96 H264/90000"), "{sdp}");
+    assert!(sdp.contains("a=rtpmap:97 mpeg4-generic/48000/2"), "{sdp}");
+}
+
+#[tokio::test]
+async fn unknown_route_is_404() {
+    let fixture = Fixture::new(10).await;
+    let mut conn = Connection::default();
+    let reply = conn.handle(
+        &request(
+            Method::Describe,
+            "rtsp://127.0.0.1:8554/nope",
+            &[("CSeq", "2")],
+        ),
+        &fixture.ctx(),
+        Instant::now(),
+    );
+    assert_eq!(reply.response.status(), StatusCode::NotFound);
+}
+
+#[tokio::test]
+async fn missing_or_wrong_cseq_is_400() {
+    let fixture = Fixture::new(10).await;
+    let mut conn = Connection::default();
+    for headers in [&[][..], &[("CSeq", "abc")][..]] {
+        let reply = conn.handle(
+            &request(Method::Options, "rtsp://127.0.0.1:8554/cam", headers),
+            &fixture.ctx(),
+            Instant::now(),
+        );
+        assert_eq!(reply.response.status(), StatusCode::BadRequest);
+    }
+}
+
+#[tokio::test]
+async fn setup_with_ffmpeg_query_url_then_play_names_the_first_packet() {
+    let fixture = Fixture::new(10).await;
+    let ctx = fixture.ctx();
+    let mut conn = Connection::default();
+    let now = Instant::now();
+    let reply = conn.handle(
+        &request(
+            Method::Setup,
+            "rtsp://127.0.0.1:8554/cam?token=x/trackID=0",
+            &[
+                ("CSeq", "3"),
+                ("Transport", "RTP/AVP/UDP;unicast;client_port=5000-5001"),
+            ],
+        ),
+        &ctx,
+        now,
+    );
+    assert_eq!(reply.response.status(), StatusCode::Ok);
+    let transport = header(&reply.response, "Transport").unwrap();
+    assert!(
+        transport
+            .starts_with("RTP/AVP;unicast;client_port=5000-5001;server_port=30000-30001;ssrc="),
+        "{transport}"
+    );
+    let session = session_of(&reply.response);
+    assert_eq!(session.len(), 16);
+    assert!(
+        header(&reply.response, "Session")
+            .unwrap()
+            .ends_with(";timeout=60")
+    );
+
+    let reply = conn.handle(
+        &request(
+            Method::Play,
+            "rtsp://127.0.0.1:8554/cam/",
+            &[("CSeq", "4"), ("Session", &session)],
+        ),
+        &ctx,
+        now,
+    );
+    assert_eq!(reply.response.status(), StatusCode::Ok);
+    let rtp_info = header(&reply.response, "RTP-Info").unwrap().to_owned();
+    let Action::Play(play) = reply.action else {
+        panic!("PLAY starts sending");
+    };
+    let first = play.reader.backlog().first().expect("a kept keyframe");
+    assert!(first.au.keyframe && first.au.track == 0);
+    assert_eq!(
+        rtp_info,
+        format!(
+            "url=rtsp://127.0.0.1:8554/cam?token=x/trackID=0;seq={};rtptime={}",
+            first.rtp.first_seq, first.rtp.timestamp
+        )
+    );
+    assert_eq!(
+        play.tracks,
+        vec![
+            Some(TrackTransport::Udp {
+                rtp: "127.0.0.1:5000".parse().unwrap(),
+                rtcp: "127.0.0.1:5001".parse().unwrap()
+            }),
+            None
+        ]
+    );
+}
+
+#[tokio::test]
+async fn tcp_interleaved_channels_default_per_track() {
+    let fixture = Fixture::new(10).await;
+    let mut conn = Connection::default();
+    let reply = conn.handle(
+        &request(
+            Method::Setup,
+            "rtsp://127.0.0.1:8554/cam/trackID=1",
+            &[("CSeq", "3"), ("Transport", "RTP/AVP/TCP;unicast")],
+        ),
+        &fixture.ctx(),
+        Instant::now(),
+    );
+    let transport = header(&reply.response, "Transport").unwrap();
+    assert!(
+        transport.starts_with("RTP/AVP/TCP;unicast;interleaved=2-3;ssrc="),
+        "{transport}"
+    );
+}
+
+#[tokio::test]
+async fn multicast_and_mixed_transports_are_461() {
+    let fixture = Fixture::new(10).await;
+    let ctx = fixture.ctx();
+    let mut conn = Connection::default();
+    let reply = conn.handle(
+        &request(
+            Method::Setup,
+            "rtsp://127.0.0.1:8554/cam/trackID=0",
+            &[("CSeq", "3"), ("Transport", "RTP/AVP;multicast")],
+        ),
+        &ctx,
+        Instant::now(),
+    );
+    assert_eq!(reply.response.status(), StatusCode::UnsupportedTransport);
+
+    let reply = conn.handle(
+        &request(
+            Method::Setup,
+            "rtsp://127.0.0.1:8554/cam/trackID=0",
+            &[("CSeq", "4"), ("Transport", "RTP/AVP/TCP;interleaved=0-1")],
+        ),
+        &ctx,
+        Instant::now(),
+    );
+    let session = session_of(&reply.response);
+    let reply = conn.handle(
+        &request(
+            Method::Setup,
+            "rtsp://127.0.0.1:8554/cam/trackID=1",
+            &[
+                ("CSeq", "5"),
+                ("Session", &session),
+                ("Transport", "RTP/AVP;unicast;client_port=6000-6001"),
+            ],
+        ),
+        &ctx,
+        Instant::now(),
+    );
+    assert_eq!(reply.response.status(), StatusCode::UnsupportedTransport);
+}
+
+#[tokio::test]
+async fn wrong_session_is_454_and_play_without_setup_too() {
+    let fixture = Fixture::new(10).await;
+    let ctx = fixture.ctx();
+    let mut conn = Connection::default();
+    let reply = conn.handle(
+        &request(Method::Play, "rtsp://127.0.0.1:8554/cam", &[("CSeq", "1")]),
+        &ctx,
+        Instant::now(),
+    );
+    assert_eq!(reply.response.status(), StatusCode::SessionNotFound);
+    let reply = conn.handle(
+        &request(
+            Method::GetParameter,
+            "rtsp://127.0.0.1:8554/cam",
+            &[("CSeq", "2"), ("Session", "BOGUS")],
+        ),
+        &ctx,
+        Instant::now(),
+    );
+    assert_eq!(reply.response.status(), StatusCode::SessionNotFound);
+}
+
+#[tokio::test]
+async fn max_clients_refuses_the_next_session_with_453() {
+    let fixture = Fixture::new(1).await;
+    let ctx = fixture.ctx();
+    let setup = request(
+        Method::Setup,
+        "rtsp://127.0.0.1:8554/cam/trackID=0",
+        &[("CSeq", "1"), ("Transport", "RTP/AVP/TCP;interleaved=0-1")],
+    );
+    let mut first = Connection::default();
+    assert_eq!(
+        first.handle(&setup, &ctx, Instant::now()).response.status(),
+        StatusCode::Ok
+    );
+    let mut second = Connection::default();
+    assert_eq!(
+        second
+            .handle(&setup, &ctx, Instant::now())
+            .response
+            .status(),
+        StatusCode::NotEnoughBandwidth
+    );
+    drop(first);
+    assert_eq!(
+        second
+            .handle(&setup, &ctx, Instant::now())
+            .response
+            .status(),
+        StatusCode::Ok
+    );
+}
+
+#[tokio::test]
+async fn udp_sessions_time_out_without_keepalives() {
+    let fixture = Fixture::new(10).await;
+    let mut conn = Connection::default();
+    let start = Instant::now();
+    conn.handle(
+        &request(
+            Method::Setup,
+            "rtsp://127.0.0.1:8554/cam/trackID=0",
+            &[
+                ("CSeq", "1"),
+                ("Transport", "RTP/AVP;unicast;client_port=5000-5001"),
+            ],
+        ),
+        &fixture.ctx(),
+        start,
+    );
+    assert!(!conn.timed_out(start + SESSION_TIMEOUT));
+    conn.keep_alive(start + Duration::from_secs(30));
+    assert!(!conn.timed_out(start + SESSION_TIMEOUT + Duration::from_secs(1)));
+    assert!(
+        conn.timed_out(start + Duration::from_secs(30) + SESSION_TIMEOUT + Duration::from_secs(1))
+    );
+}

@@ -1,0 +1,150 @@
+//! The `file:` source: an MP4 file played in real time, paced by decode time, looped forever.
+//!
+//! It runs on a thread of its own: file reads are blocking, and pacing with a deadline per sample
+//! keeps it off the tokio reactor entirely.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use super::mp4::MAX_SAMPLE_SIZE;
+use super::{Error, Mp4Media};
+use crate::router::{SourceState, Stream};
+
+/// Corrupt samples are logged, at most this many per pass, then only counted.
+const LOGGED_SAMPLE_ERRORS_PER_PASS: u32 = 3;
+
+pub(super) fn spawn(path: PathBuf, looping: bool, stream: Arc<Stream>, stop: Receiver<()>) {
+    let name = format!("file:{}", stream.name());
+    let thread_stream = Arc::clone(&stream);
+    let spawned = std::thread::Builder::new()
+        .name(name)
+        .spawn(move || run(&path, looping, &thread_stream, &stop));
+    if let Err(err) = spawned {
+        stream.set_state(SourceState::Failed(format!("cannot start a thread: {err}")));
+    }
+}
+
+fn run(path: &Path, looping: bool, stream: &Arc<Stream>, stop: &Receiver<()>) {
+    let route = stream.name().to_owned();
+    let (file, media) = match open(path) {
+        Ok(opened) => opened,
+        Err(err) => {
+            tracing::error!(route, "file source: {err}");
+            stream.set_state(SourceState::Failed(err.to_string()));
+            return;
+        }
+    };
+    for skipped in media.skipped_tracks() {
+        tracing::warn!(route, path = %path.display(), "file source skips {skipped}");
+    }
+    tracing::info!(
+        route,
+        path = %path.display(),
+        tracks = ?media.description().tracks.iter().map(|t| t.codec.name()).collect::<Vec<_>>(),
+        seconds = media.period_nanos() as f64 / 1e9,
+        "file source playing"
+    );
+    let start = Instant::now();
+    let mut publisher = stream.publish(media.description().clone(), start);
+    let period = Duration::from_nanos(media.period_nanos());
+    let mut buffer = Vec::new();
+    for pass in 0u64.. {
+        let pass_start = start + period * u32::try_from(pass).unwrap_or(u32::MAX);
+        let mut errors = 0u32;
+        let mut published = 0usize;
+        for entry in media.schedule() {
+            let deadline = pass_start + Duration::from_nanos(entry.at_nanos);
+            if wait_until(deadline, stop) {
+                return;
+            }
+            match read_unit(
+                &file,
+                path,
+                &media,
+                entry.track,
+                entry.sample,
+                pass,
+                &mut buffer,
+            ) {
+                Ok(unit) => {
+                    publisher.send(unit);
+                    published += 1;
+                }
+                Err(err) => {
+                    errors += 1;
+                    stream
+                        .stats
+                        .source_errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if errors <= LOGGED_SAMPLE_ERRORS_PER_PASS {
+                        tracing::warn!(route, pass, "file source skips a sample: {err}");
+                    }
+                }
+            }
+        }
+        if published == 0 {
+            let reason = format!("no sample of {} could be read", path.display());
+            tracing::error!(route, "file source: {reason}");
+            stream.set_state(SourceState::Failed(reason));
+            return;
+        }
+        if !looping {
+            tracing::info!(route, "file source reached the end and does not loop");
+            stream.set_state(SourceState::Ended);
+            return;
+        }
+    }
+}
+
+fn open(path: &Path) -> Result<(File, Mp4Media), Error> {
+    let open_error = |source| Error::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let file = File::open(path).map_err(open_error)?;
+    let size = file.metadata().map_err(open_error)?.len();
+    let media = Mp4Media::parse(BufReader::new(&file), size)?;
+    Ok((file, media))
+}
+
+fn read_unit(
+    file: &File,
+    path: &Path,
+    media: &Mp4Media,
+    track: usize,
+    sample: usize,
+    pass: u64,
+    buffer: &mut Vec<u8>,
+) -> Result<crate::media::AccessUnit, Error> {
+    let sample_ref = media
+        .sample(track, sample)
+        .ok_or_else(|| Error::Corrupt(format!("no sample {sample} in track {track}")))?;
+    if sample_ref.size > MAX_SAMPLE_SIZE {
+        return Err(Error::Corrupt(format!(
+            "sample {sample} of track {track} claims {} bytes",
+            sample_ref.size
+        )));
+    }
+    // Bounded by MAX_SAMPLE_SIZE above.
+    buffer.resize(sample_ref.size as usize, 0);
+    file.read_exact_at(buffer, sample_ref.offset)
+        .map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+    media.access_unit(track, sample, buffer, pass)
+}
+
+/// Sleeps until `deadline`; true when the source was told to stop meanwhile.
+fn wait_until(deadline: Instant, stop: &Receiver<()>) -> bool {
+    let timeout = deadline.saturating_duration_since(Instant::now());
+    match stop.recv_timeout(timeout) {
+        Err(RecvTimeoutError::Timeout) => false,
+        Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
+    }
+}

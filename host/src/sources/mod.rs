@@ -1,0 +1,51 @@
+//! Sources: where each route's media comes from.
+//!
+//! In: a route's [`SourceConfig`]. Out: access units published into the route's [`Stream`], and the
+//! stream's [`SourceState`](crate::router::SourceState) kept true (a source that cannot run says why
+//! there, and other routes are not affected).
+
+mod file;
+mod mp4;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::config::SourceConfig;
+use crate::router::Stream;
+
+pub use mp4::Mp4Media;
+
+/// Why a source cannot produce media.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("not a usable MP4 file: {0}")]
+    Corrupt(String),
+    #[error("no playable track (H.264, H.265 or AAC): {0}")]
+    NoTracks(String),
+}
+
+/// A running source; dropping it stops the source.
+pub struct RunningSource {
+    _stop: std::sync::mpsc::Sender<()>,
+}
+
+/// Starts the source `config` describes, publishing into `stream`.
+pub fn start(config: &SourceConfig, stream: Arc<Stream>) -> RunningSource {
+    let (stop, stopped) = std::sync::mpsc::channel();
+    match config {
+        SourceConfig::File { path, looping } => {
+            file::spawn(path.clone(), *looping, stream, stopped);
+        }
+    }
+    RunningSource { _stop: stop }
+}
