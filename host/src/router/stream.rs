@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast};
 
 use crate::media::{AccessUnit, StreamDescription};
 use crate::rtp::{self, Packetizer, RtpUnit};
@@ -94,6 +94,8 @@ struct Shared {
 pub struct Stream {
     name: String,
     shared: Mutex<Shared>,
+    /// Woken whenever the source state changes.
+    state_changed: Notify,
     pub stats: StreamStats,
 }
 
@@ -115,6 +117,7 @@ impl Stream {
                 gop: Vec::new(),
                 gop_bytes: 0,
             }),
+            state_changed: Notify::new(),
             stats: StreamStats::default(),
         })
     }
@@ -174,6 +177,8 @@ impl Stream {
         shared.state = SourceState::Live;
         shared.gop.clear();
         shared.gop_bytes = 0;
+        drop(shared);
+        self.state_changed.notify_waiters();
         Publisher {
             stream: Arc::clone(self),
             packetizers,
@@ -187,6 +192,23 @@ impl Stream {
             self.stats.source_errors.fetch_add(1, Ordering::Relaxed);
         }
         self.lock().state = state;
+        self.state_changed.notify_waiters();
+    }
+
+    /// Waits up to `timeout` for a source that has not produced media yet (a file being opened,
+    /// a publisher about to connect); returns the state then.
+    pub async fn wait_while_waiting(&self, timeout: Duration) -> SourceState {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let changed = self.state_changed.notified();
+            let state = self.state();
+            if state != SourceState::Waiting {
+                return state;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.state();
+            }
+        }
     }
 
     /// Ends the stream: every reader's [`Reader::next`] returns `None`.

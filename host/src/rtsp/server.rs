@@ -17,7 +17,9 @@ use tokio_util::codec::FramedRead;
 
 use super::Error;
 use super::codec::{CodecError, Incoming, RtspDecoder};
-use super::session::{Action, ClientLimit, Connection, Context, Play, TrackTransport, bad_request};
+use super::session::{
+    Action, ClientLimit, Connection, Context, Play, TrackTransport, bad_request, route_name,
+};
 use crate::config::ServerConfig;
 use crate::router::{Reader, RouterHandle, Unit};
 use crate::rtp::rtcp::{self, SenderReport};
@@ -29,6 +31,8 @@ const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a connection checks its session's liveness.
 const LIVENESS_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 const EGRESS_BUFFER: usize = 16 * 1024;
+/// How long DESCRIBE and SETUP wait for a route whose source has not produced media yet.
+const SOURCE_START_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A bound RTSP server, ready to run.
 pub struct RtspServer {
@@ -238,6 +242,7 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<Share
                     }
                     Some(Ok(Incoming::Response)) => continue,
                 };
+                wait_for_source(&shared.router, &request).await;
                 let reply = connection.handle(&request, &ctx, Instant::now());
                 log.note(&request, &connection, &reply.response);
                 let mut bytes = Vec::with_capacity(512);
@@ -275,6 +280,23 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<Share
         None => egress_task.await.unwrap_or_default(),
     };
     log.finish(peer, started.elapsed(), &sent);
+}
+
+/// A reader that arrives while its route's source is still starting gets the stream, not an error.
+async fn wait_for_source(router: &RouterHandle, request: &rtsp_types::Request<Vec<u8>>) {
+    if !matches!(
+        request.method(),
+        rtsp_types::Method::Describe | rtsp_types::Method::Setup
+    ) {
+        return;
+    }
+    let stream = request
+        .request_uri()
+        .and_then(route_name)
+        .and_then(|name| router.stream(name));
+    if let Some(stream) = stream {
+        stream.wait_while_waiting(SOURCE_START_TIMEOUT).await;
+    }
 }
 
 fn register_rtcp(

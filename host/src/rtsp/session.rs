@@ -521,7 +521,7 @@ fn unavailable(stream: &Stream) -> Refusal {
 }
 
 /// The route a URL names: its first path segment.
-fn route_name(url: &Url) -> Option<&str> {
+pub fn route_name(url: &Url) -> Option<&str> {
     url.path_segments()?.find(|segment| !segment.is_empty())
 }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use crate::config::SourceConfig;
 use crate::router::Stream;
 
-pub use mp4::Mp4Media;
+pub use mp4::{Mp4Media, SampleRef};
 
 /// Why a source cannot produce media.
 #[derive(Debug, thiserror::Error)]

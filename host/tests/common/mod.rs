@@ -1,0 +1,226 @@
+//! Shared by the end-to-end tests: test clips made with ffmpeg, and the wasmcast binary started on
+//! a config of the test's own, listening on loopback ports the OS picks.
+
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of this module"
+)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A clip made once per test run under cargo's temporary directory.
+pub fn clip(name: &str, ffmpeg_args: &str) -> PathBuf {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("clips");
+    std::fs::create_dir_all(&dir).expect("create clip directory");
+    let path = dir.join(name);
+    if path.exists() {
+        return path;
+    }
+    let partial = dir.join(format!("partial-{}-{name}", std::process::id()));
+    let status = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y"])
+        .args(ffmpeg_args.split_whitespace())
+        .arg(&partial)
+        .status()
+        .expect("ffmpeg is installed (see scripts/install-test-deps)");
+    assert!(status.success(), "ffmpeg could not make {name}");
+    std::fs::rename(&partial, &path).expect("move clip into place");
+    path
+}
+
+/// Two seconds of H.264 constrained baseline 320x240 at 25 fps with stereo AAC at 48 kHz: short, so
+/// readers cross loop points quickly.
+pub fn short_clip() -> PathBuf {
+    clip(
+        "short-h264-aac.mp4",
+        "-f lavfi -i testsrc2=size=320x240:rate=25:duration=2 \
+         -f lavfi -i sine=frequency=440:sample_rate=48000:duration=2 \
+         -c:v libx264 -profile:v baseline -g 25 -pix_fmt yuv420p -c:a aac -ac 2 -b:a 64k",
+    )
+}
+
+/// H.264 High with two B-frames between references: decode order differs from presentation order.
+pub fn b_frame_clip() -> PathBuf {
+    clip(
+        "bframes-h264.mp4",
+        "-f lavfi -i testsrc2=size=320x240:rate=25:duration=2 \
+         -c:v libx264 -profile:v high -bf 2 -g 25 -pix_fmt yuv420p",
+    )
+}
+
+/// H.265 video only, without B-frames.
+pub fn h265_clip() -> PathBuf {
+    clip(
+        "h265-no-bframes.mp4",
+        "-f lavfi -i testsrc2=size=320x240:rate=25:duration=2 \
+         -c:v libx265 -x265-params log-level=error:bframes=0:keyint=25 -tag:v hvc1 -pix_fmt yuv420p",
+    )
+}
+
+/// The sample clip the project ships.
+pub fn sample_clip() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../media/sample.mp4")
+}
+
+/// A running `wasmcast serve`, killed on drop.
+pub struct Server {
+    child: Child,
+    pub rtsp: std::net::SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+    _dir: TempDir,
+}
+
+impl Server {
+    /// Starts the binary with `[server]` on loopback and the given `[routes...]` tables.
+    pub fn start(routes: &str) -> Server {
+        Server::start_with(
+            "rtsp = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nrtp_ports = \"31000-31999\"\n",
+            routes,
+        )
+    }
+
+    /// Starts the binary with the given `[server]` keys and `[routes...]` tables.
+    pub fn start_with(server: &str, routes: &str) -> Server {
+        let dir = TempDir::new();
+        let config = dir.path().join("wasmcast.toml");
+        std::fs::write(&config, format!("[server]\n{server}\n{routes}")).expect("write config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wasmcast"))
+            .args(["--log-level", "info", "serve", "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start wasmcast");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let thread_log = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("RTSP server listening on rtsp://").nth(1) {
+                    let addr = rest.split('/').next().unwrap_or_default().to_owned();
+                    let _ = addr_tx.send(addr);
+                }
+                thread_log.lock().unwrap().push(line);
+            }
+        });
+        let addr = match addr_rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("wasmcast did not start: {:#?}", log.lock().unwrap());
+            }
+        };
+        Server {
+            child,
+            rtsp: addr.parse().expect("listening address"),
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, route: &str) -> String {
+        format!("rtsp://{}/{route}", self.rtsp)
+    }
+
+    /// Every log line so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until a log line contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log().iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("run-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A route table playing `path`.
+pub fn file_route(name: &str, path: &Path) -> String {
+    format!("[routes.{name}]\nsource = \"file:{}\"\n", path.display())
+}
+
+/// Runs a command with a time limit; returns its exit success and its stdout and stderr.
+pub fn run(command: &mut Command, limit: Duration) -> (bool, String, String) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start command");
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    let out = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
+    let err = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let deadline = Instant::now() + limit;
+    let success = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status.success(),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break false;
+            }
+        }
+    };
+    (
+        success,
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    )
+}

@@ -1,0 +1,136 @@
+//! Real players read wasmcast: ffprobe and ffmpeg (libavformat, what OpenCV uses for RTSP) and
+//! GStreamer's rtspsrc.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Server, file_route, run, sample_clip, short_clip};
+
+#[test]
+fn ffprobe_reports_codecs_and_size_of_the_sample() {
+    let server = Server::start(&file_route("unicast", &sample_clip()));
+    for transport in ["udp", "tcp"] {
+        let (ok, out, err) = run(
+            Command::new("ffprobe")
+                .args(["-v", "error", "-rtsp_transport", transport, "-show_entries"])
+                .args([
+                    "stream=codec_name,profile,width,height,sample_rate,channels",
+                    "-of",
+                    "compact",
+                ])
+                .arg(server.url("unicast")),
+            Duration::from_secs(30),
+        );
+        assert!(ok, "ffprobe over {transport} failed: {err}");
+        assert!(
+            out.contains("codec_name=h264|profile=Constrained Baseline|width=640|height=360"),
+            "{out}"
+        );
+        assert!(
+            out.contains("codec_name=aac|profile=LC|sample_rate=48000|channels=2"),
+            "{out}"
+        );
+    }
+}
+
+/// ffmpeg decodes `seconds` of the route and reports every frame; returns (video, audio) frames.
+fn ffmpeg_decode(url: &str, transport: &str, seconds: u32) -> (usize, usize) {
+    let (ok, out, err) = run(
+        Command::new("ffmpeg")
+            .args([
+                "-hide_banner",
+                "-v",
+                "error",
+                "-rtsp_transport",
+                transport,
+                "-i",
+                url,
+            ])
+            .args(["-t", &seconds.to_string(), "-f", "framemd5", "-"]),
+        Duration::from_secs(u64::from(seconds) + 30),
+    );
+    assert!(ok, "ffmpeg over {transport} failed: {err}");
+    assert!(
+        err.trim().is_empty(),
+        "ffmpeg reported errors over {transport}: {err}"
+    );
+    let count = |stream: &str| out.lines().filter(|l| l.starts_with(stream)).count();
+    (count("0,"), count("1,"))
+}
+
+#[test]
+fn ffmpeg_decodes_over_udp_across_loop_points_without_error() {
+    let server = Server::start(&file_route("clip", &short_clip()));
+    let (video, audio) = ffmpeg_decode(&server.url("clip"), "udp", 6);
+    assert!(video >= 140, "6 s at 25 fps: {video} video frames");
+    assert!(
+        audio >= 250,
+        "6 s of 1024-sample frames at 48 kHz: {audio} audio frames"
+    );
+}
+
+#[test]
+fn ffmpeg_decodes_over_tcp_across_loop_points_without_error() {
+    let server = Server::start(&file_route("clip", &short_clip()));
+    let (video, audio) = ffmpeg_decode(&server.url("clip"), "tcp", 6);
+    assert!(video >= 140, "6 s at 25 fps: {video} video frames");
+    assert!(
+        audio >= 250,
+        "6 s of 1024-sample frames at 48 kHz: {audio} audio frames"
+    );
+}
+
+#[test]
+fn ffmpeg_decodes_a_b_frame_file_in_presentation_order() {
+    let server = Server::start(&file_route("bframes", &common::b_frame_clip()));
+    let (ok, out, err) = run(
+        Command::new("ffmpeg")
+            .args([
+                "-hide_banner",
+                "-v",
+                "error",
+                "-rtsp_transport",
+                "tcp",
+                "-i",
+            ])
+            .arg(server.url("bframes"))
+            .args(["-t", "5", "-f", "framemd5", "-"]),
+        Duration::from_secs(40),
+    );
+    assert!(ok && err.trim().is_empty(), "ffmpeg: {err}");
+    let pts: Vec<i64> = out
+        .lines()
+        .filter(|l| l.starts_with("0,"))
+        .filter_map(|l| l.split(',').nth(2)?.trim().parse().ok())
+        .collect();
+    assert!(pts.len() >= 100, "{} frames", pts.len());
+    assert!(
+        pts.windows(2).all(|w| w[1] > w[0]),
+        "decoded frames come out in order: {pts:?}"
+    );
+}
+
+fn gstreamer_decodes(url: &str, protocols: &str) {
+    let (ok, _, err) = run(
+        Command::new("gst-launch-1.0")
+            .args(["-q", "rtspsrc"])
+            .arg(format!("location={url}"))
+            .args(["latency=0", &format!("protocols={protocols}")])
+            .args(["!", "rtph264depay", "!", "h264parse", "!", "avdec_h264"])
+            .args(["!", "identity", "eos-after=75", "!", "fakesink"]),
+        Duration::from_secs(30),
+    );
+    assert!(
+        ok,
+        "GStreamer over {protocols} did not decode 75 frames: {err}"
+    );
+}
+
+#[test]
+fn gstreamer_rtspsrc_decodes_over_udp_and_tcp() {
+    let server = Server::start(&file_route("unicast", &sample_clip()));
+    gstreamer_decodes(&server.url("unicast"), "udp");
+    gstreamer_decodes(&server.url("unicast"), "tcp");
+}
