@@ -51,6 +51,7 @@ impl Decoder for RtspDecoder {
             return Ok(None);
         }
         match Message::<Vec<u8>>::parse(&src[..]) {
+            Ok((_, consumed)) if consumed > MAX_MESSAGE_SIZE => Err(CodecError::TooLarge),
             Ok((message, consumed)) => {
                 src.advance(consumed);
                 Ok(Some(match message {
@@ -110,6 +111,9 @@ mod tests {
         let mut huge = b"OPTIONS rtsp://h/a RTSP/1.0\r\nX-Pad: ".to_vec();
         huge.extend(std::iter::repeat_n(b'a', MAX_MESSAGE_SIZE + 10));
         let (_, err) = decode_all(&huge);
-        assert!(matches!(err, Some(CodecError::TooLarge)));
+        assert!(matches!(err, Some(CodecError::TooLarge)), "incomplete and too large");
+        huge.extend_from_slice(b"\r\nCSeq: 1\r\n\r\n");
+        let (_, err) = decode_all(&huge);
+        assert!(matches!(err, Some(CodecError::TooLarge)), "complete but too large");
     }
 }

@@ -217,7 +217,7 @@ impl Connection {
     }
 
     fn ok(&self, cseq: &str) -> rtsp_types::ResponseBuilder {
-        self.with_session(base_response(StatusCode::Ok, Some(cseq)))
+        self.with_session(base_response(StatusCode::Ok, Some(cseq)).reason_phrase("OK"))
     }
 
     fn with_session(&self, builder: rtsp_types::ResponseBuilder) -> rtsp_types::ResponseBuilder {

@@ -1,0 +1,252 @@
+//! Many readers, a reader that stops reading, broken requests and broken files: each is that
+//! party's problem alone.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Server, file_route, sample_clip, short_clip};
+use futures::StreamExt;
+use retina::client::{
+    PlayOptions, SessionOptions, SetupOptions, TcpTransportOptions, Transport, UdpTransportOptions,
+};
+use retina::codec::CodecItem;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Reads a route with retina for `seconds`; returns the video frames received and the RTP packets
+/// reported lost.
+async fn count_frames(url: String, transport: Transport, seconds: u64) -> (usize, u64) {
+    let url = url::Url::parse(&url).expect("url");
+    let mut session = retina::client::Session::describe(url, SessionOptions::default())
+        .await
+        .expect("DESCRIBE");
+    session
+        .setup(0, SetupOptions::default().transport(transport))
+        .await
+        .expect("SETUP");
+    let mut playing = session
+        .play(PlayOptions::default())
+        .await
+        .expect("PLAY")
+        .demuxed()
+        .expect("demuxed");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    let (mut frames, mut lost) = (0, 0);
+    while let Ok(Some(item)) = tokio::time::timeout_at(deadline, playing.next()).await {
+        if let CodecItem::VideoFrame(frame) = item.expect("media") {
+            frames += 1;
+            lost += u64::from(frame.loss());
+        }
+    }
+    (frames, lost)
+}
+
+/// Sends raw bytes on a fresh connection and returns what the server answered before closing or
+/// going quiet.
+async fn exchange(server: &Server, request: &[u8]) -> String {
+    let mut socket = TcpStream::connect(server.rtsp).await.expect("connect");
+    socket.write_all(request).await.expect("send");
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(Ok(n)) =
+        tokio::time::timeout(Duration::from_millis(500), socket.read(&mut buf)).await
+    {
+        if n == 0 {
+            break;
+        }
+        reply.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+/// Sets up a TCP-interleaved session by hand, starts it, and then never reads again.
+async fn stalled_reader(server: &Server, route: &str) -> TcpStream {
+    let socket = TcpSocket::new_v4().expect("socket");
+    // A tiny receive window makes the stall reach the server at once.
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let mut stream = socket.connect(server.rtsp).await.expect("connect");
+    let url = server.url(route);
+    let setup = format!(
+        "SETUP {url}/trackID=0 RTSP/1.0\r\nCSeq: 1\r\nTransport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n\r\n"
+    );
+    stream.write_all(setup.as_bytes()).await.expect("SETUP");
+    let mut buf = vec![0u8; 2048];
+    let n = stream.read(&mut buf).await.expect("SETUP reply");
+    let reply = String::from_utf8_lossy(&buf[..n]);
+    assert!(reply.starts_with("RTSP/1.0 200"), "{reply}");
+    let session = reply
+        .lines()
+        .find_map(|l| l.strip_prefix("Session: "))
+        .and_then(|s| s.split(';').next())
+        .expect("session")
+        .to_owned();
+    let play = format!("PLAY {url} RTSP/1.0\r\nCSeq: 2\r\nSession: {session}\r\n\r\n");
+    stream.write_all(play.as_bytes()).await.expect("PLAY");
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_readers_all_receive_and_a_stalled_one_slows_nobody() {
+    let server = Server::start(&file_route("unicast", &sample_clip()));
+    let _stalled = stalled_reader(&server, "unicast").await;
+    let readers: Vec<_> = (0..20)
+        .map(|i| {
+            let transport = if i % 2 == 0 {
+                Transport::Tcp(TcpTransportOptions::default())
+            } else {
+                Transport::Udp(UdpTransportOptions::default())
+            };
+            tokio::spawn(count_frames(server.url("unicast"), transport, 6))
+        })
+        .collect();
+    for (i, reader) in readers.into_iter().enumerate() {
+        let (frames, lost) = reader.await.expect("reader task");
+        // 6 s at 25 fps is 150 frames, plus up to a second of kept GOP at the start.
+        assert!(frames >= 140, "reader {i} got {frames} frames");
+        assert_eq!(lost, 0, "reader {i} lost packets");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_errors_and_other_readers_play_on() {
+    let server = Server::start(&file_route("clip", &short_clip()));
+    let reader = tokio::spawn(count_frames(
+        server.url("clip"),
+        Transport::Tcp(TcpTransportOptions::default()),
+        5,
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let url = server.url("clip");
+
+    let garbage = exchange(
+        &server,
+        b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03garbage\r\n\r\n",
+    )
+    .await;
+    assert!(garbage.starts_with("RTSP/1.0 400"), "garbage: {garbage:?}");
+
+    let truncated = exchange(
+        &server,
+        format!("DESCRIBE {url} RTSP/1.0\r\nCSeq: 1\r\nAcc").as_bytes(),
+    )
+    .await;
+    assert_eq!(truncated, "", "a truncated request waits for more");
+
+    let mut huge = format!("OPTIONS {url} RTSP/1.0\r\nCSeq: 1\r\nX-Padding: ").into_bytes();
+    huge.extend(std::iter::repeat_n(b'x', 100 * 1024));
+    huge.extend_from_slice(b"\r\n\r\n");
+    let huge = exchange(&server, &huge).await;
+    assert!(huge.starts_with("RTSP/1.0 400"), "huge: {huge:?}");
+
+    let wrong_cseq = exchange(
+        &server,
+        format!(
+            "OPTIONS {url} RTSP/1.0\r\nCSeq: nope\r\n\r\nOPTIONS {url} RTSP/1.0\r\nCSeq: 2\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(
+        wrong_cseq.starts_with("RTSP/1.0 400"),
+        "wrong CSeq: {wrong_cseq:?}"
+    );
+    assert!(
+        wrong_cseq.contains("RTSP/1.0 200 OK\r\n"),
+        "the connection goes on: {wrong_cseq:?}"
+    );
+
+    let unknown = exchange(
+        &server,
+        format!("FROB {url} RTSP/1.0\r\nCSeq: 1\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(
+        unknown.starts_with("RTSP/1.0 501"),
+        "unknown method: {unknown:?}"
+    );
+
+    let not_found = exchange(
+        &server,
+        format!(
+            "DESCRIBE rtsp://{}/nope RTSP/1.0\r\nCSeq: 1\r\n\r\n",
+            server.rtsp
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(
+        not_found.starts_with("RTSP/1.0 404"),
+        "unknown route: {not_found:?}"
+    );
+
+    let bad_session = exchange(
+        &server,
+        format!("PLAY {url} RTSP/1.0\r\nCSeq: 1\r\nSession: 123\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(
+        bad_session.starts_with("RTSP/1.0 454"),
+        "bad session: {bad_session:?}"
+    );
+
+    let bad_transport = exchange(
+        &server,
+        format!("SETUP {url}/trackID=0 RTSP/1.0\r\nCSeq: 1\r\nTransport: RTP/SAVP;unicast;client_port=1-2\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    assert!(
+        bad_transport.starts_with("RTSP/1.0 461"),
+        "unsupported transport: {bad_transport:?}"
+    );
+
+    let (frames, lost) = reader.await.expect("reader");
+    assert!(
+        frames >= 115 && lost == 0,
+        "the reader kept playing: {frames} frames, {lost} lost"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_and_corrupt_files_fail_their_route_only() {
+    let dir = common::TempDir::new();
+    let corrupt = dir.path().join("corrupt.mp4");
+    let mut bytes = std::fs::read(short_clip()).expect("clip");
+    // Keep the header, scramble the rest: the sample tables no longer make sense.
+    for (i, b) in bytes.iter_mut().enumerate().skip(32) {
+        *b = (i as u8).wrapping_mul(31);
+    }
+    std::fs::write(&corrupt, &bytes).expect("write corrupt file");
+    let routes = format!(
+        "{}{}{}",
+        file_route("good", &short_clip()),
+        file_route("missing", &dir.path().join("nope.mp4")),
+        file_route("corrupt", &corrupt)
+    );
+    let mut server = Server::start(&routes);
+    for route in ["missing", "corrupt"] {
+        let reply = exchange(
+            &server,
+            format!("DESCRIBE {} RTSP/1.0\r\nCSeq: 1\r\n\r\n", server.url(route)).as_bytes(),
+        )
+        .await;
+        assert!(reply.starts_with("RTSP/1.0 503"), "{route}: {reply:?}");
+        assert!(
+            reply.contains("source failed"),
+            "{route} says why: {reply:?}"
+        );
+    }
+    assert!(
+        server.wait_for_log("nope.mp4", Duration::from_secs(5)),
+        "the log names the file"
+    );
+    let (frames, _) = count_frames(
+        server.url("good"),
+        Transport::Tcp(TcpTransportOptions::default()),
+        3,
+    )
+    .await;
+    assert!(frames >= 60, "the good route serves: {frames}");
+    assert!(server.is_running());
+}
