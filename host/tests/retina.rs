@@ -89,16 +89,15 @@ async fn read(url: &str, transport: Transport, seconds: u64) -> (Vec<String>, Se
                 audio.last_timestamp = Some(ts);
                 audio.frames += 1;
             }
-            CodecItem::Rtcp(rtcp) => {
+            CodecItem::Rtcp(rtcp)
                 if rtcp
                     .pkts()
-                    .any(|p| matches!(p.as_sender_report(), Ok(Some(_))))
-                {
-                    if rtcp.stream_id() == 0 {
-                        video.sender_reports += 1;
-                    } else {
-                        audio.sender_reports += 1;
-                    }
+                    .any(|p| matches!(p.as_sender_report(), Ok(Some(_)))) =>
+            {
+                if rtcp.stream_id() == 0 {
+                    video.sender_reports += 1;
+                } else {
+                    audio.sender_reports += 1;
                 }
             }
             _ => {}

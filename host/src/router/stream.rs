@@ -20,6 +20,8 @@ const RING_CAPACITY: usize = 512;
 /// readers then wait for the next keyframe.
 const MAX_GOP_BYTES: usize = 32 << 20;
 const MAX_GOP_UNITS: usize = 4096;
+/// How much faster than real time a new reader gets the kept GOP.
+const CATCH_UP_SPEED: u32 = 2;
 
 /// An access unit and its RTP packets, shared by every reader.
 #[derive(Debug)]
@@ -235,6 +237,7 @@ impl Stream {
             waiting_for_keyframe: media.description.video_track().is_some() && backlog.is_empty(),
             media,
             backlog: backlog.into_iter(),
+            catch_up: None,
             receiver,
         })
     }
@@ -289,6 +292,8 @@ pub struct Reader {
     video_track: Option<usize>,
     waiting_for_keyframe: bool,
     backlog: std::vec::IntoIter<Arc<Unit>>,
+    /// When the first backlog unit went out, and its decode time.
+    catch_up: Option<(tokio::time::Instant, Duration)>,
     receiver: broadcast::Receiver<Arc<Unit>>,
 }
 
@@ -303,10 +308,24 @@ impl Reader {
     }
 
     /// The next unit to send, or `None` once the stream is closed.
+    ///
+    /// The kept GOP is handed out faster than real time but not in one burst: its keyframe at once,
+    /// the rest at [`CATCH_UP_SPEED`] times its own pace, so a UDP reader's socket buffer is not
+    /// flooded. Cancel-safe: a unit is taken only when it is returned.
     pub async fn next(&mut self) -> Option<Arc<Unit>> {
         loop {
-            let unit = match self.backlog.next() {
-                Some(unit) => unit,
+            let backlog_unit = self.backlog.as_slice().first().cloned();
+            let unit = match backlog_unit {
+                Some(unit) => {
+                    let at = self.decode_time(&unit);
+                    let (started, first) = *self
+                        .catch_up
+                        .get_or_insert_with(|| (tokio::time::Instant::now(), at));
+                    tokio::time::sleep_until(started + at.saturating_sub(first) / CATCH_UP_SPEED)
+                        .await;
+                    self.backlog.next();
+                    unit
+                }
                 None => match self.receiver.recv().await {
                     Ok(unit) => unit,
                     Err(broadcast::error::RecvError::Closed) => return None,
@@ -330,17 +349,17 @@ impl Reader {
         }
     }
 
-    /// Like [`Reader::next`], but gives up after `timeout` (to let the caller do periodic work).
-    pub async fn next_within(&mut self, timeout: Duration) -> Result<Option<Arc<Unit>>, Elapsed> {
-        tokio::time::timeout(timeout, self.next())
-            .await
-            .map_err(|_| Elapsed)
+    /// When a unit is due on the stream's timeline, from its decode timestamp.
+    fn decode_time(&self, unit: &Unit) -> Duration {
+        let rate = self
+            .media
+            .tracks
+            .get(unit.au.track)
+            .map_or(1, |t| u128::from(t.clock_rate.max(1)));
+        let dts = u128::try_from(unit.au.dts).unwrap_or(0);
+        Duration::from_nanos(u64::try_from(dts * 1_000_000_000 / rate).unwrap_or(u64::MAX))
     }
 }
-
-/// [`Reader::next_within`] ran out of time.
-#[derive(Debug)]
-pub struct Elapsed;
 
 impl Drop for Reader {
     fn drop(&mut self) {

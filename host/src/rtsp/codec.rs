@@ -111,9 +111,15 @@ mod tests {
         let mut huge = b"OPTIONS rtsp://h/a RTSP/1.0\r\nX-Pad: ".to_vec();
         huge.extend(std::iter::repeat_n(b'a', MAX_MESSAGE_SIZE + 10));
         let (_, err) = decode_all(&huge);
-        assert!(matches!(err, Some(CodecError::TooLarge)), "incomplete and too large");
+        assert!(
+            matches!(err, Some(CodecError::TooLarge)),
+            "incomplete and too large"
+        );
         huge.extend_from_slice(b"\r\nCSeq: 1\r\n\r\n");
         let (_, err) = decode_all(&huge);
-        assert!(matches!(err, Some(CodecError::TooLarge)), "complete but too large");
+        assert!(
+            matches!(err, Some(CodecError::TooLarge)),
+            "complete but too large"
+        );
     }
 }

@@ -1,0 +1,23 @@
+# wasmcast in a container: docker build -t wasmcast . && docker compose up
+# Build stage: the toolchain rust-toolchain.toml pins.
+FROM rust:1.95-slim-bookworm AS build
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends nasm pkg-config \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --bin wasmcast \
+ && strip target/release/wasmcast
+
+# Runtime stage: the binary, the default config and the sample clip, run as a non-root user.
+FROM debian:bookworm-slim
+RUN useradd --system --uid 10001 --home-dir /srv/wasmcast --shell /usr/sbin/nologin wasmcast
+WORKDIR /srv/wasmcast
+COPY --from=build /src/target/release/wasmcast /usr/local/bin/wasmcast
+COPY --chown=wasmcast:wasmcast config/ config/
+COPY --chown=wasmcast:wasmcast media/sample.mp4 media/sample.mp4
+USER wasmcast
+# RTSP, HTTP (push, player, API), RTP/RTCP over UDP, ICE over UDP.
+EXPOSE 8554/tcp 8090/tcp 30000-30999/udp 8189/udp
+ENTRYPOINT ["wasmcast"]
+CMD ["serve", "--config", "/srv/wasmcast/config/wasmcast.toml"]

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs the system packages the test suite uses: the players it proves wasmcast against
+# (ffmpeg/ffprobe, GStreamer's rtspsrc with an H.264 decoder) and nasm for the codec builds.
+# Debian/Ubuntu; run as root (CI does) or it uses sudo.
+set -euo pipefail
+
+packages=(
+  ffmpeg
+  gstreamer1.0-tools
+  gstreamer1.0-plugins-base
+  gstreamer1.0-plugins-good
+  gstreamer1.0-plugins-bad
+  gstreamer1.0-libav
+  nasm
+)
+
+missing=()
+for package in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if ((${#missing[@]} == 0)); then
+  echo "install-test-deps: all packages present"
+  exit 0
+fi
+
+sudo=()
+[ "$(id -u)" -eq 0 ] || sudo=(sudo)
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
