@@ -14,7 +14,10 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::RouteConfig;
 use crate::sources::{self, RunningSource};
 
-pub use stream::{MediaInfo, Reader, SourceState, Stream, StreamStats, TrackRtp, Unit};
+pub use stream::{
+    Busy, MediaInfo, PublishClaim, Publisher, Reader, SourceState, Stream, StreamStats, Timeline,
+    TrackRtp, Unit,
+};
 
 type RouteMap = Arc<BTreeMap<String, Arc<Stream>>>;
 

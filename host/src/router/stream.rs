@@ -28,15 +28,54 @@ const CATCH_UP_SPEED: u32 = 2;
 pub struct Unit {
     pub au: AccessUnit,
     pub rtp: RtpUnit,
+    /// Which publisher made it: a change tells readers the source was replaced.
+    pub generation: u64,
 }
 
-/// Per-track RTP identity, fixed for as long as one publisher runs.
+/// Per-track RTP identity. It outlives publishers: a publisher that replaces another with the same
+/// kind of track keeps the SSRC, the sequence numbers and a clock that never runs backwards.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TrackRtp {
     pub payload_type: u8,
     pub ssrc: u32,
     pub clock_rate: u32,
-    timestamp_offset: u32,
+    video: bool,
+    /// RTP timestamp at the stream's epoch.
+    base_timestamp: u32,
+    next_seq: u16,
+}
+
+impl TrackRtp {
+    fn new(index: usize, codec: &crate::media::Codec) -> TrackRtp {
+        TrackRtp {
+            payload_type: rtp::payload_type(index),
+            ssrc: rand::random(),
+            clock_rate: codec.clock_rate(),
+            video: codec.is_video(),
+            base_timestamp: rand::random(),
+            next_seq: rand::random(),
+        }
+    }
+
+    fn continues(&self, codec: &crate::media::Codec) -> bool {
+        self.clock_rate == codec.clock_rate() && self.video == codec.is_video()
+    }
+
+    /// RTP ticks in `nanos` nanoseconds, modulo 2^32.
+    fn ticks(&self, nanos: i128) -> u32 {
+        // RTP timestamps are modulo 2^32; truncation is the intent.
+        (nanos * i128::from(self.clock_rate) / NANOS_PER_SECOND) as u32
+    }
+}
+
+const NANOS_PER_SECOND: i128 = 1_000_000_000;
+
+/// How a source's timestamps map to wall-clock time: the unit whose timestamp is `anchor_nanos`
+/// (in nanoseconds on the source's clock, shared by all its tracks) belongs at `anchor`.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeline {
+    pub anchor: Instant,
+    pub anchor_nanos: i128,
 }
 
 /// What egress needs to describe a stream and to report on it in RTCP.
@@ -44,26 +83,23 @@ pub struct TrackRtp {
 pub struct MediaInfo {
     pub description: StreamDescription,
     pub tracks: Vec<TrackRtp>,
-    /// The instant the source's timeline starts: a unit with timestamp `t` belongs at
-    /// `timeline_start + t / clock_rate`.
-    timeline_start: Instant,
+    /// RTP timestamps count from here: `base_timestamp` at `epoch`, one tick per clock period after.
+    epoch: Instant,
 }
 
 impl MediaInfo {
     /// The RTP timestamp of `track` that corresponds to the instant `now`, for sender reports.
     pub fn rtp_timestamp_at(&self, track: usize, now: Instant) -> Option<u32> {
         let info = self.tracks.get(track)?;
-        let elapsed = now.saturating_duration_since(self.timeline_start);
-        let ticks = elapsed.as_nanos() * u128::from(info.clock_rate) / 1_000_000_000;
-        // RTP timestamps are modulo 2^32.
-        Some(info.timestamp_offset.wrapping_add(ticks as u32))
+        let elapsed = now.saturating_duration_since(self.epoch).as_nanos() as i128;
+        Some(info.base_timestamp.wrapping_add(info.ticks(elapsed)))
     }
 }
 
 /// Where a route's source stands, for readers and for the status page.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SourceState {
-    /// No media yet.
+    /// No media now: the source is starting, or waits for a publisher to (re)connect.
     Waiting,
     Live,
     /// The source stopped for good, e.g. the end of a file that does not loop.
@@ -81,6 +117,7 @@ pub struct StreamStats {
     /// Times a reader fell a whole ring behind and was moved forward to the next keyframe.
     pub readers_too_slow: AtomicU64,
     pub source_errors: AtomicU64,
+    pub publishers: AtomicU64,
 }
 
 struct Shared {
@@ -90,6 +127,10 @@ struct Shared {
     /// Units since the latest video keyframe (empty until one arrives).
     gop: Vec<Arc<Unit>>,
     gop_bytes: usize,
+    /// A publisher holds the stream (or is about to).
+    claimed: bool,
+    /// Bumped by every publisher, so readers notice a change of source.
+    generation: u64,
 }
 
 /// One route's hub.
@@ -107,6 +148,11 @@ impl std::fmt::Debug for Stream {
     }
 }
 
+/// Another publisher holds the stream.
+#[derive(Debug, thiserror::Error)]
+#[error("route `{0}` already has a publisher")]
+pub struct Busy(pub String);
+
 impl Stream {
     pub fn new(name: &str) -> Arc<Stream> {
         let (sender, _) = broadcast::channel(RING_CAPACITY);
@@ -118,6 +164,8 @@ impl Stream {
                 sender: Some(sender),
                 gop: Vec::new(),
                 gop_bytes: 0,
+                claimed: false,
+                generation: 0,
             }),
             state_changed: Notify::new(),
             stats: StreamStats::default(),
@@ -139,52 +187,85 @@ impl Stream {
         self.lock().state.clone()
     }
 
-    /// The media now published, if any.
+    /// The media now published (or last published), if any.
     pub fn media(&self) -> Option<Arc<MediaInfo>> {
         self.lock().media.clone()
     }
 
-    /// Starts a publisher for `description`, whose timestamps count from `timeline_start`.
-    pub fn publish(
+    /// Reserves the stream for one publisher; a second gets [`Busy`] until the first lets go.
+    pub fn claim(self: &Arc<Self>) -> Result<PublishClaim, Busy> {
+        let mut shared = self.lock();
+        if shared.claimed {
+            return Err(Busy(self.name.clone()));
+        }
+        shared.claimed = true;
+        Ok(PublishClaim {
+            stream: Some(Arc::clone(self)),
+        })
+    }
+
+    fn start_publisher(
         self: &Arc<Self>,
         description: StreamDescription,
-        timeline_start: Instant,
+        timeline: Timeline,
     ) -> Publisher {
-        let mut packetizers = Vec::with_capacity(description.tracks.len());
+        let mut shared = self.lock();
+        let previous = shared.media.clone();
+        let epoch = previous.as_ref().map_or(timeline.anchor, |m| m.epoch);
+        let continues = previous.as_ref().is_some_and(|m| {
+            m.tracks.len() == description.tracks.len()
+                && m.tracks
+                    .iter()
+                    .zip(&description.tracks)
+                    .all(|(rtp, t)| rtp.continues(&t.codec))
+        });
         let mut tracks = Vec::with_capacity(description.tracks.len());
+        let mut packetizers = Vec::with_capacity(description.tracks.len());
         for (index, track) in description.tracks.iter().enumerate() {
-            let rtp = TrackRtp {
-                payload_type: rtp::payload_type(index),
-                ssrc: rand::random(),
-                clock_rate: track.codec.clock_rate(),
-                timestamp_offset: rand::random(),
+            let rtp = match &previous {
+                Some(media) if continues => media.tracks[index].clone(),
+                _ => TrackRtp::new(index, &track.codec),
             };
+            // rtp(pts) = base + ticks(belongs_at(pts) - epoch), where
+            // belongs_at(pts) = anchor + (nanos(pts) - anchor_nanos).
+            let since_epoch = timeline.anchor.saturating_duration_since(epoch).as_nanos() as i128;
+            let offset = rtp
+                .base_timestamp
+                .wrapping_add(rtp.ticks(since_epoch))
+                .wrapping_sub(rtp.ticks(timeline.anchor_nanos));
             packetizers.push(Packetizer::new(
                 &track.codec,
                 rtp.payload_type,
                 rtp.ssrc,
-                rand::random(),
-                rtp.timestamp_offset,
+                rtp.next_seq,
+                offset,
             ));
             tracks.push(rtp);
         }
+        if previous.is_some() && !continues {
+            // Readers set up for other tracks cannot follow: end them, new readers get the new SDP.
+            let (sender, _) = broadcast::channel(RING_CAPACITY);
+            shared.sender = Some(sender);
+        }
         let video_track = description.video_track();
-        let media = Arc::new(MediaInfo {
+        shared.media = Some(Arc::new(MediaInfo {
             description,
             tracks,
-            timeline_start,
-        });
-        let mut shared = self.lock();
-        shared.media = Some(media);
+            epoch,
+        }));
         shared.state = SourceState::Live;
         shared.gop.clear();
         shared.gop_bytes = 0;
+        shared.generation += 1;
+        let generation = shared.generation;
         drop(shared);
+        self.stats.publishers.fetch_add(1, Ordering::Relaxed);
         self.state_changed.notify_waiters();
         Publisher {
             stream: Arc::clone(self),
             packetizers,
             video_track,
+            generation,
         }
     }
 
@@ -224,9 +305,13 @@ impl Stream {
     /// A reader that starts at the latest keyframe, or `None` while there is no media.
     pub fn subscribe(self: &Arc<Self>) -> Option<Reader> {
         let shared = self.lock();
+        if shared.state != SourceState::Live {
+            return None;
+        }
         let media = Arc::clone(shared.media.as_ref()?);
         let receiver = shared.sender.as_ref()?.subscribe();
         let backlog = shared.gop.clone();
+        let generation = shared.generation;
         drop(shared);
         self.stats.readers.fetch_add(1, Ordering::Relaxed);
         Some(Reader {
@@ -238,8 +323,31 @@ impl Stream {
             media,
             backlog: backlog.into_iter(),
             catch_up: None,
+            generation,
             receiver,
         })
+    }
+}
+
+/// The right to publish into a stream, held from the moment a publisher connects until it leaves.
+pub struct PublishClaim {
+    stream: Option<Arc<Stream>>,
+}
+
+impl PublishClaim {
+    /// Starts publishing `description`, whose timestamps follow `timeline`.
+    pub fn start(mut self, description: StreamDescription, timeline: Timeline) -> Publisher {
+        // The claim passes to the publisher, which releases it on drop.
+        let stream = self.stream.take().expect("a claim is started once");
+        stream.start_publisher(description, timeline)
+    }
+}
+
+impl Drop for PublishClaim {
+    fn drop(&mut self) {
+        if let Some(stream) = self.stream.take() {
+            stream.lock().claimed = false;
+        }
     }
 }
 
@@ -248,6 +356,7 @@ pub struct Publisher {
     stream: Arc<Stream>,
     packetizers: Vec<Packetizer>,
     video_track: Option<usize>,
+    generation: u64,
 }
 
 impl Publisher {
@@ -259,7 +368,11 @@ impl Publisher {
         let rtp = packetizer.packetize(&au);
         let size = au.data.len();
         let starts_gop = Some(au.track) == self.video_track && au.keyframe;
-        let unit = Arc::new(Unit { au, rtp });
+        let unit = Arc::new(Unit {
+            au,
+            rtp,
+            generation: self.generation,
+        });
         let stats = &self.stream.stats;
         stats.units_in.fetch_add(1, Ordering::Relaxed);
         stats.bytes_in.fetch_add(size as u64, Ordering::Relaxed);
@@ -285,6 +398,32 @@ impl Publisher {
     }
 }
 
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        let mut shared = self.stream.lock();
+        shared.claimed = false;
+        if shared.generation == self.generation {
+            // Remember where each track's sequence numbers stand for the next publisher.
+            if let Some(media) = &shared.media {
+                let mut tracks = media.tracks.clone();
+                for (rtp, packetizer) in tracks.iter_mut().zip(&self.packetizers) {
+                    rtp.next_seq = packetizer.next_seq();
+                }
+                shared.media = Some(Arc::new(MediaInfo {
+                    description: media.description.clone(),
+                    tracks,
+                    epoch: media.epoch,
+                }));
+            }
+            if shared.state == SourceState::Live {
+                shared.state = SourceState::Waiting;
+            }
+        }
+        drop(shared);
+        self.stream.state_changed.notify_waiters();
+    }
+}
+
 /// One reader's view of a stream: the kept GOP first, then live units.
 pub struct Reader {
     stream: Arc<Stream>,
@@ -294,6 +433,8 @@ pub struct Reader {
     backlog: std::vec::IntoIter<Arc<Unit>>,
     /// When the first backlog unit went out, and its decode time.
     catch_up: Option<(tokio::time::Instant, Duration)>,
+    /// The publisher generation this reader is following.
+    generation: u64,
     receiver: broadcast::Receiver<Arc<Unit>>,
 }
 
@@ -339,6 +480,11 @@ impl Reader {
                     }
                 },
             };
+            if unit.generation != self.generation {
+                // A new publisher: its stream can only be joined at a keyframe.
+                self.generation = unit.generation;
+                self.waiting_for_keyframe = self.video_track.is_some();
+            }
             if self.waiting_for_keyframe {
                 if Some(unit.au.track) != self.video_track || !unit.au.keyframe {
                     continue;
@@ -395,6 +541,14 @@ mod tests {
         }
     }
 
+    pub(crate) fn start(stream: &Arc<Stream>, anchor: Instant) -> Publisher {
+        let timeline = Timeline {
+            anchor,
+            anchor_nanos: 0,
+        };
+        stream.claim().expect("free").start(description(), timeline)
+    }
+
     fn au(track: usize, pts: i64, keyframe: bool) -> AccessUnit {
         AccessUnit {
             track,
@@ -409,7 +563,7 @@ mod tests {
     async fn new_reader_starts_at_latest_keyframe() {
         let stream = Stream::new("test");
         assert!(stream.subscribe().is_none(), "no media yet");
-        let mut publisher = stream.publish(description(), Instant::now());
+        let mut publisher = start(&stream, Instant::now());
         publisher.send(au(0, 0, true));
         publisher.send(au(0, 3600, false));
         publisher.send(au(0, 7200, true));
@@ -435,7 +589,7 @@ mod tests {
     #[tokio::test]
     async fn slow_reader_skips_to_next_keyframe_and_others_are_untouched() {
         let stream = Stream::new("test");
-        let mut publisher = stream.publish(description(), Instant::now());
+        let mut publisher = start(&stream, Instant::now());
         publisher.send(au(0, 0, true));
         let mut slow = stream.subscribe().expect("media");
         let mut fast = stream.subscribe().expect("media");
@@ -458,7 +612,7 @@ mod tests {
     #[tokio::test]
     async fn close_ends_readers() {
         let stream = Stream::new("test");
-        let mut publisher = stream.publish(description(), Instant::now());
+        let mut publisher = start(&stream, Instant::now());
         publisher.send(au(0, 0, true));
         let mut reader = stream.subscribe().expect("media");
         stream.close();
@@ -466,11 +620,70 @@ mod tests {
         assert!(reader.next().await.is_none());
     }
 
+    #[tokio::test]
+    async fn a_returning_publisher_continues_the_rtp_stream_for_readers() {
+        let stream = Stream::new("test");
+        let t0 = Instant::now();
+        let mut first = start(&stream, t0);
+        assert!(stream.claim().is_err(), "one publisher at a time");
+        first.send(au(0, 0, true));
+        first.send(au(0, 3600, false));
+        let mut reader = stream.subscribe().expect("media");
+        let a = reader.next().await.unwrap();
+        let b = reader.next().await.unwrap();
+        drop(first);
+        assert_eq!(stream.state(), SourceState::Waiting);
+
+        // The new publisher's clock restarts at zero, ten seconds later in wall-clock time.
+        let mut second = start(&stream, t0 + Duration::from_secs(10));
+        second.send(au(0, 0, false));
+        second.send(au(0, 3600, true));
+        let c = reader.next().await.unwrap();
+        assert!(
+            c.au.keyframe,
+            "after a change of publisher the reader resumes at a keyframe"
+        );
+        let first_packet =
+            |u: &Unit| crate::rtp::header_seq_and_timestamp(&u.rtp.packets[0]).unwrap();
+        let (seq_b, ts_b) = first_packet(&b);
+        let (seq_c, ts_c) = first_packet(&c);
+        assert_eq!(
+            a.rtp.packets[0][8..12],
+            c.rtp.packets[0][8..12],
+            "same SSRC"
+        );
+        assert_eq!(seq_c, seq_b.wrapping_add(2), "sequence numbers continue");
+        assert_eq!(
+            ts_c.wrapping_sub(ts_b),
+            10 * 90_000,
+            "the RTP clock followed the wall clock"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_publisher_with_other_tracks_ends_old_readers() {
+        let stream = Stream::new("test");
+        let mut first = start(&stream, Instant::now());
+        first.send(au(0, 0, true));
+        let mut reader = stream.subscribe().expect("media");
+        drop(first);
+        let audio_only = StreamDescription {
+            tracks: vec![description().tracks[1].clone()],
+        };
+        let timeline = Timeline {
+            anchor: Instant::now(),
+            anchor_nanos: 0,
+        };
+        let _second = stream.claim().expect("free").start(audio_only, timeline);
+        assert!(reader.next().await.is_some(), "the backlog it already had");
+        assert!(reader.next().await.is_none());
+    }
+
     #[test]
     fn rtp_clock_follows_the_timeline() {
         let start = Instant::now();
         let stream = Stream::new("test");
-        let _publisher = stream.publish(description(), start);
+        let _publisher = super::tests::start(&stream, start);
         let media = stream.media().unwrap();
         let at_start = media.rtp_timestamp_at(0, start).unwrap();
         let later = media

@@ -65,8 +65,9 @@ impl Packetizer {
         }
     }
 
-    pub fn ssrc(&self) -> u32 {
-        self.ssrc
+    /// The sequence number the next packet will carry.
+    pub fn next_seq(&self) -> u16 {
+        self.next_seq
     }
 
     /// The RTP timestamp of a presentation time in the track's clock.

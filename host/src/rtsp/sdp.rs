@@ -112,7 +112,14 @@ mod tests {
             ],
         };
         let stream = crate::router::Stream::new("x");
-        let _publisher = stream.publish(description.clone(), std::time::Instant::now());
+        let timeline = crate::router::Timeline {
+            anchor: std::time::Instant::now(),
+            anchor_nanos: 0,
+        };
+        let _publisher = stream
+            .claim()
+            .expect("free")
+            .start(description.clone(), timeline);
         let rtp = stream.media().expect("published").tracks.clone();
         let sdp = describe("cam", &description, &rtp, "127.0.0.1".parse().unwrap(), 7);
         assert!(

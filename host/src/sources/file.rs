@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::mp4::MAX_SAMPLE_SIZE;
 use super::{Error, Mp4Media};
-use crate::router::{SourceState, Stream};
+use crate::router::{PublishClaim, SourceState, Stream, Timeline};
 
 /// Corrupt samples are logged, at most this many per pass, then only counted.
 const LOGGED_SAMPLE_ERRORS_PER_PASS: u32 = 3;
@@ -49,8 +49,15 @@ fn run(path: &Path, looping: bool, stream: &Arc<Stream>, stop: &Receiver<()>) {
         seconds = media.period_nanos() as f64 / 1e9,
         "file source playing"
     );
+    let Some(claim) = claim(stream, stop) else {
+        return;
+    };
     let start = Instant::now();
-    let mut publisher = stream.publish(media.description().clone(), start);
+    let timeline = Timeline {
+        anchor: start,
+        anchor_nanos: 0,
+    };
+    let mut publisher = claim.start(media.description().clone(), timeline);
     let period = Duration::from_nanos(media.period_nanos());
     let mut buffer = Vec::new();
     for pass in 0u64.. {
@@ -97,6 +104,21 @@ fn run(path: &Path, looping: bool, stream: &Arc<Stream>, stop: &Receiver<()>) {
             tracing::info!(route, "file source reached the end and does not loop");
             stream.set_state(SourceState::Ended);
             return;
+        }
+    }
+}
+
+/// Takes the stream over from the source this one replaces, which lets go within a sample's time.
+fn claim(stream: &Arc<Stream>, stop: &Receiver<()>) -> Option<PublishClaim> {
+    loop {
+        match stream.claim() {
+            Ok(claim) => return Some(claim),
+            Err(busy) => {
+                tracing::debug!(route = stream.name(), "file source waits: {busy}");
+                if wait_until(Instant::now() + Duration::from_millis(20), stop) {
+                    return None;
+                }
+            }
         }
     }
 }
