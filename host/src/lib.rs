@@ -1,10 +1,12 @@
 //! wasmcast: a programmable live-video router.
 //!
-//! The data path, top to bottom: [`sources`] (files today) publish access units into the [`router`]'s
-//! per-route stream hubs, which packetize them once into RTP ([`rtp`]); the egress servers ([`rtsp`])
-//! read the hubs and send to players. [`config`] is the file that says which routes exist.
+//! The data path, top to bottom: [`sources`] (looped files, and publishers pushing MPEG-TS through
+//! [`http`]) publish access units into the [`router`]'s per-route stream hubs, which packetize them
+//! once into RTP ([`rtp`]); the egress servers ([`rtsp`]) read the hubs and send to players.
+//! [`config`] is the file that says which routes exist.
 
 pub mod config;
+pub mod http;
 pub mod media;
 pub mod router;
 pub mod rtp;
@@ -15,28 +17,45 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use config::Config;
+use http::HttpServer;
 use router::RouterHandle;
 use rtsp::RtspServer;
+
+/// Why the server cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Rtsp(#[from] rtsp::Error),
+    #[error(transparent)]
+    Http(#[from] http::Error),
+}
 
 /// A server with its listeners bound and its routes started, ready to run.
 pub struct Server {
     router: RouterHandle,
     rtsp: RtspServer,
+    http: HttpServer,
 }
 
 impl Server {
     /// Starts the routes of `config` and binds its listeners.
-    pub async fn start(config: Config) -> Result<Server, rtsp::Error> {
+    pub async fn start(config: Config) -> Result<Server, StartError> {
         let router = RouterHandle::start();
         let rtsp = RtspServer::bind(&config.server, router.clone()).await?;
+        let http = HttpServer::bind(config.server.http, router.clone()).await?;
         let changes = router.apply(config.routes).await;
         tracing::info!(routes = ?changes.added, "routes started");
-        Ok(Server { router, rtsp })
+        Ok(Server { router, rtsp, http })
     }
 
     /// Where the RTSP server listens.
     pub fn rtsp_addr(&self) -> std::io::Result<SocketAddr> {
         self.rtsp.local_addr()
+    }
+
+    /// Where the HTTP server listens.
+    pub fn http_addr(&self) -> std::io::Result<SocketAddr> {
+        self.http.local_addr()
     }
 
     /// The server's RTP and RTCP ports for UDP transport.
@@ -46,7 +65,18 @@ impl Server {
 
     /// Serves until `shutdown` completes, then stops every route.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let http_stopped = {
+            let mut stopped = stopped.clone();
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            }
+        };
+        let http = tokio::spawn(self.http.run(http_stopped));
         self.rtsp.run(shutdown).await;
+        let _ = stop.send(true);
+        let _ = http.await;
+        drop(stopped);
         self.router.shutdown().await;
     }
 }

@@ -16,22 +16,19 @@ struct Cli {
     /// Log filter, e.g. `info` or `wasmcast=debug`; overrides RUST_LOG.
     #[arg(long, global = true)]
     log_level: Option<String>,
+    /// The config file.
+    #[arg(long, global = true, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the routes of a config file (the default command).
-    Serve {
-        #[arg(long, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
-    },
-    /// Validate a config file; print each problem and exit 1 if there is any.
-    Check {
-        #[arg(long, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
-    },
+    /// Serve the routes of the config file (the default command).
+    Serve,
+    /// Validate the config file; print each problem and exit 1 if there is any.
+    Check,
 }
 
 fn main() -> ExitCode {
@@ -44,12 +41,9 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let command = cli.command.unwrap_or(Command::Serve {
-        config: PathBuf::from(DEFAULT_CONFIG),
-    });
-    match command {
-        Command::Check { config } => check(&config),
-        Command::Serve { config } => match serve(&config) {
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Check => check(&cli.config),
+        Command::Serve => match serve(&cli.config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 eprintln!("wasmcast: {err:#}");
@@ -86,7 +80,9 @@ fn serve(path: &Path) -> anyhow::Result<()> {
     runtime.block_on(async {
         let server = wasmcast::Server::start(config).await?;
         let rtsp = server.rtsp_addr()?;
+        let http = server.http_addr()?;
         let (rtp, rtcp) = server.rtp_ports();
+        tracing::info!("HTTP server listening on http://{http}/");
         tracing::info!(
             "RTSP server listening on rtsp://{rtsp}/ (RTP/RTCP over UDP on ports {rtp}-{rtcp})"
         );

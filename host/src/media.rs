@@ -8,6 +8,8 @@ use bytes::Bytes;
 
 /// RTP clock rate of every video track (RFC 6184 / RFC 7798).
 pub const VIDEO_CLOCK_RATE: u32 = 90_000;
+/// RTP clock rate of Opus, whatever its sampling rate (RFC 7587).
+pub const OPUS_CLOCK_RATE: u32 = 48_000;
 
 /// Codec and out-of-band parameters of one track.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,6 +29,10 @@ pub enum Codec {
         sample_rate: u32,
         channels: u16,
     },
+    /// Opus, always on a 48 kHz clock (RFC 7587).
+    Opus {
+        channels: u16,
+    },
 }
 
 impl Codec {
@@ -39,6 +45,7 @@ impl Codec {
         match self {
             Codec::H264 { .. } | Codec::H265 { .. } => VIDEO_CLOCK_RATE,
             Codec::Aac { sample_rate, .. } => *sample_rate,
+            Codec::Opus { .. } => OPUS_CLOCK_RATE,
         }
     }
 
@@ -48,6 +55,7 @@ impl Codec {
             Codec::H264 { .. } => "H264",
             Codec::H265 { .. } => "H265",
             Codec::Aac { .. } => "AAC",
+            Codec::Opus { .. } => "Opus",
         }
     }
 }
@@ -86,6 +94,80 @@ pub struct AccessUnit {
     /// all keyframes.
     pub keyframe: bool,
     pub data: Bytes,
+}
+
+/// The NAL unit type of an H.264 NAL unit's first byte.
+pub fn h264_nal_type(first: u8) -> u8 {
+    first & 0x1f
+}
+
+/// The NAL unit type of an H.265 NAL unit's first byte.
+pub fn h265_nal_type(first: u8) -> u8 {
+    (first >> 1) & 0x3f
+}
+
+/// What the NAL units of one video access unit say about it.
+#[derive(Debug, Default)]
+pub struct VideoUnitInfo {
+    pub keyframe: bool,
+    pub has_parameter_sets: bool,
+    /// The codec with the parameter sets found in the unit, if it carries a full set.
+    pub codec: Option<Codec>,
+}
+
+/// Inspects an Annex B video access unit of `h265` or H.264.
+pub fn inspect_video_unit(data: &[u8], h265: bool) -> VideoUnitInfo {
+    let mut info = VideoUnitInfo::default();
+    let (mut vps, mut sps, mut pps) = (None, None, None);
+    for nal in annex_b_nal_units(data) {
+        if h265 {
+            match h265_nal_type(nal[0]) {
+                16..=21 => info.keyframe = true,
+                32 => vps = Some(nal),
+                33 => sps = Some(nal),
+                34 => pps = Some(nal),
+                _ => {}
+            }
+        } else {
+            match h264_nal_type(nal[0]) {
+                5 => info.keyframe = true,
+                7 => sps = Some(nal),
+                8 => pps = Some(nal),
+                _ => {}
+            }
+        }
+    }
+    info.codec = match (h265, vps, sps, pps) {
+        (false, _, Some(sps), Some(pps)) => Some(Codec::H264 {
+            sps: Bytes::copy_from_slice(sps),
+            pps: Bytes::copy_from_slice(pps),
+        }),
+        (true, Some(vps), Some(sps), Some(pps)) => Some(Codec::H265 {
+            vps: Bytes::copy_from_slice(vps),
+            sps: Bytes::copy_from_slice(sps),
+            pps: Bytes::copy_from_slice(pps),
+        }),
+        _ => None,
+    };
+    info.has_parameter_sets = sps.is_some() && pps.is_some();
+    info
+}
+
+/// A keyframe with the codec's parameter sets in front, unless it carries its own: readers may
+/// start on any keyframe.
+pub fn with_parameter_sets(codec: &Codec, data: Bytes) -> Bytes {
+    let sets: &[&Bytes] = match codec {
+        Codec::H264 { sps, pps } => &[sps, pps],
+        Codec::H265 { vps, sps, pps } => &[vps, sps, pps],
+        Codec::Aac { .. } | Codec::Opus { .. } => return data,
+    };
+    let mut out = Vec::with_capacity(data.len() + sets.iter().map(|s| s.len() + 4).sum::<usize>());
+    for set in sets {
+        out.extend_from_slice(&[0, 0, 0, 1]);
+        out.extend_from_slice(set);
+    }
+    out.extend_from_slice(&data);
+    Bytes::from(out)
 }
 
 /// Iterates over the NAL units of an Annex B buffer, without their start codes.

@@ -47,6 +47,8 @@ pub struct RouteConfig {
 pub enum SourceConfig {
     /// An MP4 file played in real time; looped forever unless `looping` is false.
     File { path: PathBuf, looping: bool },
+    /// Publishers push to the feed `feed`: MPEG-TS over HTTP, or RTSP ANNOUNCE/RECORD.
+    Push { feed: String },
 }
 
 /// One `[plugins.NAME]` table.
@@ -174,6 +176,7 @@ impl Checker<'_> {
             );
         }
         let mut routes = BTreeMap::new();
+        let mut feeds = BTreeMap::new();
         for (name, route) in raw.routes {
             let key = format!("routes.{}", name.get_ref());
             if let Err(why) = check_path_segment(name.get_ref()) {
@@ -209,13 +212,29 @@ impl Checker<'_> {
                 );
             }
             let looping = route.looping.as_ref().is_none_or(|l| *l.get_ref());
-            let source = match parse_source(route.source.get_ref(), looping, base_dir) {
-                Ok(source) => source,
-                Err(why) => {
-                    self.problem(&route.source, format!("{key}.source"), why);
-                    continue;
+            let source =
+                match parse_source(name.get_ref(), route.source.get_ref(), looping, base_dir) {
+                    Ok(source) => source,
+                    Err(why) => {
+                        self.problem(&route.source, format!("{key}.source"), why);
+                        continue;
+                    }
+                };
+            if let SourceConfig::Push { feed } = &source {
+                match feeds.insert(feed.clone(), name.get_ref().clone()) {
+                    Some(other) => self.problem(
+                        &route.source,
+                        format!("{key}.source"),
+                        format!("route `{other}` already takes the feed `{feed}`; give each push route its own feed"),
+                    ),
+                    None if route.looping.is_some() => self.problem(
+                        &route.source,
+                        format!("{key}.loop"),
+                        "`loop` applies only to `file:` sources; remove it".into(),
+                    ),
+                    None => {}
                 }
-            };
+            }
             routes.insert(
                 name.into_inner(),
                 RouteConfig {
@@ -306,7 +325,12 @@ fn check_path_segment(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn parse_source(source: &str, looping: bool, base_dir: &Path) -> Result<SourceConfig, String> {
+fn parse_source(
+    route: &str,
+    source: &str,
+    looping: bool,
+    base_dir: &Path,
+) -> Result<SourceConfig, String> {
     if let Some(path) = source.strip_prefix("file:") {
         if path.is_empty() {
             return Err("`file:` needs a path, e.g. \"file:../media/sample.mp4\"".into());
@@ -316,10 +340,16 @@ fn parse_source(source: &str, looping: bool, base_dir: &Path) -> Result<SourceCo
             looping,
         });
     }
-    if source == "push" || source.starts_with("push:") {
-        return Err(
-            "this build of wasmcast cannot take pushed feeds yet; use a `file:` source".into(),
-        );
+    if source == "push" {
+        return Ok(SourceConfig::Push {
+            feed: route.to_owned(),
+        });
+    }
+    if let Some(feed) = source.strip_prefix("push:") {
+        check_path_segment(feed).map_err(|why| format!("feed name: {why}"))?;
+        return Ok(SourceConfig::Push {
+            feed: feed.to_owned(),
+        });
     }
     if source.starts_with("rtsp://") {
         return Err(

@@ -84,3 +84,26 @@ fn port_range_must_hold_pairs() {
     assert!(parse_port_range("30000-30000").is_err());
     assert!(parse_port_range("30000").is_err());
 }
+
+#[test]
+fn push_sources_name_their_feed() {
+    let config =
+        parse("[routes.feed]\nsource = \"push:feed.ffm\"\n[routes.cam]\nsource = \"push\"\n")
+            .expect("valid");
+    assert_eq!(
+        config.routes["feed"].source,
+        SourceConfig::Push {
+            feed: "feed.ffm".into()
+        }
+    );
+    assert_eq!(
+        config.routes["cam"].source,
+        SourceConfig::Push { feed: "cam".into() }
+    );
+    let problems = parse("[routes.a]\nsource = \"push:x\"\n[routes.b]\nsource = \"push:x\"\n")
+        .expect_err("one feed, two routes");
+    assert!(
+        problems[0].message.contains("already takes the feed `x`"),
+        "{problems:?}"
+    );
+}

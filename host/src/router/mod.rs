@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::RouteConfig;
+use crate::config::{RouteConfig, SourceConfig};
 use crate::sources::{self, RunningSource};
 
 pub use stream::{
@@ -20,6 +20,13 @@ pub use stream::{
 };
 
 type RouteMap = Arc<BTreeMap<String, Arc<Stream>>>;
+
+/// What lookups read: the routes by name, and the push routes by feed name.
+#[derive(Default)]
+struct Snapshot {
+    routes: RouteMap,
+    feeds: BTreeMap<String, Arc<Stream>>,
+}
 
 /// What a reload changed, for the log.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -42,14 +49,14 @@ enum Command {
 /// The way to the route map from anywhere in the server.
 #[derive(Clone)]
 pub struct RouterHandle {
-    snapshot: Arc<RwLock<RouteMap>>,
+    snapshot: Arc<RwLock<Snapshot>>,
     commands: mpsc::Sender<Command>,
 }
 
 impl RouterHandle {
     /// Starts the router actor with no routes.
     pub fn start() -> RouterHandle {
-        let snapshot: Arc<RwLock<RouteMap>> = Arc::default();
+        let snapshot: Arc<RwLock<Snapshot>> = Arc::default();
         let (commands, inbox) = mpsc::channel(16);
         let actor = Actor {
             routes: BTreeMap::new(),
@@ -61,13 +68,21 @@ impl RouterHandle {
 
     /// The hub of route `name`, if it exists.
     pub fn stream(&self, name: &str) -> Option<Arc<Stream>> {
-        let map = self.snapshot.read().unwrap_or_else(|p| p.into_inner());
-        map.get(name).cloned()
+        self.read().routes.get(name).cloned()
+    }
+
+    /// The hub of the push route that takes feed `name`, if any.
+    pub fn feed(&self, name: &str) -> Option<Arc<Stream>> {
+        self.read().feeds.get(name).cloned()
     }
 
     /// Every route, by name.
     pub fn streams(&self) -> RouteMap {
-        Arc::clone(&self.snapshot.read().unwrap_or_else(|p| p.into_inner()))
+        Arc::clone(&self.read().routes)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Snapshot> {
+        self.snapshot.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Makes the running routes match `routes`, touching only those that differ.
@@ -102,7 +117,7 @@ struct RunningRoute {
 
 struct Actor {
     routes: BTreeMap<String, RunningRoute>,
-    snapshot: Arc<RwLock<RouteMap>>,
+    snapshot: Arc<RwLock<Snapshot>>,
 }
 
 impl Actor {
@@ -159,12 +174,18 @@ impl Actor {
             );
             changes.added.push(name);
         }
-        let map: BTreeMap<String, Arc<Stream>> = self
-            .routes
-            .iter()
-            .map(|(name, route)| (name.clone(), Arc::clone(&route.stream)))
-            .collect();
-        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(map);
+        let mut snapshot = Snapshot::default();
+        let mut routes = BTreeMap::new();
+        for (name, route) in &self.routes {
+            routes.insert(name.clone(), Arc::clone(&route.stream));
+            if let SourceConfig::Push { feed } = &route.config.source {
+                snapshot
+                    .feeds
+                    .insert(feed.clone(), Arc::clone(&route.stream));
+            }
+        }
+        snapshot.routes = Arc::new(routes);
+        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = snapshot;
         changes
     }
 }

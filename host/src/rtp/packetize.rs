@@ -30,6 +30,8 @@ enum Format {
     H264,
     H265,
     Aac,
+    /// One frame per packet (RFC 7587).
+    Opus,
 }
 
 /// Turns one track's access units into RTP packets, keeping its sequence numbers and SSRC.
@@ -55,6 +57,7 @@ impl Packetizer {
             Codec::H264 { .. } => Format::H264,
             Codec::H265 { .. } => Format::H265,
             Codec::Aac { .. } => Format::Aac,
+            Codec::Opus { .. } => Format::Opus,
         };
         Packetizer {
             format,
@@ -96,6 +99,10 @@ impl Packetizer {
             Format::H264 => packetize_h264(&unit.data, &mut out),
             Format::H265 => packetize_h265(&unit.data, &mut out),
             Format::Aac => packetize_aac(&unit.data, &mut out),
+            Format::Opus if !unit.data.is_empty() && unit.data.len() <= MAX_PAYLOAD => {
+                out.packet(&[&unit.data]);
+            }
+            Format::Opus => {}
         }
         self.next_seq = out.seq;
         RtpUnit {

@@ -68,6 +68,14 @@ pub fn describe(
                     hex(config)
                 );
             }
+            Codec::Opus { channels } => {
+                let _ = write!(
+                    sdp,
+                    "m=audio 0 RTP/AVP {pt}\r\na=rtpmap:{pt} opus/48000/2\r\n\
+                     a=fmtp:{pt} sprop-stereo={}\r\n",
+                    u8::from(*channels >= 2)
+                );
+            }
         }
         if let Some((width, height)) = track.dimensions {
             let _ = write!(sdp, "a=x-dimensions:{width},{height}\r\n");

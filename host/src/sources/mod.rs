@@ -5,7 +5,10 @@
 //! there, and other routes are not affected).
 
 mod file;
+mod live;
 mod mp4;
+mod push;
+mod ts;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,6 +17,7 @@ use crate::config::SourceConfig;
 use crate::router::Stream;
 
 pub use mp4::{Mp4Media, SampleRef};
+pub use push::{IngestError, TsIngest};
 
 /// Why a source cannot produce media.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +50,8 @@ pub fn start(config: &SourceConfig, stream: Arc<Stream>) -> RunningSource {
         SourceConfig::File { path, looping } => {
             file::spawn(path.clone(), *looping, stream, stopped);
         }
+        // Publishers come to the HTTP and RTSP servers; the stream waits for them.
+        SourceConfig::Push { .. } => {}
     }
     RunningSource { _stop: stop }
 }

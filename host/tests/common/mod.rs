@@ -72,6 +72,7 @@ pub fn sample_clip() -> PathBuf {
 pub struct Server {
     child: Child,
     pub rtsp: std::net::SocketAddr,
+    pub http: std::net::SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
     _dir: TempDir,
 }
@@ -100,28 +101,38 @@ impl Server {
             .expect("start wasmcast");
         let stderr = child.stderr.take().expect("piped stderr");
         let log = Arc::new(Mutex::new(Vec::new()));
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel::<(bool, String)>();
         let thread_log = Arc::clone(&log);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(rest) = line.split("RTSP server listening on rtsp://").nth(1) {
-                    let addr = rest.split('/').next().unwrap_or_default().to_owned();
-                    let _ = addr_tx.send(addr);
+                for (rtsp, marker) in [
+                    (true, "RTSP server listening on rtsp://"),
+                    (false, "HTTP server listening on http://"),
+                ] {
+                    if let Some(rest) = line.split(marker).nth(1) {
+                        let addr = rest.split('/').next().unwrap_or_default().to_owned();
+                        let _ = addr_tx.send((rtsp, addr));
+                    }
                 }
                 thread_log.lock().unwrap().push(line);
             }
         });
-        let addr = match addr_rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("wasmcast did not start: {:#?}", log.lock().unwrap());
+        let (mut rtsp, mut http) = (None, None);
+        while rtsp.is_none() || http.is_none() {
+            match addr_rx.recv_timeout(Duration::from_secs(20)) {
+                Ok((true, addr)) => rtsp = addr.parse().ok(),
+                Ok((false, addr)) => http = addr.parse().ok(),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("wasmcast did not start: {:#?}", log.lock().unwrap());
+                }
             }
-        };
+        }
         Server {
             child,
-            rtsp: addr.parse().expect("listening address"),
+            rtsp: rtsp.expect("RTSP address"),
+            http: http.expect("HTTP address"),
             log,
             _dir: dir,
         }
@@ -223,4 +234,43 @@ pub fn run(command: &mut Command, limit: Duration) -> (bool, String, String) {
         out.join().unwrap_or_default(),
         err.join().unwrap_or_default(),
     )
+}
+
+/// A route table that takes pushes on `feed`.
+pub fn push_route(name: &str, feed: &str) -> String {
+    format!("[routes.{name}]\nsource = \"push:{feed}\"\n")
+}
+
+/// ffmpeg pushing `clip` in a loop in real time as MPEG-TS to `url`; killed on drop.
+pub struct Pusher(Child);
+
+impl Pusher {
+    pub fn start(clip: &Path, url: &str, codec_args: &str) -> Pusher {
+        let child = Command::new("ffmpeg")
+            .args([
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-re",
+                "-stream_loop",
+                "-1",
+                "-i",
+            ])
+            .arg(clip)
+            .args(codec_args.split_whitespace())
+            .args(["-f", "mpegts", url])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start ffmpeg");
+        Pusher(child)
+    }
+}
+
+impl Drop for Pusher {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

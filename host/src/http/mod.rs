@@ -1,0 +1,186 @@
+//! The HTTP server: MPEG-TS pushes from ffmpeg (`POST|PUT /FEED`) and `GET /healthz`.
+//!
+//! In: HTTP/1.1 requests. Out: push bodies handed to [`TsIngest`] as they arrive, one access-log
+//! line per push. Each connection is a task of its own; a bad push gets its own error status.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::router::RouterHandle;
+use crate::sources::{IngestError, TsIngest};
+
+/// A publisher that sends nothing for this long is taken as gone.
+const PUSH_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has to send its request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the HTTP server cannot start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen for HTTP on {addr}: {source}")]
+pub struct Error {
+    addr: SocketAddr,
+    source: std::io::Error,
+}
+
+/// A bound HTTP server, ready to run.
+pub struct HttpServer {
+    listener: TcpListener,
+    router: RouterHandle,
+}
+
+impl HttpServer {
+    pub async fn bind(addr: SocketAddr, router: RouterHandle) -> Result<HttpServer, Error> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error { addr, source })?;
+        Ok(HttpServer { listener, router })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts connections until `shutdown` completes.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let router = Arc::new(self.router);
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((socket, peer)) => {
+                        let router = Arc::clone(&router);
+                        tokio::spawn(async move {
+                            let service = service_fn(move |request| {
+                                let router = Arc::clone(&router);
+                                async move { Ok::<_, Infallible>(handle(&router, request, peer).await) }
+                            });
+                            let connection = http1::Builder::new()
+                                .timer(TokioTimer::new())
+                                .header_read_timeout(HEADER_TIMEOUT)
+                                .serve_connection(TokioIo::new(socket), service);
+                            if let Err(err) = connection.await {
+                                tracing::debug!(%peer, "HTTP connection ended: {err}");
+                            }
+                        });
+                    }
+                    Err(err) => {
+                        tracing::warn!("HTTP accept failed: {err}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                () = &mut shutdown => return,
+            }
+        }
+    }
+}
+
+type Reply = Response<Full<Bytes>>;
+
+fn text(status: StatusCode, body: impl Into<String>) -> Reply {
+    let mut body = body.into();
+    body.push('\n');
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+async fn handle(router: &RouterHandle, request: Request<Incoming>, peer: SocketAddr) -> Reply {
+    let path = request.uri().path().trim_start_matches('/').to_owned();
+    match (request.method(), path.as_str()) {
+        (&Method::GET | &Method::HEAD, "healthz") => text(StatusCode::OK, "ok"),
+        (&Method::POST | &Method::PUT, feed) if !feed.is_empty() && !feed.contains('/') => {
+            push(router, feed, request.into_body(), peer).await
+        }
+        _ => text(StatusCode::NOT_FOUND, format!("nothing at /{path}")),
+    }
+}
+
+/// Takes one MPEG-TS push into the route that takes `feed`.
+async fn push(router: &RouterHandle, feed: &str, mut body: Incoming, peer: SocketAddr) -> Reply {
+    let Some(stream) = router.feed(feed) else {
+        tracing::info!(%peer, feed, "push refused: no such feed");
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("no push route takes the feed `{feed}`"),
+        );
+    };
+    let claim = match stream.claim() {
+        Ok(claim) => claim,
+        Err(busy) => {
+            tracing::info!(%peer, feed, "push refused: {busy}");
+            return text(
+                StatusCode::CONFLICT,
+                format!("{busy}; one publisher per feed"),
+            );
+        }
+    };
+    let started = Instant::now();
+    let mut ingest = TsIngest::new(Arc::clone(&stream), claim);
+    let mut bytes = 0u64;
+    let outcome = loop {
+        match tokio::time::timeout(PUSH_STALL_TIMEOUT, body.frame()).await {
+            Err(_) => break Outcome::Stalled,
+            Ok(None) => break Outcome::Ended,
+            // ffmpeg often closes the socket right after the last chunk: that is the end.
+            Ok(Some(Err(_))) => break Outcome::Ended,
+            Ok(Some(Ok(frame))) => {
+                let Some(data) = frame.data_ref() else {
+                    continue;
+                };
+                bytes += data.len() as u64;
+                if let Err(err) = ingest.push(data, Instant::now()) {
+                    break Outcome::Refused(err);
+                }
+            }
+        }
+    };
+    let outcome = match (outcome, ingest.finish(Instant::now())) {
+        (Outcome::Ended, Err(err)) if bytes > 0 => Outcome::Refused(err),
+        (outcome, _) => outcome,
+    };
+    let (status, message) = match &outcome {
+        Outcome::Ended => (StatusCode::OK, "push ended".to_owned()),
+        Outcome::Stalled => (
+            StatusCode::REQUEST_TIMEOUT,
+            format!("no data for {} s", PUSH_STALL_TIMEOUT.as_secs()),
+        ),
+        Outcome::Refused(err @ IngestError::NotTs(_)) => (StatusCode::BAD_REQUEST, err.to_string()),
+        Outcome::Refused(err @ IngestError::NoSupportedStream(_)) => {
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, err.to_string())
+        }
+    };
+    tracing::info!(
+        target: "wasmcast::access",
+        %peer,
+        feed,
+        route = stream.name(),
+        tracks = ingest.describe(),
+        status = status.as_u16(),
+        bytes,
+        units = ingest.units(),
+        seconds = started.elapsed().as_secs_f32(),
+        "push: {message}"
+    );
+    text(status, message)
+}
+
+enum Outcome {
+    Ended,
+    Stalled,
+    Refused(IngestError),
+}

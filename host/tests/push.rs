@@ -1,0 +1,253 @@
+//! Ingest by HTTP push: ffmpeg sends MPEG-TS the way the old ffserver set-up did, players read.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Pusher, Server, file_route, push_route, run, short_clip};
+use futures::StreamExt;
+use retina::client::{PlayOptions, SessionOptions, SetupOptions, TcpTransportOptions, Transport};
+use retina::codec::CodecItem;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn ffprobe_streams(url: &str) -> String {
+    let (ok, out, err) = run(
+        Command::new("ffprobe")
+            .args([
+                "-v",
+                "error",
+                "-show_entries",
+                "stream=codec_name,width,height,sample_rate",
+                "-of",
+                "compact",
+            ])
+            .arg(url),
+        Duration::from_secs(30),
+    );
+    assert!(ok, "ffprobe: {err}");
+    out
+}
+
+/// Video frames a retina reader gets in `seconds`, and the largest gap between two of them.
+async fn watch(url: &str, seconds: u64) -> (usize, Duration) {
+    let mut session =
+        retina::client::Session::describe(url::Url::parse(url).unwrap(), SessionOptions::default())
+            .await
+            .expect("DESCRIBE");
+    session
+        .setup(
+            0,
+            SetupOptions::default().transport(Transport::Tcp(TcpTransportOptions::default())),
+        )
+        .await
+        .expect("SETUP");
+    let mut playing = session
+        .play(PlayOptions::default())
+        .await
+        .expect("PLAY")
+        .demuxed()
+        .expect("demuxed");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    let (mut frames, mut last_ts, mut largest_gap) = (0, None::<i64>, Duration::ZERO);
+    while let Ok(Some(item)) = tokio::time::timeout_at(deadline, playing.next()).await {
+        if let CodecItem::VideoFrame(frame) = item.expect("media") {
+            let ts = frame.timestamp().timestamp();
+            if let Some(last) = last_ts {
+                assert!(
+                    ts > last,
+                    "video timestamps keep increasing: {last} then {ts}"
+                );
+                largest_gap =
+                    largest_gap.max(Duration::from_secs_f64((ts - last) as f64 / 90_000.0));
+            }
+            last_ts = Some(ts);
+            frames += 1;
+        }
+    }
+    (frames, largest_gap)
+}
+
+async fn wait_live(server: &Server, route: &str) {
+    for _ in 0..100 {
+        let reply = http_request(
+            server,
+            &format!("DESCRIBE {} RTSP/1.0\r\nCSeq: 1\r\n\r\n", server.url(route)),
+            server.rtsp,
+        )
+        .await;
+        if reply.starts_with("RTSP/1.0 200") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("route {route} never went live: {:#?}", server.log());
+}
+
+/// Sends raw bytes to `addr` and returns the reply.
+async fn http_request(_server: &Server, request: &str, addr: std::net::SocketAddr) -> String {
+    raw_exchange(addr, request.as_bytes()).await
+}
+
+async fn raw_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let _ = socket.write_all(bytes).await;
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), socket.read_to_end(&mut reply)).await;
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+fn post(feed: &str, body: &[u8]) -> Vec<u8> {
+    let mut request = format!(
+        "POST /{feed} HTTP/1.1\r\nHost: wasmcast\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffmpeg_push_with_stream_copy_plays() {
+    let server = Server::start(&push_route("feed", "feed.ffm"));
+    let _pusher = Pusher::start(
+        &short_clip(),
+        &format!("http://{}/feed.ffm", server.http),
+        "-c copy",
+    );
+    wait_live(&server, "feed").await;
+    let streams = ffprobe_streams(&server.url("feed"));
+    assert!(
+        streams.contains("codec_name=h264|width=320|height=240"),
+        "{streams}"
+    );
+    assert!(
+        streams.contains("codec_name=aac|sample_rate=48000"),
+        "{streams}"
+    );
+    let (frames, gap) = watch(&server.url("feed"), 4).await;
+    assert!(frames >= 85, "{frames} frames in 4 s");
+    assert!(gap < Duration::from_millis(200), "largest gap {gap:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffmpeg_push_with_reencode_plays() {
+    let server = Server::start(&push_route("feed", "feed.ffm"));
+    let _pusher = Pusher::start(
+        &short_clip(),
+        &format!("http://{}/feed.ffm", server.http),
+        "-c:v libx264 -preset ultrafast -tune zerolatency -g 25 -c:a aac -b:a 64k",
+    );
+    wait_live(&server, "feed").await;
+    let streams = ffprobe_streams(&server.url("feed"));
+    assert!(
+        streams.contains("codec_name=h264|width=320|height=240"),
+        "{streams}"
+    );
+    assert!(streams.contains("codec_name=aac"), "{streams}");
+    let (frames, _) = watch(&server.url("feed"), 3).await;
+    assert!(frames >= 60, "{frames} frames in 3 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reader_stays_connected_when_the_publisher_drops_and_returns() {
+    let server = Server::start(&push_route("feed", "feed.ffm"));
+    let url = format!("http://{}/feed.ffm", server.http);
+    let pusher = Pusher::start(&short_clip(), &url, "-c copy");
+    wait_live(&server, "feed").await;
+    let reader = tokio::spawn({
+        let url = server.url("feed");
+        async move { watch(&url, 9).await }
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    drop(pusher);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _pusher = Pusher::start(&short_clip(), &url, "-c copy");
+    let (frames, gap) = reader.await.expect("reader");
+    // About 3 s before the drop and 4 s after the return; the gap is the outage.
+    assert!(
+        frames >= 140,
+        "{frames} frames: the reader kept receiving after the publisher came back"
+    );
+    assert!(
+        gap >= Duration::from_millis(800),
+        "the outage shows as a gap in time: {gap:?}"
+    );
+    assert!(
+        server
+            .log()
+            .iter()
+            .filter(|l| l.contains("publisher live"))
+            .count()
+            >= 2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_pushes_are_refused_and_other_routes_play_on() {
+    let routes = format!(
+        "{}{}",
+        push_route("feed", "feed.ffm"),
+        file_route("clip", &short_clip())
+    );
+    let server = Server::start(&routes);
+    let reader = tokio::spawn({
+        let url = server.url("clip");
+        async move { watch(&url, 6).await }
+    });
+
+    let unknown = raw_exchange(server.http, &post("nope.ffm", b"x")).await;
+    assert!(
+        unknown.starts_with("HTTP/1.1 404"),
+        "unknown feed: {unknown}"
+    );
+
+    let garbage: Vec<u8> = (0..200_000u32).map(|i| (i * 7 + 3) as u8 & 0x3f).collect();
+    let garbage = raw_exchange(server.http, &post("feed.ffm", &garbage)).await;
+    assert!(garbage.starts_with("HTTP/1.1 400"), "garbage: {garbage}");
+    assert!(garbage.contains("not an MPEG-TS stream"), "{garbage}");
+
+    let mp2 = common::clip(
+        "mp2-only.ts",
+        "-f lavfi -i sine=frequency=440:sample_rate=48000:duration=30 -c:a mp2 -f mpegts",
+    );
+    let unsupported =
+        raw_exchange(server.http, &post("feed.ffm", &std::fs::read(mp2).unwrap())).await;
+    assert!(
+        unsupported.starts_with("HTTP/1.1 415"),
+        "unsupported codec: {unsupported}"
+    );
+
+    let truncated = std::fs::read(common::clip(
+        "short.ts",
+        "-f lavfi -i testsrc2=size=320x240:rate=25:duration=1 -c:v libx264 -g 25 -f mpegts",
+    ))
+    .unwrap();
+    let truncated = raw_exchange(
+        server.http,
+        &post("feed.ffm", &truncated[..truncated.len() / 2]),
+    )
+    .await;
+    assert!(
+        truncated.starts_with("HTTP/1.1 200"),
+        "a truncated body is just a short push: {truncated}"
+    );
+
+    let _pusher = Pusher::start(
+        &short_clip(),
+        &format!("http://{}/feed.ffm", server.http),
+        "-c copy",
+    );
+    wait_live(&server, "feed").await;
+    let second = raw_exchange(server.http, &post("feed.ffm", b"\x47")).await;
+    assert!(
+        second.starts_with("HTTP/1.1 409"),
+        "second publisher: {second}"
+    );
+
+    let (frames, gap) = reader.await.expect("reader");
+    assert!(
+        frames >= 140 && gap < Duration::from_millis(200),
+        "the file route played on: {frames}, {gap:?}"
+    );
+}
