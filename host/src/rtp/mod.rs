@@ -1,12 +1,14 @@
 //! RTP packetization and RTCP, shared by every egress that speaks RTP.
 //!
-//! In: [`AccessUnit`]s. Out: finished RTP packets as `Bytes` slices of one buffer per access unit,
+//! In: [`AccessUnit`]s, and publishers' RTP packets to rebuild into access units. Out: finished RTP packets as `Bytes` slices of one buffer per access unit,
 //! made once per route and sent as they are to every reader; RTCP sender reports built per reader and
 //! receiver reports parsed from readers. Nothing here touches a socket or a clock.
 
+mod depacketize;
 mod packetize;
 pub mod rtcp;
 
+pub use depacketize::{DepacketizeError, Depacketized, Depacketizer, PayloadFormat};
 pub use packetize::{MAX_PACKET_SIZE, Packetizer, RtpUnit};
 
 /// Payload type the SDP announces for track `index`: dynamic types start at 96.

@@ -6,6 +6,7 @@
 //! sockets, no clock), `sdp` describes streams, `server` is the tokio edge.
 
 mod codec;
+mod publish;
 mod sdp;
 mod server;
 mod session;

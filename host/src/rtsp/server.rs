@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use futures::StreamExt;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::tcp::OwnedWriteHalf;
@@ -79,7 +80,7 @@ impl RtspServer {
     /// Accepts connections until `shutdown` completes.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::spawn(receive_rtcp(Arc::clone(&self.shared.udp)));
-        tokio::spawn(drain_rtp(Arc::clone(&self.shared.udp)));
+        tokio::spawn(receive_rtp(Arc::clone(&self.shared.udp)));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -100,6 +101,9 @@ impl RtspServer {
     }
 }
 
+/// Where a publisher's UDP packets go: its connection's inbox, and the track they belong to.
+type RtpSource = (mpsc::Sender<(usize, Bytes)>, usize);
+
 /// The server's UDP sockets, shared by every UDP session: readers are told apart by address.
 struct UdpSockets {
     rtp: UdpSocket,
@@ -107,6 +111,8 @@ struct UdpSockets {
     ports: (u16, u16),
     /// Liveness flags of playing sessions, by the address their RTCP comes from.
     rtcp_peers: Mutex<HashMap<SocketAddr, Arc<AtomicBool>>>,
+    /// Publishers' RTP over UDP, by the address it comes from: to their connection, with the track.
+    rtp_sources: Mutex<HashMap<SocketAddr, RtpSource>>,
 }
 
 impl UdpSockets {
@@ -122,6 +128,7 @@ impl UdpSockets {
                     rtcp,
                     ports: (port, port + 1),
                     rtcp_peers: Mutex::default(),
+                    rtp_sources: Mutex::default(),
                 }));
             }
             port = port.saturating_add(2);
@@ -132,12 +139,18 @@ impl UdpSockets {
     fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Arc<AtomicBool>>> {
         self.rtcp_peers.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn sources(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, RtpSource>> {
+        self.rtp_sources.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
-/// Removes a session's RTCP address from the shared map when the session stops playing.
+/// Removes a session's addresses from the shared maps when the session stops playing or
+/// publishing.
 struct RtcpRegistration {
     udp: Arc<UdpSockets>,
     addrs: Vec<SocketAddr>,
+    rtp_sources: Vec<SocketAddr>,
 }
 
 impl Drop for RtcpRegistration {
@@ -145,6 +158,11 @@ impl Drop for RtcpRegistration {
         let mut peers = self.udp.peers();
         for addr in &self.addrs {
             peers.remove(addr);
+        }
+        drop(peers);
+        let mut sources = self.udp.sources();
+        for addr in &self.rtp_sources {
+            sources.remove(addr);
         }
     }
 }
@@ -169,11 +187,18 @@ async fn receive_rtcp(udp: Arc<UdpSockets>) {
     }
 }
 
-/// Readers may send to our RTP port (NAT hole punching); nothing there is for us.
-async fn drain_rtp(udp: Arc<UdpSockets>) {
+/// Publishers' RTP goes to their connection; anything else (readers punching NAT holes) is dropped.
+async fn receive_rtp(udp: Arc<UdpSockets>) {
     let mut buf = vec![0u8; 2048];
     loop {
-        let _ = udp.rtp.recv_from(&mut buf).await;
+        let Ok((len, from)) = udp.rtp.recv_from(&mut buf).await else {
+            continue;
+        };
+        let target = udp.sources().get(&from).cloned();
+        if let Some((connection, track)) = target {
+            // A connection that cannot keep up loses packets, as a network would.
+            let _ = connection.try_send((track, Bytes::copy_from_slice(&buf[..len])));
+        }
     }
 }
 
@@ -204,6 +229,8 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<Share
     let rtcp_seen = Arc::new(AtomicBool::new(false));
     let mut liveness = tokio::time::interval(LIVENESS_CHECK_INTERVAL);
     let mut log = AccessLog::default();
+    let (udp_media, mut udp_media_in) = mpsc::channel::<(usize, Bytes)>(1024);
+    let mut publisher_registration = None;
     let ctx = Context {
         router: &shared.router,
         clients: &shared.clients,
@@ -231,9 +258,8 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<Share
                     }
                     Some(Ok(Incoming::Request(request))) => request,
                     Some(Ok(Incoming::Data { channel, payload })) => {
-                        // Interleaved RTCP from the reader: proof of life.
-                        connection.keep_alive(Instant::now());
-                        if let Ok(reports) = rtcp::parse_reception_reports(&payload) {
+                        connection.receive_interleaved(channel, &payload, Instant::now());
+                        if channel % 2 == 1 && let Ok(reports) = rtcp::parse_reception_reports(&payload) {
                             for report in reports {
                                 tracing::trace!(%peer, channel, ?report, "RTCP receiver report");
                             }
@@ -242,7 +268,9 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<Share
                     }
                     Some(Ok(Incoming::Response)) => continue,
                 };
-                wait_for_source(&shared.router, &request).await;
+                if connection.publishing().is_none() {
+                    wait_for_source(&shared.router, &request).await;
+                }
                 let reply = connection.handle(&request, &ctx, Instant::now());
                 log.note(&request, &connection, &reply.response);
                 let mut bytes = Vec::with_capacity(512);
@@ -256,10 +284,17 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<Share
                         Egress::Play(play, registration)
                     }
                     Action::Stop => Egress::Stop,
+                    Action::Record(sources) => {
+                        publisher_registration = Some(register_publisher(&shared.udp, &sources, &udp_media, &rtcp_seen));
+                        continue;
+                    }
                 };
                 if egress.send(command).await.is_err() {
                     break None;
                 }
+            }
+            Some((track, packet)) = udp_media_in.recv() => {
+                connection.receive_udp(track, &packet, Instant::now());
             }
             _ = liveness.tick() => {
                 let now = Instant::now();
@@ -275,6 +310,7 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<Share
         }
     };
     drop(egress);
+    drop(publisher_registration);
     let sent = match sent {
         Some(sent) => sent,
         None => egress_task.await.unwrap_or_default(),
@@ -296,6 +332,29 @@ async fn wait_for_source(router: &RouterHandle, request: &rtsp_types::Request<Ve
         .and_then(|name| router.stream(name));
     if let Some(stream) = stream {
         stream.wait_while_waiting(SOURCE_START_TIMEOUT).await;
+    }
+}
+
+fn register_publisher(
+    udp: &Arc<UdpSockets>,
+    sources: &[(SocketAddr, SocketAddr, usize)],
+    media: &mpsc::Sender<(usize, Bytes)>,
+    flag: &Arc<AtomicBool>,
+) -> RtcpRegistration {
+    let mut registered = udp.sources();
+    for (rtp, _, track) in sources {
+        registered.insert(*rtp, (media.clone(), *track));
+    }
+    drop(registered);
+    let mut peers = udp.peers();
+    for (_, rtcp, _) in sources {
+        peers.insert(*rtcp, Arc::clone(flag));
+    }
+    drop(peers);
+    RtcpRegistration {
+        udp: Arc::clone(udp),
+        addrs: sources.iter().map(|(_, rtcp, _)| *rtcp).collect(),
+        rtp_sources: sources.iter().map(|(rtp, _, _)| *rtp).collect(),
     }
 }
 
@@ -324,6 +383,7 @@ fn register_rtcp(
     Some(RtcpRegistration {
         udp: Arc::clone(udp),
         addrs,
+        rtp_sources: Vec::new(),
     })
 }
 
@@ -525,6 +585,8 @@ struct AccessLog {
     transport: Option<&'static str>,
     requests: u32,
     last_status: u16,
+    /// The tracks this connection published, if it was a publisher.
+    publishing: Option<String>,
 }
 
 impl AccessLog {
@@ -541,6 +603,9 @@ impl AccessLog {
         }
         if let Some(id) = connection.session_id() {
             self.session = Some(id.to_owned());
+        }
+        if let Some(publishing) = connection.publishing() {
+            self.publishing = Some(publishing);
         }
         if self.user_agent.is_none() {
             self.user_agent = request
@@ -572,6 +637,7 @@ impl AccessLog {
             route = self.route.as_deref().unwrap_or("-"),
             session = self.session.as_deref().unwrap_or("-"),
             transport = self.transport.unwrap_or("-"),
+            published = self.publishing.as_deref().unwrap_or("-"),
             user_agent = self.user_agent.as_deref().unwrap_or("-"),
             requests = self.requests,
             last_status = self.last_status,

@@ -13,6 +13,7 @@ use rtsp_types::headers::{
 };
 use rtsp_types::{Method, Request, Response, StatusCode, Url, Version};
 
+use super::publish::Publishing;
 use super::sdp;
 use crate::router::{MediaInfo, Reader, RouterHandle, SourceState, Stream};
 
@@ -20,7 +21,8 @@ use crate::router::{MediaInfo, Reader, RouterHandle, SourceState, Stream};
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(65);
 /// The timeout we announce: a few seconds less, so clients' keep-alives arrive in time.
 const ANNOUNCED_TIMEOUT_SECS: u64 = 60;
-const PUBLIC_METHODS: &str = "OPTIONS, DESCRIBE, SETUP, PLAY, PAUSE, TEARDOWN, GET_PARAMETER";
+const PUBLIC_METHODS: &str =
+    "OPTIONS, DESCRIBE, SETUP, PLAY, PAUSE, TEARDOWN, GET_PARAMETER, ANNOUNCE, RECORD";
 const SERVER: &str = concat!("wasmcast/", env!("CARGO_PKG_VERSION"));
 
 /// Counts sessions against `max_clients`.
@@ -88,6 +90,8 @@ pub enum Action {
     Play(Play),
     /// Stop sending (PAUSE or TEARDOWN); the connection stays.
     Stop,
+    /// A publisher started recording; its UDP tracks send from these addresses (RTP, RTCP, track).
+    Record(Vec<(SocketAddr, SocketAddr, usize)>),
 }
 
 pub struct Reply {
@@ -124,6 +128,7 @@ impl Session {
 #[derive(Default)]
 pub struct Connection {
     session: Option<Session>,
+    publishing: Option<Publishing>,
 }
 
 /// An error response: status and a reason for people.
@@ -141,9 +146,35 @@ impl Connection {
         self.session.as_ref().map(|s| s.stream.name())
     }
 
+    /// What this connection publishes, if it is a publisher.
+    pub fn publishing(&self) -> Option<String> {
+        self.publishing.as_ref().map(Publishing::describe)
+    }
+
+    /// Takes an interleaved frame: a publisher's RTP, or anyone's RTCP (proof of life).
+    pub fn receive_interleaved(&mut self, channel: u8, payload: &[u8], now: Instant) {
+        self.keep_alive(now);
+        if let Some(publishing) = &mut self.publishing
+            && let Some(track) = publishing.track_on_channel(channel)
+        {
+            publishing.receive(track, payload, now);
+        }
+    }
+
+    /// Takes a publisher's RTP packet for `track` that came over UDP.
+    pub fn receive_udp(&mut self, track: usize, payload: &[u8], now: Instant) {
+        if let Some(publishing) = &mut self.publishing {
+            publishing.receive(track, payload, now);
+        }
+    }
+
     /// The session id, if any.
     pub fn session_id(&self) -> Option<&str> {
-        self.session.as_ref().map(|s| s.id.as_str())
+        match (&self.session, &self.publishing) {
+            (Some(session), _) => Some(session.id.as_str()),
+            (None, Some(publishing)) => Some(publishing.session_id.as_str()),
+            (None, None) => None,
+        }
     }
 
     /// Records liveness that did not come as a request (RTCP from the client).
@@ -151,14 +182,21 @@ impl Connection {
         if let Some(session) = &mut self.session {
             session.last_activity = now;
         }
+        if let Some(publishing) = &mut self.publishing {
+            publishing.last_activity = now;
+        }
     }
 
     /// True when a UDP session has heard nothing for longer than its timeout. TCP sessions live as
     /// long as their connection.
     pub fn timed_out(&self, now: Instant) -> bool {
-        self.session.as_ref().is_some_and(|s| {
+        let reader = self.session.as_ref().is_some_and(|s| {
             s.is_udp() && now.saturating_duration_since(s.last_activity) > SESSION_TIMEOUT
-        })
+        });
+        let publisher = self.publishing.as_ref().is_some_and(|p| {
+            p.has_udp() && now.saturating_duration_since(p.last_activity) > SESSION_TIMEOUT
+        });
+        reader || publisher
     }
 
     /// Handles one request.
@@ -169,9 +207,7 @@ impl Connection {
         if let Err(refusal) = self.check_session_header(request) {
             return self.refuse(&cseq, refusal);
         }
-        if let Some(session) = &mut self.session {
-            session.last_activity = now;
-        }
+        self.keep_alive(now);
         let result = match request.method() {
             Method::Options => Ok(self
                 .ok(&cseq)
@@ -179,12 +215,16 @@ impl Connection {
                 .build(Vec::new())
                 .into_reply()),
             Method::Describe => self.describe(request, ctx, &cseq),
+            Method::Setup if self.publishing.is_some() => self.setup_record(request, ctx, &cseq),
             Method::Setup => self.setup(request, ctx, &cseq, now),
+            Method::Announce => self.announce(request, ctx, &cseq, now),
+            Method::Record => self.record(&cseq),
             Method::Play => self.play(&cseq),
             Method::Pause => self.pause(&cseq),
             Method::Teardown => {
                 let response = self.ok(&cseq).build(Vec::new());
                 self.session = None;
+                self.publishing = None;
                 Ok(Reply {
                     response,
                     action: Action::Stop,
@@ -193,10 +233,6 @@ impl Connection {
             Method::GetParameter | Method::SetParameter => {
                 Ok(self.ok(&cseq).build(Vec::new()).into_reply())
             }
-            Method::Announce | Method::Record => Err(Refusal::new(
-                StatusCode::MethodNotAllowed,
-                "Method Not Allowed (this server does not take published streams yet)",
-            )),
             _ => Err(Refusal::new(StatusCode::NotImplemented, "Not Implemented")),
         };
         result.unwrap_or_else(|refusal| self.refuse(&cseq, refusal))
@@ -207,12 +243,13 @@ impl Connection {
             return Ok(());
         };
         let id = value.as_str().split(';').next().unwrap_or("").trim();
-        match &self.session {
-            Some(session) if session.id == id => Ok(()),
-            _ => Err(Refusal::new(
+        if self.session_id() == Some(id) {
+            Ok(())
+        } else {
+            Err(Refusal::new(
                 StatusCode::SessionNotFound,
                 "Session Not Found",
-            )),
+            ))
         }
     }
 
@@ -221,10 +258,10 @@ impl Connection {
     }
 
     fn with_session(&self, builder: rtsp_types::ResponseBuilder) -> rtsp_types::ResponseBuilder {
-        match &self.session {
-            Some(session) => builder.header(
+        match self.session_id() {
+            Some(id) => builder.header(
                 headers::SESSION,
-                format!("{};timeout={ANNOUNCED_TIMEOUT_SECS}", session.id),
+                format!("{id};timeout={ANNOUNCED_TIMEOUT_SECS}"),
             ),
             None => builder,
         }
@@ -394,6 +431,122 @@ impl Connection {
             .header(headers::TRANSPORT, transport_header)
             .build(Vec::new())
             .into_reply())
+    }
+
+    fn announce(
+        &mut self,
+        request: &Request<Vec<u8>>,
+        ctx: &Context<'_>,
+        cseq: &str,
+        now: Instant,
+    ) -> Result<Reply, Refusal> {
+        if self.session.is_some() || self.publishing.is_some() {
+            return Err(Refusal::new(
+                StatusCode::MethodNotValidInThisState,
+                "Method Not Valid In This State (this connection already has a session)",
+            ));
+        }
+        let url = request
+            .request_uri()
+            .ok_or_else(|| Refusal::new(StatusCode::BadRequest, "Bad Request (no URL)"))?;
+        let name = route_name(url)
+            .ok_or_else(|| Refusal::new(StatusCode::NotFound, "Not Found (no route in the URL)"))?;
+        let stream = ctx.router.feed(name).ok_or_else(|| {
+            Refusal::new(
+                StatusCode::NotFound,
+                format!("Not Found (no push route takes `{name}`)"),
+            )
+        })?;
+        let claim = stream.claim().map_err(|busy| {
+            Refusal::new(
+                StatusCode::MethodNotValidInThisState,
+                format!("Method Not Valid In This State ({busy})"),
+            )
+        })?;
+        let publishing = Publishing::announce(request.body(), stream, claim, session_id(), now)
+            .map_err(|why| {
+                Refusal::new(
+                    StatusCode::UnsupportedMediaType,
+                    format!("Unsupported Media Type ({why})"),
+                )
+            })?;
+        self.publishing = Some(publishing);
+        Ok(self.ok(cseq).build(Vec::new()).into_reply())
+    }
+
+    fn setup_record(
+        &mut self,
+        request: &Request<Vec<u8>>,
+        ctx: &Context<'_>,
+        cseq: &str,
+    ) -> Result<Reply, Refusal> {
+        let Some(publishing) = &mut self.publishing else {
+            return Err(Refusal::new(
+                StatusCode::MethodNotValidInThisState,
+                "ANNOUNCE first",
+            ));
+        };
+        let url = request
+            .request_uri()
+            .ok_or_else(|| Refusal::new(StatusCode::BadRequest, "Bad Request (no URL)"))?;
+        let track = publishing.track_for_url(url.as_str()).ok_or_else(|| {
+            Refusal::new(StatusCode::NotFound, "Not Found (no such announced track)")
+        })?;
+        let transports: Transports = request.typed_header().ok().flatten().ok_or_else(|| {
+            Refusal::new(
+                StatusCode::BadRequest,
+                "Bad Request (no usable Transport header)",
+            )
+        })?;
+        let chosen = transports
+            .iter()
+            .find_map(|spec| choose_record_transport(spec, track, ctx.peer))
+            .ok_or_else(|| {
+                Refusal::new(
+                    StatusCode::UnsupportedTransport,
+                    "Unsupported Transport (use RTP/AVP unicast over UDP, or RTP/AVP/TCP interleaved, with mode=record)",
+                )
+            })?;
+        publishing.setup(track, chosen);
+        let transport_header = match chosen {
+            TrackTransport::Udp { rtp, rtcp } => format!(
+                "RTP/AVP/UDP;unicast;client_port={}-{};server_port={}-{};mode=record",
+                rtp.port(),
+                rtcp.port(),
+                ctx.udp_ports.0,
+                ctx.udp_ports.1
+            ),
+            TrackTransport::Tcp {
+                rtp_channel,
+                rtcp_channel,
+            } => {
+                format!("RTP/AVP/TCP;unicast;interleaved={rtp_channel}-{rtcp_channel};mode=record")
+            }
+        };
+        Ok(self
+            .ok(cseq)
+            .header(headers::TRANSPORT, transport_header)
+            .build(Vec::new())
+            .into_reply())
+    }
+
+    fn record(&mut self, cseq: &str) -> Result<Reply, Refusal> {
+        let Some(publishing) = &mut self.publishing else {
+            return Err(Refusal::new(
+                StatusCode::MethodNotValidInThisState,
+                "Method Not Valid In This State (ANNOUNCE and SETUP first)",
+            ));
+        };
+        let udp = publishing.record().map_err(|why| {
+            Refusal::new(
+                StatusCode::MethodNotValidInThisState,
+                format!("Method Not Valid In This State ({why})"),
+            )
+        })?;
+        Ok(Reply {
+            response: self.ok(cseq).build(Vec::new()),
+            action: Action::Record(udp),
+        })
     }
 
     fn play(&mut self, cseq: &str) -> Result<Reply, Refusal> {
@@ -575,6 +728,23 @@ fn choose_transport(
         rtp: SocketAddr::new(peer.ip(), rtp_port),
         rtcp: SocketAddr::new(peer.ip(), rtcp_port),
     })
+}
+
+/// A publisher's transport: like a reader's, but in `mode=record`.
+fn choose_record_transport(
+    spec: &TransportSpec,
+    track: usize,
+    peer: SocketAddr,
+) -> Option<TrackTransport> {
+    let TransportSpec::Rtp(rtp) = spec else {
+        return None;
+    };
+    if !rtp.params.mode.contains(&TransportMode::Record) {
+        return None;
+    }
+    let mut play_spec = rtp.clone();
+    play_spec.params.mode = vec![TransportMode::Play];
+    choose_transport(&TransportSpec::Rtp(play_spec), track, peer, None)
 }
 
 /// 16 hex digits from a random 64-bit number: unguessable, and without dashes (some clients choke).

@@ -245,7 +245,21 @@ pub fn push_route(name: &str, feed: &str) -> String {
 pub struct Pusher(Child);
 
 impl Pusher {
+    /// ffmpeg pushing MPEG-TS over HTTP.
     pub fn start(clip: &Path, url: &str, codec_args: &str) -> Pusher {
+        Pusher::with_format(clip, url, &format!("{codec_args} -f mpegts"))
+    }
+
+    /// ffmpeg publishing over RTSP (ANNOUNCE/RECORD) with `transport` (`tcp` or `udp`).
+    pub fn rtsp(clip: &Path, url: &str, transport: &str) -> Pusher {
+        Pusher::with_format(
+            clip,
+            url,
+            &format!("-c copy -f rtsp -rtsp_transport {transport}"),
+        )
+    }
+
+    fn with_format(clip: &Path, url: &str, output_args: &str) -> Pusher {
         let child = Command::new("ffmpeg")
             .args([
                 "-hide_banner",
@@ -257,8 +271,8 @@ impl Pusher {
                 "-i",
             ])
             .arg(clip)
-            .args(codec_args.split_whitespace())
-            .args(["-f", "mpegts", url])
+            .args(output_args.split_whitespace())
+            .arg(url)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

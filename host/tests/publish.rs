@@ -1,0 +1,162 @@
+//! Ingest by RTSP publish: ffmpeg ANNOUNCEs and RECORDs over TCP and UDP, players read.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Pusher, Server, run, short_clip};
+use futures::StreamExt;
+use retina::client::{PlayOptions, SessionOptions, SetupOptions, TcpTransportOptions, Transport};
+use retina::codec::CodecItem;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Video and audio frames a retina reader gets in `seconds`.
+async fn watch(url: &str, seconds: u64) -> (usize, usize) {
+    let mut session =
+        retina::client::Session::describe(url::Url::parse(url).unwrap(), SessionOptions::default())
+            .await
+            .expect("DESCRIBE");
+    for i in 0..session.streams().len() {
+        session
+            .setup(
+                i,
+                SetupOptions::default().transport(Transport::Tcp(TcpTransportOptions::default())),
+            )
+            .await
+            .expect("SETUP");
+    }
+    let mut playing = session
+        .play(PlayOptions::default())
+        .await
+        .expect("PLAY")
+        .demuxed()
+        .expect("demuxed");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    let (mut video, mut audio, mut last) = (0, 0, None::<i64>);
+    while let Ok(Some(item)) = tokio::time::timeout_at(deadline, playing.next()).await {
+        match item.expect("media") {
+            CodecItem::VideoFrame(frame) => {
+                let ts = frame.timestamp().timestamp();
+                assert!(last.is_none_or(|l| ts > l), "video timestamps increase");
+                last = Some(ts);
+                video += 1;
+            }
+            CodecItem::AudioFrame(_) => audio += 1,
+            _ => {}
+        }
+    }
+    (video, audio)
+}
+
+async fn describe_status(server: &Server, route: &str) -> String {
+    let mut socket = tokio::net::TcpStream::connect(server.rtsp)
+        .await
+        .expect("connect");
+    let request = format!("DESCRIBE {} RTSP/1.0\r\nCSeq: 1\r\n\r\n", server.url(route));
+    socket.write_all(request.as_bytes()).await.expect("send");
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), socket.read(&mut buf))
+        .await
+        .map_or(0, |r| r.unwrap_or(0));
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+async fn wait_live(server: &Server, route: &str) {
+    for _ in 0..100 {
+        if describe_status(server, route)
+            .await
+            .starts_with("RTSP/1.0 200")
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("route {route} never went live: {:#?}", server.log());
+}
+
+async fn publish_and_read(transport: &str) {
+    let server = Server::start("[routes.cam]\nsource = \"push\"\n");
+    let _publisher = Pusher::rtsp(&short_clip(), &server.url("cam"), transport);
+    wait_live(&server, "cam").await;
+    let (ok, out, err) = run(
+        Command::new("ffprobe")
+            .args([
+                "-v",
+                "error",
+                "-show_entries",
+                "stream=codec_name,width,height,sample_rate",
+                "-of",
+                "compact",
+            ])
+            .arg(server.url("cam")),
+        Duration::from_secs(30),
+    );
+    assert!(ok, "ffprobe: {err}");
+    assert!(
+        out.contains("codec_name=h264|width=320|height=240"),
+        "{out}"
+    );
+    assert!(out.contains("codec_name=aac|sample_rate=48000"), "{out}");
+    let (video, audio) = watch(&server.url("cam"), 4).await;
+    assert!(video >= 85, "{video} video frames in 4 s");
+    assert!(audio >= 150, "{audio} audio frames in 4 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffmpeg_publishes_over_tcp() {
+    publish_and_read("tcp").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffmpeg_publishes_over_udp() {
+    publish_and_read("udp").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_publisher_per_route() {
+    let server = Server::start(
+        "[routes.cam]\nsource = \"push\"\n[routes.file]\nsource = \"file:/nonexistent.mp4\"\n",
+    );
+    let _first = Pusher::rtsp(&short_clip(), &server.url("cam"), "tcp");
+    wait_live(&server, "cam").await;
+    let (ok, _, err) = run(
+        Command::new("ffmpeg")
+            .args(["-hide_banner", "-v", "error", "-re", "-i"])
+            .arg(short_clip())
+            .args(["-t", "1", "-c", "copy", "-f", "rtsp"])
+            .arg(server.url("cam")),
+        Duration::from_secs(20),
+    );
+    assert!(
+        !ok && err.contains("455"),
+        "a second RTSP publisher is refused: {err}"
+    );
+    let (ok, _, err) = run(
+        Command::new("ffmpeg")
+            .args(["-hide_banner", "-v", "error", "-re", "-i"])
+            .arg(short_clip())
+            .args(["-t", "1", "-c", "copy", "-f", "rtsp"])
+            .arg(server.url("nope")),
+        Duration::from_secs(20),
+    );
+    assert!(!ok && err.contains("404"), "no such route: {err}");
+    let (ok, _, err) = run(
+        Command::new("ffmpeg")
+            .args(["-hide_banner", "-v", "error", "-re", "-i"])
+            .arg(short_clip())
+            .args(["-t", "1", "-c", "copy", "-f", "rtsp"])
+            .arg(server.url("file")),
+        Duration::from_secs(20),
+    );
+    assert!(
+        !ok && err.contains("404"),
+        "a file route takes no publisher: {err}"
+    );
+    let (video, _) = watch(&server.url("cam"), 2).await;
+    assert!(video >= 40, "the first publisher plays on: {video}");
+}
