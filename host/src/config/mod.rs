@@ -49,6 +49,8 @@ pub enum SourceConfig {
     File { path: PathBuf, looping: bool },
     /// Publishers push to the feed `feed`: MPEG-TS over HTTP, or RTSP ANNOUNCE/RECORD.
     Push { feed: String },
+    /// Read from another RTSP server, reconnecting when it drops.
+    RtspPull { url: url::Url },
 }
 
 /// One `[plugins.NAME]` table.
@@ -352,10 +354,14 @@ fn parse_source(
         });
     }
     if source.starts_with("rtsp://") {
-        return Err(
-            "this build of wasmcast cannot pull from RTSP servers yet; use a `file:` source".into(),
-        );
+        let url =
+            url::Url::parse(source).map_err(|err| format!("`{source}` is not a URL: {err}"))?;
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(format!("`{source}` names no host"));
+        }
+        return Ok(SourceConfig::RtspPull { url });
     }
+
     Err(format!(
         "`{source}` is not a source: use \"file:PATH\", \"push\", \"push:FEED\" or \"rtsp://HOST/PATH\""
     ))

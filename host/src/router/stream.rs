@@ -22,6 +22,8 @@ const MAX_GOP_BYTES: usize = 32 << 20;
 const MAX_GOP_UNITS: usize = 4096;
 /// How much faster than real time a new reader gets the kept GOP.
 const CATCH_UP_SPEED: u32 = 2;
+/// The longest a backlog unit is held back.
+const MAX_CATCH_UP_WAIT: Duration = Duration::from_secs(1);
 
 /// An access unit and its RTP packets, shared by every reader.
 #[derive(Debug)]
@@ -462,8 +464,13 @@ impl Reader {
                     let (started, first) = *self
                         .catch_up
                         .get_or_insert_with(|| (tokio::time::Instant::now(), at));
-                    tokio::time::sleep_until(started + at.saturating_sub(first) / CATCH_UP_SPEED)
-                        .await;
+                    // A unit far in the future is a discontinuity, not something to wait for.
+                    let due = started + at.saturating_sub(first) / CATCH_UP_SPEED;
+                    if due.saturating_duration_since(tokio::time::Instant::now())
+                        < MAX_CATCH_UP_WAIT
+                    {
+                        tokio::time::sleep_until(due).await;
+                    }
                     self.backlog.next();
                     unit
                 }

@@ -19,10 +19,7 @@ use crate::sources::{LivePublisher, TrackKind};
 struct PublishTrack {
     control: String,
     depacketizer: Depacketizer,
-    clock_rate: u32,
     transport: Option<TrackTransport>,
-    /// Added to the publisher's RTP timestamps so that all tracks share one timeline.
-    offset: Option<i64>,
 }
 
 /// A connection that publishes into a route.
@@ -30,8 +27,6 @@ pub struct Publishing {
     pub session_id: String,
     live: LivePublisher,
     tracks: Vec<PublishTrack>,
-    /// When the first packet of any track arrived: the tracks' timelines start here.
-    anchor: Option<Instant>,
     recording: bool,
     pub last_activity: Instant,
     /// Packets that could not be depacketized.
@@ -49,7 +44,7 @@ impl Publishing {
     ) -> Result<Publishing, String> {
         let session = sdp_types::Session::parse(sdp)
             .map_err(|err| format!("the SDP does not parse: {err}"))?;
-        let mut live = LivePublisher::new(stream, claim);
+        let mut live = LivePublisher::with_independent_clocks(stream, claim);
         let mut tracks = Vec::new();
         for (index, media) in session.medias.iter().enumerate() {
             let payload_type = media.fmt.split_whitespace().next().unwrap_or("");
@@ -147,9 +142,7 @@ impl Publishing {
             tracks.push(PublishTrack {
                 control,
                 depacketizer: Depacketizer::new(format),
-                clock_rate,
                 transport: None,
-                offset: None,
             });
         }
         if tracks.is_empty() {
@@ -159,7 +152,6 @@ impl Publishing {
             session_id,
             live,
             tracks,
-            anchor: None,
             recording: false,
             last_activity: now,
             dropped: 0,
@@ -221,7 +213,6 @@ impl Publishing {
         if !self.recording {
             return;
         }
-        let anchor = *self.anchor.get_or_insert(now);
         let Some(publish_track) = self.tracks.get_mut(track) else {
             return;
         };
@@ -240,19 +231,11 @@ impl Publishing {
             }
         };
         for unit in units {
-            // Each track's RTP clock starts anywhere: put its first unit where it arrived on the
-            // publisher's shared timeline.
-            let clock = i64::from(publish_track.clock_rate);
-            let offset = *publish_track.offset.get_or_insert_with(|| {
-                let since_anchor = now.saturating_duration_since(anchor).as_nanos() as i64;
-                since_anchor.saturating_mul(clock) / 1_000_000_000 - unit.timestamp
-            });
-            let pts = unit.timestamp + offset;
             self.live.send(
                 AccessUnit {
                     track,
-                    pts,
-                    dts: pts,
+                    pts: unit.timestamp,
+                    dts: unit.timestamp,
                     keyframe: true,
                     data: unit.data,
                 },

@@ -28,6 +28,8 @@ pub enum TrackKind {
 struct LiveTrack {
     kind: TrackKind,
     codec: Option<Codec>,
+    /// With independent clocks: added to this track's timestamps to put them on the shared timeline.
+    offset: Option<i64>,
 }
 
 /// One live publisher's connection to its stream.
@@ -39,11 +41,14 @@ pub struct LivePublisher {
     /// The published index of each declared track, once publishing started.
     published: Vec<Option<usize>>,
     first_media: Option<Instant>,
+    /// Whether the tracks' timestamps count from unrelated origins (RTP), rather than one clock (TS).
+    independent_clocks: bool,
     /// Units published so far.
     pub units: u64,
 }
 
 impl LivePublisher {
+    /// A publisher whose tracks' timestamps share one clock (an MPEG-TS program).
     pub fn new(stream: Arc<Stream>, claim: PublishClaim) -> LivePublisher {
         LivePublisher {
             stream,
@@ -52,13 +57,27 @@ impl LivePublisher {
             tracks: Vec::new(),
             published: Vec::new(),
             first_media: None,
+            independent_clocks: false,
             units: 0,
+        }
+    }
+
+    /// A publisher whose tracks each have a clock of their own (RTP streams): each track's first
+    /// unit is placed on the shared timeline where it arrived.
+    pub fn with_independent_clocks(stream: Arc<Stream>, claim: PublishClaim) -> LivePublisher {
+        LivePublisher {
+            independent_clocks: true,
+            ..LivePublisher::new(stream, claim)
         }
     }
 
     /// Declares the next track; returns its index. Ignored once publishing started.
     pub fn add_track(&mut self, kind: TrackKind, codec: Option<Codec>) -> usize {
-        self.tracks.push(LiveTrack { kind, codec });
+        self.tracks.push(LiveTrack {
+            kind,
+            codec,
+            offset: None,
+        });
         self.tracks.len() - 1
     }
 
@@ -101,7 +120,21 @@ impl LivePublisher {
                 unit.data = with_parameter_sets(codec, unit.data);
             }
         }
-        self.first_media.get_or_insert(now);
+        let first_media = *self.first_media.get_or_insert(now);
+        if self.independent_clocks {
+            let clock = i64::from(
+                track
+                    .codec
+                    .as_ref()
+                    .map_or(crate::media::VIDEO_CLOCK_RATE, Codec::clock_rate),
+            );
+            let offset = *track.offset.get_or_insert_with(|| {
+                let since_first = now.saturating_duration_since(first_media).as_nanos() as i64;
+                since_first.saturating_mul(clock) / 1_000_000_000 - unit.dts
+            });
+            unit.pts += offset;
+            unit.dts += offset;
+        }
         if self.publisher.is_none() {
             let ready = self.tracks.iter().all(|t| t.codec.is_some());
             let waited = self

@@ -8,6 +8,7 @@ mod file;
 mod live;
 mod mp4;
 mod push;
+mod rtsp_pull;
 mod ts;
 
 use std::path::PathBuf;
@@ -40,19 +41,33 @@ pub enum Error {
 }
 
 /// A running source; dropping it stops the source.
-pub struct RunningSource {
-    _stop: std::sync::mpsc::Sender<()>,
+pub enum RunningSource {
+    /// A thread that stops when this sender goes.
+    Thread(std::sync::mpsc::Sender<()>),
+    Task(tokio::task::AbortHandle),
+    /// Publishers come to the HTTP and RTSP servers; nothing runs here.
+    Publishers,
+}
+
+impl Drop for RunningSource {
+    fn drop(&mut self) {
+        if let RunningSource::Task(task) = self {
+            task.abort();
+        }
+    }
 }
 
 /// Starts the source `config` describes, publishing into `stream`.
 pub fn start(config: &SourceConfig, stream: Arc<Stream>) -> RunningSource {
-    let (stop, stopped) = std::sync::mpsc::channel();
     match config {
         SourceConfig::File { path, looping } => {
+            let (stop, stopped) = std::sync::mpsc::channel();
             file::spawn(path.clone(), *looping, stream, stopped);
+            RunningSource::Thread(stop)
         }
-        // Publishers come to the HTTP and RTSP servers; the stream waits for them.
-        SourceConfig::Push { .. } => {}
+        SourceConfig::Push { .. } => RunningSource::Publishers,
+        SourceConfig::RtspPull { url } => {
+            RunningSource::Task(tokio::spawn(rtsp_pull::run(url.clone(), stream)).abort_handle())
+        }
     }
-    RunningSource { _stop: stop }
 }

@@ -1,0 +1,122 @@
+//! RTSP pull: one wasmcast (the edge) relays a route of another (the origin), and recovers when
+//! the origin goes away and comes back.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Server, file_route, short_clip};
+use futures::StreamExt;
+use retina::client::{PlayOptions, SessionOptions, SetupOptions, TcpTransportOptions, Transport};
+use retina::codec::CodecItem;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn origin(port: u16) -> Server {
+    Server::start_with(
+        &format!(
+            "rtsp = \"127.0.0.1:{port}\"\nhttp = \"127.0.0.1:0\"\nrtp_ports = \"33000-33999\"\n"
+        ),
+        &file_route("clip", &short_clip()),
+    )
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+async fn wait_live(server: &Server, route: &str) {
+    for _ in 0..100 {
+        let mut socket = tokio::net::TcpStream::connect(server.rtsp)
+            .await
+            .expect("connect");
+        let request = format!("DESCRIBE {} RTSP/1.0\r\nCSeq: 1\r\n\r\n", server.url(route));
+        socket.write_all(request.as_bytes()).await.expect("send");
+        let mut buf = vec![0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(10), socket.read(&mut buf))
+            .await
+            .map_or(0, |r| r.unwrap_or(0));
+        if buf[..n].starts_with(b"RTSP/1.0 200") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("route {route} never went live: {:#?}", server.log());
+}
+
+/// (video frames, audio frames, frames after `split`) a reader gets in `seconds`.
+async fn watch(url: String, seconds: u64, split: Duration) -> (usize, usize, usize) {
+    let mut session = retina::client::Session::describe(
+        url::Url::parse(&url).unwrap(),
+        SessionOptions::default(),
+    )
+    .await
+    .expect("DESCRIBE");
+    for i in 0..session.streams().len() {
+        session
+            .setup(
+                i,
+                SetupOptions::default().transport(Transport::Tcp(TcpTransportOptions::default())),
+            )
+            .await
+            .expect("SETUP");
+    }
+    let mut playing = session
+        .play(PlayOptions::default())
+        .await
+        .expect("PLAY")
+        .demuxed()
+        .expect("demuxed");
+    let start = tokio::time::Instant::now();
+    let deadline = start + Duration::from_secs(seconds);
+    let (mut video, mut audio, mut late, mut last) = (0, 0, 0, None::<i64>);
+    while let Ok(Some(item)) = tokio::time::timeout_at(deadline, playing.next()).await {
+        match item.expect("media") {
+            CodecItem::VideoFrame(frame) => {
+                let ts = frame.timestamp().timestamp();
+                assert!(
+                    last.is_none_or(|l| ts > l),
+                    "timestamps keep increasing across the outage"
+                );
+                last = Some(ts);
+                video += 1;
+                if start.elapsed() > split {
+                    late += 1;
+                }
+            }
+            CodecItem::AudioFrame(_) => audio += 1,
+            _ => {}
+        }
+    }
+    (video, audio, late)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_relays_the_origin_and_recovers_when_it_returns() {
+    let port = free_port();
+    let first_origin = origin(port);
+    let edge = Server::start(&format!(
+        "[routes.relay]\nsource = \"rtsp://127.0.0.1:{port}/clip\"\n"
+    ));
+    wait_live(&edge, "relay").await;
+
+    let reader = tokio::spawn(watch(edge.url("relay"), 12, Duration::from_secs(8)));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    drop(first_origin);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _second_origin = origin(port);
+    let (video, audio, late) = reader.await.expect("reader");
+    assert!(video >= 150, "{video} video frames relayed");
+    assert!(audio >= 200, "{audio} audio frames relayed");
+    assert!(
+        late >= 75,
+        "the edge recovered: {late} frames in the last 4 s"
+    );
+    assert!(
+        edge.log()
+            .iter()
+            .filter(|l| l.contains("RTSP pull connected"))
+            .count()
+            >= 2
+    );
+}
