@@ -155,6 +155,10 @@ impl TsDemuxer {
         let Some(payload) = packet.get(payload_start..) else {
             return;
         };
+        // Muxers pad only the last packet of a PES, with an adaptation field that carries nothing
+        // but stuffing: a video PES of unbounded length is complete there, a frame earlier than
+        // the next PES header would tell.
+        let padded = adaptation == 0b11 && (packet[4] == 0 || packet[5] == 0);
         if pid == PAT_PID {
             if unit_start {
                 self.read_pat(payload);
@@ -164,7 +168,7 @@ impl TsDemuxer {
                 self.read_pmt(payload);
             }
         } else if self.streams.contains_key(&pid) {
-            self.pes_payload(pid, unit_start, payload, out);
+            self.pes_payload(pid, unit_start, padded, payload, out);
         }
     }
 
@@ -228,7 +232,14 @@ impl TsDemuxer {
         }
     }
 
-    fn pes_payload(&mut self, pid: u16, unit_start: bool, payload: &[u8], out: &mut Vec<Pes>) {
+    fn pes_payload(
+        &mut self,
+        pid: u16,
+        unit_start: bool,
+        padded: bool,
+        payload: &[u8],
+        out: &mut Vec<Pes>,
+    ) {
         if unit_start {
             self.flush(pid, out);
             let Some(header) = PesHeader::parse(payload) else {
@@ -259,7 +270,12 @@ impl TsDemuxer {
         } else {
             return;
         }
-        if self.assemblies.get(&pid).and_then(|a| a.remaining) == Some(0) {
+        let complete = match self.assemblies.get(&pid).map(|a| a.remaining) {
+            Some(Some(remaining)) => remaining == 0,
+            Some(None) => padded,
+            None => false,
+        };
+        if complete {
             self.flush(pid, out);
         }
     }
@@ -425,11 +441,9 @@ mod tests {
         let mut input = b"garbage before the stream".to_vec();
         input.extend(pat());
         input.extend(pmt());
-        input.extend(ts_packet(
-            0x101,
-            true,
-            &pes(90_000, &[0, 0, 0, 1, 0x65, 1, 2, 3]),
-        ));
+        let mut first = pes(90_000, &[0, 0, 0, 1, 0x65, 1, 2, 3]);
+        first.resize(184, 7);
+        input.extend(ts_packet(0x101, true, &first));
         input.extend(ts_packet(0x101, false, &[4, 5, 6]));
         input.extend(ts_packet(0x101, true, &pes(93_600, &[0, 0, 0, 1, 0x41, 9])));
         let mut demuxer = TsDemuxer::new();
@@ -439,13 +453,34 @@ mod tests {
             demuxer.push(chunk, &mut out).expect("TS");
         }
         assert_eq!(demuxer.streams().len(), 2);
-        assert_eq!(out.len(), 1, "the first PES closes when the second starts");
+        assert_eq!(out.len(), 2, "each PES closes at its padded last packet");
         assert_eq!(out[0].pts, Some(90_000));
-        assert_eq!(&out[0].data[..], &[0, 0, 0, 1, 0x65, 1, 2, 3, 4, 5, 6]);
-        demuxer.finish(&mut out);
-        assert_eq!(out.len(), 2);
+        assert_eq!(&out[0].data[..8], &[0, 0, 0, 1, 0x65, 1, 2, 3]);
+        assert_eq!(
+            out[0].data.len(),
+            184 - 14 + 3,
+            "a full packet, then the padded last one"
+        );
         assert_eq!(out[1].pts, Some(93_600));
         assert_eq!(demuxer.garbage_bytes, 25);
+    }
+
+    #[test]
+    fn an_unpadded_video_pes_closes_when_the_next_starts() {
+        let mut input = pat();
+        input.extend(pmt());
+        let mut first = pes(0, &[0, 0, 0, 1, 0x65]);
+        first.resize(184, 9);
+        input.extend(ts_packet(0x101, true, &first));
+        input.extend(ts_packet(0x101, false, &[9u8; 184]));
+        let mut demuxer = TsDemuxer::new();
+        let mut out = Vec::new();
+        demuxer.push(&input, &mut out).expect("TS");
+        assert!(out.is_empty(), "no padding, no end yet");
+        let next = ts_packet(0x101, true, &pes(3600, &[0, 0, 0, 1, 0x41]));
+        demuxer.push(&next, &mut out).expect("TS");
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].data.len(), 184 - 14 + 184);
     }
 
     #[test]
