@@ -251,3 +251,41 @@ async fn bad_pushes_are_refused_and_other_routes_play_on() {
         "the file route played on: {frames}, {gap:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h265_and_opus_pushes_play() {
+    let server = Server::start(&push_route("feed", "feed.ffm"));
+    let _pusher = Pusher::start(
+        &short_clip(),
+        &format!("http://{}/feed.ffm", server.http),
+        "-c:v libx265 -x265-params log-level=error:bframes=0:keyint=25 -preset ultrafast -c:a libopus -b:a 64k",
+    );
+    wait_live(&server, "feed").await;
+    let streams = ffprobe_streams(&server.url("feed"));
+    assert!(
+        streams.contains("codec_name=hevc|width=320|height=240"),
+        "{streams}"
+    );
+    assert!(
+        streams.contains("codec_name=opus|sample_rate=48000"),
+        "{streams}"
+    );
+    let (ok, _, err) = run(
+        Command::new("ffmpeg")
+            .args([
+                "-hide_banner",
+                "-v",
+                "error",
+                "-rtsp_transport",
+                "tcp",
+                "-i",
+            ])
+            .arg(server.url("feed"))
+            .args(["-t", "3", "-f", "null", "-"]),
+        Duration::from_secs(30),
+    );
+    assert!(
+        ok && err.trim().is_empty(),
+        "ffmpeg decodes H.265 and Opus: {err}"
+    );
+}
