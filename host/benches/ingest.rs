@@ -4,11 +4,14 @@
 //!
 //! Run with `cargo bench --bench ingest`; `WASMCAST_BENCH_SECONDS` sets the length (default 10).
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
+
+use common::BenchServer;
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const TS_PACKET: usize = 188;
@@ -23,7 +26,11 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(if quick { 3 } else { 10 });
     let ts = std::fs::read(clip()).expect("bench clip");
-    let server = BenchServer::start();
+    let server = BenchServer::start(
+        "ingest",
+        "rtp_ports = \"35000-35999\"",
+        "[routes.feed]\nsource = \"push\"\n",
+    );
 
     let mut push = TcpStream::connect(server.http).expect("connect HTTP");
     push.set_nodelay(true).expect("nodelay");
@@ -226,85 +233,33 @@ fn read_rtsp(addr: SocketAddr, until: Instant, out: &std::sync::mpsc::Sender<(u3
     }
 }
 
+/// Twenty seconds of 640x360 H.264 with AAC, as MPEG-TS.
 fn clip() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-clips");
-    std::fs::create_dir_all(&dir).expect("clip dir");
-    let path = dir.join("ingest-640x360.ts");
-    if !path.exists() {
-        let status = Command::new("ffmpeg")
-            .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi"])
-            .args(["-i", "testsrc2=size=640x360:rate=25:duration=20"])
-            .args([
-                "-f",
-                "lavfi",
-                "-i",
-                "sine=frequency=440:sample_rate=48000:duration=20",
-            ])
-            .args([
-                "-c:v",
-                "libx264",
-                "-preset",
-                "veryfast",
-                "-profile:v",
-                "baseline",
-                "-g",
-                "25",
-            ])
-            .args(["-pix_fmt", "yuv420p", "-c:a", "aac", "-f", "mpegts"])
-            .arg(&path)
-            .status()
-            .expect("ffmpeg");
-        assert!(status.success(), "ffmpeg could not make the bench clip");
-    }
-    path
-}
-
-struct BenchServer {
-    child: Child,
-    rtsp: SocketAddr,
-    http: SocketAddr,
-}
-
-impl BenchServer {
-    fn start() -> BenchServer {
-        let config =
-            std::env::temp_dir().join(format!("wasmcast-ingest-bench-{}.toml", std::process::id()));
-        std::fs::write(
-            &config,
-            "[server]\nrtsp = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nrtp_ports = \"35000-35999\"\n\
-             [routes.feed]\nsource = \"push\"\n",
-        )
-        .expect("config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wasmcast"))
-            .args(["--log-level", "warn,wasmcast=info", "--config"])
-            .arg(&config)
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start wasmcast");
-        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let (mut rtsp, mut http) = (None, None);
-        while rtsp.is_none() || http.is_none() {
-            let line = lines.next().expect("wasmcast started").expect("log line");
-            if let Some(rest) = line.split("RTSP server listening on rtsp://").nth(1) {
-                rtsp = rest.split('/').next().and_then(|a| a.parse().ok());
-            }
-            if let Some(rest) = line.split("HTTP server listening on http://").nth(1) {
-                http = rest.split('/').next().and_then(|a| a.parse().ok());
-            }
-        }
-        std::thread::spawn(move || lines.for_each(drop));
-        BenchServer {
-            child,
-            rtsp: rtsp.expect("RTSP address"),
-            http: http.expect("HTTP address"),
-        }
-    }
-}
-
-impl Drop for BenchServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    common::clip(
+        "ingest-640x360.ts",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=640x360:rate=25:duration=20",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000:duration=20",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-profile:v",
+            "baseline",
+            "-g",
+            "25",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-f",
+            "mpegts",
+        ],
+    )
 }

@@ -7,13 +7,15 @@
 //! The readers are minimal RTSP clients written here, cheap enough that 500 of them and the server
 //! share this machine; the players the server is proven against live in the test suite.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::BenchServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpStream, UdpSocket};
 
@@ -39,127 +41,50 @@ fn main() {
         "readers  transport-mix  server-cpu  cpu/reader  mem/reader  loss       first-frame p50/max"
     );
     for count in counts {
-        let server = BenchServer::start(&clip, count + 10);
+        let server = start_server(&clip, count + 10);
         let result = runtime.block_on(measure(&server, count, Duration::from_secs(seconds)));
         drop(server);
         result.print(count);
     }
 }
 
-/// Ten seconds of 1280x720 at 25 fps, constant 2 Mbps, made once with ffmpeg.
+/// Ten seconds of 1280x720 at 25 fps, constant 2 Mbps.
 fn clip_2mbps() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-clips");
-    std::fs::create_dir_all(&dir).expect("clip dir");
-    let path = dir.join("720p-2mbps.mp4");
-    if !path.exists() {
-        let status = Command::new("ffmpeg")
-            .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi"])
-            .args(["-i", "testsrc2=size=1280x720:rate=25:duration=10"])
-            .args([
-                "-c:v",
-                "libx264",
-                "-preset",
-                "veryfast",
-                "-profile:v",
-                "main",
-                "-bf",
-                "0",
-            ])
-            .args(["-b:v", "2M", "-maxrate", "2M", "-bufsize", "1M", "-g", "25"])
-            .args(["-pix_fmt", "yuv420p"])
-            .arg(&path)
-            .status()
-            .expect("ffmpeg");
-        assert!(status.success(), "ffmpeg could not make the bench clip");
-    }
-    path
+    common::clip(
+        "720p-2mbps.mp4",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1280x720:rate=25:duration=10",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-profile:v",
+            "main",
+            "-bf",
+            "0",
+            "-b:v",
+            "2M",
+            "-maxrate",
+            "2M",
+            "-bufsize",
+            "1M",
+            "-g",
+            "25",
+            "-pix_fmt",
+            "yuv420p",
+        ],
+    )
 }
 
-struct BenchServer {
-    child: Child,
-    rtsp: SocketAddr,
-    _config: PathBuf,
-}
-
-impl BenchServer {
-    fn start(clip: &Path, max_clients: usize) -> BenchServer {
-        let config =
-            std::env::temp_dir().join(format!("wasmcast-bench-{}.toml", std::process::id()));
-        std::fs::write(
-            &config,
-            format!(
-                "[server]\nrtsp = \"127.0.0.1:0\"\nrtp_ports = \"32000-32999\"\nmax_clients = {max_clients}\n\
-                 [routes.bench]\nsource = \"file:{}\"\n",
-                clip.display()
-            ),
-        )
-        .expect("config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wasmcast"))
-            .args(["--log-level", "warn,wasmcast=info", "serve", "--config"])
-            .arg(&config)
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start wasmcast");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if let Some(rest) = line.split("listening on rtsp://").nth(1) {
-                    let _ = tx.send(rest.split('/').next().unwrap_or_default().to_owned());
-                }
-            }
-        });
-        let rtsp = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("server started")
-            .parse()
-            .expect("address");
-        BenchServer {
-            child,
-            rtsp,
-            _config: config,
-        }
-    }
-
-    /// User plus system CPU time of the server so far.
-    fn cpu_time(&self) -> Duration {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        let fields: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        let ticks: u64 = fields
-            .get(11..13)
-            .map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
-        // Linux reports CPU time in clock ticks of 1/100 s.
-        Duration::from_millis(ticks * 10)
-    }
-
-    /// Resident memory of the server, in bytes.
-    fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
-    }
-}
-
-impl Drop for BenchServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start_server(clip: &Path, max_clients: usize) -> BenchServer {
+    BenchServer::start(
+        "readers",
+        &format!("rtp_ports = \"32000-32999\"\nmax_clients = {max_clients}"),
+        &format!("[routes.bench]\nsource = \"file:{}\"\n", clip.display()),
+    )
 }
 
 #[derive(Default)]

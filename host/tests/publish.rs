@@ -5,33 +5,14 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Pusher, Server, run, short_clip};
+use common::{Pusher, Server, play, run, short_clip, wait_live};
 use futures::StreamExt;
-use retina::client::{PlayOptions, SessionOptions, SetupOptions, TcpTransportOptions, Transport};
+use retina::client::{TcpTransportOptions, Transport};
 use retina::codec::CodecItem;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Video and audio frames a retina reader gets in `seconds`.
 async fn watch(url: &str, seconds: u64) -> (usize, usize) {
-    let mut session =
-        retina::client::Session::describe(url::Url::parse(url).unwrap(), SessionOptions::default())
-            .await
-            .expect("DESCRIBE");
-    for i in 0..session.streams().len() {
-        session
-            .setup(
-                i,
-                SetupOptions::default().transport(Transport::Tcp(TcpTransportOptions::default())),
-            )
-            .await
-            .expect("SETUP");
-    }
-    let mut playing = session
-        .play(PlayOptions::default())
-        .await
-        .expect("PLAY")
-        .demuxed()
-        .expect("demuxed");
+    let mut playing = play(url, Transport::Tcp(TcpTransportOptions::default()), true).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
     let (mut video, mut audio, mut last) = (0, 0, None::<i64>);
     while let Ok(Some(item)) = tokio::time::timeout_at(deadline, playing.next()).await {
@@ -47,36 +28,6 @@ async fn watch(url: &str, seconds: u64) -> (usize, usize) {
         }
     }
     (video, audio)
-}
-
-async fn describe_status(server: &Server, route: &str) -> String {
-    let mut socket = tokio::net::TcpStream::connect(server.rtsp)
-        .await
-        .expect("connect");
-    let request = format!("DESCRIBE {} RTSP/1.0\r\nCSeq: 1\r\n\r\n", server.url(route));
-    socket.write_all(request.as_bytes()).await.expect("send");
-    let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(10), socket.read(&mut buf))
-        .await
-        .map_or(0, |r| r.unwrap_or(0));
-    String::from_utf8_lossy(&buf[..n])
-        .lines()
-        .next()
-        .unwrap_or("")
-        .to_owned()
-}
-
-async fn wait_live(server: &Server, route: &str) {
-    for _ in 0..100 {
-        if describe_status(server, route)
-            .await
-            .starts_with("RTSP/1.0 200")
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("route {route} never went live: {:#?}", server.log());
 }
 
 async fn publish_and_read(transport: &str) {

@@ -5,11 +5,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Server, file_route, short_clip};
+use common::{Server, file_route, play, short_clip, wait_live};
 use futures::StreamExt;
-use retina::client::{PlayOptions, SessionOptions, SetupOptions, TcpTransportOptions, Transport};
+use retina::client::{TcpTransportOptions, Transport};
 use retina::codec::CodecItem;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn origin(port: u16) -> Server {
     Server::start_with(
@@ -25,48 +24,9 @@ fn free_port() -> u16 {
     listener.local_addr().expect("addr").port()
 }
 
-async fn wait_live(server: &Server, route: &str) {
-    for _ in 0..100 {
-        let mut socket = tokio::net::TcpStream::connect(server.rtsp)
-            .await
-            .expect("connect");
-        let request = format!("DESCRIBE {} RTSP/1.0\r\nCSeq: 1\r\n\r\n", server.url(route));
-        socket.write_all(request.as_bytes()).await.expect("send");
-        let mut buf = vec![0u8; 64];
-        let n = tokio::time::timeout(Duration::from_secs(10), socket.read(&mut buf))
-            .await
-            .map_or(0, |r| r.unwrap_or(0));
-        if buf[..n].starts_with(b"RTSP/1.0 200") {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("route {route} never went live: {:#?}", server.log());
-}
-
 /// (video frames, audio frames, frames after `split`) a reader gets in `seconds`.
 async fn watch(url: String, seconds: u64, split: Duration) -> (usize, usize, usize) {
-    let mut session = retina::client::Session::describe(
-        url::Url::parse(&url).unwrap(),
-        SessionOptions::default(),
-    )
-    .await
-    .expect("DESCRIBE");
-    for i in 0..session.streams().len() {
-        session
-            .setup(
-                i,
-                SetupOptions::default().transport(Transport::Tcp(TcpTransportOptions::default())),
-            )
-            .await
-            .expect("SETUP");
-    }
-    let mut playing = session
-        .play(PlayOptions::default())
-        .await
-        .expect("PLAY")
-        .demuxed()
-        .expect("demuxed");
+    let mut playing = play(&url, Transport::Tcp(TcpTransportOptions::default()), true).await;
     let start = tokio::time::Instant::now();
     let deadline = start + Duration::from_secs(seconds);
     let (mut video, mut audio, mut late, mut last) = (0, 0, 0, None::<i64>);

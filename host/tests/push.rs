@@ -5,11 +5,13 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Pusher, Server, file_route, push_route, run, short_clip};
+use common::{Pusher, Server, exchange, file_route, play, push_route, run, short_clip, wait_live};
 use futures::StreamExt;
-use retina::client::{PlayOptions, SessionOptions, SetupOptions, TcpTransportOptions, Transport};
+use retina::client::{TcpTransportOptions, Transport};
 use retina::codec::CodecItem;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How long an HTTP reply may pause before the exchange is taken as over.
+const QUIET: Duration = Duration::from_secs(10);
 
 fn ffprobe_streams(url: &str) -> String {
     let (ok, out, err) = run(
@@ -31,23 +33,7 @@ fn ffprobe_streams(url: &str) -> String {
 
 /// Video frames a retina reader gets in `seconds`, and the largest gap between two of them.
 async fn watch(url: &str, seconds: u64) -> (usize, Duration) {
-    let mut session =
-        retina::client::Session::describe(url::Url::parse(url).unwrap(), SessionOptions::default())
-            .await
-            .expect("DESCRIBE");
-    session
-        .setup(
-            0,
-            SetupOptions::default().transport(Transport::Tcp(TcpTransportOptions::default())),
-        )
-        .await
-        .expect("SETUP");
-    let mut playing = session
-        .play(PlayOptions::default())
-        .await
-        .expect("PLAY")
-        .demuxed()
-        .expect("demuxed");
+    let mut playing = play(url, Transport::Tcp(TcpTransportOptions::default()), false).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
     let (mut frames, mut last_ts, mut largest_gap) = (0, None::<i64>, Duration::ZERO);
     while let Ok(Some(item)) = tokio::time::timeout_at(deadline, playing.next()).await {
@@ -66,35 +52,6 @@ async fn watch(url: &str, seconds: u64) -> (usize, Duration) {
         }
     }
     (frames, largest_gap)
-}
-
-async fn wait_live(server: &Server, route: &str) {
-    for _ in 0..100 {
-        let reply = http_request(
-            server,
-            &format!("DESCRIBE {} RTSP/1.0\r\nCSeq: 1\r\n\r\n", server.url(route)),
-            server.rtsp,
-        )
-        .await;
-        if reply.starts_with("RTSP/1.0 200") {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("route {route} never went live: {:#?}", server.log());
-}
-
-/// Sends raw bytes to `addr` and returns the reply.
-async fn http_request(_server: &Server, request: &str, addr: std::net::SocketAddr) -> String {
-    raw_exchange(addr, request.as_bytes()).await
-}
-
-async fn raw_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
-    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let _ = socket.write_all(bytes).await;
-    let mut reply = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), socket.read_to_end(&mut reply)).await;
-    String::from_utf8_lossy(&reply).into_owned()
 }
 
 fn post(feed: &str, body: &[u8]) -> Vec<u8> {
@@ -196,14 +153,14 @@ async fn bad_pushes_are_refused_and_other_routes_play_on() {
         async move { watch(&url, 6).await }
     });
 
-    let unknown = raw_exchange(server.http, &post("nope.ffm", b"x")).await;
+    let unknown = exchange(server.http, &post("nope.ffm", b"x"), QUIET).await;
     assert!(
         unknown.starts_with("HTTP/1.1 404"),
         "unknown feed: {unknown}"
     );
 
     let garbage: Vec<u8> = (0..200_000u32).map(|i| (i * 7 + 3) as u8 & 0x3f).collect();
-    let garbage = raw_exchange(server.http, &post("feed.ffm", &garbage)).await;
+    let garbage = exchange(server.http, &post("feed.ffm", &garbage), QUIET).await;
     assert!(garbage.starts_with("HTTP/1.1 400"), "garbage: {garbage}");
     assert!(garbage.contains("not an MPEG-TS stream"), "{garbage}");
 
@@ -211,8 +168,12 @@ async fn bad_pushes_are_refused_and_other_routes_play_on() {
         "mp2-only.ts",
         "-f lavfi -i sine=frequency=440:sample_rate=48000:duration=30 -c:a mp2 -f mpegts",
     );
-    let unsupported =
-        raw_exchange(server.http, &post("feed.ffm", &std::fs::read(mp2).unwrap())).await;
+    let unsupported = exchange(
+        server.http,
+        &post("feed.ffm", &std::fs::read(mp2).unwrap()),
+        QUIET,
+    )
+    .await;
     assert!(
         unsupported.starts_with("HTTP/1.1 415"),
         "unsupported codec: {unsupported}"
@@ -223,9 +184,10 @@ async fn bad_pushes_are_refused_and_other_routes_play_on() {
         "-f lavfi -i testsrc2=size=320x240:rate=25:duration=1 -c:v libx264 -g 25 -f mpegts",
     ))
     .unwrap();
-    let truncated = raw_exchange(
+    let truncated = exchange(
         server.http,
         &post("feed.ffm", &truncated[..truncated.len() / 2]),
+        QUIET,
     )
     .await;
     assert!(
@@ -239,7 +201,7 @@ async fn bad_pushes_are_refused_and_other_routes_play_on() {
         "-c copy",
     );
     wait_live(&server, "feed").await;
-    let second = raw_exchange(server.http, &post("feed.ffm", b"\x47")).await;
+    let second = exchange(server.http, &post("feed.ffm", b"\x47"), QUIET).await;
     assert!(
         second.starts_with("HTTP/1.1 409"),
         "second publisher: {second}"

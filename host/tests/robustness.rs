@@ -5,11 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Server, file_route, sample_clip, short_clip};
+use common::{Server, file_route, play, sample_clip, short_clip};
 use futures::StreamExt;
-use retina::client::{
-    PlayOptions, SessionOptions, SetupOptions, TcpTransportOptions, Transport, UdpTransportOptions,
-};
+use retina::client::{TcpTransportOptions, Transport, UdpTransportOptions};
 use retina::codec::CodecItem;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -17,20 +15,7 @@ use tokio::net::{TcpSocket, TcpStream};
 /// Reads a route with retina for `seconds`; returns the video frames received and the RTP packets
 /// reported lost.
 async fn count_frames(url: String, transport: Transport, seconds: u64) -> (usize, u64) {
-    let url = url::Url::parse(&url).expect("url");
-    let mut session = retina::client::Session::describe(url, SessionOptions::default())
-        .await
-        .expect("DESCRIBE");
-    session
-        .setup(0, SetupOptions::default().transport(transport))
-        .await
-        .expect("SETUP");
-    let mut playing = session
-        .play(PlayOptions::default())
-        .await
-        .expect("PLAY")
-        .demuxed()
-        .expect("demuxed");
+    let mut playing = play(&url, transport, false).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
     let (mut frames, mut lost) = (0, 0);
     while let Ok(Some(item)) = tokio::time::timeout_at(deadline, playing.next()).await {
@@ -42,22 +27,9 @@ async fn count_frames(url: String, transport: Transport, seconds: u64) -> (usize
     (frames, lost)
 }
 
-/// Sends raw bytes on a fresh connection and returns what the server answered before closing or
-/// going quiet.
+/// Sends raw bytes on a fresh connection and returns what the server answered.
 async fn exchange(server: &Server, request: &[u8]) -> String {
-    let mut socket = TcpStream::connect(server.rtsp).await.expect("connect");
-    socket.write_all(request).await.expect("send");
-    let mut reply = Vec::new();
-    let mut buf = [0u8; 4096];
-    while let Ok(Ok(n)) =
-        tokio::time::timeout(Duration::from_millis(500), socket.read(&mut buf)).await
-    {
-        if n == 0 {
-            break;
-        }
-        reply.extend_from_slice(&buf[..n]);
-    }
-    String::from_utf8_lossy(&reply).into_owned()
+    common::exchange(server.rtsp, request, Duration::from_millis(500)).await
 }
 
 /// Sets up a TCP-interleaved session by hand, starts it, and then never reads again.

@@ -77,6 +77,25 @@ pub enum TrackTransport {
     Tcp { rtp_channel: u8, rtcp_channel: u8 },
 }
 
+impl TrackTransport {
+    /// The Transport header that confirms this choice, ending with `extra` (e.g. `ssrc=…`).
+    fn header(&self, server_ports: (u16, u16), extra: &str) -> String {
+        match self {
+            TrackTransport::Udp { rtp, rtcp } => format!(
+                "RTP/AVP;unicast;client_port={}-{};server_port={}-{};{extra}",
+                rtp.port(),
+                rtcp.port(),
+                server_ports.0,
+                server_ports.1
+            ),
+            TrackTransport::Tcp {
+                rtp_channel,
+                rtcp_channel,
+            } => format!("RTP/AVP/TCP;unicast;interleaved={rtp_channel}-{rtcp_channel};{extra}"),
+        }
+    }
+}
+
 /// A reader to start sending to.
 pub struct Play {
     pub reader: Reader,
@@ -407,21 +426,7 @@ impl Connection {
             ));
         };
         let ssrc = session.media.tracks[track].ssrc;
-        let transport_header = match chosen {
-            TrackTransport::Udp { rtp, rtcp } => format!(
-                "RTP/AVP;unicast;client_port={}-{};server_port={}-{};ssrc={ssrc:08X}",
-                rtp.port(),
-                rtcp.port(),
-                ctx.udp_ports.0,
-                ctx.udp_ports.1
-            ),
-            TrackTransport::Tcp {
-                rtp_channel,
-                rtcp_channel,
-            } => format!(
-                "RTP/AVP/TCP;unicast;interleaved={rtp_channel}-{rtcp_channel};ssrc={ssrc:08X}"
-            ),
-        };
+        let transport_header = chosen.header(ctx.udp_ports, &format!("ssrc={ssrc:08X}"));
         session.tracks[track] = Some(SetupTrack {
             transport: chosen,
             url: url.as_str().to_owned(),
@@ -508,21 +513,7 @@ impl Connection {
                 )
             })?;
         publishing.setup(track, chosen);
-        let transport_header = match chosen {
-            TrackTransport::Udp { rtp, rtcp } => format!(
-                "RTP/AVP/UDP;unicast;client_port={}-{};server_port={}-{};mode=record",
-                rtp.port(),
-                rtcp.port(),
-                ctx.udp_ports.0,
-                ctx.udp_ports.1
-            ),
-            TrackTransport::Tcp {
-                rtp_channel,
-                rtcp_channel,
-            } => {
-                format!("RTP/AVP/TCP;unicast;interleaved={rtp_channel}-{rtcp_channel};mode=record")
-            }
-        };
+        let transport_header = chosen.header(ctx.udp_ports, "mode=record");
         Ok(self
             .ok(cseq)
             .header(headers::TRANSPORT, transport_header)

@@ -288,3 +288,63 @@ impl Drop for Pusher {
         let _ = self.0.wait();
     }
 }
+
+/// A retina session playing `url` over `transport`: every stream, or only the first.
+pub async fn play(
+    url: &str,
+    transport: retina::client::Transport,
+    all_streams: bool,
+) -> retina::client::Demuxed {
+    use retina::client::{PlayOptions, SessionOptions, SetupOptions};
+    let url = url::Url::parse(url).expect("url");
+    let mut session = retina::client::Session::describe(url, SessionOptions::default())
+        .await
+        .expect("DESCRIBE");
+    let streams = if all_streams {
+        session.streams().len()
+    } else {
+        1
+    };
+    for i in 0..streams {
+        session
+            .setup(i, SetupOptions::default().transport(transport.clone()))
+            .await
+            .expect("SETUP");
+    }
+    session
+        .play(PlayOptions::default())
+        .await
+        .expect("PLAY")
+        .demuxed()
+        .expect("demuxed")
+}
+
+/// Sends `bytes` on a fresh connection to `addr`; returns what came back before the peer closed
+/// or went quiet for `quiet`.
+pub async fn exchange(addr: std::net::SocketAddr, bytes: &[u8], quiet: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let _ = socket.write_all(bytes).await;
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(Ok(n)) = tokio::time::timeout(quiet, socket.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        reply.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+/// Waits until a DESCRIBE of `route` succeeds.
+pub async fn wait_live(server: &Server, route: &str) {
+    let describe = format!("DESCRIBE {} RTSP/1.0\r\nCSeq: 1\r\n\r\n", server.url(route));
+    for _ in 0..100 {
+        let reply = exchange(server.rtsp, describe.as_bytes(), Duration::from_millis(300)).await;
+        if reply.starts_with("RTSP/1.0 200") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("route {route} never went live: {:#?}", server.log());
+}

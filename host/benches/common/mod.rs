@@ -1,0 +1,124 @@
+//! Shared by the benches: clips made once with ffmpeg, and the `wasmcast` binary started on a
+//! loopback config, with its CPU time and memory read from /proc.
+
+#![allow(dead_code, reason = "each bench uses a different part of this module")]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A clip made once under `target/bench-clips` with the given ffmpeg arguments.
+pub fn clip(name: &str, ffmpeg_args: &[&str]) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-clips");
+    std::fs::create_dir_all(&dir).expect("clip dir");
+    let path = dir.join(name);
+    if !path.exists() {
+        let status = Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-y"])
+            .args(ffmpeg_args)
+            .arg(&path)
+            .status()
+            .expect("ffmpeg");
+        assert!(status.success(), "ffmpeg could not make {name}");
+    }
+    path
+}
+
+/// A running `wasmcast`, killed on drop.
+pub struct BenchServer {
+    child: Child,
+    pub rtsp: SocketAddr,
+    pub http: SocketAddr,
+    config: PathBuf,
+}
+
+impl BenchServer {
+    /// Starts the binary listening on loopback ports the OS picks, with `server` keys added to the
+    /// `[server]` table and the given `routes`.
+    pub fn start(name: &str, server: &str, routes: &str) -> BenchServer {
+        let config =
+            std::env::temp_dir().join(format!("wasmcast-{name}-{}.toml", std::process::id()));
+        std::fs::write(
+            &config,
+            format!("[server]\nrtsp = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n{server}\n{routes}"),
+        )
+        .expect("config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wasmcast"))
+            .args(["--log-level", "warn,wasmcast=info", "--config"])
+            .arg(&config)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start wasmcast");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                for (rtsp, marker) in [
+                    (true, "RTSP server listening on rtsp://"),
+                    (false, "HTTP server listening on http://"),
+                ] {
+                    if let Some(rest) = line.split(marker).nth(1) {
+                        let _ =
+                            tx.send((rtsp, rest.split('/').next().unwrap_or_default().to_owned()));
+                    }
+                }
+            }
+        });
+        let (mut rtsp, mut http) = (None, None);
+        while rtsp.is_none() || http.is_none() {
+            let (is_rtsp, addr) = rx
+                .recv_timeout(Duration::from_secs(20))
+                .expect("wasmcast started");
+            if is_rtsp {
+                rtsp = addr.parse().ok();
+            } else {
+                http = addr.parse().ok();
+            }
+        }
+        BenchServer {
+            child,
+            rtsp: rtsp.expect("RTSP address"),
+            http: http.expect("HTTP address"),
+            config,
+        }
+    }
+
+    /// User plus system CPU time of the server so far.
+    pub fn cpu_time(&self) -> Duration {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        let ticks: u64 = fields
+            .get(11..13)
+            .map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
+        // Linux reports CPU time in clock ticks of 1/100 s.
+        Duration::from_millis(ticks * 10)
+    }
+
+    /// Resident memory of the server, in bytes.
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+}
+
+impl Drop for BenchServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
