@@ -15,8 +15,9 @@ pub mod sources;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 
-use config::Config;
+use config::{Config, ReloadHandle};
 use http::HttpServer;
 use router::RouterHandle;
 use rtsp::RtspServer;
@@ -38,13 +39,15 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts the routes of `config` and binds its listeners.
-    pub async fn start(config: Config) -> Result<Server, StartError> {
+    /// Starts the routes of `config` and binds its listeners. With the path of the config file,
+    /// the server follows the file as it changes (and reloads on SIGHUP and `POST /api/v1/reload`).
+    pub async fn start(config: Config, path: Option<&Path>) -> Result<Server, StartError> {
         let router = RouterHandle::start();
         let rtsp = RtspServer::bind(&config.server, router.clone()).await?;
-        let http = HttpServer::bind(config.server.http, router.clone()).await?;
-        let changes = router.apply(config.routes).await;
+        let changes = router.apply(config.routes.clone()).await;
         tracing::info!(routes = ?changes.added, "routes started");
+        let reload = path.map(|path| ReloadHandle::start(path, config.clone(), router.clone()));
+        let http = HttpServer::bind(config.server.http, router.clone(), reload).await?;
         Ok(Server { router, rtsp, http })
     }
 

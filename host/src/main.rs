@@ -78,7 +78,7 @@ fn serve(path: &Path) -> anyhow::Result<()> {
     })?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let server = wasmcast::Server::start(config).await?;
+        let server = wasmcast::Server::start(config, Some(path)).await?;
         let rtsp = server.rtsp_addr()?;
         let http = server.http_addr()?;
         let (rtp, rtcp) = server.rtp_ports();

@@ -1,9 +1,11 @@
 //! The configuration file: TOML parsed with serde, then validated into typed settings.
 //!
 //! In: the path of a `wasmcast.toml`. Out: a [`Config`] whose every value has been checked, or a
-//! list of [`Problem`]s that each name the file, line, key and what to do about it.
+//! list of [`Problem`]s that each name the file, line, key and what to do about it; and, while the
+//! server runs, reloads of the file as it changes ([`ReloadHandle`]).
 
 mod raw;
+mod reload;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -11,6 +13,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use toml::Spanned;
+
+pub use reload::{ConfigStatus, ReloadHandle, ReloadOutcome};
 
 /// Names a route or feed may not take: they are URL paths of the HTTP server.
 const RESERVED_NAMES: [&str; 4] = ["api", "metrics", "healthz", "static"];

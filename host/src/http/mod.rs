@@ -1,4 +1,5 @@
-//! The HTTP server: MPEG-TS pushes from ffmpeg (`POST|PUT /FEED`) and `GET /healthz`.
+//! The HTTP server: MPEG-TS pushes from ffmpeg (`POST|PUT /FEED`), `GET /healthz`, and the config
+//! API (`GET /api/v1/config`, `POST /api/v1/reload`).
 //!
 //! In: HTTP/1.1 requests. Out: push bodies handed to [`TsIngest`] as they arrive, one access-log
 //! line per push. Each connection is a task of its own; a bad push gets its own error status.
@@ -17,6 +18,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
+use crate::config::{ReloadHandle, ReloadOutcome};
 use crate::router::RouterHandle;
 use crate::sources::{IngestError, TsIngest};
 
@@ -36,15 +38,28 @@ pub struct Error {
 /// A bound HTTP server, ready to run.
 pub struct HttpServer {
     listener: TcpListener,
+    state: Arc<State>,
+}
+
+/// What request handlers reach.
+struct State {
     router: RouterHandle,
+    reload: Option<ReloadHandle>,
 }
 
 impl HttpServer {
-    pub async fn bind(addr: SocketAddr, router: RouterHandle) -> Result<HttpServer, Error> {
+    pub async fn bind(
+        addr: SocketAddr,
+        router: RouterHandle,
+        reload: Option<ReloadHandle>,
+    ) -> Result<HttpServer, Error> {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| Error { addr, source })?;
-        Ok(HttpServer { listener, router })
+        Ok(HttpServer {
+            listener,
+            state: Arc::new(State { router, reload }),
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -54,16 +69,15 @@ impl HttpServer {
     /// Accepts connections until `shutdown` completes.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
-        let router = Arc::new(self.router);
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
                     Ok((socket, peer)) => {
-                        let router = Arc::clone(&router);
+                        let state = Arc::clone(&self.state);
                         tokio::spawn(async move {
                             let service = service_fn(move |request| {
-                                let router = Arc::clone(&router);
-                                async move { Ok::<_, Infallible>(handle(&router, request, peer).await) }
+                                let state = Arc::clone(&state);
+                                async move { Ok::<_, Infallible>(handle(&state, request, peer).await) }
                             });
                             let connection = http1::Builder::new()
                                 .timer(TokioTimer::new())
@@ -99,14 +113,74 @@ fn text(status: StatusCode, body: impl Into<String>) -> Reply {
     response
 }
 
-async fn handle(router: &RouterHandle, request: Request<Incoming>, peer: SocketAddr) -> Reply {
+async fn handle(state: &State, request: Request<Incoming>, peer: SocketAddr) -> Reply {
     let path = request.uri().path().trim_start_matches('/').to_owned();
-    match (request.method(), path.as_str()) {
-        (&Method::GET | &Method::HEAD, "healthz") => text(StatusCode::OK, "ok"),
-        (&Method::POST | &Method::PUT, feed) if !feed.is_empty() && !feed.contains('/') => {
-            push(router, feed, request.into_body(), peer).await
+    match (request.method(), path.as_str(), &state.reload) {
+        (&Method::GET | &Method::HEAD, "healthz", _) => text(StatusCode::OK, "ok"),
+        (&Method::GET, "api/v1/config", Some(reload)) => config_status(reload),
+        (&Method::POST, "api/v1/reload", Some(reload)) => reload_now(reload).await,
+        (_, "api/v1/config" | "api/v1/reload", None) => text(
+            StatusCode::NOT_FOUND,
+            "this server was started without a config file to reload",
+        ),
+        (&Method::POST | &Method::PUT, feed, _) if !feed.is_empty() && !feed.contains('/') => {
+            push(&state.router, feed, request.into_body(), peer).await
         }
         _ => text(StatusCode::NOT_FOUND, format!("nothing at /{path}")),
+    }
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Reply {
+    let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// `GET /api/v1/config`: the running config's version and routes, and why the last reload was
+/// refused, if it was.
+fn config_status(reload: &ReloadHandle) -> Reply {
+    let status = reload.status();
+    let loaded_at = status
+        .loaded_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "path": status.path.display().to_string(),
+            "version": status.version,
+            "loaded_at_unix": loaded_at,
+            "reloads": status.reloads,
+            "routes": status.routes,
+            "error": status.last_error,
+        }),
+    )
+}
+
+/// `POST /api/v1/reload`: reloads now; 422 with the problems when the file is refused.
+async fn reload_now(reload: &ReloadHandle) -> Reply {
+    match reload.reload("API").await {
+        ReloadOutcome::Applied(changes) => json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "outcome": "applied",
+                "added": changes.added,
+                "changed": changes.changed,
+                "removed": changes.removed,
+            }),
+        ),
+        ReloadOutcome::Unchanged => json(
+            StatusCode::OK,
+            &serde_json::json!({ "outcome": "unchanged" }),
+        ),
+        ReloadOutcome::Refused(error) => json(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &serde_json::json!({ "outcome": "refused", "error": error }),
+        ),
     }
 }
 

@@ -74,6 +74,8 @@ pub struct Server {
     pub rtsp: std::net::SocketAddr,
     pub http: std::net::SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
+    config: PathBuf,
+    server_keys: String,
     _dir: TempDir,
 }
 
@@ -91,6 +93,8 @@ impl Server {
         let dir = TempDir::new();
         let config = dir.path().join("wasmcast.toml");
         std::fs::write(&config, format!("[server]\n{server}\n{routes}")).expect("write config");
+        // Canonical, so that notify's paths match.
+        let config = config.canonicalize().expect("config path");
         let mut child = Command::new(env!("CARGO_BIN_EXE_wasmcast"))
             .args(["--log-level", "info", "serve", "--config"])
             .arg(&config)
@@ -134,8 +138,28 @@ impl Server {
             rtsp: rtsp.expect("RTSP address"),
             http: http.expect("HTTP address"),
             log,
+            config,
+            server_keys: server.to_owned(),
             _dir: dir,
         }
+    }
+
+    /// Replaces the routes of the config file: by writing a new file and renaming it over the old
+    /// one (as editors save), or by rewriting the file in place.
+    pub fn write_routes(&self, routes: &str, by_rename: bool) {
+        let text = format!("[server]\n{}\n{routes}", self.server_keys);
+        if by_rename {
+            let temporary = self.config.with_extension("toml.new");
+            std::fs::write(&temporary, text).expect("write new config");
+            std::fs::rename(&temporary, &self.config).expect("rename config");
+        } else {
+            std::fs::write(&self.config, text).expect("rewrite config");
+        }
+    }
+
+    /// Writes `text` as the whole config file, in place.
+    pub fn write_raw_config(&self, text: &str) {
+        std::fs::write(&self.config, text).expect("write config");
     }
 
     pub fn url(&self, route: &str) -> String {

@@ -1,0 +1,195 @@
+//! Hot reload: the config file changes under a running server with readers connected.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Server, exchange, file_route, play, sample_clip, short_clip, wait_live};
+use futures::StreamExt;
+use retina::client::{TcpTransportOptions, Transport};
+use retina::codec::CodecItem;
+
+async fn describe(server: &Server, route: &str) -> String {
+    let request = format!("DESCRIBE {} RTSP/1.0\r\nCSeq: 1\r\n\r\n", server.url(route));
+    let reply = exchange(server.rtsp, request.as_bytes(), Duration::from_millis(300)).await;
+    reply.lines().next().unwrap_or("").to_owned()
+}
+
+/// Waits until DESCRIBE of `route` answers with `status`; returns how long that took.
+async fn until_status(server: &Server, route: &str, status: &str, limit: Duration) -> Duration {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if describe(server, route).await.starts_with(status) {
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "{route} did not answer {status} within {limit:?}: {:#?}",
+        server.log()
+    );
+}
+
+async fn http(server: &Server, method: &str, path: &str) -> String {
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    exchange(server.http, request.as_bytes(), Duration::from_secs(5)).await
+}
+
+/// Frames and lost packets a reader sees over `seconds`, and whether its session was ended.
+async fn watch(url: String, seconds: u64) -> (usize, u64, bool) {
+    let mut playing = play(&url, Transport::Tcp(TcpTransportOptions::default()), false).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    let (mut frames, mut lost) = (0, 0);
+    loop {
+        match tokio::time::timeout_at(deadline, playing.next()).await {
+            Err(_) => return (frames, lost, false),
+            Ok(None) | Ok(Some(Err(_))) => return (frames, lost, true),
+            Ok(Some(Ok(CodecItem::VideoFrame(frame)))) => {
+                frames += 1;
+                lost += u64::from(frame.loss());
+            }
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+async fn edit_routes(by_rename: bool) {
+    let a = file_route("a", &short_clip());
+    let c = file_route("c", &short_clip());
+    let server = Server::start(&format!("{a}{c}"));
+    wait_live(&server, "a").await;
+    wait_live(&server, "c").await;
+    let reader_a = tokio::spawn(watch(server.url("a"), 6));
+    let reader_c = tokio::spawn(watch(server.url("c"), 6));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Add b, give a another file with the same kinds of tracks, remove c.
+    let edited = format!(
+        "{}{}",
+        file_route("a", &sample_clip()),
+        file_route("b", &short_clip())
+    );
+    server.write_routes(&edited, by_rename);
+    let b_after = until_status(&server, "b", "RTSP/1.0 200", Duration::from_secs(1)).await;
+    until_status(&server, "c", "RTSP/1.0 404", Duration::from_secs(1)).await;
+
+    let (c_frames, _, c_ended) = reader_c.await.expect("reader c");
+    assert!(
+        c_ended && c_frames > 0,
+        "c's reader was ended by the reload ({c_frames} frames)"
+    );
+    let (a_frames, a_lost, a_ended) = reader_a.await.expect("reader a");
+    assert!(!a_ended, "a's reader stayed connected");
+    assert_eq!(a_lost, 0, "no gap in a's sequence numbers");
+    assert!(
+        a_frames >= 120,
+        "a kept playing across the change of file: {a_frames} frames"
+    );
+    assert!(b_after < Duration::from_secs(1));
+    assert!(
+        server
+            .log()
+            .iter()
+            .any(|l| l.contains("config reloaded") && l.contains("removed"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_saved_by_rename_adds_changes_and_removes_routes() {
+    edit_routes(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_written_in_place_adds_changes_and_removes_routes() {
+    edit_routes(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_edits_keep_the_running_config_and_say_why() {
+    let server = Server::start(&file_route("a", &short_clip()));
+    wait_live(&server, "a").await;
+    let reader = tokio::spawn(watch(server.url("a"), 4));
+
+    server.write_raw_config("[server]\nrtsp = \"127.0.0.1:0\"\n[routes.a]\nsource = \n");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = http(&server, "GET", "/api/v1/config").await;
+    assert!(
+        status.contains("\"version\":1") && status.contains("wasmcast.toml:4"),
+        "{status}"
+    );
+
+    server.write_routes(
+        &format!(
+            "{}[routes.b]\nsource = \"file:x.mp4\"\nplugins = [\"nope\"]\n",
+            file_route("a", &short_clip())
+        ),
+        true,
+    );
+    let refused = http(&server, "POST", "/api/v1/reload").await;
+    assert!(
+        refused.starts_with("HTTP/1.1 422") && refused.contains("no plugin named `nope`"),
+        "{refused}"
+    );
+    assert_eq!(
+        describe(&server, "b").await,
+        "RTSP/1.0 404 Not Found (no route `b`)"
+    );
+
+    let (frames, lost, ended) = reader.await.expect("reader");
+    assert!(
+        !ended && lost == 0 && frames >= 80,
+        "a played on: {frames} frames"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_rapid_edits_end_on_the_last_without_leaks() {
+    let server = Server::start(&file_route("a", &short_clip()));
+    wait_live(&server, "a").await;
+    let (threads_before, fds_before, rss_before) = resources(server.pid());
+    for i in 0..100 {
+        let extra = file_route(&format!("r{i}"), &short_clip());
+        server.write_routes(
+            &format!("{}{extra}", file_route("a", &short_clip())),
+            i % 2 == 0,
+        );
+        tokio::time::sleep(Duration::from_millis(7)).await;
+    }
+    until_status(&server, "r99", "RTSP/1.0 200", Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = http(&server, "GET", "/api/v1/config").await;
+    assert!(status.contains("\"routes\":[\"a\",\"r99\"]"), "{status}");
+    assert_eq!(
+        describe(&server, "r98").await,
+        "RTSP/1.0 404 Not Found (no route `r98`)"
+    );
+    // Each file route runs one thread (r99's is new); tokio may keep a blocking-pool thread or two.
+    let (threads_after, fds_after, rss_after) = resources(server.pid());
+    assert!(
+        threads_after <= threads_before + 4,
+        "threads went from {threads_before} to {threads_after}"
+    );
+    assert!(
+        fds_after <= fds_before + 4,
+        "file descriptors went from {fds_before} to {fds_after}"
+    );
+    assert!(
+        rss_after < rss_before + (32 << 20),
+        "memory went from {rss_before} to {rss_after} bytes"
+    );
+}
+
+/// Threads, open file descriptors and resident memory of a process.
+fn resources(pid: u32) -> (usize, usize, u64) {
+    let count =
+        |dir: &str| std::fs::read_dir(format!("/proc/{pid}/{dir}")).map_or(0, |d| d.count());
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024);
+    (count("task"), count("fd"), rss)
+}
