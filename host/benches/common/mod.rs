@@ -86,6 +86,11 @@ impl BenchServer {
         }
     }
 
+    /// The config file the server runs on.
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config
+    }
+
     /// User plus system CPU time of the server so far.
     pub fn cpu_time(&self) -> Duration {
         let stat =
