@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod http;
+pub mod listen;
 pub mod media;
 pub mod router;
 pub mod rtp;
@@ -16,8 +17,9 @@ pub mod sources;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
-use config::{Config, ReloadHandle};
+use config::{Config, Listeners, ReloadHandle};
 use http::HttpServer;
 use router::RouterHandle;
 use rtsp::RtspServer;
@@ -46,8 +48,17 @@ impl Server {
         let rtsp = RtspServer::bind(&config.server, router.clone()).await?;
         let changes = router.apply(config.routes.clone()).await;
         tracing::info!(routes = ?changes.added, "routes started");
-        let reload = path.map(|path| ReloadHandle::start(path, config.clone(), router.clone()));
-        let http = HttpServer::bind(config.server.http, router.clone(), reload).await?;
+        let reload = Arc::new(OnceLock::new());
+        let http =
+            HttpServer::bind(config.server.http, router.clone(), Arc::clone(&reload)).await?;
+        if let Some(path) = path {
+            let listeners = Listeners {
+                rtsp: rtsp.rebind(),
+                http: http.rebind(),
+            };
+            let handle = ReloadHandle::start(path, config.clone(), router.clone(), listeners);
+            let _ = reload.set(handle);
+        }
         Ok(Server { router, rtsp, http })
     }
 

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Server, file_route, play, short_clip, wait_live};
+use common::{Server, file_route, free_port, play, short_clip, wait_live};
 use futures::StreamExt;
 use retina::client::{TcpTransportOptions, Transport};
 use retina::codec::CodecItem;
@@ -17,11 +17,6 @@ fn origin(port: u16) -> Server {
         ),
         &file_route("clip", &short_clip()),
     )
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
 }
 
 /// (video frames, audio frames, frames after `split`) a reader gets in `seconds`.

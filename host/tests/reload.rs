@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, exchange, file_route, play, sample_clip, short_clip, wait_live};
+use common::{Server, exchange, file_route, free_port, play, sample_clip, short_clip, wait_live};
 use futures::StreamExt;
 use retina::client::{TcpTransportOptions, Transport};
 use retina::codec::CodecItem;
@@ -192,4 +192,52 @@ fn resources(pid: u32) -> (usize, usize, u64) {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024);
     (count("task"), count("fd"), rss)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rtsp_listener_moves_without_touching_readers() {
+    let (first, second) = (free_port(), free_port());
+    let server_keys = |port: u16| {
+        format!(
+            "rtsp = \"127.0.0.1:{port}\"\nhttp = \"127.0.0.1:0\"\nrtp_ports = \"31000-31999\"\n"
+        )
+    };
+    let routes = file_route("a", &short_clip());
+    let server = Server::start_with(&server_keys(first), &routes);
+    wait_live(&server, "a").await;
+    let reader = tokio::spawn(watch(server.url("a"), 5));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    server.write_raw_config(&format!("[server]\n{}{routes}", server_keys(second)));
+    let moved: std::net::SocketAddr = ([127, 0, 0, 1], second).into();
+    let describe = format!("DESCRIBE rtsp://{moved}/a RTSP/1.0\r\nCSeq: 1\r\n\r\n");
+    let started = Instant::now();
+    while !exchange_if_up(moved, &describe)
+        .await
+        .starts_with("RTSP/1.0 200")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the new address never answered: {:#?}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        tokio::net::TcpStream::connect(server.rtsp).await.is_err(),
+        "the old address is closed"
+    );
+    let (frames, lost, ended) = reader.await.expect("reader");
+    assert!(
+        !ended && lost == 0 && frames >= 100,
+        "the reader stayed: {frames} frames"
+    );
+}
+
+/// Like [`exchange`], but an address nobody listens on yet answers nothing.
+async fn exchange_if_up(addr: std::net::SocketAddr, request: &str) -> String {
+    if tokio::net::TcpStream::connect(addr).await.is_err() {
+        return String::new();
+    }
+    exchange(addr, request.as_bytes(), Duration::from_millis(300)).await
 }

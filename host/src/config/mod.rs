@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use toml::Spanned;
 
-pub use reload::{ConfigStatus, ReloadHandle, ReloadOutcome};
+pub use reload::{ConfigStatus, Listeners, ReloadHandle, ReloadOutcome};
 
 /// Names a route or feed may not take: they are URL paths of the HTTP server.
 const RESERVED_NAMES: [&str; 4] = ["api", "metrics", "healthz", "static"];

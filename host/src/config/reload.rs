@@ -13,10 +13,17 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, oneshot};
 
 use super::Config;
+use crate::listen::Rebind;
 use crate::router::{Changes, RouterHandle};
 
 /// Quiet time after the last file event before reloading: editors write in several steps.
 const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// The listeners a reload may move when `[server]` names other addresses.
+pub struct Listeners {
+    pub rtsp: Rebind,
+    pub http: Rebind,
+}
 
 /// What the API shows of the running config.
 #[derive(Clone, Debug)]
@@ -55,7 +62,12 @@ pub struct ReloadHandle {
 impl ReloadHandle {
     /// Starts the reload task for `path`, whose routes `running` the router already serves, and
     /// the file watcher and SIGHUP listener that feed it.
-    pub fn start(path: &Path, running: Config, router: RouterHandle) -> ReloadHandle {
+    pub fn start(
+        path: &Path,
+        running: Config,
+        router: RouterHandle,
+        listeners: Listeners,
+    ) -> ReloadHandle {
         let status = Arc::new(RwLock::new(ConfigStatus {
             path: path.to_owned(),
             version: 1,
@@ -69,6 +81,7 @@ impl ReloadHandle {
             path: path.to_owned(),
             running,
             router,
+            listeners,
             status: Arc::clone(&status),
         };
         tokio::spawn(reloader.run(inbox));
@@ -104,6 +117,7 @@ struct Reloader {
     path: PathBuf,
     running: Config,
     router: RouterHandle,
+    listeners: Listeners,
     status: Arc<RwLock<ConfigStatus>>,
 }
 
@@ -121,7 +135,7 @@ impl Reloader {
         let started = Instant::now();
         let path = self.path.clone();
         let loaded = tokio::task::spawn_blocking(move || Config::load(&path)).await;
-        let config = match loaded {
+        let mut config = match loaded {
             Ok(Ok(config)) => config,
             Ok(Err(err)) => return self.refuse(trigger, err.to_string()),
             Err(err) => return self.refuse(trigger, format!("the config loader failed: {err}")),
@@ -129,13 +143,7 @@ impl Reloader {
         if config == self.running {
             return ReloadOutcome::Unchanged;
         }
-        if config.server != self.running.server {
-            tracing::warn!(
-                trigger,
-                "[server] changed in {}: listen addresses and ports apply at the next restart",
-                self.path.display()
-            );
-        }
+        self.move_listeners(&mut config).await;
         let changes = self.router.apply(config.routes.clone()).await;
         let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
         status.version += 1;
@@ -154,6 +162,49 @@ impl Reloader {
         );
         self.running = config;
         ReloadOutcome::Applied(changes)
+    }
+
+    /// Moves the RTSP and HTTP listeners to new addresses. One that cannot be bound stays where it
+    /// is (and the running config keeps saying so); the UDP ports and limits wait for a restart.
+    async fn move_listeners(&mut self, config: &mut Config) {
+        let (old, new) = (&self.running.server, &mut config.server);
+        for (what, rebind, old_addr, new_addr) in [
+            ("RTSP", &self.listeners.rtsp, old.rtsp, &mut new.rtsp),
+            ("HTTP", &self.listeners.http, old.http, &mut new.http),
+        ] {
+            if old_addr == *new_addr {
+                continue;
+            }
+            match rebind.to(*new_addr).await {
+                Ok(bound) => tracing::info!(
+                    "{what} server listening on {}://{bound}/",
+                    what.to_ascii_lowercase()
+                ),
+                Err(err) => {
+                    tracing::error!(
+                        "cannot move the {what} server to {new_addr}: {err}; it stays on {old_addr}"
+                    );
+                    *new_addr = old_addr;
+                }
+            }
+        }
+        let (old, new) = (&self.running.server, &mut config.server);
+        let restart_only = |s: &super::ServerConfig| {
+            (
+                s.rtp_ports,
+                s.webrtc_udp,
+                s.max_clients,
+                s.max_bandwidth_kbps,
+            )
+        };
+        if restart_only(old) != restart_only(new) {
+            tracing::warn!("[server] rtp_ports, webrtc_udp and limits apply at the next restart");
+            // The running config says what really runs.
+            new.rtp_ports = old.rtp_ports;
+            new.webrtc_udp = old.webrtc_udp;
+            new.max_clients = old.max_clients;
+            new.max_bandwidth_kbps = old.max_bandwidth_kbps;
+        }
     }
 
     fn refuse(&mut self, trigger: &'static str, why: String) -> ReloadOutcome {

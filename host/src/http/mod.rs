@@ -6,7 +6,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,9 +16,9 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
 
 use crate::config::{ReloadHandle, ReloadOutcome};
+use crate::listen::{Listener, Rebind};
 use crate::router::RouterHandle;
 use crate::sources::{IngestError, TsIngest};
 
@@ -37,27 +37,30 @@ pub struct Error {
 
 /// A bound HTTP server, ready to run.
 pub struct HttpServer {
-    listener: TcpListener,
+    listener: Listener,
+    rebind: Rebind,
     state: Arc<State>,
 }
 
 /// What request handlers reach.
 struct State {
     router: RouterHandle,
-    reload: Option<ReloadHandle>,
+    /// Set once the reload task runs (it needs this server's [`Rebind`] first).
+    reload: Arc<OnceLock<ReloadHandle>>,
 }
 
 impl HttpServer {
     pub async fn bind(
         addr: SocketAddr,
         router: RouterHandle,
-        reload: Option<ReloadHandle>,
+        reload: Arc<OnceLock<ReloadHandle>>,
     ) -> Result<HttpServer, Error> {
-        let listener = TcpListener::bind(addr)
+        let (listener, rebind) = Listener::bind(addr)
             .await
             .map_err(|source| Error { addr, source })?;
         Ok(HttpServer {
             listener,
+            rebind,
             state: Arc::new(State { router, reload }),
         })
     }
@@ -66,8 +69,13 @@ impl HttpServer {
         self.listener.local_addr()
     }
 
+    /// The way to move this server to another address while it runs.
+    pub fn rebind(&self) -> Rebind {
+        self.rebind.clone()
+    }
+
     /// Accepts connections until `shutdown` completes.
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -115,7 +123,7 @@ fn text(status: StatusCode, body: impl Into<String>) -> Reply {
 
 async fn handle(state: &State, request: Request<Incoming>, peer: SocketAddr) -> Reply {
     let path = request.uri().path().trim_start_matches('/').to_owned();
-    match (request.method(), path.as_str(), &state.reload) {
+    match (request.method(), path.as_str(), state.reload.get()) {
         (&Method::GET | &Method::HEAD, "healthz", _) => text(StatusCode::OK, "ok"),
         (&Method::GET, "api/v1/config", Some(reload)) => config_status(reload),
         (&Method::POST, "api/v1/reload", Some(reload)) => reload_now(reload).await,

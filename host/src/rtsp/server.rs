@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
@@ -22,6 +22,7 @@ use super::session::{
     Action, ClientLimit, Connection, Context, Play, TrackTransport, bad_request, route_name,
 };
 use crate::config::ServerConfig;
+use crate::listen::{Listener, Rebind};
 use crate::router::{Reader, RouterHandle, Unit};
 use crate::rtp::rtcp::{self, SenderReport};
 
@@ -37,7 +38,8 @@ const SOURCE_START_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A bound RTSP server, ready to run.
 pub struct RtspServer {
-    listener: TcpListener,
+    listener: Listener,
+    rebind: Rebind,
     shared: Arc<Shared>,
 }
 
@@ -50,16 +52,18 @@ struct Shared {
 impl RtspServer {
     /// Binds the RTSP listener and a pair of UDP ports from `rtp_ports`.
     pub async fn bind(config: &ServerConfig, router: RouterHandle) -> Result<RtspServer, Error> {
-        let listener = TcpListener::bind(config.rtsp)
-            .await
-            .map_err(|source| Error::Bind {
-                what: "RTSP",
-                addr: config.rtsp,
-                source,
-            })?;
+        let (listener, rebind) =
+            Listener::bind(config.rtsp)
+                .await
+                .map_err(|source| Error::Bind {
+                    what: "RTSP",
+                    addr: config.rtsp,
+                    source,
+                })?;
         let udp = UdpSockets::bind(config.rtsp.ip(), config.rtp_ports).await?;
         Ok(RtspServer {
             listener,
+            rebind,
             shared: Arc::new(Shared {
                 router,
                 clients: ClientLimit::new(config.max_clients),
@@ -77,8 +81,13 @@ impl RtspServer {
         self.shared.udp.ports
     }
 
+    /// The way to move this server to another address while it runs.
+    pub fn rebind(&self) -> Rebind {
+        self.rebind.clone()
+    }
+
     /// Accepts connections until `shutdown` completes.
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::spawn(receive_rtcp(Arc::clone(&self.shared.udp)));
         tokio::spawn(receive_rtp(Arc::clone(&self.shared.udp)));
         tokio::pin!(shutdown);

@@ -372,3 +372,9 @@ pub async fn wait_live(server: &Server, route: &str) {
     }
     panic!("route {route} never went live: {:#?}", server.log());
 }
+
+/// A loopback TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
