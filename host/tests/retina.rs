@@ -165,3 +165,40 @@ async fn h265_file_is_served() {
     );
     assert!(video.frames >= 50, "{video:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_does_not_loop_ends_its_readers() {
+    let route = format!("{}loop = false\n", file_route("once", &short_clip()));
+    let server = Server::start(&route);
+    let url = url::Url::parse(&server.url("once")).unwrap();
+    let mut session = retina::client::Session::describe(url, SessionOptions::default())
+        .await
+        .expect("DESCRIBE");
+    session
+        .setup(
+            0,
+            SetupOptions::default().transport(Transport::Tcp(TcpTransportOptions::default())),
+        )
+        .await
+        .expect("SETUP");
+    let mut playing = session
+        .play(PlayOptions::default())
+        .await
+        .expect("PLAY")
+        .demuxed()
+        .expect("demuxed");
+    let mut frames = 0;
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(5), playing.next()).await {
+            Err(_) => break false,
+            Ok(None) | Ok(Some(Err(_))) => break true,
+            Ok(Some(Ok(CodecItem::VideoFrame(_)))) => frames += 1,
+            Ok(Some(Ok(_))) => {}
+        }
+    };
+    assert!(ended, "the session ended with the file");
+    assert!(
+        (40..=52).contains(&frames),
+        "the reader got the file once: {frames} frames"
+    );
+}

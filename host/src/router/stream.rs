@@ -271,12 +271,23 @@ impl Stream {
         }
     }
 
-    /// Marks the source as stopped for good or failed; readers stay and see no more media.
+    /// Marks the source as stopped for good or failed.
+    ///
+    /// A source that ended (a file played once) ends its readers too, as the end of a file would:
+    /// they see the end of the stream rather than silence.
     pub fn set_state(&self, state: SourceState) {
         if matches!(state, SourceState::Failed(_)) {
             self.stats.source_errors.fetch_add(1, Ordering::Relaxed);
         }
-        self.lock().state = state;
+        let mut shared = self.lock();
+        if state == SourceState::Ended && shared.sender.is_some() {
+            let (sender, _) = broadcast::channel(RING_CAPACITY);
+            shared.sender = Some(sender);
+            shared.gop.clear();
+            shared.gop_bytes = 0;
+        }
+        shared.state = state;
+        drop(shared);
         self.state_changed.notify_waiters();
     }
 
