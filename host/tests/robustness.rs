@@ -222,3 +222,34 @@ async fn missing_and_corrupt_files_fail_their_route_only() {
     assert!(frames >= 60, "the good route serves: {frames}");
     assert!(server.is_running());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_half_open_connections_are_dropped_and_stop_no_reader() {
+    let server = Server::start(&file_route("clip", &short_clip()));
+    let mut half_open = Vec::new();
+    for _ in 0..50 {
+        half_open.push(TcpStream::connect(server.rtsp).await.expect("connect"));
+    }
+    let mut trickling = TcpStream::connect(server.rtsp).await.expect("connect");
+    trickling
+        .write_all(b"OPTIONS rtsp://127.0.0.1/clip RTSP/1.0\r\nCSe")
+        .await
+        .expect("send");
+    let (frames, lost) = count_frames(
+        server.url("clip"),
+        Transport::Tcp(TcpTransportOptions::default()),
+        4,
+    )
+    .await;
+    assert!(
+        frames >= 90 && lost == 0,
+        "the reader played beside them: {frames}"
+    );
+    // A request that never completes is dropped after about 10-15 s.
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(20), trickling.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the trickling connection was closed"
+    );
+}

@@ -33,6 +33,10 @@ const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a connection checks its session's liveness.
 const LIVENESS_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 const EGRESS_BUFFER: usize = 16 * 1024;
+/// A connection without a session is closed after this long without a request.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A request must arrive whole within this long of its first bytes (checked every few seconds).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long DESCRIBE and SETUP wait for a route whose source has not produced media yet.
 const SOURCE_START_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -238,6 +242,9 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<Share
     let rtcp_seen = Arc::new(AtomicBool::new(false));
     let mut liveness = tokio::time::interval(LIVENESS_CHECK_INTERVAL);
     let mut log = AccessLog::default();
+    let mut last_request = Instant::now();
+    // Since when the connection has held part of a request.
+    let mut partial_since: Option<Instant> = None;
     let (udp_media, mut udp_media_in) = mpsc::channel::<(usize, Bytes)>(1024);
     let mut publisher_registration = None;
     let ctx = Context {
@@ -280,6 +287,8 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<Share
                 if connection.publishing().is_none() {
                     wait_for_source(&shared.router, &request).await;
                 }
+                last_request = Instant::now();
+                partial_since = None;
                 let reply = connection.handle(&request, &ctx, Instant::now());
                 log.note(&request, &connection, &reply.response);
                 let mut bytes = Vec::with_capacity(512);
@@ -312,6 +321,19 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<Share
                 }
                 if connection.timed_out(now) {
                     tracing::info!(%peer, session = connection.session_id(), "RTSP session timed out");
+                    break None;
+                }
+                // Connections that hold no session, or trickle a request in, hold a slot for nothing.
+                let idle = connection.session_id().is_none()
+                    && now.saturating_duration_since(last_request) > IDLE_TIMEOUT;
+                partial_since = match partial_since {
+                    _ if requests.read_buffer().is_empty() => None,
+                    None => Some(now),
+                    since => since,
+                };
+                let trickling = partial_since.is_some_and(|since| now.saturating_duration_since(since) > REQUEST_TIMEOUT);
+                if idle || trickling {
+                    tracing::info!(%peer, "RTSP connection closed: idle or too slow");
                     break None;
                 }
             }
