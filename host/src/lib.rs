@@ -12,6 +12,7 @@ pub mod media;
 pub mod router;
 pub mod rtp;
 pub mod rtsp;
+pub mod sessions;
 pub mod sources;
 
 use std::future::Future;
@@ -23,6 +24,7 @@ use config::{Config, Listeners, ReloadHandle};
 use http::HttpServer;
 use router::RouterHandle;
 use rtsp::RtspServer;
+use sessions::Sessions;
 
 /// Why the server cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -45,12 +47,18 @@ impl Server {
     /// the server follows the file as it changes (and reloads on SIGHUP and `POST /api/v1/reload`).
     pub async fn start(config: Config, path: Option<&Path>) -> Result<Server, StartError> {
         let router = RouterHandle::start();
-        let rtsp = RtspServer::bind(&config.server, router.clone()).await?;
+        let sessions = Sessions::default();
+        let rtsp = RtspServer::bind(&config.server, router.clone(), sessions.clone()).await?;
         let changes = router.apply(config.routes.clone()).await;
         tracing::info!(routes = ?changes.added, "routes started");
         let reload = Arc::new(OnceLock::new());
-        let http =
-            HttpServer::bind(config.server.http, router.clone(), Arc::clone(&reload)).await?;
+        let http = HttpServer::bind(
+            config.server.http,
+            router.clone(),
+            sessions,
+            Arc::clone(&reload),
+        )
+        .await?;
         if let Some(path) = path {
             let listeners = Listeners {
                 rtsp: rtsp.rebind(),

@@ -16,11 +16,20 @@ struct Cli {
     /// Log filter, e.g. `info` or `wasmcast=debug`; overrides RUST_LOG.
     #[arg(long, global = true)]
     log_level: Option<String>,
+    /// Log lines as plain text or as JSON objects, one per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// The config file.
     #[arg(long, global = true, default_value = DEFAULT_CONFIG)]
     config: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -37,10 +46,13 @@ fn main() -> ExitCode {
         Some(level) => EnvFilter::new(level),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     match cli.command.unwrap_or(Command::Serve) {
         Command::Check => check(&cli.config),
         Command::Serve => match serve(&cli.config) {

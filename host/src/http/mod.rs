@@ -1,5 +1,5 @@
-//! The HTTP server: MPEG-TS pushes from ffmpeg (`POST|PUT /FEED`), `GET /healthz`, and the config
-//! API (`GET /api/v1/config`, `POST /api/v1/reload`).
+//! The HTTP server: MPEG-TS pushes from ffmpeg (`POST|PUT /FEED`), `GET /healthz`, `GET /metrics`
+//! and the JSON API under `/api/v1/` (see [`api`]).
 //!
 //! In: HTTP/1.1 requests. Out: push bodies handed to [`TsIngest`] as they arrive, one access-log
 //! line per push. Each connection is a task of its own; a bad push gets its own error status.
@@ -17,9 +17,12 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 
-use crate::config::{ReloadHandle, ReloadOutcome};
+mod api;
+
+use crate::config::ReloadHandle;
 use crate::listen::{Listener, Rebind};
 use crate::router::RouterHandle;
+use crate::sessions::{SessionKind, Sessions};
 use crate::sources::{IngestError, TsIngest};
 
 /// A publisher that sends nothing for this long is taken as gone.
@@ -45,6 +48,7 @@ pub struct HttpServer {
 /// What request handlers reach.
 struct State {
     router: RouterHandle,
+    sessions: Sessions,
     /// Set once the reload task runs (it needs this server's [`Rebind`] first).
     reload: Arc<OnceLock<ReloadHandle>>,
 }
@@ -53,6 +57,7 @@ impl HttpServer {
     pub async fn bind(
         addr: SocketAddr,
         router: RouterHandle,
+        sessions: Sessions,
         reload: Arc<OnceLock<ReloadHandle>>,
     ) -> Result<HttpServer, Error> {
         let (listener, rebind) = Listener::bind(addr)
@@ -61,7 +66,11 @@ impl HttpServer {
         Ok(HttpServer {
             listener,
             rebind,
-            state: Arc::new(State { router, reload }),
+            state: Arc::new(State {
+                router,
+                sessions,
+                reload,
+            }),
         })
     }
 
@@ -109,92 +118,41 @@ impl HttpServer {
 
 type Reply = Response<Full<Bytes>>;
 
-fn text(status: StatusCode, body: impl Into<String>) -> Reply {
-    let mut body = body.into();
-    body.push('\n');
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Reply {
+    let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+        hyper::header::HeaderValue::from_static(content_type),
     );
     response
 }
 
+fn text(status: StatusCode, body: impl Into<String>) -> Reply {
+    let mut body = body.into();
+    body.push('\n');
+    respond(status, "text/plain; charset=utf-8", body)
+}
+
 async fn handle(state: &State, request: Request<Incoming>, peer: SocketAddr) -> Reply {
     let path = request.uri().path().trim_start_matches('/').to_owned();
-    match (request.method(), path.as_str(), state.reload.get()) {
-        (&Method::GET | &Method::HEAD, "healthz", _) => text(StatusCode::OK, "ok"),
-        (&Method::GET, "api/v1/config", Some(reload)) => config_status(reload),
-        (&Method::POST, "api/v1/reload", Some(reload)) => reload_now(reload).await,
-        (_, "api/v1/config" | "api/v1/reload", None) => text(
-            StatusCode::NOT_FOUND,
-            "this server was started without a config file to reload",
-        ),
-        (&Method::POST | &Method::PUT, feed, _) if !feed.is_empty() && !feed.contains('/') => {
-            push(&state.router, feed, request.into_body(), peer).await
+    let method = request.method().clone();
+    if let Some(api_path) = path.strip_prefix("api/v1/") {
+        return api::handle(state, &method, api_path).await;
+    }
+    match (&method, path.as_str()) {
+        (&Method::GET | &Method::HEAD, "healthz") => text(StatusCode::OK, "ok"),
+        (&Method::GET, "metrics") => api::metrics(state),
+        (&Method::POST | &Method::PUT, feed) if !feed.is_empty() && !feed.contains('/') => {
+            push(state, feed, request.into_body(), peer).await
         }
         _ => text(StatusCode::NOT_FOUND, format!("nothing at /{path}")),
     }
 }
 
-fn json(status: StatusCode, value: &serde_json::Value) -> Reply {
-    let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-/// `GET /api/v1/config`: the running config's version and routes, and why the last reload was
-/// refused, if it was.
-fn config_status(reload: &ReloadHandle) -> Reply {
-    let status = reload.status();
-    let loaded_at = status
-        .loaded_at
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    json(
-        StatusCode::OK,
-        &serde_json::json!({
-            "path": status.path.display().to_string(),
-            "version": status.version,
-            "loaded_at_unix": loaded_at,
-            "reloads": status.reloads,
-            "routes": status.routes,
-            "error": status.last_error,
-        }),
-    )
-}
-
-/// `POST /api/v1/reload`: reloads now; 422 with the problems when the file is refused.
-async fn reload_now(reload: &ReloadHandle) -> Reply {
-    match reload.reload("API").await {
-        ReloadOutcome::Applied(changes) => json(
-            StatusCode::OK,
-            &serde_json::json!({
-                "outcome": "applied",
-                "added": changes.added,
-                "changed": changes.changed,
-                "removed": changes.removed,
-            }),
-        ),
-        ReloadOutcome::Unchanged => json(
-            StatusCode::OK,
-            &serde_json::json!({ "outcome": "unchanged" }),
-        ),
-        ReloadOutcome::Refused(error) => json(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            &serde_json::json!({ "outcome": "refused", "error": error }),
-        ),
-    }
-}
-
 /// Takes one MPEG-TS push into the route that takes `feed`.
-async fn push(router: &RouterHandle, feed: &str, mut body: Incoming, peer: SocketAddr) -> Reply {
-    let Some(stream) = router.feed(feed) else {
+async fn push(state: &State, feed: &str, mut body: Incoming, peer: SocketAddr) -> Reply {
+    let Some(stream) = state.router.feed(feed) else {
         tracing::info!(%peer, feed, "push refused: no such feed");
         return text(
             StatusCode::NOT_FOUND,
@@ -212,10 +170,17 @@ async fn push(router: &RouterHandle, feed: &str, mut body: Incoming, peer: Socke
         }
     };
     let started = Instant::now();
+    let registration = state
+        .sessions
+        .register(None, SessionKind::HttpPush, stream.name(), peer);
     let mut ingest = TsIngest::new(Arc::clone(&stream), claim);
     let mut bytes = 0u64;
     let outcome = loop {
-        match tokio::time::timeout(PUSH_STALL_TIMEOUT, body.frame()).await {
+        let frame = tokio::select! {
+            frame = tokio::time::timeout(PUSH_STALL_TIMEOUT, body.frame()) => frame,
+            () = registration.kicked() => break Outcome::Kicked,
+        };
+        match frame {
             Err(_) => break Outcome::Stalled,
             Ok(None) => break Outcome::Ended,
             // ffmpeg often closes the socket right after the last chunk: that is the end.
@@ -237,6 +202,7 @@ async fn push(router: &RouterHandle, feed: &str, mut body: Incoming, peer: Socke
     };
     let (status, message) = match &outcome {
         Outcome::Ended => (StatusCode::OK, "push ended".to_owned()),
+        Outcome::Kicked => (StatusCode::GONE, "kicked by an operator".to_owned()),
         Outcome::Stalled => (
             StatusCode::REQUEST_TIMEOUT,
             format!("no data for {} s", PUSH_STALL_TIMEOUT.as_secs()),
@@ -263,6 +229,7 @@ async fn push(router: &RouterHandle, feed: &str, mut body: Incoming, peer: Socke
 
 enum Outcome {
     Ended,
+    Kicked,
     Stalled,
     Refused(IngestError),
 }

@@ -120,6 +120,9 @@ pub struct StreamStats {
     pub readers_too_slow: AtomicU64,
     pub source_errors: AtomicU64,
     pub publishers: AtomicU64,
+    /// RTP packets and bytes sent to readers, summed over readers.
+    pub packets_out: AtomicU64,
+    pub bytes_out: AtomicU64,
 }
 
 struct Shared {
@@ -454,6 +457,11 @@ pub struct Reader {
 impl Reader {
     pub fn media(&self) -> &Arc<MediaInfo> {
         &self.media
+    }
+
+    /// The counters of the stream this reader reads.
+    pub fn stats(&self) -> &StreamStats {
+        &self.stream.stats
     }
 
     /// The units already waiting for this reader, without taking them.

@@ -244,6 +244,11 @@ impl Publishing {
         }
     }
 
+    /// The route published into.
+    pub fn route(&self) -> &str {
+        self.live.route()
+    }
+
     /// What is being published, for logs.
     pub fn describe(&self) -> String {
         self.live.describe()

@@ -25,6 +25,7 @@ use crate::config::ServerConfig;
 use crate::listen::{Listener, Rebind};
 use crate::router::{Reader, RouterHandle, Unit};
 use crate::rtp::rtcp::{self, SenderReport};
+use crate::sessions::{Registration, SessionKind, Sessions};
 
 /// How often each reader gets RTCP sender reports.
 const SENDER_REPORT_INTERVAL: Duration = Duration::from_secs(5);
@@ -49,13 +50,18 @@ pub struct RtspServer {
 
 struct Shared {
     router: RouterHandle,
+    sessions: Sessions,
     clients: Arc<ClientLimit>,
     udp: Arc<UdpSockets>,
 }
 
 impl RtspServer {
     /// Binds the RTSP listener and a pair of UDP ports from `rtp_ports`.
-    pub async fn bind(config: &ServerConfig, router: RouterHandle) -> Result<RtspServer, Error> {
+    pub async fn bind(
+        config: &ServerConfig,
+        router: RouterHandle,
+        sessions: Sessions,
+    ) -> Result<RtspServer, Error> {
         let (listener, rebind) =
             Listener::bind(config.rtsp)
                 .await
@@ -70,6 +76,7 @@ impl RtspServer {
             rebind,
             shared: Arc::new(Shared {
                 router,
+                sessions,
                 clients: ClientLimit::new(config.max_clients),
                 udp,
             }),
@@ -243,6 +250,7 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<Share
     let mut liveness = tokio::time::interval(LIVENESS_CHECK_INTERVAL);
     let mut log = AccessLog::default();
     let mut last_request = Instant::now();
+    let mut registration: Option<Registration> = None;
     // Since when the connection has held part of a request.
     let mut partial_since: Option<Instant> = None;
     let (udp_media, mut udp_media_in) = mpsc::channel::<(usize, Bytes)>(1024);
@@ -295,6 +303,14 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<Share
                 if reply.response.write(&mut bytes).is_err() || egress.send(Egress::Response(bytes)).await.is_err() {
                     break None;
                 }
+                registration = match (registration.take(), connection.session_id(), connection.route()) {
+                    (Some(registration), Some(_), _) => Some(registration),
+                    (None, Some(id), Some(route)) => {
+                        let kind = if connection.publishing().is_some() { SessionKind::RtspPublisher } else { SessionKind::RtspReader };
+                        Some(shared.sessions.register(Some(id), kind, route, peer))
+                    }
+                    _ => None,
+                };
                 let command = match reply.action {
                     Action::None => continue,
                     Action::Play(play) => {
@@ -338,6 +354,10 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<Share
                 }
             }
             finished = &mut egress_task => break finished.ok(),
+            () = kicked(registration.as_ref()) => {
+                tracing::info!(%peer, session = connection.session_id(), "RTSP session kicked by an operator");
+                break None;
+            }
         }
     };
     drop(egress);
@@ -347,6 +367,13 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<Share
         None => egress_task.await.unwrap_or_default(),
     };
     log.finish(peer, started.elapsed(), &sent);
+}
+
+async fn kicked(registration: Option<&Registration>) {
+    match registration {
+        Some(registration) => registration.kicked().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// A reader that arrives while its route's source is still starting gets the stream, not an error.
@@ -517,6 +544,12 @@ async fn send_unit(
     let Some(Some(transport)) = playback.tracks.get(track).copied() else {
         return Ok(());
     };
+    let stats = playback.reader.stats();
+    let bytes: usize = unit.rtp.packets.iter().map(|p| p.len()).sum();
+    stats
+        .packets_out
+        .fetch_add(unit.rtp.packets.len() as u64, Ordering::Relaxed);
+    stats.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
     for packet in &unit.rtp.packets {
         match transport {
             TrackTransport::Tcp { rtp_channel, .. } => {

@@ -162,7 +162,11 @@ impl Refusal {
 impl Connection {
     /// The route this connection's session reads, if any.
     pub fn route(&self) -> Option<&str> {
-        self.session.as_ref().map(|s| s.stream.name())
+        match (&self.session, &self.publishing) {
+            (Some(session), _) => Some(session.stream.name()),
+            (None, Some(publishing)) => Some(publishing.route()),
+            (None, None) => None,
+        }
     }
 
     /// What this connection publishes, if it is a publisher.

@@ -71,6 +71,11 @@ impl LivePublisher {
         }
     }
 
+    /// The route this publisher publishes into.
+    pub fn route(&self) -> &str {
+        self.stream.name()
+    }
+
     /// Declares the next track; returns its index. Ignored once publishing started.
     pub fn add_track(&mut self, kind: TrackKind, codec: Option<Codec>) -> usize {
         self.tracks.push(LiveTrack {

@@ -1,0 +1,262 @@
+//! The JSON API under `/api/v1/` and the Prometheus text at `/metrics`.
+//!
+//! - `GET /api/v1/config`: the running config's version and routes, and why the last reload was
+//!   refused; `POST /api/v1/reload` reloads now.
+//! - `GET /api/v1/routes`: each route's source state, codecs, readers and counters.
+//! - `GET /api/v1/sessions`: every client session; `DELETE /api/v1/sessions/ID` ends one.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use hyper::{Method, StatusCode};
+
+use super::{Reply, State, respond, text};
+use crate::config::{ReloadHandle, ReloadOutcome};
+use crate::router::{SourceState, StreamStats};
+
+pub(super) async fn handle(state: &State, method: &Method, path: &str) -> Reply {
+    match (method, path, state.reload.get()) {
+        (&Method::GET, "config", Some(reload)) => config_status(reload),
+        (&Method::POST, "reload", Some(reload)) => reload_now(reload).await,
+        (_, "config" | "reload", None) => text(
+            StatusCode::NOT_FOUND,
+            "this server was started without a config file to reload",
+        ),
+        (&Method::GET, "routes", _) => routes(state),
+        (&Method::GET, "sessions", _) => sessions(state),
+        (&Method::DELETE, path, _) if path.starts_with("sessions/") => {
+            let id = &path["sessions/".len()..];
+            if state.sessions.kick(id) {
+                json(StatusCode::OK, &serde_json::json!({ "kicked": id }))
+            } else {
+                text(StatusCode::NOT_FOUND, format!("no session `{id}`"))
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, format!("nothing at /api/v1/{path}")),
+    }
+}
+
+fn state_name(state: &SourceState) -> (&'static str, Option<&str>) {
+    match state {
+        SourceState::Waiting => ("waiting", None),
+        SourceState::Live => ("live", None),
+        SourceState::Ended => ("ended", None),
+        SourceState::Failed(reason) => ("failed", Some(reason)),
+    }
+}
+
+fn routes(state: &State) -> Reply {
+    let routes: Vec<serde_json::Value> = state
+        .router
+        .streams()
+        .iter()
+        .map(|(name, stream)| {
+            let source_state = stream.state();
+            let (source, reason) = state_name(&source_state);
+            let codecs: Vec<&str> = stream
+                .media()
+                .map(|m| {
+                    m.description
+                        .tracks
+                        .iter()
+                        .map(|t| t.codec.name())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let stats = &stream.stats;
+            serde_json::json!({
+                "name": name,
+                "source": source,
+                "source_error": reason,
+                "codecs": codecs,
+                "readers": stats.readers.load(Ordering::Relaxed),
+                "units_in": stats.units_in.load(Ordering::Relaxed),
+                "bytes_in": stats.bytes_in.load(Ordering::Relaxed),
+                "packets_out": stats.packets_out.load(Ordering::Relaxed),
+                "bytes_out": stats.bytes_out.load(Ordering::Relaxed),
+                "readers_too_slow": stats.readers_too_slow.load(Ordering::Relaxed),
+                "source_errors": stats.source_errors.load(Ordering::Relaxed),
+                "publishers": stats.publishers.load(Ordering::Relaxed),
+            })
+        })
+        .collect();
+    json(StatusCode::OK, &serde_json::Value::from(routes))
+}
+
+fn sessions(state: &State) -> Reply {
+    let sessions: Vec<serde_json::Value> = state
+        .sessions
+        .list()
+        .into_iter()
+        .map(|session| {
+            let started = session
+                .started
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            serde_json::json!({
+                "id": session.id,
+                "kind": session.kind.as_str(),
+                "route": session.route,
+                "peer": session.peer.to_string(),
+                "started_unix": started,
+            })
+        })
+        .collect();
+    json(StatusCode::OK, &serde_json::Value::from(sessions))
+}
+
+/// A per-route metric: name, type, help text, and how to read it from a stream's counters.
+type RouteMetric = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&StreamStats) -> u64,
+);
+
+/// `GET /metrics` in the Prometheus text format.
+pub(super) fn metrics(state: &State) -> Reply {
+    let streams = state.router.streams();
+    let mut out = String::with_capacity(4096);
+    let per_route: [RouteMetric; 8] = [
+        (
+            "wasmcast_readers",
+            "gauge",
+            "Readers of the route now.",
+            |s| s.readers.load(Ordering::Relaxed) as u64,
+        ),
+        (
+            "wasmcast_units_in_total",
+            "counter",
+            "Access units published into the route.",
+            |s| s.units_in.load(Ordering::Relaxed),
+        ),
+        (
+            "wasmcast_bytes_in_total",
+            "counter",
+            "Payload bytes published into the route.",
+            |s| s.bytes_in.load(Ordering::Relaxed),
+        ),
+        (
+            "wasmcast_packets_out_total",
+            "counter",
+            "RTP packets sent to the route's readers.",
+            |s| s.packets_out.load(Ordering::Relaxed),
+        ),
+        (
+            "wasmcast_bytes_out_total",
+            "counter",
+            "RTP bytes sent to the route's readers.",
+            |s| s.bytes_out.load(Ordering::Relaxed),
+        ),
+        (
+            "wasmcast_readers_too_slow_total",
+            "counter",
+            "Times a reader was skipped to the next keyframe.",
+            |s| s.readers_too_slow.load(Ordering::Relaxed),
+        ),
+        (
+            "wasmcast_source_errors_total",
+            "counter",
+            "Source failures and unreadable samples.",
+            |s| s.source_errors.load(Ordering::Relaxed),
+        ),
+        (
+            "wasmcast_publishers_total",
+            "counter",
+            "Publishers that started on the route.",
+            |s| s.publishers.load(Ordering::Relaxed),
+        ),
+    ];
+    // Writing to a String cannot fail.
+    for (name, kind, help, value) in per_route {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (route, stream) in streams.iter() {
+            let _ = writeln!(out, "{name}{{route=\"{route}\"}} {}", value(&stream.stats));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP wasmcast_source_live Whether the route's source is live (1) or not (0).\n# TYPE wasmcast_source_live gauge"
+    );
+    for (route, stream) in streams.iter() {
+        let live = u8::from(stream.state() == SourceState::Live);
+        let _ = writeln!(out, "wasmcast_source_live{{route=\"{route}\"}} {live}");
+    }
+    let sessions = state.sessions.list();
+    let _ = writeln!(
+        out,
+        "# HELP wasmcast_sessions Client sessions now.\n# TYPE wasmcast_sessions gauge"
+    );
+    for kind in [
+        crate::sessions::SessionKind::RtspReader,
+        crate::sessions::SessionKind::RtspPublisher,
+        crate::sessions::SessionKind::HttpPush,
+    ] {
+        let count = sessions.iter().filter(|s| s.kind == kind).count();
+        let _ = writeln!(
+            out,
+            "wasmcast_sessions{{kind=\"{}\"}} {count}",
+            kind.as_str()
+        );
+    }
+    if let Some(reload) = state.reload.get() {
+        let _ = writeln!(
+            out,
+            "# HELP wasmcast_config_reloads_total Config reloads applied.\n# TYPE wasmcast_config_reloads_total counter\nwasmcast_config_reloads_total {}",
+            reload.status().reloads
+        );
+    }
+    respond(
+        StatusCode::OK,
+        "text/plain; version=0.0.4; charset=utf-8",
+        out,
+    )
+}
+
+pub(super) fn json(status: StatusCode, value: &serde_json::Value) -> Reply {
+    respond(status, "application/json", value.to_string())
+}
+
+/// `GET /api/v1/config`: the running config's version and routes, and why the last reload was
+/// refused, if it was.
+fn config_status(reload: &ReloadHandle) -> Reply {
+    let status = reload.status();
+    let loaded_at = status
+        .loaded_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "path": status.path.display().to_string(),
+            "version": status.version,
+            "loaded_at_unix": loaded_at,
+            "reloads": status.reloads,
+            "routes": status.routes,
+            "error": status.last_error,
+        }),
+    )
+}
+
+/// `POST /api/v1/reload`: reloads now; 422 with the problems when the file is refused.
+async fn reload_now(reload: &ReloadHandle) -> Reply {
+    match reload.reload("API").await {
+        ReloadOutcome::Applied(changes) => json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "outcome": "applied",
+                "added": changes.added,
+                "changed": changes.changed,
+                "removed": changes.removed,
+            }),
+        ),
+        ReloadOutcome::Unchanged => json(
+            StatusCode::OK,
+            &serde_json::json!({ "outcome": "unchanged" }),
+        ),
+        ReloadOutcome::Refused(error) => json(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &serde_json::json!({ "outcome": "refused", "error": error }),
+        ),
+    }
+}

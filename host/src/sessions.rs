@@ -1,0 +1,147 @@
+//! The registry of client sessions (RTSP readers and publishers, HTTP pushes), for the API: list
+//! them, and kick one.
+//!
+//! A session registers when it starts and holds a [`Registration`]; dropping it removes the entry.
+//! Kicking wakes the session's [`Registration::kicked`] future; the session ends itself.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use tokio::sync::Notify;
+
+/// What kind of client a session serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionKind {
+    RtspReader,
+    RtspPublisher,
+    HttpPush,
+}
+
+impl SessionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionKind::RtspReader => "rtsp-reader",
+            SessionKind::RtspPublisher => "rtsp-publisher",
+            SessionKind::HttpPush => "http-push",
+        }
+    }
+}
+
+/// One session as the API shows it.
+#[derive(Clone, Debug)]
+pub struct SessionInfo {
+    pub id: String,
+    pub kind: SessionKind,
+    pub route: String,
+    pub peer: SocketAddr,
+    pub started: SystemTime,
+}
+
+struct Entry {
+    info: SessionInfo,
+    kick: Arc<Notify>,
+}
+
+/// Every live session, by id.
+#[derive(Clone, Default)]
+pub struct Sessions {
+    entries: Arc<Mutex<BTreeMap<String, Entry>>>,
+    next_id: Arc<AtomicU64>,
+}
+
+impl Sessions {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a session; `id` is its protocol's own id where it has one (RTSP).
+    pub fn register(
+        &self,
+        id: Option<&str>,
+        kind: SessionKind,
+        route: &str,
+        peer: SocketAddr,
+    ) -> Registration {
+        let id = match id {
+            Some(id) => id.to_owned(),
+            None => format!("push-{}", self.next_id.fetch_add(1, Ordering::Relaxed) + 1),
+        };
+        let kick = Arc::new(Notify::new());
+        self.lock().insert(
+            id.clone(),
+            Entry {
+                info: SessionInfo {
+                    id: id.clone(),
+                    kind,
+                    route: route.to_owned(),
+                    peer,
+                    started: SystemTime::now(),
+                },
+                kick: Arc::clone(&kick),
+            },
+        );
+        Registration {
+            sessions: self.clone(),
+            id,
+            kick,
+        }
+    }
+
+    pub fn list(&self) -> Vec<SessionInfo> {
+        self.lock().values().map(|e| e.info.clone()).collect()
+    }
+
+    /// Asks session `id` to end; false when there is no such session.
+    pub fn kick(&self, id: &str) -> bool {
+        match self.lock().get(id) {
+            Some(entry) => {
+                entry.kick.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// A session's place in the registry, removed on drop.
+pub struct Registration {
+    sessions: Sessions,
+    id: String,
+    kick: Arc<Notify>,
+}
+
+impl Registration {
+    /// Completes when the session is kicked.
+    pub async fn kicked(&self) {
+        self.kick.notified().await;
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.sessions.lock().remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn kick_wakes_the_session_and_drop_removes_it() {
+        let sessions = Sessions::default();
+        let peer = "127.0.0.1:1".parse().unwrap();
+        let registration = sessions.register(Some("ABC"), SessionKind::RtspReader, "cam", peer);
+        let push = sessions.register(None, SessionKind::HttpPush, "feed", peer);
+        assert_eq!(sessions.list().len(), 2);
+        assert!(sessions.kick("ABC"));
+        registration.kicked().await;
+        assert!(!sessions.kick("nope"));
+        drop(registration);
+        drop(push);
+        assert!(sessions.list().is_empty());
+    }
+}
