@@ -6,6 +6,8 @@
 //! sockets, no clock), `sdp` describes streams, `server` is the tokio edge.
 
 mod codec;
+#[cfg(fuzzing)]
+pub mod fuzz;
 mod publish;
 mod sdp;
 mod server;

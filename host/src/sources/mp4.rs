@@ -4,7 +4,7 @@
 //! bytes into an Annex B or raw AAC [`AccessUnit`] on a timeline that keeps counting across loops.
 //! Reading the bytes is the caller's business.
 
-use std::io::{Read, Seek};
+use std::io::{Read, Seek, SeekFrom};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -18,6 +18,8 @@ const NANOS_PER_SECOND: i128 = 1_000_000_000;
 pub const MAX_SAMPLE_SIZE: u64 = 64 << 20;
 
 const START_CODE: [u8; 4] = [0, 0, 0, 1];
+/// The largest index (moov or moof box) read into memory.
+const MAX_INDEX_SIZE: usize = 256 << 20;
 const AAC_SAMPLE_RATES: [u32; 13] = [
     96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350,
 ];
@@ -67,7 +69,8 @@ pub struct Mp4Media {
 
 impl Mp4Media {
     /// Reads the file's boxes. `size` is the file's length.
-    pub fn parse<R: Read + Seek>(reader: R, size: u64) -> Result<Mp4Media, Error> {
+    pub fn parse<R: Read + Seek>(mut reader: R, size: u64) -> Result<Mp4Media, Error> {
+        check_index(&mut reader, size)?;
         // re_mp4 indexes its tables without bounds checks; a corrupt file must not take the
         // server down, so a panic in it is this file's error.
         let mp4 = catch_unwind(AssertUnwindSafe(|| Mp4::read(reader, size)))
@@ -238,6 +241,108 @@ impl Mp4Media {
     }
 }
 
+/// Checks the index boxes (moov, moof) before re_mp4 reads them, for two kinds of corruption it does
+/// not survive: a child box whose size is smaller than its header (re_mp4 then loops forever on it),
+/// and a sample table that claims more samples than the file has bytes (re_mp4 builds one entry per
+/// claimed sample first, so a count of billions takes minutes and gigabytes).
+fn check_index<R: Read + Seek>(reader: &mut R, size: u64) -> Result<(), Error> {
+    let io = |err: std::io::Error| Error::Corrupt(err.to_string());
+    let mut at = 0u64;
+    while at + 8 <= size {
+        reader.seek(SeekFrom::Start(at)).map_err(io)?;
+        let mut header = [0u8; 16];
+        reader.read_exact(&mut header[..8]).map_err(io)?;
+        let mut box_size = u64::from(u32::from_be_bytes([
+            header[0], header[1], header[2], header[3],
+        ]));
+        let mut header_size = 8;
+        if box_size == 1 {
+            reader.read_exact(&mut header[8..]).map_err(io)?;
+            box_size = u64::from_be_bytes([
+                header[8], header[9], header[10], header[11], header[12], header[13], header[14],
+                header[15],
+            ]);
+            header_size = 16;
+        } else if box_size == 0 {
+            box_size = size - at;
+        }
+        if box_size < header_size || box_size > size - at {
+            return Err(Error::Corrupt(format!(
+                "a `{}` box of {box_size} bytes at offset {at} runs past the end of the {size}-byte file",
+                String::from_utf8_lossy(&header[4..8])
+            )));
+        }
+        if matches!(&header[4..8], b"moov" | b"moof") {
+            let payload = usize::try_from(box_size - header_size)
+                .ok()
+                .filter(|&len| len <= MAX_INDEX_SIZE)
+                .ok_or_else(|| Error::Corrupt(format!("a {box_size}-byte index box")))?;
+            let mut index = vec![0u8; payload];
+            reader.read_exact(&mut index).map_err(io)?;
+            check_children(&index, 0)?;
+            for (name, count_at) in [(b"stsz", 8), (b"trun", 4)] {
+                for found in index
+                    .windows(4)
+                    .enumerate()
+                    .filter(|(_, w)| w == name)
+                    .map(|(i, _)| i)
+                {
+                    let count = index
+                        .get(found + 4 + count_at..found + 8 + count_at)
+                        .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                    if u64::from(count) > size {
+                        return Err(Error::Corrupt(format!(
+                            "a sample table claims {count} samples in a file of {size} bytes"
+                        )));
+                    }
+                }
+            }
+        }
+        at += box_size;
+    }
+    reader.seek(SeekFrom::Start(0)).map_err(io)?;
+    Ok(())
+}
+
+/// Boxes made of other boxes, which re_mp4 walks child by child.
+const CONTAINERS: [&[u8; 4]; 12] = [
+    b"moov", b"trak", b"mdia", b"minf", b"stbl", b"dinf", b"edts", b"mvex", b"moof", b"traf",
+    b"udta", b"ilst",
+];
+
+/// Every child box of `data` (a container's payload) has a sane size, recursively.
+fn check_children(data: &[u8], depth: usize) -> Result<(), Error> {
+    let mut at = 0;
+    while let Some(header) = data.get(at..at + 8) {
+        let mut size = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let mut header_size = 8;
+        if size == 1 {
+            let Some(large) = data.get(at + 8..at + 16) else {
+                break;
+            };
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(large);
+            size = usize::try_from(u64::from_be_bytes(bytes)).unwrap_or(usize::MAX);
+            header_size = 16;
+        }
+        if size < header_size || size > data.len() - at {
+            return Err(Error::Corrupt(format!(
+                "a `{}` box of {size} bytes does not fit its container",
+                String::from_utf8_lossy(&header[4..8])
+            )));
+        }
+        let payload = &data[at + header_size..at + size];
+        if depth < 16 && CONTAINERS.iter().any(|c| c[..] == header[4..8]) {
+            check_children(payload, depth + 1)?;
+        } else if depth < 16 && &header[4..8] == b"meta" {
+            // A full box: version and flags come before its children.
+            check_children(payload.get(4..).unwrap_or(&[]), depth + 1)?;
+        }
+        at += size;
+    }
+    Ok(())
+}
+
 type Described = (Codec, Option<usize>, Bytes, Option<(u32, u32)>);
 
 fn describe(contents: &StsdBoxContent) -> Result<Described, String> {
@@ -397,6 +502,38 @@ mod tests {
         assert!(avcc_to_annex_b(&[0, 0, 0, 9, 1], 4, &[], |_| false).is_err());
         assert!(avcc_to_annex_b(&[0, 0], 4, &[], |_| false).is_err());
         assert!(avcc_to_annex_b(&[], 4, &[], |_| false).is_err());
+    }
+
+    #[test]
+    fn a_sample_count_beyond_the_file_is_refused_at_once() {
+        let mut file = vec![
+            0, 0, 0, 16, b'f', b't', b'y', b'p', b'i', b's', b'o', b'm', 0, 0, 0, 0,
+        ];
+        let stsz = [
+            0, 0, 0, 20, b's', b't', b's', b'z', 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff,
+        ];
+        file.extend_from_slice(&[0, 0, 0, 28, b'm', b'o', b'o', b'v']);
+        file.extend_from_slice(&stsz);
+        let size = file.len() as u64;
+        let err = Mp4Media::parse(std::io::Cursor::new(file), size).expect_err("refused");
+        assert!(
+            err.to_string().contains("claims 4294967295 samples"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_box_smaller_than_its_header_is_refused() {
+        let mut file = vec![
+            0, 0, 0, 16, b'f', b't', b'y', b'p', b'i', b's', b'o', b'm', 0, 0, 0, 0,
+        ];
+        file.extend_from_slice(&[
+            0, 0, 0, 24, b'm', b'o', b'o', b'v', 0, 0, 0, 16, b't', b'r', b'a', b'k',
+        ]);
+        file.extend_from_slice(&[0, 0, 0, 0, b'm', b'd', b'i', b'a']);
+        let size = file.len() as u64;
+        let err = Mp4Media::parse(std::io::Cursor::new(file), size).expect_err("refused");
+        assert!(err.to_string().contains("`mdia` box of 0 bytes"), "{err}");
     }
 
     #[test]
