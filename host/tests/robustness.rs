@@ -253,3 +253,77 @@ async fn slow_and_half_open_connections_are_dropped_and_stop_no_reader() {
         "the trickling connection was closed"
     );
 }
+
+/// Sets up and plays a TCP-interleaved session by hand; returns the connection, media flowing.
+async fn raw_reader(server: &Server, route: &str) -> Result<TcpStream, String> {
+    let mut stream = TcpStream::connect(server.rtsp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let url = server.url(route);
+    let setup = format!(
+        "SETUP {url}/trackID=0 RTSP/1.0\r\nCSeq: 1\r\nTransport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n\r\n"
+    );
+    stream
+        .write_all(setup.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 2048];
+    let n = stream.read(&mut buf).await.map_err(|e| e.to_string())?;
+    let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let Some(session) = reply
+        .lines()
+        .find_map(|l| l.strip_prefix("Session: "))
+        .and_then(|s| s.split(';').next())
+    else {
+        return Err(reply);
+    };
+    let play = format!("PLAY {url} RTSP/1.0\r\nCSeq: 2\r\nSession: {session}\r\n\r\n");
+    stream
+        .write_all(play.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(stream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_over_max_clients_is_refused_while_the_others_play() {
+    let server = Server::start_with(
+        "rtsp = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nrtp_ports = \"31000-31999\"\nmax_clients = 100\n",
+        &file_route("clip", &short_clip()),
+    );
+    common::wait_live(&server, "clip").await;
+    let mut readers = Vec::new();
+    for _ in 0..100 {
+        let stream = raw_reader(&server, "clip")
+            .await
+            .expect("one of the first 100");
+        readers.push(tokio::spawn(async move {
+            let mut stream = stream;
+            let mut buf = vec![0u8; 16 * 1024];
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+            let mut late_bytes = 0usize;
+            while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+                if n == 0 {
+                    break;
+                }
+                if deadline.saturating_duration_since(tokio::time::Instant::now())
+                    < Duration::from_secs(1)
+                {
+                    late_bytes += n;
+                }
+            }
+            late_bytes
+        }));
+    }
+    let refused = raw_reader(&server, "clip")
+        .await
+        .expect_err("the 101st is refused");
+    assert!(refused.starts_with("RTSP/1.0 453"), "{refused}");
+    for (i, reader) in readers.into_iter().enumerate() {
+        let late = reader.await.expect("reader");
+        assert!(
+            late > 0,
+            "reader {i} still received media in its last second"
+        );
+    }
+}
