@@ -56,6 +56,7 @@ impl Server {
             config.server.http,
             router.clone(),
             sessions,
+            rtsp.rebind(),
             Arc::clone(&reload),
         )
         .await?;

@@ -51,6 +51,11 @@ impl Listener {
 }
 
 impl Rebind {
+    /// The address listened on now.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.sender.borrow().local_addr()
+    }
+
     /// Binds `addr` and moves the listener there; on error the old address stays.
     pub async fn to(&self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
         let listener = TcpListener::bind(addr).await?;

@@ -135,4 +135,16 @@ async fn metrics_routes_and_sessions_follow_traffic_and_a_kick_ends_a_session() 
     assert!(frames > 20, "{frames} frames before the kick");
     let (_, sessions) = http(&server, "GET", "/api/v1/sessions").await;
     assert_eq!(sessions.trim(), "[]");
+
+    let (status, page) = http(&server, "GET", "/").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("<title>wasmcast status</title>"));
+    assert!(
+        page.contains(&format!("const rtspPort = {};", server.rtsp.port())),
+        "the page names the RTSP port"
+    );
+    assert!(
+        page.contains("/api/v1/routes") && !page.contains("http://") && !page.contains("https://"),
+        "no external URLs"
+    );
 }

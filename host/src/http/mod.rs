@@ -49,6 +49,8 @@ pub struct HttpServer {
 struct State {
     router: RouterHandle,
     sessions: Sessions,
+    /// The RTSP listener, whose port the status page shows.
+    rtsp: Rebind,
     /// Set once the reload task runs (it needs this server's [`Rebind`] first).
     reload: Arc<OnceLock<ReloadHandle>>,
 }
@@ -58,6 +60,7 @@ impl HttpServer {
         addr: SocketAddr,
         router: RouterHandle,
         sessions: Sessions,
+        rtsp: Rebind,
         reload: Arc<OnceLock<ReloadHandle>>,
     ) -> Result<HttpServer, Error> {
         let (listener, rebind) = Listener::bind(addr)
@@ -69,6 +72,7 @@ impl HttpServer {
             state: Arc::new(State {
                 router,
                 sessions,
+                rtsp,
                 reload,
             }),
         })
@@ -118,6 +122,13 @@ impl HttpServer {
 
 type Reply = Response<Full<Bytes>>;
 
+/// `GET /`: routes and sessions, refreshed in the browser from the JSON API.
+fn status_page(state: &State) -> Reply {
+    let port = state.rtsp.local_addr().map_or(0, |a| a.port());
+    let page = include_str!("status.html").replace("RTSP_PORT", &port.to_string());
+    respond(StatusCode::OK, "text/html; charset=utf-8", page)
+}
+
 fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Reply {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
@@ -142,6 +153,7 @@ async fn handle(state: &State, request: Request<Incoming>, peer: SocketAddr) -> 
     }
     match (&method, path.as_str()) {
         (&Method::GET | &Method::HEAD, "healthz") => text(StatusCode::OK, "ok"),
+        (&Method::GET, "") => status_page(state),
         (&Method::GET, "metrics") => api::metrics(state),
         (&Method::POST | &Method::PUT, feed) if !feed.is_empty() && !feed.contains('/') => {
             push(state, feed, request.into_body(), peer).await
