@@ -47,6 +47,7 @@ impl Server {
     /// the server follows the file as it changes (and reloads on SIGHUP and `POST /api/v1/reload`).
     pub async fn start(config: Config, path: Option<&Path>) -> Result<Server, StartError> {
         let router = RouterHandle::start();
+        router.set_server_access(config.server.access.clone());
         let sessions = Sessions::default();
         let rtsp = RtspServer::bind(&config.server, router.clone(), sessions.clone()).await?;
         let changes = router.apply(config.routes.clone()).await;

@@ -4,6 +4,7 @@
 //! list of [`Problem`]s that each name the file, line, key and what to do about it; and, while the
 //! server runs, reloads of the file as it changes ([`ReloadHandle`]).
 
+mod access;
 mod raw;
 mod reload;
 
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use toml::Spanned;
 
+pub use access::{AccessList, IpNet};
 pub use reload::{ConfigStatus, Listeners, ReloadHandle, ReloadOutcome};
 
 /// Names a route or feed may not take: they are URL paths of the HTTP server.
@@ -37,6 +39,8 @@ pub struct ServerConfig {
     pub webrtc_udp: SocketAddr,
     pub max_clients: usize,
     pub max_bandwidth_kbps: u64,
+    /// Who may connect to the server at all.
+    pub access: AccessList,
 }
 
 /// One `[routes.NAME]` table.
@@ -44,6 +48,8 @@ pub struct ServerConfig {
 pub struct RouteConfig {
     pub source: SourceConfig,
     pub plugins: Vec<String>,
+    /// Who may read from and publish to this route (on top of the server's list).
+    pub access: AccessList,
 }
 
 /// Where a route's media comes from.
@@ -246,6 +252,7 @@ impl Checker<'_> {
                 RouteConfig {
                     source,
                     plugins: route.plugins.into_iter().map(Spanned::into_inner).collect(),
+                    access: self.access(&route.allow, &route.deny, &key),
                 },
             );
         }
@@ -282,7 +289,29 @@ impl Checker<'_> {
             webrtc_udp: webrtc_udp.unwrap_or_else(|| socket_default(&defaults.webrtc_udp)),
             max_clients: *raw.max_clients.get_ref(),
             max_bandwidth_kbps: *raw.max_bandwidth_kbps.get_ref(),
+            access: self.access(&raw.allow, &raw.deny, "server"),
         }
+    }
+
+    fn access(
+        &mut self,
+        allow: &[Spanned<String>],
+        deny: &[Spanned<String>],
+        key: &str,
+    ) -> AccessList {
+        let mut list = AccessList::default();
+        for (entries, name, out) in [
+            (allow, "allow", &mut list.allow),
+            (deny, "deny", &mut list.deny),
+        ] {
+            for entry in entries {
+                match IpNet::parse(entry.get_ref()) {
+                    Ok(net) => out.push(net),
+                    Err(why) => self.problem(entry, format!("{key}.{name}"), why),
+                }
+            }
+        }
+        list
     }
 
     fn socket_addr(&mut self, value: &Spanned<String>, key: &str) -> Option<SocketAddr> {

@@ -25,6 +25,8 @@ pub(super) struct Server {
     pub webrtc_udp: Spanned<String>,
     pub max_clients: Spanned<usize>,
     pub max_bandwidth_kbps: Spanned<u64>,
+    pub allow: Vec<Spanned<String>>,
+    pub deny: Vec<Spanned<String>>,
 }
 
 impl Default for Server {
@@ -36,6 +38,8 @@ impl Default for Server {
             webrtc_udp: Spanned::new(0..0, "0.0.0.0:8189".into()),
             max_clients: Spanned::new(0..0, 100),
             max_bandwidth_kbps: Spanned::new(0..0, 100_000),
+            allow: Vec::new(),
+            deny: Vec::new(),
         }
     }
 }
@@ -49,6 +53,10 @@ pub(super) struct Route {
     #[serde(default)]
     pub plugins: Vec<Spanned<String>>,
     pub transcode: Option<Spanned<toml::Table>>,
+    #[serde(default)]
+    pub allow: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub deny: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

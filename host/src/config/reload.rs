@@ -144,6 +144,7 @@ impl Reloader {
             return ReloadOutcome::Unchanged;
         }
         self.move_listeners(&mut config).await;
+        self.router.set_server_access(config.server.access.clone());
         let changes = self.router.apply(config.routes.clone()).await;
         let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
         status.version += 1;

@@ -107,3 +107,16 @@ fn push_sources_name_their_feed() {
         "{problems:?}"
     );
 }
+
+#[test]
+fn access_lists_parse_and_bad_ranges_are_named() {
+    let config = parse(
+        "[server]\ndeny = [\"10.0.0.0/8\"]\n[routes.a]\nsource = \"file:a.mp4\"\nallow = [\"127.0.0.1\", \"::1\"]\n",
+    )
+    .expect("valid");
+    assert_eq!(config.server.access.deny.len(), 1);
+    assert_eq!(config.routes["a"].access.allow.len(), 2);
+    let problems = parse("[routes.a]\nsource = \"file:a.mp4\"\nallow = [\"10.0.0.0/40\"]\n")
+        .expect_err("invalid");
+    assert!(problems[0].to_string().contains("routes.a.allow"), "{problems:?}");
+}

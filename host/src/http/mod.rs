@@ -146,6 +146,13 @@ fn text(status: StatusCode, body: impl Into<String>) -> Reply {
 }
 
 async fn handle(state: &State, request: Request<Incoming>, peer: SocketAddr) -> Reply {
+    if !state.router.permits(None, peer.ip()) {
+        tracing::info!(%peer, "HTTP request refused by the server's access list");
+        return text(
+            StatusCode::FORBIDDEN,
+            "forbidden by the server's access list",
+        );
+    }
     let path = request.uri().path().trim_start_matches('/').to_owned();
     let method = request.method().clone();
     if let Some(api_path) = path.strip_prefix("api/v1/") {
@@ -171,6 +178,13 @@ async fn push(state: &State, feed: &str, mut body: Incoming, peer: SocketAddr) -
             format!("no push route takes the feed `{feed}`"),
         );
     };
+    if !state.router.permits(Some(stream.name()), peer.ip()) {
+        tracing::info!(%peer, feed, "push refused by the route's access list");
+        return text(
+            StatusCode::FORBIDDEN,
+            "forbidden by the route's access list",
+        );
+    }
     let claim = match stream.claim() {
         Ok(claim) => claim,
         Err(busy) => {

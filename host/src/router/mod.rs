@@ -7,11 +7,12 @@
 mod stream;
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::{RouteConfig, SourceConfig};
+use crate::config::{AccessList, RouteConfig, SourceConfig};
 use crate::sources::{self, RunningSource};
 
 pub use stream::{
@@ -26,6 +27,8 @@ type RouteMap = Arc<BTreeMap<String, Arc<Stream>>>;
 struct Snapshot {
     routes: RouteMap,
     feeds: BTreeMap<String, Arc<Stream>>,
+    /// Each route's own access list.
+    access: BTreeMap<String, AccessList>,
 }
 
 /// What a reload changed, for the log.
@@ -50,6 +53,8 @@ enum Command {
 #[derive(Clone)]
 pub struct RouterHandle {
     snapshot: Arc<RwLock<Snapshot>>,
+    /// Who may connect to the server at all.
+    server_access: Arc<RwLock<AccessList>>,
     commands: mpsc::Sender<Command>,
 }
 
@@ -63,7 +68,11 @@ impl RouterHandle {
             snapshot: Arc::clone(&snapshot),
         };
         tokio::spawn(actor.run(inbox));
-        RouterHandle { snapshot, commands }
+        RouterHandle {
+            snapshot,
+            server_access: Arc::default(),
+            commands,
+        }
     }
 
     /// The hub of route `name`, if it exists.
@@ -74,6 +83,25 @@ impl RouterHandle {
     /// The hub of the push route that takes feed `name`, if any.
     pub fn feed(&self, name: &str) -> Option<Arc<Stream>> {
         self.read().feeds.get(name).cloned()
+    }
+
+    /// Replaces the server-wide access list.
+    pub fn set_server_access(&self, access: AccessList) {
+        *self
+            .server_access
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = access;
+    }
+
+    /// Whether `ip` may connect at all (`route` is `None`), or use `route`.
+    pub fn permits(&self, route: Option<&str>, ip: IpAddr) -> bool {
+        let server = self
+            .server_access
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .permits(ip);
+        server
+            && route.is_none_or(|route| self.read().access.get(route).is_none_or(|a| a.permits(ip)))
     }
 
     /// Every route, by name.
@@ -153,8 +181,12 @@ impl Actor {
                         continue;
                     };
                     if route.config != config {
-                        // The hub stays, so readers stay connected; the new source publishes into it.
-                        route._source = sources::start(&config.source, Arc::clone(&route.stream));
+                        if route.config.source != config.source {
+                            // The hub stays, so readers stay connected; the new source publishes
+                            // into it.
+                            route._source =
+                                sources::start(&config.source, Arc::clone(&route.stream));
+                        }
                         route.config = config;
                         changes.changed.push(name);
                     }
@@ -178,6 +210,9 @@ impl Actor {
         let mut routes = BTreeMap::new();
         for (name, route) in &self.routes {
             routes.insert(name.clone(), Arc::clone(&route.stream));
+            snapshot
+                .access
+                .insert(name.clone(), route.config.access.clone());
             if let SourceConfig::Push { feed } = &route.config.source {
                 snapshot
                     .feeds

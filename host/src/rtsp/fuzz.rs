@@ -32,6 +32,7 @@ fn world() -> &'static World {
             let route = RouteConfig {
                 source: SourceConfig::Push { feed: "cam".into() },
                 plugins: Vec::new(),
+                access: Default::default(),
             };
             router
                 .apply(BTreeMap::from([("cam".to_owned(), route)]))

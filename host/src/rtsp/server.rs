@@ -105,6 +105,10 @@ impl RtspServer {
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
+                    Ok((socket, peer)) if !self.shared.router.permits(None, peer.ip()) => {
+                        tracing::info!(%peer, "RTSP connection refused by the server's access list");
+                        drop(socket);
+                    }
                     Ok((socket, peer)) => {
                         let _ = socket.set_nodelay(true);
                         tokio::spawn(serve_connection(socket, peer, Arc::clone(&self.shared)));

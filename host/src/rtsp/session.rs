@@ -313,7 +313,7 @@ impl Connection {
             .ok_or_else(|| Refusal::new(StatusCode::BadRequest, "Bad Request (no URL)"))?;
         let name = route_name(url)
             .ok_or_else(|| Refusal::new(StatusCode::NotFound, "Not Found (no route in the URL)"))?;
-        let stream = lookup(ctx.router, name)?;
+        let stream = permitted(ctx, lookup(ctx.router, name)?)?;
         let media = live_media(&stream)?;
         let sdp = sdp::describe(
             name,
@@ -358,7 +358,7 @@ impl Connection {
                 ));
             }
             (_, Some(session)) => Arc::clone(&session.stream),
-            (Some(name), None) => lookup(ctx.router, name)?,
+            (Some(name), None) => permitted(ctx, lookup(ctx.router, name)?)?,
             (None, None) => {
                 return Err(Refusal::new(
                     StatusCode::NotFound,
@@ -466,6 +466,7 @@ impl Connection {
                 format!("Not Found (no push route takes `{name}`)"),
             )
         })?;
+        let stream = permitted(ctx, stream)?;
         let claim = stream.claim().map_err(|busy| {
             Refusal::new(
                 StatusCode::MethodNotValidInThisState,
@@ -638,6 +639,16 @@ fn cseq(request: &Request<Vec<u8>>) -> Option<String> {
     let value = request.header(&headers::CSEQ)?.as_str().trim();
     value.parse::<u32>().ok()?;
     Some(value.to_owned())
+}
+
+/// The route, if `peer` may use it: a route it may not use gets 403.
+fn permitted(ctx: &Context<'_>, stream: Arc<Stream>) -> Result<Arc<Stream>, Refusal> {
+    if ctx.router.permits(Some(stream.name()), ctx.peer.ip()) {
+        Ok(stream)
+    } else {
+        tracing::info!(peer = %ctx.peer, route = stream.name(), "RTSP request refused by the access list");
+        Err(Refusal::new(StatusCode::Forbidden, "Forbidden"))
+    }
 }
 
 fn lookup(router: &RouterHandle, name: &str) -> Result<Arc<Stream>, Refusal> {

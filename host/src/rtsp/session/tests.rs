@@ -24,6 +24,7 @@ impl Fixture {
                     looping: true,
                 },
                 plugins: Vec::new(),
+                access: Default::default(),
             },
         )]);
         router.apply(routes).await;
