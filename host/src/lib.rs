@@ -5,6 +5,7 @@
 //! once into RTP ([`rtp`]); the egress servers ([`rtsp`]) read the hubs and send to players.
 //! [`config`] is the file that says which routes exist.
 
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod listen;
@@ -48,6 +49,7 @@ impl Server {
     pub async fn start(config: Config, path: Option<&Path>) -> Result<Server, StartError> {
         let router = RouterHandle::start();
         router.set_server_access(config.server.access.clone());
+        router.set_users(config.users.clone());
         let sessions = Sessions::default();
         let rtsp = RtspServer::bind(&config.server, router.clone(), sessions.clone()).await?;
         let changes = router.apply(config.routes.clone()).await;

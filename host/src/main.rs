@@ -38,6 +38,8 @@ enum Command {
     Serve,
     /// Validate the config file; print each problem and exit 1 if there is any.
     Check,
+    /// Read a password from standard input and print the hash to store as `[users.USER] password`.
+    HashPassword { user: String },
 }
 
 fn main() -> ExitCode {
@@ -55,6 +57,7 @@ fn main() -> ExitCode {
     }
     match cli.command.unwrap_or(Command::Serve) {
         Command::Check => check(&cli.config),
+        Command::HashPassword { user } => hash_password(&user),
         Command::Serve => match serve(&cli.config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
@@ -63,6 +66,20 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+fn hash_password(user: &str) -> ExitCode {
+    let mut password = String::new();
+    if std::io::stdin().read_line(&mut password).is_err() {
+        eprintln!("wasmcast: cannot read the password from standard input");
+        return ExitCode::FAILURE;
+    }
+    let password = password.trim_end_matches(['\r', '\n']);
+    println!(
+        "{}",
+        wasmcast::auth::PasswordHash::of(user, password).to_config()
+    );
+    ExitCode::SUCCESS
 }
 
 fn check(path: &Path) -> ExitCode {

@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 
 use toml::Spanned;
 
+use crate::auth::{PasswordHash, Users};
+
 pub use access::{AccessList, IpNet};
 pub use reload::{ConfigStatus, Listeners, ReloadHandle, ReloadOutcome};
 
@@ -27,6 +29,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub routes: BTreeMap<String, RouteConfig>,
     pub plugins: BTreeMap<String, PluginConfig>,
+    /// `[users.NAME]`: who may log in, with their password hashes.
+    pub users: Users,
 }
 
 /// The `[server]` table.
@@ -50,6 +54,10 @@ pub struct RouteConfig {
     pub plugins: Vec<String>,
     /// Who may read from and publish to this route (on top of the server's list).
     pub access: AccessList,
+    /// Users who may read; empty: anyone.
+    pub read: Vec<String>,
+    /// Users who may publish (push routes); empty: anyone.
+    pub publish: Vec<String>,
 }
 
 /// Where a route's media comes from.
@@ -177,6 +185,15 @@ impl Checker<'_> {
 
     fn config(&mut self, raw: raw::File, base_dir: &Path) -> Config {
         let server = self.server(raw.server);
+        let mut users = Users::new();
+        for (name, user) in raw.users {
+            match PasswordHash::parse(user.password.get_ref()) {
+                Ok(hash) => {
+                    users.insert(name, hash);
+                }
+                Err(why) => self.problem(&user.password, format!("users.{name}.password"), why),
+            }
+        }
         let mut plugins = BTreeMap::new();
         for (name, plugin) in raw.plugins {
             plugins.insert(
@@ -253,6 +270,8 @@ impl Checker<'_> {
                     source,
                     plugins: route.plugins.into_iter().map(Spanned::into_inner).collect(),
                     access: self.access(&route.allow, &route.deny, &key),
+                    read: self.user_list(&route.read, &users, &format!("{key}.read")),
+                    publish: self.user_list(&route.publish, &users, &format!("{key}.publish")),
                 },
             );
         }
@@ -260,6 +279,7 @@ impl Checker<'_> {
             server,
             routes,
             plugins,
+            users,
         }
     }
 
@@ -291,6 +311,22 @@ impl Checker<'_> {
             max_bandwidth_kbps: *raw.max_bandwidth_kbps.get_ref(),
             access: self.access(&raw.allow, &raw.deny, "server"),
         }
+    }
+
+    fn user_list(&mut self, names: &[Spanned<String>], users: &Users, key: &str) -> Vec<String> {
+        for name in names {
+            if !users.contains_key(name.get_ref()) {
+                self.problem(
+                    name,
+                    key.to_owned(),
+                    format!(
+                        "no user named `{0}`; add a [users.{0}] table with password = \"md5:…\" from `wasmcast hash-password {0}`",
+                        name.get_ref()
+                    ),
+                );
+            }
+        }
+        names.iter().map(|n| n.get_ref().clone()).collect()
     }
 
     fn access(

@@ -14,6 +14,14 @@ pub(super) struct File {
     pub routes: BTreeMap<Spanned<String>, Route>,
     #[serde(default)]
     pub plugins: BTreeMap<String, Plugin>,
+    #[serde(default)]
+    pub users: BTreeMap<String, User>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct User {
+    pub password: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -57,6 +65,10 @@ pub(super) struct Route {
     pub allow: Vec<Spanned<String>>,
     #[serde(default)]
     pub deny: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub read: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub publish: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

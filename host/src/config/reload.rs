@@ -145,6 +145,7 @@ impl Reloader {
         }
         self.move_listeners(&mut config).await;
         self.router.set_server_access(config.server.access.clone());
+        self.router.set_users(config.users.clone());
         let changes = self.router.apply(config.routes.clone()).await;
         let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
         status.version += 1;

@@ -118,5 +118,8 @@ fn access_lists_parse_and_bad_ranges_are_named() {
     assert_eq!(config.routes["a"].access.allow.len(), 2);
     let problems = parse("[routes.a]\nsource = \"file:a.mp4\"\nallow = [\"10.0.0.0/40\"]\n")
         .expect_err("invalid");
-    assert!(problems[0].to_string().contains("routes.a.allow"), "{problems:?}");
+    assert!(
+        problems[0].to_string().contains("routes.a.allow"),
+        "{problems:?}"
+    );
 }

@@ -163,14 +163,32 @@ async fn handle(state: &State, request: Request<Incoming>, peer: SocketAddr) -> 
         (&Method::GET, "") => status_page(state),
         (&Method::GET, "metrics") => api::metrics(state),
         (&Method::POST | &Method::PUT, feed) if !feed.is_empty() && !feed.contains('/') => {
-            push(state, feed, request.into_body(), peer).await
+            let authorization = request
+                .headers()
+                .get(hyper::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            push(
+                state,
+                feed,
+                authorization.as_deref(),
+                request.into_body(),
+                peer,
+            )
+            .await
         }
         _ => text(StatusCode::NOT_FOUND, format!("nothing at /{path}")),
     }
 }
 
 /// Takes one MPEG-TS push into the route that takes `feed`.
-async fn push(state: &State, feed: &str, mut body: Incoming, peer: SocketAddr) -> Reply {
+async fn push(
+    state: &State,
+    feed: &str,
+    authorization: Option<&str>,
+    mut body: Incoming,
+    peer: SocketAddr,
+) -> Reply {
     let Some(stream) = state.router.feed(feed) else {
         tracing::info!(%peer, feed, "push refused: no such feed");
         return text(
@@ -184,6 +202,21 @@ async fn push(state: &State, feed: &str, mut body: Incoming, peer: SocketAddr) -
             StatusCode::FORBIDDEN,
             "forbidden by the route's access list",
         );
+    }
+    if let Err(err) = state
+        .router
+        .authorize(stream.name(), true, authorization, "POST", "")
+    {
+        tracing::info!(%peer, feed, "push refused: {err}");
+        let mut reply = text(
+            StatusCode::UNAUTHORIZED,
+            format!("credentials needed to push to `{feed}`"),
+        );
+        reply.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            hyper::header::HeaderValue::from_static("Basic realm=\"wasmcast\""),
+        );
+        return reply;
     }
     let claim = match stream.claim() {
         Ok(claim) => claim,

@@ -12,6 +12,7 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::auth::{self, AuthError, Users};
 use crate::config::{AccessList, RouteConfig, SourceConfig};
 use crate::sources::{self, RunningSource};
 
@@ -27,8 +28,15 @@ type RouteMap = Arc<BTreeMap<String, Arc<Stream>>>;
 struct Snapshot {
     routes: RouteMap,
     feeds: BTreeMap<String, Arc<Stream>>,
-    /// Each route's own access list.
-    access: BTreeMap<String, AccessList>,
+    /// Each route's own access list and the users who may read and publish it.
+    policies: BTreeMap<String, RoutePolicy>,
+}
+
+#[derive(Default)]
+struct RoutePolicy {
+    access: AccessList,
+    read: Vec<String>,
+    publish: Vec<String>,
 }
 
 /// What a reload changed, for the log.
@@ -55,6 +63,7 @@ pub struct RouterHandle {
     snapshot: Arc<RwLock<Snapshot>>,
     /// Who may connect to the server at all.
     server_access: Arc<RwLock<AccessList>>,
+    users: Arc<RwLock<Users>>,
     commands: mpsc::Sender<Command>,
 }
 
@@ -71,6 +80,7 @@ impl RouterHandle {
         RouterHandle {
             snapshot,
             server_access: Arc::default(),
+            users: Arc::default(),
             commands,
         }
     }
@@ -101,7 +111,43 @@ impl RouterHandle {
             .unwrap_or_else(|p| p.into_inner())
             .permits(ip);
         server
-            && route.is_none_or(|route| self.read().access.get(route).is_none_or(|a| a.permits(ip)))
+            && route.is_none_or(|route| {
+                self.read()
+                    .policies
+                    .get(route)
+                    .is_none_or(|p| p.access.permits(ip))
+            })
+    }
+
+    /// Replaces the users who may log in.
+    pub fn set_users(&self, users: Users) {
+        *self.users.write().unwrap_or_else(|p| p.into_inner()) = users;
+    }
+
+    /// Checks the credentials of a request to read (or `publish` to) `route`: `Ok(None)` when the
+    /// route asks for none, the user when they are right (see [`auth::check`]).
+    pub fn authorize(
+        &self,
+        route: &str,
+        publish: bool,
+        header: Option<&str>,
+        method: &str,
+        nonce: &str,
+    ) -> Result<Option<String>, AuthError> {
+        let snapshot = self.read();
+        let Some(policy) = snapshot.policies.get(route) else {
+            return Ok(None);
+        };
+        let allowed = if publish {
+            &policy.publish
+        } else {
+            &policy.read
+        };
+        if allowed.is_empty() {
+            return Ok(None);
+        }
+        let users = self.users.read().unwrap_or_else(|p| p.into_inner());
+        auth::check(header, &users, allowed, method, nonce).map(Some)
     }
 
     /// Every route, by name.
@@ -210,9 +256,14 @@ impl Actor {
         let mut routes = BTreeMap::new();
         for (name, route) in &self.routes {
             routes.insert(name.clone(), Arc::clone(&route.stream));
-            snapshot
-                .access
-                .insert(name.clone(), route.config.access.clone());
+            snapshot.policies.insert(
+                name.clone(),
+                RoutePolicy {
+                    access: route.config.access.clone(),
+                    read: route.config.read.clone(),
+                    publish: route.config.publish.clone(),
+                },
+            );
             if let SourceConfig::Push { feed } = &route.config.source {
                 snapshot
                     .feeds

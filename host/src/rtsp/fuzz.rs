@@ -33,6 +33,8 @@ fn world() -> &'static World {
                 source: SourceConfig::Push { feed: "cam".into() },
                 plugins: Vec::new(),
                 access: Default::default(),
+                read: Vec::new(),
+                publish: Vec::new(),
             };
             router
                 .apply(BTreeMap::from([("cam".to_owned(), route)]))

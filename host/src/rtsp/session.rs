@@ -15,6 +15,7 @@ use rtsp_types::{Method, Request, Response, StatusCode, Url, Version};
 
 use super::publish::Publishing;
 use super::sdp;
+use crate::auth::{self, AuthError};
 use crate::router::{MediaInfo, Reader, RouterHandle, SourceState, Stream};
 
 /// The session timeout we enforce for UDP sessions without keep-alives or RTCP.
@@ -148,7 +149,14 @@ impl Session {
 pub struct Connection {
     session: Option<Session>,
     publishing: Option<Publishing>,
+    /// The nonce of this connection's Digest challenges.
+    nonce: String,
+    /// Credentials refused so far on this connection.
+    auth_failures: u32,
 }
+
+/// Refused credentials a connection may send before it gets only 403.
+const MAX_AUTH_FAILURES: u32 = 5;
 
 /// An error response: status and a reason for people.
 struct Refusal(StatusCode, String);
@@ -296,14 +304,62 @@ impl Connection {
         if status == StatusCode::MethodNotAllowed {
             builder = builder.header(headers::ALLOW, PUBLIC_METHODS);
         }
+        if status == StatusCode::Unauthorized {
+            builder = builder.header(headers::WWW_AUTHENTICATE, auth::challenge(&self.nonce));
+        }
         Reply {
             response: builder.build(Vec::new()),
             action: Action::None,
         }
     }
 
+    /// Checks the request's credentials for reading (or `publish`ing to) `stream`'s route.
+    fn authorize(
+        &mut self,
+        request: &Request<Vec<u8>>,
+        ctx: &Context<'_>,
+        stream: &Stream,
+        publish: bool,
+    ) -> Result<(), Refusal> {
+        if self.nonce.is_empty() {
+            self.nonce = format!("{:032x}", rand::random::<u128>());
+        }
+        let method = match request.method() {
+            Method::Describe => "DESCRIBE",
+            Method::Setup => "SETUP",
+            Method::Announce => "ANNOUNCE",
+            _ => "",
+        };
+        let header = request.header(&headers::AUTHORIZATION).map(|v| v.as_str());
+        let unauthorized = || Refusal::new(StatusCode::Unauthorized, "Unauthorized");
+        match ctx
+            .router
+            .authorize(stream.name(), publish, header, method, &self.nonce)
+        {
+            Ok(_) => Ok(()),
+            Err(AuthError::Missing | AuthError::Stale) => Err(unauthorized()),
+            Err(err) => {
+                self.auth_failures += 1;
+                tracing::info!(
+                    peer = %ctx.peer,
+                    route = stream.name(),
+                    failures = self.auth_failures,
+                    "RTSP credentials refused: {err}"
+                );
+                if self.auth_failures >= MAX_AUTH_FAILURES {
+                    Err(Refusal::new(
+                        StatusCode::Forbidden,
+                        "Forbidden (too many failed attempts)",
+                    ))
+                } else {
+                    Err(unauthorized())
+                }
+            }
+        }
+    }
+
     fn describe(
-        &self,
+        &mut self,
         request: &Request<Vec<u8>>,
         ctx: &Context<'_>,
         cseq: &str,
@@ -314,6 +370,7 @@ impl Connection {
         let name = route_name(url)
             .ok_or_else(|| Refusal::new(StatusCode::NotFound, "Not Found (no route in the URL)"))?;
         let stream = permitted(ctx, lookup(ctx.router, name)?)?;
+        self.authorize(request, ctx, &stream, false)?;
         let media = live_media(&stream)?;
         let sdp = sdp::describe(
             name,
@@ -358,7 +415,11 @@ impl Connection {
                 ));
             }
             (_, Some(session)) => Arc::clone(&session.stream),
-            (Some(name), None) => permitted(ctx, lookup(ctx.router, name)?)?,
+            (Some(name), None) => {
+                let stream = permitted(ctx, lookup(ctx.router, name)?)?;
+                self.authorize(request, ctx, &stream, false)?;
+                stream
+            }
             (None, None) => {
                 return Err(Refusal::new(
                     StatusCode::NotFound,
@@ -467,6 +528,7 @@ impl Connection {
             )
         })?;
         let stream = permitted(ctx, stream)?;
+        self.authorize(request, ctx, &stream, true)?;
         let claim = stream.claim().map_err(|busy| {
             Refusal::new(
                 StatusCode::MethodNotValidInThisState,

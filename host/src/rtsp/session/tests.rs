@@ -25,6 +25,8 @@ impl Fixture {
                 },
                 plugins: Vec::new(),
                 access: Default::default(),
+                read: Vec::new(),
+                publish: Vec::new(),
             },
         )]);
         router.apply(routes).await;

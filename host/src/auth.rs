@@ -1,0 +1,217 @@
+//! Credentials: RTSP Basic and Digest (RFC 2617, MD5, what VLC, ffmpeg, GStreamer and OpenCV send
+//! from `rtsp://user:pass@host/...`) and HTTP Basic.
+//!
+//! Passwords are stored as the Digest HA1, `MD5(user:realm:password)` (what `wasmcast hash-password`
+//! prints), so the config never holds a password and both schemes can be checked. Comparisons take
+//! the same time whatever the input. No sockets, no clock.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use md5::{Digest, Md5};
+
+/// The realm every challenge names; HA1 values depend on it.
+pub const REALM: &str = "wasmcast";
+
+/// A stored credential: the Digest HA1 of a user's password.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PasswordHash([u8; 16]);
+
+impl PasswordHash {
+    /// The hash of `password` for `user`.
+    pub fn of(user: &str, password: &str) -> PasswordHash {
+        PasswordHash(Md5::digest(format!("{user}:{REALM}:{password}")).into())
+    }
+
+    /// Parses the `md5:HEX` form the config stores.
+    pub fn parse(text: &str) -> Result<PasswordHash, String> {
+        let hex = text.strip_prefix("md5:").ok_or_else(|| {
+            "a password must be stored hashed as \"md5:…\"; run `wasmcast hash-password USER`"
+                .to_owned()
+        })?;
+        let bytes = (0..hex.len())
+            .step_by(2)
+            .map(|i| {
+                hex.get(i..i + 2)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+            })
+            .collect::<Option<Vec<u8>>>()
+            .and_then(|b| <[u8; 16]>::try_from(b).ok())
+            .ok_or_else(|| "the hash after \"md5:\" must be 32 hex digits".to_owned())?;
+        Ok(PasswordHash(bytes))
+    }
+
+    /// The `md5:HEX` form.
+    pub fn to_config(&self) -> String {
+        format!("md5:{}", hex(&self.0))
+    }
+}
+
+/// Users by name.
+pub type Users = BTreeMap<String, PasswordHash>;
+
+/// Checks an `Authorization` header against the users allowed here. `method` is the request's
+/// method, `nonce` the one this connection's challenges carry. Returns the user.
+pub fn check(
+    header: Option<&str>,
+    users: &Users,
+    allowed: &[String],
+    method: &str,
+    nonce: &str,
+) -> Result<String, AuthError> {
+    let header = header.ok_or(AuthError::Missing)?;
+    let (scheme, rest) = header.trim().split_once(' ').ok_or(AuthError::Malformed)?;
+    let (user, verified) = if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = BASE64
+            .decode(rest.trim())
+            .map_err(|_| AuthError::Malformed)?;
+        let decoded = String::from_utf8(decoded).map_err(|_| AuthError::Malformed)?;
+        let (user, password) = decoded.split_once(':').ok_or(AuthError::Malformed)?;
+        let expected = users.get(user).map(|h| h.0).unwrap_or([0; 16]);
+        let verified = constant_time_eq(&PasswordHash::of(user, password).0, &expected);
+        (user.to_owned(), verified && users.contains_key(user))
+    } else if scheme.eq_ignore_ascii_case("digest") {
+        let params = digest_params(rest);
+        let get = |name: &str| {
+            params
+                .get(name)
+                .map(String::as_str)
+                .ok_or(AuthError::Malformed)
+        };
+        let user = get("username")?;
+        if get("realm")? != REALM || get("nonce")? != nonce {
+            return Err(AuthError::Stale);
+        }
+        let ha1 = users.get(user).map(|h| hex(&h.0)).unwrap_or_default();
+        let ha2 = hex(&Md5::digest(format!("{method}:{}", get("uri")?)));
+        let expected = match params.get("qop").map(String::as_str) {
+            Some("auth") => format!("{ha1}:{nonce}:{}:{}:auth:{ha2}", get("nc")?, get("cnonce")?),
+            _ => format!("{ha1}:{nonce}:{ha2}"),
+        };
+        let expected = hex(&Md5::digest(expected));
+        let verified = constant_time_eq(expected.as_bytes(), get("response")?.as_bytes());
+        (user.to_owned(), verified && users.contains_key(user))
+    } else {
+        return Err(AuthError::Malformed);
+    };
+    if !verified {
+        return Err(AuthError::Wrong(user));
+    }
+    if !allowed.contains(&user) {
+        return Err(AuthError::NotAllowed(user));
+    }
+    Ok(user)
+}
+
+/// The RTSP `WWW-Authenticate` challenge: Digest, which every RTSP client answers (and which keeps
+/// the password off the wire). Basic is still accepted from clients that send it unasked.
+pub fn challenge(nonce: &str) -> String {
+    format!("Digest realm=\"{REALM}\", nonce=\"{nonce}\", algorithm=MD5")
+}
+
+/// Why credentials were not accepted.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no credentials")]
+    Missing,
+    #[error("unreadable Authorization header")]
+    Malformed,
+    #[error("a Digest answer to another challenge")]
+    Stale,
+    #[error("wrong password for `{0}`")]
+    Wrong(String),
+    #[error("`{0}` may not do this")]
+    NotAllowed(String),
+}
+
+fn digest_params(text: &str) -> BTreeMap<String, String> {
+    let mut params = BTreeMap::new();
+    let mut rest = text.trim();
+    while let Some((name, after)) = rest.split_once('=') {
+        let name = name
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
+        let after = after.trim_start();
+        let (value, next) = match after.strip_prefix('"') {
+            Some(quoted) => match quoted.split_once('"') {
+                Some((value, next)) => (value, next),
+                None => (quoted, ""),
+            },
+            None => after.split_once(',').unwrap_or((after, "")),
+        };
+        params.insert(name, value.trim().to_owned());
+        rest = next.trim_start().trim_start_matches(',');
+    }
+    params
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn users() -> Users {
+        BTreeMap::from([("alice".to_owned(), PasswordHash::of("alice", "secret"))])
+    }
+
+    #[test]
+    fn basic_right_and_wrong() {
+        let allowed = ["alice".to_owned()];
+        let right = format!("Basic {}", BASE64.encode("alice:secret"));
+        assert_eq!(
+            check(Some(&right), &users(), &allowed, "DESCRIBE", "n"),
+            Ok("alice".into())
+        );
+        let wrong = format!("Basic {}", BASE64.encode("alice:nope"));
+        assert_eq!(
+            check(Some(&wrong), &users(), &allowed, "DESCRIBE", "n"),
+            Err(AuthError::Wrong("alice".into()))
+        );
+        assert_eq!(
+            check(None, &users(), &allowed, "DESCRIBE", "n"),
+            Err(AuthError::Missing)
+        );
+        assert_eq!(
+            check(Some(&right), &users(), &[], "DESCRIBE", "n"),
+            Err(AuthError::NotAllowed("alice".into()))
+        );
+    }
+
+    #[test]
+    fn digest_as_rfc_2617_computes_it() {
+        let ha1 = hex(&PasswordHash::of("alice", "secret").0);
+        let ha2 = hex(&Md5::digest("DESCRIBE:rtsp://h/cam"));
+        let response = hex(&Md5::digest(format!("{ha1}:abc:{ha2}")));
+        let header = format!(
+            "Digest username=\"alice\", realm=\"wasmcast\", nonce=\"abc\", uri=\"rtsp://h/cam\", response=\"{response}\""
+        );
+        let allowed = ["alice".to_owned()];
+        assert_eq!(
+            check(Some(&header), &users(), &allowed, "DESCRIBE", "abc"),
+            Ok("alice".into())
+        );
+        assert_eq!(
+            check(Some(&header), &users(), &allowed, "DESCRIBE", "other"),
+            Err(AuthError::Stale)
+        );
+        assert!(check(Some(&header), &users(), &allowed, "PLAY", "abc").is_err());
+    }
+
+    #[test]
+    fn stored_form_round_trips() {
+        let hash = PasswordHash::of("alice", "secret");
+        assert_eq!(PasswordHash::parse(&hash.to_config()), Ok(hash));
+        assert!(PasswordHash::parse("secret").is_err());
+        assert!(PasswordHash::parse("md5:12").is_err());
+    }
+}
