@@ -5,7 +5,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Pusher, Server, exchange, run, short_clip, wait_live};
+use common::{Pusher, Server, exchange, publish_once, run, short_clip, wait_live};
 use futures::StreamExt;
 use retina::client::{
     Credentials, PlayOptions, SessionOptions, SetupOptions, TcpTransportOptions, Transport,
@@ -143,14 +143,7 @@ async fn readers_log_in_with_digest_or_basic_and_wrong_credentials_are_refused()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishers_need_their_credentials_over_rtsp_and_http() {
     let server = start();
-    let (ok, _, err) = run(
-        Command::new("ffmpeg")
-            .args(["-hide_banner", "-v", "error", "-re", "-i"])
-            .arg(short_clip())
-            .args(["-t", "1", "-c", "copy", "-f", "rtsp"])
-            .arg(server.url("feed")),
-        Duration::from_secs(20),
-    );
+    let (ok, err) = publish_once(&server.url("feed"));
     assert!(
         !ok && err.contains("401"),
         "publishing without credentials is refused: {err}"

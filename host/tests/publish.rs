@@ -5,7 +5,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Pusher, Server, play, run, short_clip, wait_live};
+use common::{Pusher, Server, play, publish_once, run, short_clip, wait_live};
 use futures::StreamExt;
 use retina::client::{TcpTransportOptions, Transport};
 use retina::codec::CodecItem;
@@ -75,35 +75,14 @@ async fn one_publisher_per_route() {
     );
     let _first = Pusher::rtsp(&short_clip(), &server.url("cam"), "tcp");
     wait_live(&server, "cam").await;
-    let (ok, _, err) = run(
-        Command::new("ffmpeg")
-            .args(["-hide_banner", "-v", "error", "-re", "-i"])
-            .arg(short_clip())
-            .args(["-t", "1", "-c", "copy", "-f", "rtsp"])
-            .arg(server.url("cam")),
-        Duration::from_secs(20),
-    );
+    let (ok, err) = publish_once(&server.url("cam"));
     assert!(
         !ok && err.contains("455"),
         "a second RTSP publisher is refused: {err}"
     );
-    let (ok, _, err) = run(
-        Command::new("ffmpeg")
-            .args(["-hide_banner", "-v", "error", "-re", "-i"])
-            .arg(short_clip())
-            .args(["-t", "1", "-c", "copy", "-f", "rtsp"])
-            .arg(server.url("nope")),
-        Duration::from_secs(20),
-    );
+    let (ok, err) = publish_once(&server.url("nope"));
     assert!(!ok && err.contains("404"), "no such route: {err}");
-    let (ok, _, err) = run(
-        Command::new("ffmpeg")
-            .args(["-hide_banner", "-v", "error", "-re", "-i"])
-            .arg(short_clip())
-            .args(["-t", "1", "-c", "copy", "-f", "rtsp"])
-            .arg(server.url("file")),
-        Duration::from_secs(20),
-    );
+    let (ok, err) = publish_once(&server.url("file"));
     assert!(
         !ok && err.contains("404"),
         "a file route takes no publisher: {err}"

@@ -378,3 +378,15 @@ pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr").port()
 }
+
+/// ffmpeg publishes one second of the short clip over RTSP to `url`; returns its success and errors.
+pub fn publish_once(url: &str) -> (bool, String) {
+    let (ok, _, err) = run(
+        Command::new("ffmpeg")
+            .args(["-hide_banner", "-v", "error", "-re", "-i"])
+            .arg(short_clip())
+            .args(["-t", "1", "-c", "copy", "-f", "rtsp", url]),
+        Duration::from_secs(20),
+    );
+    (ok, err)
+}
