@@ -364,11 +364,8 @@ impl Connection {
         ctx: &Context<'_>,
         cseq: &str,
     ) -> Result<Reply, Refusal> {
-        let url = request
-            .request_uri()
-            .ok_or_else(|| Refusal::new(StatusCode::BadRequest, "Bad Request (no URL)"))?;
-        let name = route_name(url)
-            .ok_or_else(|| Refusal::new(StatusCode::NotFound, "Not Found (no route in the URL)"))?;
+        let url = request_url(request)?;
+        let name = named_route(url)?;
         let stream = permitted(ctx, lookup(ctx.router, name)?)?;
         self.authorize(request, ctx, &stream, false)?;
         let media = live_media(&stream)?;
@@ -398,9 +395,7 @@ impl Connection {
         cseq: &str,
         now: Instant,
     ) -> Result<Reply, Refusal> {
-        let url = request
-            .request_uri()
-            .ok_or_else(|| Refusal::new(StatusCode::BadRequest, "Bad Request (no URL)"))?;
+        let url = request_url(request)?;
         if self.session.as_ref().is_some_and(|s| s.playing) {
             return Err(Refusal::new(
                 StatusCode::MethodNotValidInThisState,
@@ -516,11 +511,8 @@ impl Connection {
                 "Method Not Valid In This State (this connection already has a session)",
             ));
         }
-        let url = request
-            .request_uri()
-            .ok_or_else(|| Refusal::new(StatusCode::BadRequest, "Bad Request (no URL)"))?;
-        let name = route_name(url)
-            .ok_or_else(|| Refusal::new(StatusCode::NotFound, "Not Found (no route in the URL)"))?;
+        let url = request_url(request)?;
+        let name = named_route(url)?;
         let stream = ctx.router.feed(name).ok_or_else(|| {
             Refusal::new(
                 StatusCode::NotFound,
@@ -558,9 +550,7 @@ impl Connection {
                 "ANNOUNCE first",
             ));
         };
-        let url = request
-            .request_uri()
-            .ok_or_else(|| Refusal::new(StatusCode::BadRequest, "Bad Request (no URL)"))?;
+        let url = request_url(request)?;
         let track = publishing.track_for_url(url.as_str()).ok_or_else(|| {
             Refusal::new(StatusCode::NotFound, "Not Found (no such announced track)")
         })?;
@@ -739,6 +729,17 @@ fn unavailable(stream: &Stream) -> Refusal {
         StatusCode::ServiceUnavailable,
         format!("Service Unavailable (route `{}`: {why})", stream.name()),
     )
+}
+
+fn request_url(request: &Request<Vec<u8>>) -> Result<&Url, Refusal> {
+    request
+        .request_uri()
+        .ok_or_else(|| Refusal::new(StatusCode::BadRequest, "Bad Request (no URL)"))
+}
+
+fn named_route(url: &Url) -> Result<&str, Refusal> {
+    route_name(url)
+        .ok_or_else(|| Refusal::new(StatusCode::NotFound, "Not Found (no route in the URL)"))
 }
 
 /// The route a URL names: its first path segment.
