@@ -251,3 +251,31 @@ async fn h265_and_opus_pushes_play() {
         "ffmpeg decodes H.265 and Opus: {err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_push_times_out_and_frees_the_feed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start(&push_route("feed", "feed.ffm"));
+    let mut stalled = tokio::net::TcpStream::connect(server.http)
+        .await
+        .expect("connect");
+    stalled
+        .write_all(
+            b"POST /feed.ffm HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nG\r\n",
+        )
+        .await
+        .expect("send");
+    let mut reply = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(15), stalled.read(&mut reply))
+        .await
+        .expect("answered within the stall timeout")
+        .expect("read");
+    let reply = String::from_utf8_lossy(&reply[..n]);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    let _pusher = Pusher::start(
+        &short_clip(),
+        &format!("http://{}/feed.ffm", server.http),
+        "-c copy",
+    );
+    wait_live(&server, "feed").await;
+}
