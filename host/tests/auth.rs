@@ -5,11 +5,9 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Pusher, Server, exchange, publish_once, run, short_clip, wait_live};
+use common::{Pusher, Server, exchange, play_as, publish_once, run, short_clip, wait_live};
 use futures::StreamExt;
-use retina::client::{
-    Credentials, PlayOptions, SessionOptions, SetupOptions, TcpTransportOptions, Transport,
-};
+use retina::client::{Credentials, TcpTransportOptions, Transport};
 
 /// alice's password is `secret`, bob's `pw`: the hashes are what `wasmcast hash-password` prints.
 const USERS: &str = "[users.alice]\npassword = \"md5:c206c90659c395ee90e28f0a59a5095b\"\n\
@@ -109,28 +107,12 @@ async fn readers_log_in_with_digest_or_basic_and_wrong_credentials_are_refused()
     );
     assert!(ok, "GStreamer logs in and decodes: {err}");
 
-    let url = url::Url::parse(&server.url("cam")).unwrap();
     let credentials = Credentials {
         username: "alice".into(),
         password: "secret".into(),
     };
-    let mut session =
-        retina::client::Session::describe(url, SessionOptions::default().creds(Some(credentials)))
-            .await
-            .expect("retina logs in");
-    session
-        .setup(
-            0,
-            SetupOptions::default().transport(Transport::Tcp(TcpTransportOptions::default())),
-        )
-        .await
-        .expect("SETUP");
-    let mut playing = session
-        .play(PlayOptions::default())
-        .await
-        .expect("PLAY")
-        .demuxed()
-        .expect("demuxed");
+    let tcp = Transport::Tcp(TcpTransportOptions::default());
+    let mut playing = play_as(&server.url("cam"), tcp, false, Some(credentials)).await;
     let mut items = 0;
     while items < 25 {
         match tokio::time::timeout(Duration::from_secs(5), playing.next()).await {

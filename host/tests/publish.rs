@@ -2,10 +2,9 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
-use common::{Pusher, Server, play, publish_once, run, short_clip, wait_live};
+use common::{Pusher, Server, ffprobe_streams, play, publish_once, short_clip, wait_live};
 use futures::StreamExt;
 use retina::client::{TcpTransportOptions, Transport};
 use retina::codec::CodecItem;
@@ -34,20 +33,7 @@ async fn publish_and_read(transport: &str) {
     let server = Server::start("[routes.cam]\nsource = \"push\"\n");
     let _publisher = Pusher::rtsp(&short_clip(), &server.url("cam"), transport);
     wait_live(&server, "cam").await;
-    let (ok, out, err) = run(
-        Command::new("ffprobe")
-            .args([
-                "-v",
-                "error",
-                "-show_entries",
-                "stream=codec_name,width,height,sample_rate",
-                "-of",
-                "compact",
-            ])
-            .arg(server.url("cam")),
-        Duration::from_secs(30),
-    );
-    assert!(ok, "ffprobe: {err}");
+    let out = ffprobe_streams(&server.url("cam"));
     assert!(
         out.contains("codec_name=h264|width=320|height=240"),
         "{out}"

@@ -5,31 +5,16 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Pusher, Server, exchange, file_route, play, push_route, run, short_clip, wait_live};
+use common::{
+    Pusher, Server, exchange, ffprobe_streams, file_route, play, push_route, run, short_clip,
+    wait_live,
+};
 use futures::StreamExt;
 use retina::client::{TcpTransportOptions, Transport};
 use retina::codec::CodecItem;
 
 /// How long an HTTP reply may pause before the exchange is taken as over.
 const QUIET: Duration = Duration::from_secs(10);
-
-fn ffprobe_streams(url: &str) -> String {
-    let (ok, out, err) = run(
-        Command::new("ffprobe")
-            .args([
-                "-v",
-                "error",
-                "-show_entries",
-                "stream=codec_name,width,height,sample_rate",
-                "-of",
-                "compact",
-            ])
-            .arg(url),
-        Duration::from_secs(30),
-    );
-    assert!(ok, "ffprobe: {err}");
-    out
-}
 
 /// Video frames a retina reader gets in `seconds`, and the largest gap between two of them.
 async fn watch(url: &str, seconds: u64) -> (usize, Duration) {

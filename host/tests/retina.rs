@@ -170,23 +170,8 @@ async fn h265_file_is_served() {
 async fn a_file_that_does_not_loop_ends_its_readers() {
     let route = format!("{}loop = false\n", file_route("once", &short_clip()));
     let server = Server::start(&route);
-    let url = url::Url::parse(&server.url("once")).unwrap();
-    let mut session = retina::client::Session::describe(url, SessionOptions::default())
-        .await
-        .expect("DESCRIBE");
-    session
-        .setup(
-            0,
-            SetupOptions::default().transport(Transport::Tcp(TcpTransportOptions::default())),
-        )
-        .await
-        .expect("SETUP");
-    let mut playing = session
-        .play(PlayOptions::default())
-        .await
-        .expect("PLAY")
-        .demuxed()
-        .expect("demuxed");
+    let tcp = Transport::Tcp(TcpTransportOptions::default());
+    let mut playing = common::play(&server.url("once"), tcp, false).await;
     let mut frames = 0;
     let ended = loop {
         match tokio::time::timeout(Duration::from_secs(5), playing.next()).await {

@@ -319,9 +319,20 @@ pub async fn play(
     transport: retina::client::Transport,
     all_streams: bool,
 ) -> retina::client::Demuxed {
+    play_as(url, transport, all_streams, None).await
+}
+
+/// Like [`play`], logging in with `credentials`.
+pub async fn play_as(
+    url: &str,
+    transport: retina::client::Transport,
+    all_streams: bool,
+    credentials: Option<retina::client::Credentials>,
+) -> retina::client::Demuxed {
     use retina::client::{PlayOptions, SessionOptions, SetupOptions};
     let url = url::Url::parse(url).expect("url");
-    let mut session = retina::client::Session::describe(url, SessionOptions::default())
+    let options = SessionOptions::default().creds(credentials);
+    let mut session = retina::client::Session::describe(url, options)
         .await
         .expect("DESCRIBE");
     let streams = if all_streams {
@@ -389,4 +400,21 @@ pub fn publish_once(url: &str) -> (bool, String) {
         Duration::from_secs(20),
     );
     (ok, err)
+}
+
+/// ffprobe's view of a stream's codecs, sizes and sample rates (`-of compact`).
+pub fn ffprobe_streams(url: &str) -> String {
+    let (ok, out, err) = run(
+        Command::new("ffprobe")
+            .args(["-v", "error", "-show_entries"])
+            .args([
+                "stream=codec_name,width,height,sample_rate",
+                "-of",
+                "compact",
+                url,
+            ]),
+        Duration::from_secs(30),
+    );
+    assert!(ok, "ffprobe: {err}");
+    out
 }
