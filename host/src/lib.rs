@@ -10,6 +10,7 @@ pub mod config;
 pub mod http;
 pub mod listen;
 pub mod media;
+pub mod plugins;
 pub mod router;
 pub mod rtp;
 pub mod rtsp;
@@ -34,6 +35,8 @@ pub enum StartError {
     Rtsp(#[from] rtsp::Error),
     #[error(transparent)]
     Http(#[from] http::Error),
+    #[error("{}", config::display_problems(.0))]
+    Plugins(Vec<config::Problem>),
 }
 
 /// A server with its listeners bound and its routes started, ready to run.
@@ -47,12 +50,24 @@ impl Server {
     /// Starts the routes of `config` and binds its listeners. With the path of the config file,
     /// the server follows the file as it changes (and reloads on SIGHUP and `POST /api/v1/reload`).
     pub async fn start(config: Config, path: Option<&Path>) -> Result<Server, StartError> {
+        let loader = plugins::Loader::default();
+        let plugins = {
+            let (loader, config) = (loader.clone(), config.clone());
+            tokio::task::spawn_blocking(move || loader.load_all(&config, &plugins::Plugins::new()))
+                .await
+                .unwrap_or_else(|err| {
+                    Err(vec![config::Problem::general(format!(
+                        "the plugin loader failed: {err}"
+                    ))])
+                })
+                .map_err(StartError::Plugins)?
+        };
         let router = RouterHandle::start();
         router.set_server_access(config.server.access.clone());
         router.set_users(config.users.clone());
         let sessions = Sessions::default();
         let rtsp = RtspServer::bind(&config.server, router.clone(), sessions.clone()).await?;
-        let changes = router.apply(config.routes.clone()).await;
+        let changes = router.apply(config.routes.clone(), plugins.clone()).await;
         tracing::info!(routes = ?changes.added, "routes started");
         let reload = Arc::new(OnceLock::new());
         let http = HttpServer::bind(
@@ -68,7 +83,13 @@ impl Server {
                 rtsp: rtsp.rebind(),
                 http: http.rebind(),
             };
-            let handle = ReloadHandle::start(path, config.clone(), router.clone(), listeners);
+            let handle = ReloadHandle::start(
+                path,
+                config.clone(),
+                (loader, plugins),
+                router.clone(),
+                listeners,
+            );
             let _ = reload.set(handle);
         }
         Ok(Server { router, rtsp, http })

@@ -1,4 +1,4 @@
-//! The `wasmcast` command: `serve` (the default) and `check`.
+//! The `wasmcast` command: `serve` (the default), `check`, `hash-password` and `plugin`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -40,6 +40,44 @@ enum Command {
     Check,
     /// Read a password from standard input and print the hash to store as `[users.USER] password`.
     HashPassword { user: String },
+    /// Write and try plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Make a new packet plugin project NAME in the current directory (or --dir).
+    New {
+        name: String,
+        /// Where to make the project.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The plugin SDK (plugins/sdk of a wasmcast checkout); defaults to the one this binary
+        /// was built from.
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+    /// Run a plugin over every access unit of an MP4 file, as fast as it goes, and report.
+    Run {
+        /// The plugin component (.wasm).
+        wasm: PathBuf,
+        /// The MP4 file to read.
+        #[arg(long)]
+        input: PathBuf,
+        /// The plugin's config, as TOML (e.g. `every = 2`) or JSON.
+        #[arg(long = "plugin-config", default_value = "")]
+        plugin_config: String,
+        /// Write the video that comes out here (H.264/H.265 Annex B), for ffprobe or ffplay.
+        #[arg(long)]
+        video_out: Option<PathBuf>,
+        /// Per-call time limit in milliseconds.
+        #[arg(long, default_value_t = 50)]
+        time_limit_ms: u64,
+        /// Memory limit in MiB.
+        #[arg(long, default_value_t = 64)]
+        memory_limit_mb: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -58,6 +96,13 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Check => check(&cli.config),
         Command::HashPassword { user } => hash_password(&user),
+        Command::Plugin(command) => match plugin(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("wasmcast: {err:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve => match serve(&cli.config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
@@ -66,6 +111,54 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+fn plugin(command: PluginCommand) -> anyhow::Result<()> {
+    use wasmcast::plugins::authoring;
+    match command {
+        PluginCommand::New { name, dir, sdk } => {
+            let sdk = sdk.unwrap_or_else(authoring::default_sdk_path);
+            let project = authoring::new_project(&dir, &name, &sdk)?;
+            println!(
+                "Made {}. Next:\n  cd {}\n  cargo build --release\n  wasmcast plugin run target/wasm32-wasip2/release/{}.wasm --input clip.mp4\nthen add the tables of wasmcast.example.toml to your config.",
+                project.display(),
+                project.display(),
+                name.replace('-', "_")
+            );
+            Ok(())
+        }
+        PluginCommand::Run {
+            wasm,
+            input,
+            plugin_config,
+            video_out,
+            time_limit_ms,
+            memory_limit_mb,
+        } => {
+            let config = plugin_config_json(&plugin_config)?;
+            let report = authoring::run_trial(&authoring::Trial {
+                wasm,
+                config,
+                input,
+                video_out,
+                time_limit: std::time::Duration::from_millis(time_limit_ms),
+                memory_limit: memory_limit_mb << 20,
+            })?;
+            println!("{report}");
+            Ok(())
+        }
+    }
+}
+
+/// The `--plugin-config` text as the JSON a plugin reads: JSON as it is, or TOML key/values.
+fn plugin_config_json(text: &str) -> anyhow::Result<String> {
+    if text.trim_start().starts_with('{') {
+        let value: serde_json::Value =
+            serde_json::from_str(text).context("--plugin-config is not valid JSON")?;
+        return Ok(value.to_string());
+    }
+    let table: toml::Table = toml::from_str(text).context("--plugin-config is not valid TOML")?;
+    Ok(serde_json::to_string(&table)?)
 }
 
 fn hash_password(user: &str) -> ExitCode {
@@ -83,7 +176,15 @@ fn hash_password(user: &str) -> ExitCode {
 }
 
 fn check(path: &Path) -> ExitCode {
-    match Config::load(path) {
+    let loaded = Config::load(path)
+        .map_err(|err| err.to_string())
+        .and_then(|config| {
+            wasmcast::plugins::Loader::default()
+                .load_all(&config, &Default::default())
+                .map(|_| config)
+                .map_err(|problems| config::display_problems(&problems))
+        });
+    match loaded {
         Ok(config) => {
             println!(
                 "{}: OK ({} routes, {} plugins)",

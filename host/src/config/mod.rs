@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use toml::Spanned;
 
@@ -74,9 +75,81 @@ pub enum SourceConfig {
 /// One `[plugins.NAME]` table.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PluginConfig {
-    pub wasm: String,
-    pub config: toml::Table,
+    pub wasm: WasmSource,
+    /// The `config` table, as the JSON the plugin reads.
+    pub config: String,
+    pub on_error: OnError,
+    /// How long one call may run.
+    pub time_limit: Duration,
+    /// How large the plugin's memory may grow, in bytes.
+    pub memory_limit: usize,
+    /// Environment variables the plugin may read (none by default).
+    pub env: BTreeMap<String, String>,
+    /// Host directories the plugin may read, by the path it sees them at (none by default).
+    pub dirs: BTreeMap<String, PathBuf>,
+    /// Whether the plugin may open sockets and resolve names (not by default).
+    pub network: bool,
+    /// Where the table is, for messages about loading it; not part of what the plugin is.
+    pub origin: Origin,
 }
+
+/// Where a plugin's code comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WasmSource {
+    /// One of the plugins built into the binary.
+    Builtin(String),
+    /// A component file, read again whenever it changes.
+    File(PathBuf),
+}
+
+impl fmt::Display for WasmSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WasmSource::Builtin(name) => write!(f, "builtin:{name}"),
+            WasmSource::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// What becomes of a unit whose plugin call failed (trap, time or memory limit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnError {
+    /// Forward the unit as the plugin received it.
+    Bypass,
+    /// Forward nothing for it.
+    Drop,
+}
+
+/// The file and place of a table, for messages. Any two compare equal: moving a table within the
+/// file changes nothing that runs.
+#[derive(Clone, Debug, Default)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub position: Option<(usize, usize)>,
+}
+
+impl PartialEq for Origin {
+    fn eq(&self, _: &Origin) -> bool {
+        true
+    }
+}
+
+impl Origin {
+    /// A problem at this place.
+    pub fn problem(&self, key: String, message: String) -> Problem {
+        Problem {
+            file: self.file.clone(),
+            position: self.position,
+            key,
+            message,
+        }
+    }
+}
+
+/// Per-call time limit of a plugin unless its table sets `time_limit_ms`.
+const DEFAULT_TIME_LIMIT_MS: u64 = 50;
+/// Memory limit of a plugin unless its table sets `memory_limit_mb`.
+const DEFAULT_MEMORY_LIMIT_MB: u64 = 64;
 
 /// One thing wrong with a configuration file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,8 +162,23 @@ pub struct Problem {
     pub message: String,
 }
 
+impl Problem {
+    /// A problem with no place in a file.
+    pub fn general(message: String) -> Problem {
+        Problem {
+            file: PathBuf::new(),
+            position: None,
+            key: String::new(),
+            message,
+        }
+    }
+}
+
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.file.as_os_str().is_empty() {
+            return write!(f, "{}", self.message);
+        }
         write!(f, "{}", self.file.display())?;
         if let Some((line, column)) = self.position {
             write!(f, ":{line}:{column}")?;
@@ -114,7 +202,8 @@ pub enum Error {
     Invalid(Vec<Problem>),
 }
 
-fn display_problems(problems: &[Problem]) -> String {
+/// Problems one per line, for people.
+pub fn display_problems(problems: &[Problem]) -> String {
     let lines: Vec<String> = problems.iter().map(Problem::to_string).collect();
     lines.join("\n")
 }
@@ -194,15 +283,13 @@ impl Checker<'_> {
                 Err(why) => self.problem(&user.password, format!("users.{name}.password"), why),
             }
         }
+        // Names of every plugin table, valid or not: a route naming a broken one is not wrong too.
+        let plugin_names: Vec<String> = raw.plugins.keys().map(|n| n.get_ref().clone()).collect();
         let mut plugins = BTreeMap::new();
         for (name, plugin) in raw.plugins {
-            plugins.insert(
-                name,
-                PluginConfig {
-                    wasm: plugin.wasm.into_inner(),
-                    config: plugin.config,
-                },
-            );
+            if let Some(plugin) = self.plugin(&name, plugin, base_dir) {
+                plugins.insert(name.into_inner(), plugin);
+            }
         }
         let mut routes = BTreeMap::new();
         let mut feeds = BTreeMap::new();
@@ -212,7 +299,9 @@ impl Checker<'_> {
                 self.problem(&name, key.clone(), why);
             }
             for plugin in &route.plugins {
-                if !plugins.contains_key(plugin.get_ref()) {
+                if !plugins.contains_key(plugin.get_ref())
+                    && !plugin_names.contains(plugin.get_ref())
+                {
                     self.problem(
                         plugin,
                         format!("{key}.plugins"),
@@ -223,14 +312,6 @@ impl Checker<'_> {
                         ),
                     );
                 }
-            }
-            if let Some(plugin) = route.plugins.first() {
-                self.problem(
-                    plugin,
-                    format!("{key}.plugins"),
-                    "this build of wasmcast cannot run plugins yet; remove the `plugins` list"
-                        .into(),
-                );
             }
             if let Some(transcode) = &route.transcode {
                 self.problem(
@@ -281,6 +362,127 @@ impl Checker<'_> {
             plugins,
             users,
         }
+    }
+
+    fn plugin(
+        &mut self,
+        name: &Spanned<String>,
+        raw: raw::Plugin,
+        base_dir: &Path,
+    ) -> Option<PluginConfig> {
+        let key = format!("plugins.{}", name.get_ref());
+        let problems = self.problems.len();
+        if let Err(why) = check_path_segment(name.get_ref()) {
+            self.problem(name, key.clone(), why.replace("route name", "plugin name"));
+        }
+        let wasm = match raw.wasm.get_ref().strip_prefix("builtin:") {
+            Some(builtin) => {
+                if crate::plugins::builtin(builtin).is_none() {
+                    self.problem(
+                        &raw.wasm,
+                        format!("{key}.wasm"),
+                        format!(
+                            "no built-in plugin named `{builtin}`; the built-in plugins are {}",
+                            crate::plugins::builtin_names().join(", ")
+                        ),
+                    );
+                }
+                WasmSource::Builtin(builtin.to_owned())
+            }
+            None if raw.wasm.get_ref().is_empty() => {
+                self.problem(
+                    &raw.wasm,
+                    format!("{key}.wasm"),
+                    "give a path to a .wasm component or \"builtin:NAME\"".into(),
+                );
+                WasmSource::File(PathBuf::new())
+            }
+            None => WasmSource::File(base_dir.join(raw.wasm.get_ref())),
+        };
+        let on_error = match raw.on_error.as_ref().map(|v| v.get_ref().as_str()) {
+            None | Some("bypass") => OnError::Bypass,
+            Some("drop") => OnError::Drop,
+            Some(other) => {
+                if let Some(value) = &raw.on_error {
+                    self.problem(
+                        value,
+                        format!("{key}.on_error"),
+                        format!("`{other}` is not a policy: use \"bypass\" or \"drop\""),
+                    );
+                }
+                OnError::Bypass
+            }
+        };
+        let time_limit_ms = raw
+            .time_limit_ms
+            .as_ref()
+            .map_or(DEFAULT_TIME_LIMIT_MS, |v| *v.get_ref());
+        if let Some(value) = raw
+            .time_limit_ms
+            .as_ref()
+            .filter(|v| !(1..=60_000).contains(v.get_ref()))
+        {
+            self.problem(
+                value,
+                format!("{key}.time_limit_ms"),
+                "give 1 to 60000 milliseconds".into(),
+            );
+        }
+        let memory_limit_mb = raw
+            .memory_limit_mb
+            .as_ref()
+            .map_or(DEFAULT_MEMORY_LIMIT_MB, |v| *v.get_ref());
+        if let Some(value) = raw
+            .memory_limit_mb
+            .as_ref()
+            .filter(|v| !(1..=4096).contains(v.get_ref()))
+        {
+            self.problem(
+                value,
+                format!("{key}.memory_limit_mb"),
+                "give 1 to 4096 MiB".into(),
+            );
+        }
+        let mut dirs = BTreeMap::new();
+        for (guest, host) in raw.dirs {
+            let path = base_dir.join(host.get_ref());
+            if !path.is_dir() {
+                self.problem(
+                    &host,
+                    format!("{key}.dirs"),
+                    format!("`{}` is not a directory", path.display()),
+                );
+            }
+            dirs.insert(guest, path);
+        }
+        let config = match serde_json::to_string(&raw.config) {
+            Ok(json) => json,
+            Err(err) => {
+                self.problem(
+                    name,
+                    format!("{key}.config"),
+                    format!("cannot hand this table to a plugin: {err}"),
+                );
+                String::from("{}")
+            }
+        };
+        if self.problems.len() > problems {
+            return None;
+        }
+        Some(PluginConfig {
+            wasm,
+            config,
+            on_error,
+            time_limit: Duration::from_millis(time_limit_ms),
+            memory_limit: usize::try_from(memory_limit_mb << 20).unwrap_or(usize::MAX),
+            env: raw.env,
+            dirs,
+            network: raw.network,
+            origin: Origin {
+                file: self.file.to_owned(),
+                position: Some(self.position(name.span().start)),
+            },
+        })
     }
 
     fn server(&mut self, raw: raw::Server) -> ServerConfig {

@@ -13,7 +13,7 @@ pub(super) struct File {
     #[serde(default)]
     pub routes: BTreeMap<Spanned<String>, Route>,
     #[serde(default)]
-    pub plugins: BTreeMap<String, Plugin>,
+    pub plugins: BTreeMap<Spanned<String>, Plugin>,
     #[serde(default)]
     pub users: BTreeMap<String, User>,
 }
@@ -77,4 +77,13 @@ pub(super) struct Plugin {
     pub wasm: Spanned<String>,
     #[serde(default)]
     pub config: toml::Table,
+    pub on_error: Option<Spanned<String>>,
+    pub time_limit_ms: Option<Spanned<u64>>,
+    pub memory_limit_mb: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub dirs: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    pub network: bool,
 }

@@ -5,8 +5,10 @@
 //! invalid file leaves everything running as it was and its problems are kept for the API. A valid
 //! one is applied as a diff by the router: unchanged routes are not touched.
 
+use std::collections::HashSet;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use notify::{RecursiveMode, Watcher};
@@ -14,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::Config;
 use crate::listen::Rebind;
+use crate::plugins::{Loader, Plugins};
 use crate::router::{Changes, RouterHandle};
 
 /// Quiet time after the last file event before reloading: editors write in several steps.
@@ -65,6 +68,7 @@ impl ReloadHandle {
     pub fn start(
         path: &Path,
         running: Config,
+        (loader, plugins): (Loader, Plugins),
         router: RouterHandle,
         listeners: Listeners,
     ) -> ReloadHandle {
@@ -77,15 +81,21 @@ impl ReloadHandle {
             reloads: 0,
         }));
         let (requests, inbox) = mpsc::channel(16);
+        let watch = watch_files(path, requests.clone());
+        if let Some(watch) = &watch {
+            watch.follow(plugin_files(&running));
+        }
         let reloader = Reloader {
             path: path.to_owned(),
             running,
+            loader,
+            plugins,
+            watch,
             router,
             listeners,
             status: Arc::clone(&status),
         };
         tokio::spawn(reloader.run(inbox));
-        watch_file(path, requests.clone());
         listen_for_sighup(requests.clone());
         ReloadHandle { requests, status }
     }
@@ -116,6 +126,9 @@ impl ReloadHandle {
 struct Reloader {
     path: PathBuf,
     running: Config,
+    loader: Loader,
+    plugins: Plugins,
+    watch: Option<Watch>,
     router: RouterHandle,
     listeners: Listeners,
     status: Arc<RwLock<ConfigStatus>>,
@@ -134,19 +147,48 @@ impl Reloader {
     async fn reload(&mut self, trigger: &'static str) -> ReloadOutcome {
         let started = Instant::now();
         let path = self.path.clone();
-        let loaded = tokio::task::spawn_blocking(move || Config::load(&path)).await;
-        let mut config = match loaded {
-            Ok(Ok(config)) => config,
-            Ok(Err(err)) => return self.refuse(trigger, err.to_string()),
+        let (loader, running) = (self.loader.clone(), self.plugins.clone());
+        // Compiling plugins is CPU work: off the async runtime.
+        let loaded = tokio::task::spawn_blocking(move || {
+            let config = Config::load(&path).map_err(|err| err.to_string())?;
+            let plugins = loader
+                .load_all(&config, &running)
+                .map_err(|problems| super::display_problems(&problems))?;
+            Ok::<_, String>((config, plugins))
+        })
+        .await;
+        let (mut config, plugins) = match loaded {
+            Ok(Ok(loaded)) => loaded,
+            Ok(Err(why)) => return self.refuse(trigger, why),
             Err(err) => return self.refuse(trigger, format!("the config loader failed: {err}")),
         };
-        if config == self.running {
+        if let Some(watch) = &self.watch {
+            watch.follow(plugin_files(&config));
+        }
+        let same_plugins = plugins.len() == self.plugins.len()
+            && plugins
+                .iter()
+                .zip(&self.plugins)
+                .all(|((a, pa), (b, pb))| a == b && pa.same_as(pb));
+        if config == self.running && same_plugins {
             return ReloadOutcome::Unchanged;
         }
         self.move_listeners(&mut config).await;
         self.router.set_server_access(config.server.access.clone());
         self.router.set_users(config.users.clone());
-        let changes = self.router.apply(config.routes.clone()).await;
+        let changes = self
+            .router
+            .apply(config.routes.clone(), plugins.clone())
+            .await;
+        let swapped: Vec<&str> = plugins
+            .iter()
+            .filter(|(name, plugin)| {
+                self.plugins
+                    .get(*name)
+                    .is_some_and(|old| !old.same_as(plugin))
+            })
+            .map(|(name, _)| name.as_str())
+            .collect();
         let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
         status.version += 1;
         status.reloads += 1;
@@ -159,10 +201,12 @@ impl Reloader {
             added = ?changes.added,
             changed = ?changes.changed,
             removed = ?changes.removed,
+            plugins_replaced = ?swapped,
             ms = started.elapsed().as_secs_f64() * 1000.0,
             "config reloaded"
         );
         self.running = config;
+        self.plugins = plugins;
         ReloadOutcome::Applied(changes)
     }
 
@@ -222,43 +266,97 @@ impl Reloader {
     }
 }
 
-/// Watches the config file's directory and asks for a reload once events about the file stop.
-fn watch_file(path: &Path, requests: mpsc::Sender<Request>) {
-    let directory = match path.parent() {
+/// The component files of the plugins `config` loads from files.
+fn plugin_files(config: &Config) -> Vec<PathBuf> {
+    config
+        .plugins
+        .values()
+        .filter_map(|plugin| match &plugin.wasm {
+            super::WasmSource::File(path) => Some(path.clone()),
+            super::WasmSource::Builtin(_) => None,
+        })
+        .collect()
+}
+
+/// The file watcher: the config file and the plugins' component files, each through its
+/// directory (editors and build tools replace files by renaming over them).
+struct Watch {
+    watcher: Mutex<notify::RecommendedWatcher>,
+    directories: Mutex<HashSet<PathBuf>>,
+    /// File names whose events ask for a reload.
+    names: Arc<RwLock<HashSet<OsString>>>,
+}
+
+impl Watch {
+    /// Also follows `files` (already followed ones are skipped).
+    fn follow(&self, files: Vec<PathBuf>) {
+        for file in files {
+            let Some(name) = file.file_name() else {
+                continue;
+            };
+            self.names
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(name.to_owned());
+            self.watch_directory(&directory_of(&file));
+        }
+    }
+
+    fn watch_directory(&self, directory: &Path) {
+        let mut directories = self.directories.lock().unwrap_or_else(|p| p.into_inner());
+        if directories.contains(directory) {
+            return;
+        }
+        let mut watcher = self.watcher.lock().unwrap_or_else(|p| p.into_inner());
+        match watcher.watch(directory, RecursiveMode::NonRecursive) {
+            Ok(()) => {
+                directories.insert(directory.to_owned());
+            }
+            Err(err) => tracing::warn!(
+                "cannot watch {}: {err}; use SIGHUP or POST /api/v1/reload",
+                directory.display()
+            ),
+        }
+    }
+}
+
+fn directory_of(path: &Path) -> PathBuf {
+    match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
         _ => PathBuf::from("."),
-    };
-    let Some(name) = path.file_name().map(ToOwned::to_owned) else {
-        return;
-    };
+    }
+}
+
+/// Starts watching the config file; a reload is asked for once events about a followed file stop.
+fn watch_files(path: &Path, requests: mpsc::Sender<Request>) -> Option<Watch> {
+    let names: Arc<RwLock<HashSet<OsString>>> = Arc::default();
     let (events, mut inbox) = mpsc::unbounded_channel();
+    let followed = Arc::clone(&names);
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let about_config =
-            event.is_ok_and(|e| e.paths.iter().any(|p| p.file_name() == Some(&name)));
-        if about_config {
+        let names = followed.read().unwrap_or_else(|p| p.into_inner());
+        let about_followed = event.is_ok_and(|e| {
+            e.paths
+                .iter()
+                .any(|p| p.file_name().is_some_and(|n| names.contains(n)))
+        });
+        if about_followed {
             let _ = events.send(());
         }
     });
-    let mut watcher = match watcher {
+    let watcher = match watcher {
         Ok(watcher) => watcher,
         Err(err) => {
-            tracing::warn!(
-                "cannot watch {}: {err}; use SIGHUP or POST /api/v1/reload",
-                directory.display()
-            );
-            return;
+            tracing::warn!("cannot watch files: {err}; use SIGHUP or POST /api/v1/reload");
+            return None;
         }
     };
-    if let Err(err) = watcher.watch(&directory, RecursiveMode::NonRecursive) {
-        tracing::warn!(
-            "cannot watch {}: {err}; use SIGHUP or POST /api/v1/reload",
-            directory.display()
-        );
-        return;
-    }
+    let watch = Watch {
+        watcher: Mutex::new(watcher),
+        directories: Mutex::default(),
+        names,
+    };
+    watch.follow(vec![path.to_owned()]);
     tokio::spawn(async move {
-        // The watcher lives as long as this task.
-        let _watcher = watcher;
         while inbox.recv().await.is_some() {
             while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, inbox.recv()).await {}
             let request = Request {
@@ -270,6 +368,7 @@ fn watch_file(path: &Path, requests: mpsc::Sender<Request>) {
             }
         }
     });
+    Some(watch)
 }
 
 fn listen_for_sighup(requests: mpsc::Sender<Request>) {

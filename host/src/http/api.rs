@@ -2,17 +2,20 @@
 //!
 //! - `GET /api/v1/config`: the running config's version and routes, and why the last reload was
 //!   refused; `POST /api/v1/reload` reloads now.
-//! - `GET /api/v1/routes`: each route's source state, codecs, readers and counters.
+//! - `GET /api/v1/routes`: each route's source state, codecs, readers, plugins and counters.
 //! - `GET /api/v1/sessions`: every client session; `DELETE /api/v1/sessions/ID` ends one.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use hyper::{Method, StatusCode};
 
 use super::{Reply, State, respond, text};
 use crate::config::{ReloadHandle, ReloadOutcome};
-use crate::router::{SourceState, StreamStats};
+use crate::plugins::{PluginStats, PluginStatus};
+use crate::router::{SourceState, Stream, StreamStats};
 
 pub(super) async fn handle(state: &State, method: &Method, path: &str) -> Reply {
     match (method, path, state.reload.get()) {
@@ -64,8 +67,28 @@ fn routes(state: &State) -> Reply {
                 })
                 .unwrap_or_default();
             let stats = &stream.stats;
+            let plugins: Vec<serde_json::Value> = stream
+                .plugins()
+                .iter()
+                .map(|plugin| {
+                    let stats = &plugin.stats;
+                    serde_json::json!({
+                        "name": plugin.name,
+                        "wasm": plugin.wasm,
+                        "kind": plugin.kind,
+                        "calls": stats.calls.load(Ordering::Relaxed),
+                        "errors": stats.errors.load(Ordering::Relaxed),
+                        "restarts": stats.restarts.load(Ordering::Relaxed),
+                        "dropped": stats.dropped.load(Ordering::Relaxed),
+                        "call_seconds": stats.nanos.load(Ordering::Relaxed) as f64 / 1e9,
+                        "last_error": *stats.last_error.lock().unwrap_or_else(|p| p.into_inner()),
+                    })
+                })
+                .collect();
             serde_json::json!({
                 "name": name,
+                "plugins": plugins,
+                "plugin_queue_drops": stats.plugin_queue_drops.load(Ordering::Relaxed),
                 "source": source,
                 "source_error": reason,
                 "codecs": codecs,
@@ -117,7 +140,7 @@ type RouteMetric = (
 pub(super) fn metrics(state: &State) -> Reply {
     let streams = state.router.streams();
     let mut out = String::with_capacity(4096);
-    let per_route: [RouteMetric; 8] = [
+    let per_route: [RouteMetric; 9] = [
         (
             "wasmcast_readers",
             "gauge",
@@ -161,6 +184,12 @@ pub(super) fn metrics(state: &State) -> Reply {
             |s| s.source_errors.load(Ordering::Relaxed),
         ),
         (
+            "wasmcast_plugin_queue_drops_total",
+            "counter",
+            "Units dropped because the route's plugins fell behind.",
+            |s| s.plugin_queue_drops.load(Ordering::Relaxed),
+        ),
+        (
             "wasmcast_publishers_total",
             "counter",
             "Publishers that started on the route.",
@@ -182,6 +211,7 @@ pub(super) fn metrics(state: &State) -> Reply {
         let live = u8::from(stream.state() == SourceState::Live);
         let _ = writeln!(out, "wasmcast_source_live{{route=\"{route}\"}} {live}");
     }
+    plugin_metrics(&streams, &mut out);
     let sessions = state.sessions.list();
     let _ = writeln!(
         out,
@@ -211,6 +241,61 @@ pub(super) fn metrics(state: &State) -> Reply {
         "text/plain; version=0.0.4; charset=utf-8",
         out,
     )
+}
+
+/// A per-plugin metric: name, type, help text, and how to read it from a plugin's counters.
+type PluginMetric = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&PluginStats) -> f64,
+);
+
+/// Per plugin and route: calls, errors and time in calls.
+fn plugin_metrics(streams: &BTreeMap<String, Arc<Stream>>, out: &mut String) {
+    let chains: Vec<(&String, Vec<PluginStatus>)> = streams
+        .iter()
+        .map(|(route, stream)| (route, stream.plugins()))
+        .collect();
+    let metrics: [PluginMetric; 4] = [
+        (
+            "wasmcast_plugin_calls_total",
+            "counter",
+            "Plugin calls.",
+            |s| s.calls.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "wasmcast_plugin_errors_total",
+            "counter",
+            "Plugin calls that trapped or ran past a limit, and instances that could not start.",
+            |s| s.errors.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "wasmcast_plugin_call_seconds_total",
+            "counter",
+            "Time spent in plugin calls.",
+            |s| s.nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        ),
+        (
+            "wasmcast_plugin_dropped_total",
+            "counter",
+            "Units a plugin dropped.",
+            |s| s.dropped.load(Ordering::Relaxed) as f64,
+        ),
+    ];
+    for (name, kind, help, value) in metrics {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (route, chain) in &chains {
+            for plugin in chain {
+                let _ = writeln!(
+                    out,
+                    "{name}{{route=\"{route}\",plugin=\"{}\"}} {}",
+                    plugin.name,
+                    value(&plugin.stats)
+                );
+            }
+        }
+    }
 }
 
 pub(super) fn json(status: StatusCode, value: &serde_json::Value) -> Reply {

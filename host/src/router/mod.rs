@@ -4,6 +4,7 @@
 //! applies new route sets to it and looks routes up. Lookups read a snapshot the actor publishes, so
 //! the RTSP and HTTP servers never wait on the actor.
 
+mod stage;
 mod stream;
 
 use std::collections::BTreeMap;
@@ -14,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::{self, AuthError, Users};
 use crate::config::{AccessList, RouteConfig, SourceConfig};
+use crate::plugins::{LoadedPlugin, Plugins};
 use crate::sources::{self, RunningSource};
 
 pub use stream::{
@@ -50,6 +52,7 @@ pub struct Changes {
 enum Command {
     Apply {
         routes: BTreeMap<String, RouteConfig>,
+        plugins: Plugins,
         done: oneshot::Sender<Changes>,
     },
     Shutdown {
@@ -159,12 +162,17 @@ impl RouterHandle {
         self.snapshot.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Makes the running routes match `routes`, touching only those that differ.
-    pub async fn apply(&self, routes: BTreeMap<String, RouteConfig>) -> Changes {
+    /// Makes the running routes match `routes`, whose chains name `plugins`, touching only those
+    /// that differ.
+    pub async fn apply(&self, routes: BTreeMap<String, RouteConfig>, plugins: Plugins) -> Changes {
         let (done, reply) = oneshot::channel();
         if self
             .commands
-            .send(Command::Apply { routes, done })
+            .send(Command::Apply {
+                routes,
+                plugins,
+                done,
+            })
             .await
             .is_err()
         {
@@ -184,6 +192,8 @@ impl RouterHandle {
 
 struct RunningRoute {
     config: RouteConfig,
+    /// The plugins its chain runs, in order.
+    chain: Vec<Arc<LoadedPlugin>>,
     stream: Arc<Stream>,
     /// Dropping it stops the source.
     _source: RunningSource,
@@ -198,12 +208,16 @@ impl Actor {
     async fn run(mut self, mut inbox: mpsc::Receiver<Command>) {
         while let Some(command) = inbox.recv().await {
             match command {
-                Command::Apply { routes, done } => {
-                    let changes = self.apply(routes);
+                Command::Apply {
+                    routes,
+                    plugins,
+                    done,
+                } => {
+                    let changes = self.apply(routes, &plugins);
                     let _ = done.send(changes);
                 }
                 Command::Shutdown { done } => {
-                    self.apply(BTreeMap::new());
+                    self.apply(BTreeMap::new(), &Plugins::new());
                     let _ = done.send(());
                     return;
                 }
@@ -211,7 +225,7 @@ impl Actor {
         }
     }
 
-    fn apply(&mut self, mut wanted: BTreeMap<String, RouteConfig>) -> Changes {
+    fn apply(&mut self, mut wanted: BTreeMap<String, RouteConfig>, plugins: &Plugins) -> Changes {
         let mut changes = Changes::default();
         let names: Vec<String> = self.routes.keys().cloned().collect();
         for name in names {
@@ -226,7 +240,14 @@ impl Actor {
                     let Some(route) = self.routes.get_mut(&name) else {
                         continue;
                     };
-                    if route.config != config {
+                    let chain = chain_of(&config, plugins);
+                    let chain_changed = !same_chain(&route.chain, &chain);
+                    if chain_changed {
+                        // Swapped between two units: readers stay, no unit is lost.
+                        route.stream.set_plugins(&chain);
+                        route.chain = chain;
+                    }
+                    if route.config != config || chain_changed {
                         if route.config.source != config.source {
                             // The hub stays, so readers stay connected; the new source publishes
                             // into it.
@@ -241,11 +262,14 @@ impl Actor {
         }
         for (name, config) in wanted {
             let stream = Stream::new(&name);
+            let chain = chain_of(&config, plugins);
+            stream.set_plugins(&chain);
             let source = sources::start(&config.source, Arc::clone(&stream));
             self.routes.insert(
                 name.clone(),
                 RunningRoute {
                     config,
+                    chain,
                     stream,
                     _source: source,
                 },
@@ -274,4 +298,17 @@ impl Actor {
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = snapshot;
         changes
     }
+}
+
+/// The plugins `config`'s chain names, in order (a name not in `plugins` was refused by validation).
+fn chain_of(config: &RouteConfig, plugins: &Plugins) -> Vec<Arc<LoadedPlugin>> {
+    config
+        .plugins
+        .iter()
+        .filter_map(|name| plugins.get(name).cloned())
+        .collect()
+}
+
+fn same_chain(a: &[Arc<LoadedPlugin>], b: &[Arc<LoadedPlugin>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(a, b)| a.same_as(b))
 }

@@ -6,12 +6,14 @@
 //! keyframe and counted; nothing a reader does can delay the publisher or another reader.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, broadcast};
 
+use super::stage::{Stage, StageInput};
 use crate::media::{AccessUnit, StreamDescription};
+use crate::plugins::{LoadedPlugin, PluginStatus};
 use crate::rtp::{self, Packetizer, RtpUnit};
 
 /// Access units the ring holds: several seconds of a 25 fps video plus its audio.
@@ -123,6 +125,8 @@ pub struct StreamStats {
     /// RTP packets and bytes sent to readers, summed over readers.
     pub packets_out: AtomicU64,
     pub bytes_out: AtomicU64,
+    /// Units dropped because the plugin stage fell behind.
+    pub plugin_queue_drops: AtomicU64,
 }
 
 struct Shared {
@@ -144,6 +148,8 @@ pub struct Stream {
     shared: Mutex<Shared>,
     /// Woken whenever the source state changes.
     state_changed: Notify,
+    /// The plugin stage, from the first time the route has plugins.
+    stage: OnceLock<Stage>,
     pub stats: StreamStats,
 }
 
@@ -173,6 +179,7 @@ impl Stream {
                 generation: 0,
             }),
             state_changed: Notify::new(),
+            stage: OnceLock::new(),
             stats: StreamStats::default(),
         })
     }
@@ -209,11 +216,13 @@ impl Stream {
         })
     }
 
-    fn start_publisher(
+    /// Starts a publisher's half that packetizes and fans out: on the publisher's thread, or on the
+    /// plugin stage's.
+    pub(super) fn start_core(
         self: &Arc<Self>,
         description: StreamDescription,
         timeline: Timeline,
-    ) -> Publisher {
+    ) -> Core {
         let mut shared = self.lock();
         let previous = shared.media.clone();
         let epoch = previous.as_ref().map_or(timeline.anchor, |m| m.epoch);
@@ -266,12 +275,33 @@ impl Stream {
         drop(shared);
         self.stats.publishers.fetch_add(1, Ordering::Relaxed);
         self.state_changed.notify_waiters();
-        Publisher {
+        Core {
             stream: Arc::clone(self),
             packetizers,
             video_track,
             generation,
+            retired: false,
         }
+    }
+
+    /// Runs `plugins` on every unit published from now on (swapped in between two units, with no
+    /// unit lost); an empty list ends plugin work. The stage thread starts the first time.
+    pub fn set_plugins(self: &Arc<Self>, plugins: &[Arc<LoadedPlugin>]) {
+        if plugins.is_empty() && self.stage.get().is_none() {
+            return;
+        }
+        let stage = self.stage.get_or_init(|| Stage::spawn(self));
+        stage.set_plugins(&self.name, plugins);
+    }
+
+    /// The plugins running on this stream, with their counters.
+    pub fn plugins(&self) -> Vec<PluginStatus> {
+        self.stage.get().map(Stage::status).unwrap_or_default()
+    }
+
+    /// The plugin stage's input, once the stream has one.
+    fn stage_input(&self) -> Option<StageInput> {
+        self.stage.get().map(Stage::input)
     }
 
     /// Marks the source as stopped for good or failed.
@@ -310,8 +340,11 @@ impl Stream {
         }
     }
 
-    /// Ends the stream: every reader's [`Reader::next`] returns `None`.
+    /// Ends the stream: every reader's [`Reader::next`] returns `None`, and the plugin stage stops.
     pub fn close(&self) {
+        if let Some(stage) = self.stage.get() {
+            stage.stop();
+        }
         let mut shared = self.lock();
         shared.sender = None;
         shared.gop.clear();
@@ -355,7 +388,22 @@ impl PublishClaim {
     pub fn start(mut self, description: StreamDescription, timeline: Timeline) -> Publisher {
         // The claim passes to the publisher, which releases it on drop.
         let stream = self.stream.take().expect("a claim is started once");
-        stream.start_publisher(description, timeline)
+        let video_track = description.video_track();
+        let path = match stream.stage_input() {
+            Some(stage) => {
+                // The stage starts the core after it is done with the previous publisher's units,
+                // so sequence numbers continue in order.
+                stage.start(description, timeline);
+                PublishPath::Staged(stage)
+            }
+            None => PublishPath::Direct(stream.start_core(description, timeline)),
+        };
+        Publisher {
+            stream,
+            path,
+            video_track,
+            skipping_video: false,
+        }
     }
 }
 
@@ -370,14 +418,86 @@ impl Drop for PublishClaim {
 /// The one writer of a stream.
 pub struct Publisher {
     stream: Arc<Stream>,
-    packetizers: Vec<Packetizer>,
+    path: PublishPath,
     video_track: Option<usize>,
-    generation: u64,
+    /// The plugin stage fell behind: video waits for the next keyframe.
+    skipping_video: bool,
+}
+
+enum PublishPath {
+    /// No plugins: units are packetized on the publisher's thread.
+    Direct(Core),
+    /// Units go to the plugin stage, which owns the core.
+    Staged(StageInput),
 }
 
 impl Publisher {
-    /// Packetizes `au` and hands it to every reader. Units of unknown tracks are dropped.
+    /// Hands `au` to every reader (through the route's plugins, if it has any). Units of unknown
+    /// tracks are dropped.
     pub fn send(&mut self, au: AccessUnit) {
+        if let PublishPath::Direct(core) = &mut self.path {
+            match self.stream.stage_input() {
+                None => return core.send(au),
+                Some(stage) => {
+                    // The route got plugins while this publisher was live: its core moves to the
+                    // stage, with its sequence numbers.
+                    if let PublishPath::Direct(core) =
+                        std::mem::replace(&mut self.path, PublishPath::Staged(stage.clone()))
+                    {
+                        stage.adopt(core);
+                    }
+                }
+            }
+        }
+        let PublishPath::Staged(stage) = &self.path else {
+            return;
+        };
+        let video = self.video_track == Some(au.track);
+        if video && self.skipping_video {
+            if !au.keyframe || stage.is_full() {
+                self.stream
+                    .stats
+                    .plugin_queue_drops
+                    .fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            self.skipping_video = false;
+        }
+        if !stage.unit(au) {
+            self.stream
+                .stats
+                .plugin_queue_drops
+                .fetch_add(1, Ordering::Relaxed);
+            self.skipping_video |= video;
+        }
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        match &mut self.path {
+            PublishPath::Direct(core) => core.retire(true),
+            PublishPath::Staged(stage) => {
+                // The stage retires the core after the units still queued; the claim is free now.
+                stage.end();
+                self.stream.lock().claimed = false;
+            }
+        }
+    }
+}
+
+/// The half of a publisher that packetizes units and hands them to readers.
+pub(super) struct Core {
+    stream: Arc<Stream>,
+    packetizers: Vec<Packetizer>,
+    video_track: Option<usize>,
+    generation: u64,
+    retired: bool,
+}
+
+impl Core {
+    /// Packetizes `au` and hands it to every reader. Units of unknown tracks are dropped.
+    pub(super) fn send(&mut self, au: AccessUnit) {
         let Some(packetizer) = self.packetizers.get_mut(au.track) else {
             return;
         };
@@ -412,14 +532,20 @@ impl Publisher {
             let _ = sender.send(unit);
         }
     }
-}
 
-impl Drop for Publisher {
-    fn drop(&mut self) {
+    /// Ends this publisher's run: the stream remembers where each track's sequence numbers stand
+    /// for the next publisher, and waits for one. With `release_claim`, the stream is free for a
+    /// new publisher in the same step.
+    pub(super) fn retire(&mut self, release_claim: bool) {
+        if self.retired {
+            return;
+        }
+        self.retired = true;
         let mut shared = self.stream.lock();
-        shared.claimed = false;
+        if release_claim {
+            shared.claimed = false;
+        }
         if shared.generation == self.generation {
-            // Remember where each track's sequence numbers stand for the next publisher.
             if let Some(media) = &shared.media {
                 let mut tracks = media.tracks.clone();
                 for (rtp, packetizer) in tracks.iter_mut().zip(&self.packetizers) {
@@ -437,6 +563,12 @@ impl Drop for Publisher {
         }
         drop(shared);
         self.stream.state_changed.notify_waiters();
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        self.retire(false);
     }
 }
 

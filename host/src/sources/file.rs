@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::mp4::MAX_SAMPLE_SIZE;
 use super::{Error, Mp4Media};
+use crate::media::{AccessUnit, StreamDescription};
 use crate::router::{PublishClaim, SourceState, Stream, Timeline};
 
 /// Corrupt samples are logged, at most this many per pass, then only counted.
@@ -123,6 +124,37 @@ fn claim(stream: &Arc<Stream>, stop: &Receiver<()>) -> Option<PublishClaim> {
     }
 }
 
+/// The description of an MP4 file and every access unit of one pass through it, in decode order,
+/// as the file source publishes them (for trying plugins on a file).
+pub(super) fn units(
+    path: &Path,
+) -> Result<
+    (
+        StreamDescription,
+        impl Iterator<Item = Result<AccessUnit, Error>>,
+    ),
+    Error,
+> {
+    let (file, media) = open(path)?;
+    let description = media.description().clone();
+    let path = path.to_owned();
+    let mut buffer = Vec::new();
+    let mut schedule = media.schedule().to_vec().into_iter();
+    let units = std::iter::from_fn(move || {
+        let entry = schedule.next()?;
+        Some(read_unit(
+            &file,
+            &path,
+            &media,
+            entry.track,
+            entry.sample,
+            0,
+            &mut buffer,
+        ))
+    });
+    Ok((description, units))
+}
+
 fn open(path: &Path) -> Result<(File, Mp4Media), Error> {
     let open_error = |source| Error::Open {
         path: path.to_owned(),
@@ -142,7 +174,7 @@ fn read_unit(
     sample: usize,
     pass: u64,
     buffer: &mut Vec<u8>,
-) -> Result<crate::media::AccessUnit, Error> {
+) -> Result<AccessUnit, Error> {
     let sample_ref = media
         .sample(track, sample)
         .ok_or_else(|| Error::Corrupt(format!("no sample {sample} in track {track}")))?;

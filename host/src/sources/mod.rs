@@ -11,7 +11,7 @@ mod push;
 mod rtsp_pull;
 mod ts;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::SourceConfig;
@@ -55,6 +55,19 @@ impl Drop for RunningSource {
             task.abort();
         }
     }
+}
+
+/// The description of the MP4 file at `path` and its access units, one pass in decode order.
+pub fn mp4_units(
+    path: &Path,
+) -> Result<
+    (
+        crate::media::StreamDescription,
+        impl Iterator<Item = Result<crate::media::AccessUnit, Error>>,
+    ),
+    Error,
+> {
+    file::units(path)
 }
 
 /// Starts the source `config` describes, publishing into `stream`.

@@ -29,7 +29,7 @@ impl Fixture {
                 publish: Vec::new(),
             },
         )]);
-        router.apply(routes).await;
+        router.apply(routes, Default::default()).await;
         for _ in 0..200 {
             let has_keyframe = router
                 .stream("cam")

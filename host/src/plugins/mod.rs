@@ -1,0 +1,178 @@
+//! Plugins: WASI components, run by wasmtime, that transform a route's media.
+//!
+//! In: the `[plugins.NAME]` tables of a [`Config`]. Out: [`LoadedPlugin`]s (compiled once, checked
+//! by instantiating them and running their `init`), and [`Chain`]s that run a route's plugins on
+//! its access units, one instance per route and plugin, within each plugin's limits. The router
+//! runs each chain on a thread of its own (see `router::stage`).
+
+pub mod authoring;
+mod chain;
+mod runtime;
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+
+use crate::config::{Config, PluginConfig, Problem, WasmSource};
+
+pub use chain::{Chain, PluginStats, PluginStatus};
+pub use runtime::{Fault, Kind};
+
+use runtime::{Compiled, Instance, Names};
+
+include!(concat!(env!("OUT_DIR"), "/builtins.rs"));
+
+/// The component of the built-in plugin `name`.
+pub fn builtin(name: &str) -> Option<&'static [u8]> {
+    BUILTINS
+        .iter()
+        .find(|(builtin, _)| *builtin == name)
+        .map(|(_, wasm)| *wasm)
+}
+
+/// The names of the built-in plugins.
+pub fn builtin_names() -> Vec<&'static str> {
+    BUILTINS.iter().map(|(name, _)| *name).collect()
+}
+
+/// A plugin compiled and checked, ready to be instantiated on routes.
+pub struct LoadedPlugin {
+    pub name: String,
+    pub config: PluginConfig,
+    /// A hash of the component's bytes: a new build of the file is a new plugin.
+    pub digest: u64,
+    compiled: Arc<Compiled>,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("name", &self.name)
+            .field("wasm", &self.config.wasm.to_string())
+            .field("digest", &format_args!("{:016x}", self.digest))
+            .finish()
+    }
+}
+
+impl LoadedPlugin {
+    pub fn kind(&self) -> Kind {
+        self.compiled.kind
+    }
+
+    /// Whether `other` runs the same code with the same settings.
+    pub fn same_as(&self, other: &LoadedPlugin) -> bool {
+        self.name == other.name && self.digest == other.digest && self.config == other.config
+    }
+
+    /// A new instance for `route`, with its `init` run.
+    pub(crate) fn instantiate(&self, route: &str) -> Result<Instance, Fault> {
+        let names = Arc::new(Names {
+            plugin: self.name.clone(),
+            route: route.to_owned(),
+        });
+        Instance::new(&self.compiled, &self.config, names)
+    }
+}
+
+/// Loaded plugins by name.
+pub type Plugins = BTreeMap<String, Arc<LoadedPlugin>>;
+
+/// Loads plugins and keeps what it compiled, so an unchanged component is never compiled twice.
+#[derive(Clone, Default)]
+pub struct Loader {
+    compiled: Arc<Mutex<HashMap<u64, Arc<Compiled>>>>,
+}
+
+impl Loader {
+    /// Loads every plugin `config` names and checks the routes' chains, reusing the plugins of
+    /// `running` that did not change. Slow (compiling takes tens of milliseconds a component): call
+    /// it off the async runtime.
+    pub fn load_all(&self, config: &Config, running: &Plugins) -> Result<Plugins, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let mut plugins = Plugins::new();
+        for (name, plugin) in &config.plugins {
+            match self.load(name, plugin, running.get(name)) {
+                Ok(loaded) => {
+                    plugins.insert(name.clone(), loaded);
+                }
+                Err(why) => problems.push(plugin.origin.problem(format!("plugins.{name}"), why)),
+            }
+        }
+        for (route, route_config) in &config.routes {
+            for name in &route_config.plugins {
+                if let Some(plugin) = plugins.get(name)
+                    && plugin.kind() == Kind::Frame
+                {
+                    problems.push(plugin.config.origin.problem(
+                        format!("routes.{route}.plugins"),
+                        format!(
+                            "`{name}` is a frame plugin; this build of wasmcast runs packet plugins only"
+                        ),
+                    ));
+                }
+            }
+        }
+        let in_use: Vec<u64> = plugins.values().map(|p| p.digest).collect();
+        self.lock().retain(|digest, _| in_use.contains(digest));
+        if problems.is_empty() {
+            Ok(plugins)
+        } else {
+            Err(problems)
+        }
+    }
+
+    fn load(
+        &self,
+        name: &str,
+        config: &PluginConfig,
+        running: Option<&Arc<LoadedPlugin>>,
+    ) -> Result<Arc<LoadedPlugin>, String> {
+        let bytes = match &config.wasm {
+            WasmSource::Builtin(builtin_name) => builtin(builtin_name)
+                .map(std::borrow::Cow::Borrowed)
+                .ok_or_else(|| format!("no built-in plugin named `{builtin_name}`"))?,
+            WasmSource::File(path) => std::fs::read(path)
+                .map(std::borrow::Cow::Owned)
+                .map_err(|err| format!("cannot read {}: {err}", path.display()))?,
+        };
+        let digest = digest(&bytes);
+        if let Some(running) = running
+            && running.digest == digest
+            && running.config == *config
+        {
+            return Ok(Arc::clone(running));
+        }
+        let cached = self.lock().get(&digest).cloned();
+        let compiled = match cached {
+            Some(compiled) => compiled,
+            None => {
+                let compiled = Arc::new(
+                    Compiled::new(&bytes).map_err(|why| format!("{}: {why}", config.wasm))?,
+                );
+                self.lock().insert(digest, Arc::clone(&compiled));
+                compiled
+            }
+        };
+        let plugin = LoadedPlugin {
+            name: name.to_owned(),
+            config: config.clone(),
+            digest,
+            compiled,
+        };
+        // A trial instance catches a bad config (the plugin's `init` says why) and missing grants.
+        plugin
+            .instantiate("(check)")
+            .map_err(|fault| format!("{}: {fault}", config.wasm))?;
+        Ok(Arc::new(plugin))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Compiled>>> {
+        self.compiled.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn digest(bytes: &[u8]) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    hasher.finish()
+}

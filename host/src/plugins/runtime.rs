@@ -1,0 +1,533 @@
+//! The wasmtime side: one engine for the process, the host functions plugins import, and plugin
+//! instances that run one call at a time under a time and a memory limit.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::config::PluginConfig;
+use crate::media::{AccessUnit, Codec, Track};
+
+mod packet_world {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "wasmcast:plugin/packet-plugin",
+        ownership: Borrowing { duplicate_if_necessary: true },
+    });
+}
+
+mod frame_world {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "wasmcast:plugin/frame-plugin",
+        ownership: Borrowing { duplicate_if_necessary: true },
+        with: { "wasmcast:plugin/host": super::packet_world::wasmcast::plugin::host },
+    });
+}
+
+use packet_world::wasmcast::plugin::host::{self as host_api, Level};
+use packet_world::wasmcast::plugin::packets as wit;
+
+/// The export that makes a component a packet plugin.
+pub const PACKET_EXPORT: &str = "wasmcast:plugin/packet-filter@0.1.0";
+/// The export that makes a component a frame plugin.
+pub const FRAME_EXPORT: &str = "wasmcast:plugin/frame-filter@0.1.0";
+
+/// How often the epoch ticks: the granularity of time limits.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// Log lines a plugin instance may write per second; the rest are counted and reported.
+const LOG_LINES_PER_SECOND: u32 = 50;
+
+/// Why a plugin call or instantiation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Fault {
+    #[error("ran past its time limit of {0:?}")]
+    TimeLimit(Duration),
+    #[error("grew past its memory limit of {} MiB", .0 >> 20)]
+    MemoryLimit(usize),
+    #[error("trapped: {0}")]
+    Trap(String),
+    #[error("its init refused the config: {0}")]
+    Init(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The process-wide engine, with its epoch ticking.
+pub fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let mut config = wasmtime::Config::new();
+        config.epoch_interruption(true);
+        // Async component functions are not part of the interface; without them a call costs a
+        // fraction of what it does with.
+        config.concurrency_support(false);
+        let engine = match Engine::new(&config) {
+            Ok(engine) => engine,
+            Err(err) => {
+                tracing::error!("cannot configure wasmtime ({err}); plugins use its defaults");
+                Engine::default()
+            }
+        };
+        let ticker = engine.weak();
+        let spawned = std::thread::Builder::new()
+            .name("plugin-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            });
+        if let Err(err) = spawned {
+            tracing::error!("cannot start the plugin clock: {err}; time limits cannot fire");
+        }
+        engine
+    })
+}
+
+/// The linker with WASI and the `host` interface; shared by every instance.
+fn linker() -> Result<&'static Linker<PluginState>, String> {
+    static LINKER: OnceLock<Result<Linker<PluginState>, String>> = OnceLock::new();
+    LINKER
+        .get_or_init(|| {
+            let mut linker = Linker::new(engine());
+            wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+                .and_then(|()| {
+                    host_api::add_to_linker::<PluginState, HasSelf<PluginState>>(
+                        &mut linker,
+                        |state| state,
+                    )
+                })
+                .map_err(|err| format!("cannot link the plugin host functions: {err}"))?;
+            Ok(linker)
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// Which world a component exports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Packet,
+    Frame,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Packet => "packet",
+            Kind::Frame => "frame",
+        }
+    }
+}
+
+/// A compiled component, ready to be instantiated quickly.
+pub struct Compiled {
+    pub kind: Kind,
+    pre: Pre,
+}
+
+enum Pre {
+    Packet(packet_world::PacketPluginPre<PluginState>),
+    Frame(frame_world::FramePluginPre<PluginState>),
+}
+
+impl Compiled {
+    /// Compiles `bytes` and checks that it is a plugin whose imports the host provides.
+    pub fn new(bytes: &[u8]) -> Result<Compiled, String> {
+        let engine = engine();
+        let component = Component::new(engine, bytes).map_err(|err| {
+            format!("not a WebAssembly component ({err:#}); build it for wasm32-wasip2")
+        })?;
+        let exports: Vec<String> = component
+            .component_type()
+            .exports(engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        let kind = if exports.iter().any(|e| e == PACKET_EXPORT) {
+            Kind::Packet
+        } else if exports.iter().any(|e| e == FRAME_EXPORT) {
+            Kind::Frame
+        } else {
+            return Err(format!(
+                "exports neither `{PACKET_EXPORT}` nor `{FRAME_EXPORT}` (it exports: {}); build it \
+                 against wit/plugin.wit, world `packet-plugin` or `frame-plugin`",
+                if exports.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    exports.join(", ")
+                }
+            ));
+        };
+        let pre = linker()?
+            .instantiate_pre(&component)
+            .map_err(|err| format!("cannot be linked: {err:#}"))?;
+        let pre = match kind {
+            Kind::Packet => Pre::Packet(
+                packet_world::PacketPluginPre::new(pre)
+                    .map_err(|err| format!("does not fit world `packet-plugin`: {err:#}"))?,
+            ),
+            Kind::Frame => Pre::Frame(
+                frame_world::FramePluginPre::new(pre)
+                    .map_err(|err| format!("does not fit world `frame-plugin`: {err:#}"))?,
+            ),
+        };
+        Ok(Compiled { kind, pre })
+    }
+}
+
+/// What a plugin instance's store holds.
+pub struct PluginState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    names: Arc<Names>,
+    config: Arc<str>,
+    log_window: (Instant, u32),
+    logs_suppressed: u64,
+}
+
+/// Who an instance is, for its log lines.
+#[derive(Debug)]
+pub struct Names {
+    pub plugin: String,
+    pub route: String,
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl host_api::Host for PluginState {
+    fn log(&mut self, level: Level, message: String) {
+        let now = Instant::now();
+        let (start, lines) = &mut self.log_window;
+        if now.duration_since(*start) >= Duration::from_secs(1) {
+            if self.logs_suppressed > 0 {
+                tracing::warn!(
+                    plugin = %self.names.plugin,
+                    route = %self.names.route,
+                    "{} plugin log lines suppressed (more than {LOG_LINES_PER_SECOND} a second)",
+                    self.logs_suppressed
+                );
+                self.logs_suppressed = 0;
+            }
+            *start = now;
+            *lines = 0;
+        }
+        if *lines >= LOG_LINES_PER_SECOND {
+            self.logs_suppressed += 1;
+            return;
+        }
+        *lines += 1;
+        log_line(&self.names, level, &message);
+    }
+
+    fn monotonic_micros(&mut self) -> u64 {
+        static START: OnceLock<Instant> = OnceLock::new();
+        let start = *START.get_or_init(Instant::now);
+        u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    fn wall_clock_micros(&mut self) -> u64 {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+    }
+
+    fn config(&mut self) -> String {
+        self.config.to_string()
+    }
+
+    fn route(&mut self) -> String {
+        self.names.route.clone()
+    }
+}
+
+fn log_line(names: &Names, level: Level, message: &str) {
+    let (plugin, route) = (&names.plugin, &names.route);
+    match level {
+        Level::Trace => tracing::trace!(target: "wasmcast::plugin", plugin, route, "{message}"),
+        Level::Debug => tracing::debug!(target: "wasmcast::plugin", plugin, route, "{message}"),
+        Level::Info => tracing::info!(target: "wasmcast::plugin", plugin, route, "{message}"),
+        Level::Warn => tracing::warn!(target: "wasmcast::plugin", plugin, route, "{message}"),
+        Level::Error => tracing::error!(target: "wasmcast::plugin", plugin, route, "{message}"),
+    }
+}
+
+/// A plugin's stdout or stderr: whole lines go to the log under its name.
+#[derive(Clone)]
+struct LogStream {
+    names: Arc<Names>,
+    level: Level,
+}
+
+impl IsTerminal for LogStream {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for LogStream {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(LineWriter {
+            stream: self.clone(),
+            line: Vec::new(),
+        })
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        // Only the WASI 0.2 stream is used: plugins are WASI 0.2 components.
+        Box::new(tokio::io::sink())
+    }
+}
+
+/// Longest line kept before it is written out anyway.
+const MAX_LINE: usize = 4096;
+
+struct LineWriter {
+    stream: LogStream,
+    line: Vec<u8>,
+}
+
+impl LineWriter {
+    fn emit(&mut self) {
+        let text = String::from_utf8_lossy(&self.line);
+        let text = text.trim_end();
+        if !text.is_empty() {
+            log_line(&self.stream.names, self.stream.level, text);
+        }
+        self.line.clear();
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for LineWriter {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for LineWriter {
+    fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
+        for &byte in &bytes {
+            if byte == b'\n' || self.line.len() >= MAX_LINE {
+                self.emit();
+                if byte == b'\n' {
+                    continue;
+                }
+            }
+            self.line.push(byte);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StreamError> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> Result<usize, StreamError> {
+        Ok(64 * 1024)
+    }
+}
+
+impl Drop for LineWriter {
+    fn drop(&mut self) {
+        self.emit();
+    }
+}
+
+/// One live instance of a plugin on one route.
+pub struct Instance {
+    store: Store<PluginState>,
+    bindings: Bindings,
+    limits: Limits,
+}
+
+#[derive(Clone, Copy)]
+struct Limits {
+    time: Duration,
+    memory: usize,
+}
+
+impl Limits {
+    /// Starts the clock of one call.
+    fn arm(self, store: &mut Store<PluginState>) {
+        let ticks = self.time.as_millis().div_ceil(EPOCH_TICK.as_millis()) + 1;
+        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+    }
+
+    /// Says which limit or trap stopped a call.
+    fn fault(self, err: wasmtime::Error) -> Fault {
+        match err.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => Fault::TimeLimit(self.time),
+            _ if format!("{err:#}").contains("forcing trap when growing memory") => {
+                Fault::MemoryLimit(self.memory)
+            }
+            // Rust plugins abort on panic; their panic message went to stderr, so to the log.
+            Some(Trap::UnreachableCodeReached) => {
+                Fault::Trap("wasm `unreachable` executed (a Rust plugin panicked)".into())
+            }
+            // The trap code alone: the backtrace of a stripped plugin names no function.
+            Some(trap) => Fault::Trap(trap.to_string()),
+            None => Fault::Trap(err.root_cause().to_string()),
+        }
+    }
+}
+
+enum Bindings {
+    Packet(packet_world::PacketPlugin),
+    Frame(frame_world::FramePlugin),
+}
+
+/// What a packet plugin made of a unit.
+#[derive(Debug)]
+pub enum Verdict {
+    Pass,
+    Drop,
+    Replace(Vec<AccessUnit>),
+}
+
+impl Instance {
+    /// Instantiates `compiled` for `route` with the grants and limits of `config`, and runs its
+    /// `init`.
+    pub fn new(
+        compiled: &Compiled,
+        config: &PluginConfig,
+        names: Arc<Names>,
+    ) -> Result<Instance, Fault> {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(LogStream {
+            names: Arc::clone(&names),
+            level: Level::Info,
+        })
+        .stderr(LogStream {
+            names: Arc::clone(&names),
+            level: Level::Warn,
+        });
+        for (key, value) in &config.env {
+            wasi.env(key, value);
+        }
+        for (guest, host) in &config.dirs {
+            wasi.preopened_dir(host, guest, wasmtime_wasi::FsPerms::ReadOnly)
+                .map_err(|err| {
+                    Fault::Invalid(format!("cannot open {} for it: {err:#}", host.display()))
+                })?;
+        }
+        if config.network {
+            wasi.inherit_network().allow_ip_name_lookup(true);
+        }
+        let state = PluginState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(config.memory_limit)
+                .trap_on_grow_failure(true)
+                .build(),
+            names,
+            config: Arc::from(config.config.as_str()),
+            log_window: (Instant::now(), 0),
+            logs_suppressed: 0,
+        };
+        let mut store = Store::new(engine(), state);
+        store.limiter(|state| &mut state.limits);
+        store.epoch_deadline_trap();
+        let limits = Limits {
+            time: config.time_limit,
+            memory: config.memory_limit,
+        };
+        limits.arm(&mut store);
+        let bindings = match &compiled.pre {
+            Pre::Packet(pre) => pre.instantiate(&mut store).map(Bindings::Packet),
+            Pre::Frame(pre) => pre.instantiate(&mut store).map(Bindings::Frame),
+        }
+        .map_err(|err| limits.fault(err))?;
+        limits.arm(&mut store);
+        let init = match &bindings {
+            Bindings::Packet(b) => b.wasmcast_plugin_packet_filter().call_init(&mut store),
+            Bindings::Frame(b) => b.wasmcast_plugin_frame_filter().call_init(&mut store),
+        };
+        match init {
+            Ok(Ok(())) => Ok(Instance {
+                store,
+                bindings,
+                limits,
+            }),
+            Ok(Err(why)) => Err(Fault::Init(why)),
+            Err(err) => Err(limits.fault(err)),
+        }
+    }
+
+    /// Runs the packet plugin on `unit`.
+    pub fn process_unit(
+        &mut self,
+        unit: &AccessUnit,
+        codec: &Codec,
+        tracks: &[Track],
+    ) -> Result<Verdict, Fault> {
+        let Bindings::Packet(bindings) = &self.bindings else {
+            return Ok(Verdict::Pass);
+        };
+        let input = wit::AccessUnitParam {
+            track: u32::try_from(unit.track).unwrap_or(u32::MAX),
+            codec: wit_codec(codec),
+            clock_rate: codec.clock_rate(),
+            pts: unit.pts,
+            dts: unit.dts,
+            keyframe: unit.keyframe,
+            data: &unit.data,
+        };
+        self.limits.arm(&mut self.store);
+        let verdict = bindings
+            .wasmcast_plugin_packet_filter()
+            .call_process(&mut self.store, input)
+            .map_err(|err| self.limits.fault(err))?;
+        Ok(match verdict {
+            wit::Verdict::Pass => Verdict::Pass,
+            wit::Verdict::Drop => Verdict::Drop,
+            wit::Verdict::Replace(units) => {
+                let mut out = Vec::with_capacity(units.len());
+                for made in units {
+                    let track = usize::try_from(made.track).unwrap_or(usize::MAX);
+                    let fits = tracks
+                        .get(track)
+                        .is_some_and(|t| wit_codec(&t.codec) == made.codec);
+                    if !fits {
+                        return Err(Fault::Invalid(format!(
+                            "returned a {:?} unit for track {}, which the stream does not have \
+                             with that codec",
+                            made.codec, made.track
+                        )));
+                    }
+                    out.push(AccessUnit {
+                        track,
+                        pts: made.pts,
+                        dts: made.dts,
+                        keyframe: made.keyframe,
+                        data: Bytes::from(made.data),
+                    });
+                }
+                Verdict::Replace(out)
+            }
+        })
+    }
+}
+
+fn wit_codec(codec: &Codec) -> wit::Codec {
+    match codec {
+        Codec::H264 { .. } => wit::Codec::H264,
+        Codec::H265 { .. } => wit::Codec::H265,
+        Codec::Aac { .. } => wit::Codec::Aac,
+        Codec::Opus { .. } => wit::Codec::Opus,
+    }
+}

@@ -1,0 +1,397 @@
+//! WASI plugins on live routes: the built-in examples read by retina and ffmpeg, hostile plugins
+//! stopped by their limits, and plugins replaced under a connected reader.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime};
+
+use common::{Server, TempDir, exchange, file_route, play, run, sample_clip, wait_live};
+use futures::StreamExt;
+use retina::client::{TcpTransportOptions, Transport};
+use retina::codec::CodecItem;
+
+/// A plugin component the build made from `plugins/`.
+fn plugin_wasm(crate_name: &str) -> PathBuf {
+    Path::new(env!("WASMCAST_PLUGIN_DIR")).join(format!("{}.wasm", crate_name.replace('-', "_")))
+}
+
+fn plugin_route(name: &str, clip: &Path, plugins: &[&str]) -> String {
+    let list: Vec<String> = plugins.iter().map(|p| format!("\"{p}\"")).collect();
+    format!(
+        "{}plugins = [{}]\n",
+        file_route(name, clip),
+        list.join(", ")
+    )
+}
+
+#[derive(Debug)]
+struct Frame {
+    at: Instant,
+    keyframe: bool,
+    /// Packets lost right before this frame.
+    lost: u64,
+}
+
+/// Video frames a TCP reader of `url` gets in `seconds`; panics if its session ends early.
+async fn video_frames(url: String, seconds: u64) -> Vec<Frame> {
+    let mut playing = play(&url, Transport::Tcp(TcpTransportOptions::default()), false).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    let mut frames = Vec::new();
+    loop {
+        let item = match tokio::time::timeout_at(deadline, playing.next()).await {
+            Err(_) => return frames,
+            Ok(None) => panic!("the session of {url} ended after {} frames", frames.len()),
+            Ok(Some(item)) => item,
+        };
+        match item {
+            Ok(CodecItem::VideoFrame(frame)) => {
+                frames.push(Frame {
+                    at: Instant::now(),
+                    keyframe: frame.is_random_access_point(),
+                    lost: frame.loss() as u64,
+                });
+            }
+            Ok(_) => {}
+            Err(err) => panic!("reader of {url} failed: {err}"),
+        }
+    }
+}
+
+async fn routes_json(server: &Server) -> serde_json::Value {
+    let request = "GET /api/v1/routes HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    let reply = exchange(server.http, request.as_bytes(), Duration::from_secs(5)).await;
+    let body = reply.split("\r\n\r\n").nth(1).unwrap_or_default();
+    serde_json::from_str(body).unwrap_or_else(|err| panic!("routes JSON ({err}): {reply}"))
+}
+
+fn plugin_stats(routes: &serde_json::Value, route: &str, plugin: &str) -> serde_json::Value {
+    routes
+        .as_array()
+        .and_then(|routes| routes.iter().find(|r| r["name"] == route))
+        .and_then(|r| r["plugins"].as_array())
+        .and_then(|plugins| plugins.iter().find(|p| p["name"] == plugin))
+        .cloned()
+        .unwrap_or_else(|| panic!("no plugin {plugin} on {route}: {routes}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyframes_plugin_passes_only_keyframes() {
+    let clip = sample_clip();
+    let server = Server::start(&format!(
+        "{}{}[plugins.kf]\nwasm = \"builtin:keyframes\"\n",
+        plugin_route("preview", &clip, &["kf"]),
+        file_route("full", &clip)
+    ));
+    wait_live(&server, "preview").await;
+    wait_live(&server, "full").await;
+    let (preview, full) = tokio::join!(
+        video_frames(server.url("preview"), 5),
+        video_frames(server.url("full"), 5)
+    );
+    assert!(preview.len() >= 3, "keyframes in 5 s: {preview:?}");
+    assert!(
+        preview.iter().all(|f| f.keyframe),
+        "only keyframes: {preview:?}"
+    );
+    assert!(
+        preview.iter().all(|f| f.lost == 0),
+        "dropping happens before packetization: no sequence gaps"
+    );
+    assert!(
+        full.len() > 10 * preview.len() / 2,
+        "the route without the plugin has every picture: {} vs {}",
+        full.len(),
+        preview.len()
+    );
+    assert!(full.iter().any(|f| !f.keyframe));
+    let stats = plugin_stats(&routes_json(&server).await, "preview", "kf");
+    assert!(stats["calls"].as_u64().unwrap_or(0) > 0, "{stats}");
+    assert!(stats["dropped"].as_u64().unwrap_or(0) > 0, "{stats}");
+    assert_eq!(stats["errors"], 0, "{stats}");
+}
+
+/// Finds our SEI messages in an H.264 byte stream: the wall-clock microseconds each carries.
+fn sei_timestamps(stream: &[u8]) -> Vec<u64> {
+    let uuid = b"wasmcast:latency";
+    let mut found = Vec::new();
+    let mut at = 0;
+    while let Some(offset) = stream[at..].windows(uuid.len()).position(|w| w == uuid) {
+        let start = at + offset + uuid.len();
+        // Undo emulation prevention in the 8 payload bytes (00 00 03 → 00 00).
+        let mut payload = Vec::with_capacity(8);
+        let mut zeros = 0;
+        for &byte in &stream[start..] {
+            if payload.len() == 8 {
+                break;
+            }
+            if zeros >= 2 && byte == 3 {
+                zeros = 0;
+                continue;
+            }
+            zeros = if byte == 0 { zeros + 1 } else { 0 };
+            payload.push(byte);
+        }
+        if let Ok(bytes) = <[u8; 8]>::try_from(payload.as_slice()) {
+            found.push(u64::from_be_bytes(bytes));
+        }
+        at = start;
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sei_timestamp_plugin_stamps_pictures_that_still_decode() {
+    let server = Server::start(&format!(
+        "{}[plugins.stamp]\nwasm = \"builtin:sei-timestamp\"\n",
+        plugin_route("stamped", &sample_clip(), &["stamp"])
+    ));
+    wait_live(&server, "stamped").await;
+    let dir = TempDir::new();
+    let out = dir.path().join("stamped.h264");
+    let (ok, _, stderr) = run(
+        Command::new("ffmpeg")
+            .args(["-v", "error", "-rtsp_transport", "tcp", "-i"])
+            .arg(server.url("stamped"))
+            .args(["-t", "3", "-map", "0:v", "-c", "copy", "-f", "h264", "-y"])
+            .arg(&out),
+        Duration::from_secs(30),
+    );
+    assert!(ok, "ffmpeg: {stderr}");
+    let stream = std::fs::read(&out).expect("recorded stream");
+    let stamps = sei_timestamps(&stream);
+    assert!(
+        stamps.len() >= 60,
+        "a stamp per picture (25 fps, 3 s): {}",
+        stamps.len()
+    );
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("clock")
+        .as_micros() as u64;
+    for stamp in &stamps {
+        assert!(
+            now.abs_diff(*stamp) < 60_000_000,
+            "stamps are wall-clock microseconds: {stamp} vs {now}"
+        );
+    }
+    assert!(stamps.windows(2).all(|w| w[0] <= w[1]), "in time order");
+    let (ok, _, stderr) = run(
+        Command::new("ffmpeg")
+            .args(["-v", "error", "-i"])
+            .arg(&out)
+            .args(["-f", "null", "-"]),
+        Duration::from_secs(30),
+    );
+    assert!(
+        ok && stderr.trim().is_empty(),
+        "stamped pictures decode cleanly: {stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_plugins_are_stopped_by_their_limits_and_routes_keep_flowing() {
+    let clip = sample_clip();
+    let plugin = |name: &str, crate_name: &str, extra: &str| {
+        format!(
+            "[plugins.{name}]\nwasm = \"{}\"\n{extra}",
+            plugin_wasm(crate_name).display()
+        )
+    };
+    let server = Server::start(&format!(
+        "{}{}{}{}{}{}",
+        plugin_route("spin", &clip, &["spin"]),
+        plugin_route("bomb", &clip, &["bomb"]),
+        plugin_route("trap", &clip, &["trap"]),
+        plugin("spin", "spin", "time_limit_ms = 20\n"),
+        plugin("bomb", "memory-bomb", "memory_limit_mb = 40\n"),
+        plugin("trap", "trap-tenth", ""),
+    ));
+    for route in ["spin", "bomb", "trap"] {
+        wait_live(&server, route).await;
+    }
+    let (spin, bomb, trap) = tokio::join!(
+        video_frames(server.url("spin"), 5),
+        video_frames(server.url("bomb"), 5),
+        video_frames(server.url("trap"), 5),
+    );
+    for (route, frames) in [("spin", &spin), ("bomb", &bomb), ("trap", &trap)] {
+        assert!(
+            frames.len() >= 100,
+            "{route}: the route keeps flowing (bypassed units): {} frames in 5 s",
+            frames.len()
+        );
+    }
+    let routes = routes_json(&server).await;
+    for (route, reason) in [
+        ("spin", "time limit"),
+        ("bomb", "memory limit"),
+        ("trap", "trapped"),
+    ] {
+        let stats = plugin_stats(&routes, route, route);
+        assert!(stats["errors"].as_u64().unwrap_or(0) >= 1, "{stats}");
+        assert!(
+            stats["last_error"].as_str().unwrap_or("").contains(reason),
+            "{route}: {stats}"
+        );
+        assert!(
+            server
+                .log()
+                .iter()
+                .any(|l| l.contains("plugin failed") && l.contains(route) && l.contains(reason)),
+            "{route}'s fault is logged with the reason: {:#?}",
+            server.log()
+        );
+    }
+    assert!(
+        server
+            .log()
+            .iter()
+            .any(|l| l.contains("this is the 10th unit")),
+        "the plugin's panic message (its stderr) reaches the log"
+    );
+    let request = "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    let metrics = exchange(server.http, request.as_bytes(), Duration::from_secs(5)).await;
+    assert!(
+        metrics.contains("wasmcast_plugin_errors_total{route=\"trap\",plugin=\"trap\"}"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn check_refuses_a_component_of_another_world_and_a_bad_plugin_config() {
+    let dir = TempDir::new();
+    let config = dir.path().join("wasmcast.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[routes.a]\nsource = \"file:{}\"\nplugins = [\"greeter\", \"stamp\"]\n\
+             [plugins.greeter]\nwasm = \"{}\"\n\
+             [plugins.stamp]\nwasm = \"builtin:sei-timestamp\"\nconfig = {{ every = 0 }}\n\
+             [plugins.missing]\nwasm = \"nowhere.wasm\"\n",
+            sample_clip().display(),
+            plugin_wasm("wrong-world").display()
+        ),
+    )
+    .expect("write config");
+    let output = Command::new(env!("CARGO_BIN_EXE_wasmcast"))
+        .arg("check")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("run check");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("plugins.greeter")
+            && stderr.contains("exports neither `wasmcast:plugin/packet-filter@0.1.0`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("plugins.stamp") && stderr.contains("config.every: must be at least 1"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("plugins.missing") && stderr.contains("cannot read"),
+        "{stderr}"
+    );
+}
+
+/// A reader that stays connected while `change` edits the server's plugins after two seconds;
+/// returns the frames it got and when the change was made.
+async fn frames_around(
+    server: &Server,
+    route: &str,
+    change: impl FnOnce(),
+) -> (Vec<Frame>, Instant) {
+    let reader = tokio::spawn(video_frames(server.url(route), 8));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let changed_at = Instant::now();
+    change();
+    assert!(
+        server.wait_for_log("config reloaded", Duration::from_secs(2)),
+        "the change was applied: {:#?}",
+        server.log()
+    );
+    (reader.await.expect("reader"), changed_at)
+}
+
+fn assert_keyframes_only_after(frames: &[Frame], changed_at: Instant) {
+    let before: Vec<&Frame> = frames.iter().filter(|f| f.at < changed_at).collect();
+    // The stage swaps between two units; allow for the units already on their way to the reader.
+    let after: Vec<&Frame> = frames
+        .iter()
+        .filter(|f| f.at > changed_at + Duration::from_millis(600))
+        .collect();
+    assert!(
+        before.iter().any(|f| !f.keyframe),
+        "every picture before the change"
+    );
+    assert!(after.len() >= 3, "keyframes after the change: {after:?}");
+    assert!(
+        after.iter().all(|f| f.keyframe),
+        "only keyframes after the change: {after:?}"
+    );
+    assert!(
+        frames.iter().all(|f| f.lost == 0),
+        "no packet lost across the swap: {frames:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_a_plugin_file_swaps_it_under_a_connected_reader() {
+    let dir = TempDir::new();
+    let wasm = dir.path().join("filter.wasm");
+    std::fs::copy(plugin_wasm("passthrough"), &wasm).expect("copy plugin");
+    let server = Server::start(&format!(
+        "{}[plugins.filter]\nwasm = \"{}\"\n",
+        plugin_route("live", &sample_clip(), &["filter"]),
+        wasm.display()
+    ));
+    wait_live(&server, "live").await;
+    let replace = |from: &Path| {
+        let new = dir.path().join("filter.wasm.new");
+        std::fs::copy(from, &new).expect("copy plugin");
+        std::fs::rename(&new, &wasm).expect("rename plugin");
+    };
+    let (frames, changed_at) =
+        frames_around(&server, "live", || replace(&plugin_wasm("keyframes"))).await;
+    assert_keyframes_only_after(&frames, changed_at);
+    assert!(
+        server
+            .log()
+            .iter()
+            .any(|l| l.contains("config reloaded") && l.contains("filter")),
+        "the reload line names the replaced plugin: {:#?}",
+        server.log()
+    );
+
+    // A broken build of the file keeps the running version and says why.
+    std::fs::write(dir.path().join("filter.wasm.new"), b"\0asm garbage").expect("write");
+    std::fs::rename(dir.path().join("filter.wasm.new"), &wasm).expect("rename");
+    assert!(
+        server.wait_for_log("config reload refused", Duration::from_secs(2)),
+        "{:#?}",
+        server.log()
+    );
+    let still = video_frames(server.url("live"), 3).await;
+    assert!(
+        still.len() >= 2 && still.iter().all(|f| f.keyframe),
+        "the keyframes plugin still runs: {still:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_gains_a_plugin_chain_under_a_connected_reader() {
+    let clip = sample_clip();
+    let server = Server::start(&file_route("a", &clip));
+    wait_live(&server, "a").await;
+    let edited = format!(
+        "{}[plugins.kf]\nwasm = \"builtin:keyframes\"\n",
+        plugin_route("a", &clip, &["kf"])
+    );
+    let (frames, changed_at) =
+        frames_around(&server, "a", || server.write_routes(&edited, true)).await;
+    assert_keyframes_only_after(&frames, changed_at);
+}

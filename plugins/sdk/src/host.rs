@@ -1,0 +1,78 @@
+//! The services the host offers every plugin: logging, clocks, the plugin's config.
+
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+#[cfg(all(feature = "frame", not(feature = "packet")))]
+use crate::bindings::frame::wasmcast::plugin::host as imports;
+#[cfg(feature = "packet")]
+use crate::bindings::packet::wasmcast::plugin::host as imports;
+
+pub use imports::Level;
+
+/// Writes `message` to the server's log under this plugin's and its route's names.
+///
+/// Lines printed to stdout and stderr reach the log too (at info and warn), but `log` keeps the level.
+pub fn log(level: Level, message: &str) {
+    imports::log(level, message);
+}
+
+/// Microseconds on a clock that never goes backwards.
+pub fn monotonic_micros() -> u64 {
+    imports::monotonic_micros()
+}
+
+/// Microseconds since the Unix epoch, from the host's wall clock.
+pub fn wall_clock_micros() -> u64 {
+    imports::wall_clock_micros()
+}
+
+/// The name of the route this instance runs on.
+pub fn route() -> String {
+    imports::route()
+}
+
+/// The plugin's `config` table from the server's configuration.
+#[derive(Clone, Debug, Default)]
+pub struct Config {
+    table: Map<String, Value>,
+}
+
+impl Config {
+    /// The config the host holds for this instance.
+    #[doc(hidden)]
+    pub fn from_host() -> Result<Config, String> {
+        Config::from_json(&imports::config())
+    }
+
+    /// A config from its JSON text, for tests of a plugin outside the host.
+    pub fn from_json(json: &str) -> Result<Config, String> {
+        match serde_json::from_str(json) {
+            Ok(Value::Object(table)) => Ok(Config { table }),
+            Ok(_) => Err("the plugin config is not a table".into()),
+            Err(err) => Err(format!("the plugin config is not valid JSON: {err}")),
+        }
+    }
+
+    /// The whole table as a `T` (a struct with `#[serde(deny_unknown_fields)]` catches misspelt
+    /// keys); the error names the key and what is wrong, for the server's config check.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, String> {
+        serde_json::from_value(Value::Object(self.table.clone()))
+            .map_err(|err| format!("config: {err}"))
+    }
+
+    /// The value of `key` as a `T`, or `None` when the key is absent.
+    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, String> {
+        self.table
+            .get(key)
+            .map(|value| {
+                serde_json::from_value(value.clone()).map_err(|err| format!("config.{key}: {err}"))
+            })
+            .transpose()
+    }
+
+    /// The raw table.
+    pub fn table(&self) -> &Map<String, Value> {
+        &self.table
+    }
+}

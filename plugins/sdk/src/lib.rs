@@ -1,0 +1,77 @@
+//! Write wasmcast plugins in Rust.
+//!
+//! A packet plugin is a type that implements [`PacketPlugin`], exported with [`export_packet_plugin!`]
+//! (enable the `packet` feature); a frame plugin implements [`FramePlugin`] and is exported with
+//! [`export_frame_plugin!`] (the `frame` feature). Build it with `cargo build --release --target
+//! wasm32-wasip2` and name the `.wasm` in a `[plugins.NAME]` table of the server's config.
+//!
+//! ```ignore
+//! use wasmcast_plugin_sdk::{AccessUnit, Config, PacketPlugin, Verdict};
+//!
+//! #[derive(Default)]
+//! struct KeyframesOnly;
+//!
+//! impl PacketPlugin for KeyframesOnly {
+//!     fn new(_config: &Config) -> Result<Self, String> {
+//!         Ok(KeyframesOnly)
+//!     }
+//!     fn process(&mut self, unit: AccessUnit) -> Verdict {
+//!         if unit.keyframe { Verdict::Pass } else { Verdict::Drop }
+//!     }
+//! }
+//!
+//! wasmcast_plugin_sdk::export_packet_plugin!(KeyframesOnly);
+//! ```
+//!
+//! The host makes one instance per route and calls it one unit at a time, so `&mut self` is the
+//! plugin's state. A panic traps the instance: the host logs it, applies the plugin's `on_error`
+//! policy to that unit and starts a fresh instance.
+
+// The generated bindings name this crate by its path, from inside it as from plugins.
+extern crate self as wasmcast_plugin_sdk;
+
+#[cfg(not(any(feature = "packet", feature = "frame")))]
+compile_error!("enable the `packet` or the `frame` feature of wasmcast-plugin-sdk");
+
+#[doc(hidden)]
+pub use wit_bindgen as __wit_bindgen;
+
+#[doc(hidden)]
+pub mod bindings {
+    #[cfg(feature = "packet")]
+    pub mod packet {
+        wit_bindgen::generate!({
+            path: "../../wit",
+            world: "wasmcast:plugin/packet-plugin",
+            pub_export_macro: true,
+            export_macro_name: "export_packet_world",
+            default_bindings_module: "wasmcast_plugin_sdk::bindings::packet",
+            runtime_path: "wasmcast_plugin_sdk::__wit_bindgen::rt",
+        });
+    }
+
+    #[cfg(feature = "frame")]
+    pub mod frame {
+        wit_bindgen::generate!({
+            path: "../../wit",
+            world: "wasmcast:plugin/frame-plugin",
+            pub_export_macro: true,
+            export_macro_name: "export_frame_world",
+            default_bindings_module: "wasmcast_plugin_sdk::bindings::frame",
+            runtime_path: "wasmcast_plugin_sdk::__wit_bindgen::rt",
+        });
+    }
+}
+
+#[cfg(feature = "packet")]
+mod packet;
+#[cfg(feature = "packet")]
+pub use packet::{AccessUnit, Codec, PacketPlugin, Verdict};
+
+#[cfg(feature = "frame")]
+mod frame;
+#[cfg(feature = "frame")]
+pub use frame::{Frame, FramePlugin, FrameVerdict};
+
+mod host;
+pub use host::{Config, Level, log, monotonic_micros, route, wall_clock_micros};

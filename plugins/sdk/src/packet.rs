@@ -1,0 +1,56 @@
+//! Packet plugins: they see every compressed access unit of their route.
+
+use crate::Config;
+
+pub use crate::bindings::packet::wasmcast::plugin::packets::{AccessUnit, Codec, Verdict};
+
+/// A packet plugin. The host makes one value per route with [`PacketPlugin::new`], then calls
+/// [`PacketPlugin::process`] for every access unit of every track, in decode order.
+pub trait PacketPlugin: Sized + 'static {
+    /// Reads the plugin's config; an error refuses the plugin (say which key is wrong and why).
+    fn new(config: &Config) -> Result<Self, String>;
+
+    /// Decides what becomes of `unit`. [`Verdict::Pass`] forwards the host's own copy of the unit;
+    /// return [`Verdict::Replace`] only when the unit changes.
+    fn process(&mut self, unit: AccessUnit) -> Verdict;
+}
+
+/// Exports a [`PacketPlugin`] type as the plugin's implementation of the `packet-plugin` world.
+#[macro_export]
+macro_rules! export_packet_plugin {
+    ($plugin:ty) => {
+        const _: () = {
+            struct Export;
+
+            ::std::thread_local! {
+                static STATE: ::core::cell::RefCell<::core::option::Option<$plugin>> =
+                    const { ::core::cell::RefCell::new(::core::option::Option::None) };
+            }
+
+            impl $crate::bindings::packet::exports::wasmcast::plugin::packet_filter::Guest
+                for Export
+            {
+                fn init() -> ::core::result::Result<(), ::std::string::String> {
+                    let config = $crate::Config::from_host()?;
+                    let plugin = <$plugin as $crate::PacketPlugin>::new(&config)?;
+                    STATE.with(|state| *state.borrow_mut() = ::core::option::Option::Some(plugin));
+                    ::core::result::Result::Ok(())
+                }
+
+                fn process(unit: $crate::AccessUnit) -> $crate::Verdict {
+                    STATE.with(|state| match state.borrow_mut().as_mut() {
+                        ::core::option::Option::Some(plugin) => {
+                            $crate::PacketPlugin::process(plugin, unit)
+                        }
+                        // The host calls `init` first; without it there is nothing to run.
+                        ::core::option::Option::None => $crate::Verdict::Pass,
+                    })
+                }
+            }
+
+            $crate::bindings::packet::export_packet_world!(
+                Export with_types_in $crate::bindings::packet
+            );
+        };
+    };
+}
