@@ -6,6 +6,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
+# The plugins built into the binary are WASI 0.2 components.
+RUN rustup target add wasm32-wasip2
 RUN cargo build --release --locked --bin wasmcast \
  && strip target/release/wasmcast
 

@@ -395,3 +395,78 @@ async fn a_route_gains_a_plugin_chain_under_a_connected_reader() {
         frames_around(&server, "a", || server.write_routes(&edited, true)).await;
     assert_keyframes_only_after(&frames, changed_at);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_plugin_project_builds_runs_on_a_file_and_on_a_route() {
+    let dir = TempDir::new();
+    let wasmcast = env!("CARGO_BIN_EXE_wasmcast");
+    let (ok, stdout, stderr) = run(
+        Command::new(wasmcast)
+            .args(["plugin", "new", "frame-counter", "--dir"])
+            .arg(dir.path()),
+        Duration::from_secs(10),
+    );
+    assert!(ok, "plugin new: {stdout}{stderr}");
+    let project = dir.path().join("frame-counter");
+    // The crates it needs are the ones the example plugins were built with: no network needed.
+    let (ok, _, stderr) = run(
+        Command::new("cargo")
+            .args(["build", "--release", "--offline"])
+            .current_dir(&project),
+        Duration::from_secs(300),
+    );
+    assert!(ok, "cargo build of the new plugin: {stderr}");
+    let wasm = project.join("target/wasm32-wasip2/release/frame_counter.wasm");
+
+    let (ok, report, stderr) = run(
+        Command::new(wasmcast)
+            .args(["plugin", "run"])
+            .arg(&wasm)
+            .arg("--input")
+            .arg(sample_clip())
+            .args(["--plugin-config", "report_every = 2"]),
+        Duration::from_secs(60),
+    );
+    assert!(ok, "plugin run: {report}{stderr}");
+    assert!(
+        report.contains("track 0 (H264): 250 units in, 250 out") && report.contains("errors: 0"),
+        "{report}"
+    );
+    assert!(stderr.contains("keyframes, "), "the plugin's log: {stderr}");
+
+    let (ok, _, stderr) = run(
+        Command::new(wasmcast)
+            .args(["plugin", "run"])
+            .arg(&wasm)
+            .arg("--input")
+            .arg(sample_clip())
+            .args(["--plugin-config", "report_every = 0"]),
+        Duration::from_secs(60),
+    );
+    assert!(
+        !ok && stderr.contains("config.report_every: must be at least 1"),
+        "a bad config is refused with the plugin's reason: {stderr}"
+    );
+
+    let server = Server::start(&format!(
+        "{}[plugins.counter]\nwasm = \"{}\"\nconfig = {{ report_every = 1 }}\n",
+        plugin_route("counted", &sample_clip(), &["counter"]),
+        wasm.display()
+    ));
+    wait_live(&server, "counted").await;
+    let frames = video_frames(server.url("counted"), 2).await;
+    assert!(frames.len() >= 30, "{} frames", frames.len());
+    assert!(
+        server.wait_for_log("keyframes, ", Duration::from_secs(3)),
+        "the plugin logs under its name: {:#?}",
+        server.log()
+    );
+    assert!(
+        server
+            .log()
+            .iter()
+            .any(|l| l.contains("keyframes, ") && l.contains("counter")),
+        "{:#?}",
+        server.log()
+    );
+}

@@ -71,7 +71,6 @@ pub fn new_project(parent: &Path, name: &str, sdk: &Path) -> Result<PathBuf, Err
     let files = [
         ("Cargo.toml", cargo_toml(name, &sdk)),
         (".cargo/config.toml", CARGO_CONFIG.to_owned()),
-        ("rust-toolchain.toml", TOOLCHAIN.to_owned()),
         ("src/lib.rs", LIB_RS.to_owned()),
         ("wasmcast.example.toml", example_config(name)),
         (".gitignore", "/target\n".to_owned()),
@@ -117,17 +116,13 @@ panic = "abort"
     )
 }
 
-const CARGO_CONFIG: &str = r#"[build]
+const CARGO_CONFIG: &str = r#"# Plugins are built for WASI 0.2 (once: `rustup target add wasm32-wasip2`).
+[build]
 target = "wasm32-wasip2"
 
 [target.wasm32-wasip2]
 # WebAssembly SIMD: pixel and byte loops run several times faster.
 rustflags = ["-C", "target-feature=+simd128"]
-"#;
-
-const TOOLCHAIN: &str = r#"[toolchain]
-channel = "stable"
-targets = ["wasm32-wasip2"]
 "#;
 
 const LIB_RS: &str = r#"//! A wasmcast packet plugin: it sees every access unit of the route it runs on.

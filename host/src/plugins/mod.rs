@@ -16,9 +16,9 @@ use std::sync::{Arc, Mutex};
 use crate::config::{Config, PluginConfig, Problem, WasmSource};
 
 pub use chain::{Chain, PluginStats, PluginStatus};
-pub use runtime::{Fault, Kind};
+pub use runtime::{Fault, Instance, Kind};
 
-use runtime::{Compiled, Instance, Names};
+use runtime::{Compiled, Names};
 
 include!(concat!(env!("OUT_DIR"), "/builtins.rs"));
 
@@ -65,7 +65,7 @@ impl LoadedPlugin {
     }
 
     /// A new instance for `route`, with its `init` run.
-    pub(crate) fn instantiate(&self, route: &str) -> Result<Instance, Fault> {
+    pub fn instantiate(&self, route: &str) -> Result<Instance, Fault> {
         let names = Arc::new(Names {
             plugin: self.name.clone(),
             route: route.to_owned(),
