@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages the test suite uses: the players it proves wasmcast against
-# (ffmpeg/ffprobe, GStreamer's rtspsrc with an H.264 decoder) and nasm for the codec builds.
+# (ffmpeg/ffprobe, GStreamer's rtspsrc with an H.264 decoder, headless Chromium for WebRTC) and nasm
+# for the codec builds.
 # Debian/Ubuntu; run as root (CI does) or it uses sudo.
 set -euo pipefail
 
@@ -12,6 +13,7 @@ packages=(
   gstreamer1.0-plugins-bad
   gstreamer1.0-libav
   nasm
+  chromium
 )
 
 missing=()

@@ -16,6 +16,7 @@ pub mod rtp;
 pub mod rtsp;
 pub mod sessions;
 pub mod sources;
+pub mod webrtc;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -66,16 +67,29 @@ impl Server {
         router.set_server_access(config.server.access.clone());
         router.set_users(config.users.clone());
         let sessions = Sessions::default();
-        let rtsp = RtspServer::bind(&config.server, router.clone(), sessions.clone()).await?;
+        let clients = sessions::ClientLimit::new(config.server.max_clients);
+        let rtsp = RtspServer::bind(
+            &config.server,
+            router.clone(),
+            sessions.clone(),
+            Arc::clone(&clients),
+        )
+        .await?;
         let changes = router.apply(config.routes.clone(), plugins.clone()).await;
         tracing::info!(routes = ?changes.added, "routes started");
         let reload = Arc::new(OnceLock::new());
         let http = HttpServer::bind(
             config.server.http,
             router.clone(),
-            sessions,
+            sessions.clone(),
             rtsp.rebind(),
             Arc::clone(&reload),
+            webrtc::WebRtc::new(
+                router.clone(),
+                sessions.clone(),
+                clients,
+                config.server.webrtc_udp.ip(),
+            ),
         )
         .await?;
         if let Some(path) = path {

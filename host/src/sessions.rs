@@ -1,12 +1,12 @@
-//! The registry of client sessions (RTSP readers and publishers, HTTP pushes), for the API: list
-//! them, and kick one.
+//! The registry of client sessions (RTSP readers and publishers, HTTP pushes, WebRTC viewers), for
+//! the API: list them, and kick one; and the count of sessions against `max_clients`.
 //!
 //! A session registers when it starts and holds a [`Registration`]; dropping it removes the entry.
 //! Kicking wakes the session's [`Registration::kicked`] future; the session ends itself.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -18,6 +18,7 @@ pub enum SessionKind {
     RtspReader,
     RtspPublisher,
     HttpPush,
+    WebRtcViewer,
 }
 
 impl SessionKind {
@@ -26,6 +27,7 @@ impl SessionKind {
             SessionKind::RtspReader => "rtsp-reader",
             SessionKind::RtspPublisher => "rtsp-publisher",
             SessionKind::HttpPush => "http-push",
+            SessionKind::WebRtcViewer => "webrtc-viewer",
         }
     }
 }
@@ -67,7 +69,14 @@ impl Sessions {
     ) -> Registration {
         let id = match id {
             Some(id) => id.to_owned(),
-            None => format!("push-{}", self.next_id.fetch_add(1, Ordering::Relaxed) + 1),
+            None => format!(
+                "{}-{}",
+                match kind {
+                    SessionKind::WebRtcViewer => "whep",
+                    _ => "push",
+                },
+                self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+            ),
         };
         let kick = Arc::new(Notify::new());
         self.lock().insert(
@@ -106,6 +115,42 @@ impl Sessions {
     }
 }
 
+/// Counts client sessions of every protocol against `max_clients`.
+#[derive(Debug)]
+pub struct ClientLimit {
+    active: AtomicUsize,
+    max: usize,
+}
+
+impl ClientLimit {
+    pub fn new(max: usize) -> Arc<ClientLimit> {
+        Arc::new(ClientLimit {
+            active: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    /// A place for one more session, or `None` when `max_clients` are in.
+    pub fn acquire(self: &Arc<Self>) -> Option<ClientSlot> {
+        self.active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(ClientSlot(Arc::clone(self)))
+    }
+}
+
+/// One session's place under `max_clients`, given back on drop.
+#[derive(Debug)]
+pub struct ClientSlot(Arc<ClientLimit>);
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// A session's place in the registry, removed on drop.
 pub struct Registration {
     sessions: Sessions,
@@ -114,6 +159,10 @@ pub struct Registration {
 }
 
 impl Registration {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
     /// Completes when the session is kicked.
     pub async fn kicked(&self) {
         self.kick.notified().await;

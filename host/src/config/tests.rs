@@ -19,7 +19,10 @@ source = "file:../media/sample.mp4"
 "#,
     )
     .expect("valid config");
-    assert_eq!(config.server.rtsp, "127.0.0.1:8554".parse().unwrap());
+    assert_eq!(
+        config.server.rtsp,
+        "127.0.0.1:8554".parse::<SocketAddr>().unwrap()
+    );
     assert_eq!(config.server.rtp_ports, (30000, 30999));
     assert_eq!(config.server.max_clients, 100);
     assert_eq!(

@@ -1,5 +1,6 @@
-//! The HTTP server: MPEG-TS pushes from ffmpeg (`POST|PUT /FEED`), `GET /healthz`, `GET /metrics`
-//! and the JSON API under `/api/v1/` (see [`api`]).
+//! The HTTP server: MPEG-TS pushes from ffmpeg (`POST|PUT /FEED`), the status page (`GET /`), the
+//! browser player (`GET /ROUTE/`) and WHEP (`/ROUTE/whep`, see [`whep`]), `GET /healthz`,
+//! `GET /metrics` and the JSON API under `/api/v1/` (see [`api`]).
 //!
 //! In: HTTP/1.1 requests. Out: push bodies handed to [`TsIngest`] as they arrive, one access-log
 //! line per push. Each connection is a task of its own; a bad push gets its own error status.
@@ -18,12 +19,14 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 
 mod api;
+mod whep;
 
 use crate::config::ReloadHandle;
 use crate::listen::{Listener, Rebind};
 use crate::router::RouterHandle;
 use crate::sessions::{SessionKind, Sessions};
 use crate::sources::{IngestError, TsIngest};
+use crate::webrtc::WebRtc;
 
 /// A publisher that sends nothing for this long is taken as gone.
 const PUSH_STALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,6 +56,7 @@ struct State {
     rtsp: Rebind,
     /// Set once the reload task runs (it needs this server's [`Rebind`] first).
     reload: Arc<OnceLock<ReloadHandle>>,
+    webrtc: WebRtc,
 }
 
 impl HttpServer {
@@ -62,6 +66,7 @@ impl HttpServer {
         sessions: Sessions,
         rtsp: Rebind,
         reload: Arc<OnceLock<ReloadHandle>>,
+        webrtc: WebRtc,
     ) -> Result<HttpServer, Error> {
         let (listener, rebind) = Listener::bind(addr)
             .await
@@ -74,6 +79,7 @@ impl HttpServer {
                 sessions,
                 rtsp,
                 reload,
+                webrtc,
             }),
         })
     }
@@ -95,10 +101,13 @@ impl HttpServer {
                 accepted = self.listener.accept() => match accepted {
                     Ok((socket, peer)) => {
                         let state = Arc::clone(&self.state);
+                        let Ok(local) = socket.local_addr() else { continue };
                         tokio::spawn(async move {
                             let service = service_fn(move |request| {
                                 let state = Arc::clone(&state);
-                                async move { Ok::<_, Infallible>(handle(&state, request, peer).await) }
+                                async move {
+                                    Ok::<_, Infallible>(handle(&state, request, local, peer).await)
+                                }
                             });
                             let connection = http1::Builder::new()
                                 .timer(TokioTimer::new())
@@ -145,7 +154,12 @@ fn text(status: StatusCode, body: impl Into<String>) -> Reply {
     respond(status, "text/plain; charset=utf-8", body)
 }
 
-async fn handle(state: &State, request: Request<Incoming>, peer: SocketAddr) -> Reply {
+async fn handle(
+    state: &State,
+    request: Request<Incoming>,
+    local: SocketAddr,
+    peer: SocketAddr,
+) -> Reply {
     if !state.router.permits(None, peer.ip()) {
         tracing::info!(%peer, "HTTP request refused by the server's access list");
         return text(
@@ -160,6 +174,16 @@ async fn handle(state: &State, request: Request<Incoming>, peer: SocketAddr) -> 
     }
     match (&method, path.as_str()) {
         (&Method::GET | &Method::HEAD, "healthz") => text(StatusCode::OK, "ok"),
+        (&Method::GET, player) if player.ends_with('/') && player.matches('/').count() == 1 => {
+            whep::player(state, player.trim_end_matches('/'))
+        }
+        (_, whep_path) if whep_resource(whep_path).is_some() => {
+            let Some((route, session)) = whep_resource(whep_path) else {
+                return text(StatusCode::NOT_FOUND, "no WHEP resource");
+            };
+            let (route, session) = (route.to_owned(), session.map(str::to_owned));
+            whep::handle(state, request, &route, session.as_deref(), local, peer).await
+        }
         (&Method::GET, "") => status_page(state),
         (&Method::GET, "metrics") => api::metrics(state),
         (&Method::POST | &Method::PUT, feed) if !feed.is_empty() && !feed.contains('/') => {
@@ -179,6 +203,20 @@ async fn handle(state: &State, request: Request<Incoming>, peer: SocketAddr) -> 
         }
         _ => text(StatusCode::NOT_FOUND, format!("nothing at /{path}")),
     }
+}
+
+/// `ROUTE/whep` or `ROUTE/whep/ID`: the route and the session.
+fn whep_resource(path: &str) -> Option<(&str, Option<&str>)> {
+    let mut parts = path.split('/');
+    let route = parts.next().filter(|r| !r.is_empty())?;
+    if parts.next()? != "whep" {
+        return None;
+    }
+    let session = parts.next();
+    if parts.next().is_some() || session.is_some_and(str::is_empty) {
+        return None;
+    }
+    Some((route, session))
 }
 
 /// Takes one MPEG-TS push into the route that takes `feed`.

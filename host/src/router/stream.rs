@@ -5,7 +5,7 @@
 //! once on the latest keyframe. A reader that falls a whole ring behind is moved forward to the next
 //! keyframe and counted; nothing a reader does can delay the publisher or another reader.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -127,6 +127,9 @@ pub struct StreamStats {
     pub bytes_out: AtomicU64,
     /// Units dropped because the plugin stage fell behind.
     pub plugin_queue_drops: AtomicU64,
+    /// The current publisher's video has pictures out of presentation order (B-frames), which
+    /// browsers do not play over WebRTC.
+    pub video_reordered: AtomicBool,
 }
 
 struct Shared {
@@ -274,12 +277,14 @@ impl Stream {
         let generation = shared.generation;
         drop(shared);
         self.stats.publishers.fetch_add(1, Ordering::Relaxed);
+        self.stats.video_reordered.store(false, Ordering::Relaxed);
         self.state_changed.notify_waiters();
         Core {
             stream: Arc::clone(self),
             packetizers,
             video_track,
             generation,
+            last_video_pts: None,
             retired: false,
         }
     }
@@ -492,6 +497,7 @@ pub(super) struct Core {
     packetizers: Vec<Packetizer>,
     video_track: Option<usize>,
     generation: u64,
+    last_video_pts: Option<i64>,
     retired: bool,
 }
 
@@ -503,7 +509,17 @@ impl Core {
         };
         let rtp = packetizer.packetize(&au);
         let size = au.data.len();
-        let starts_gop = Some(au.track) == self.video_track && au.keyframe;
+        let video = Some(au.track) == self.video_track;
+        let starts_gop = video && au.keyframe;
+        if video {
+            if self.last_video_pts.is_some_and(|last| au.pts < last) {
+                self.stream
+                    .stats
+                    .video_reordered
+                    .store(true, Ordering::Relaxed);
+            }
+            self.last_video_pts = Some(au.pts);
+        }
         let unit = Arc::new(Unit {
             au,
             rtp,

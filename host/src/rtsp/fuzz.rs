@@ -10,9 +10,10 @@ use bytes::BytesMut;
 use tokio_util::codec::Decoder;
 
 use super::codec::{Incoming, RtspDecoder};
-use super::session::{ClientLimit, Connection, Context};
+use super::session::{Connection, Context};
 use crate::config::{RouteConfig, SourceConfig};
 use crate::router::RouterHandle;
+use crate::sessions::ClientLimit;
 
 struct World {
     runtime: tokio::runtime::Runtime,

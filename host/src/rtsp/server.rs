@@ -18,14 +18,12 @@ use tokio_util::codec::FramedRead;
 
 use super::Error;
 use super::codec::{CodecError, Incoming, RtspDecoder};
-use super::session::{
-    Action, ClientLimit, Connection, Context, Play, TrackTransport, bad_request, route_name,
-};
+use super::session::{Action, Connection, Context, Play, TrackTransport, bad_request, route_name};
 use crate::config::ServerConfig;
 use crate::listen::{Listener, Rebind};
 use crate::router::{Reader, RouterHandle, Unit};
 use crate::rtp::rtcp::{self, SenderReport};
-use crate::sessions::{Registration, SessionKind, Sessions};
+use crate::sessions::{ClientLimit, Registration, SessionKind, Sessions};
 
 /// How often each reader gets RTCP sender reports.
 const SENDER_REPORT_INTERVAL: Duration = Duration::from_secs(5);
@@ -61,6 +59,7 @@ impl RtspServer {
         config: &ServerConfig,
         router: RouterHandle,
         sessions: Sessions,
+        clients: Arc<ClientLimit>,
     ) -> Result<RtspServer, Error> {
         let (listener, rebind) =
             Listener::bind(config.rtsp)
@@ -77,7 +76,7 @@ impl RtspServer {
             shared: Arc::new(Shared {
                 router,
                 sessions,
-                clients: ClientLimit::new(config.max_clients),
+                clients,
                 udp,
             }),
         })

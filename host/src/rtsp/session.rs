@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rtsp_types::headers::{
@@ -17,6 +16,7 @@ use super::publish::Publishing;
 use super::sdp;
 use crate::auth::{self, AuthError};
 use crate::router::{MediaInfo, Reader, RouterHandle, SourceState, Stream};
+use crate::sessions::{ClientLimit, ClientSlot};
 
 /// The session timeout we enforce for UDP sessions without keep-alives or RTCP.
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(65);
@@ -25,41 +25,6 @@ const ANNOUNCED_TIMEOUT_SECS: u64 = 60;
 const PUBLIC_METHODS: &str =
     "OPTIONS, DESCRIBE, SETUP, PLAY, PAUSE, TEARDOWN, GET_PARAMETER, ANNOUNCE, RECORD";
 const SERVER: &str = concat!("wasmcast/", env!("CARGO_PKG_VERSION"));
-
-/// Counts sessions against `max_clients`.
-#[derive(Debug)]
-pub struct ClientLimit {
-    active: AtomicUsize,
-    max: usize,
-}
-
-impl ClientLimit {
-    pub fn new(max: usize) -> Arc<ClientLimit> {
-        Arc::new(ClientLimit {
-            active: AtomicUsize::new(0),
-            max,
-        })
-    }
-
-    fn acquire(self: &Arc<Self>) -> Option<ClientSlot> {
-        self.active
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max).then_some(n + 1)
-            })
-            .ok()?;
-        Some(ClientSlot(Arc::clone(self)))
-    }
-}
-
-/// One session's place under `max_clients`, given back on drop.
-#[derive(Debug)]
-struct ClientSlot(Arc<ClientLimit>);
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::AcqRel);
-    }
-}
 
 /// What the server shares with every connection.
 pub struct Context<'a> {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use super::*;
 use crate::config::{RouteConfig, SourceConfig};
+use crate::sessions::ClientLimit;
 
 struct Fixture {
     router: RouterHandle,

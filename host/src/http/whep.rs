@@ -1,0 +1,215 @@
+//! WHEP (`POST /ROUTE/whep`, then `DELETE`/`PATCH` on `/ROUTE/whep/ID`) and the browser player
+//! (`GET /ROUTE/`). Every WHEP answer allows any origin (CORS), so a page elsewhere can play.
+
+use std::net::SocketAddr;
+
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, StatusCode};
+
+use super::{Reply, State, respond, text};
+use crate::webrtc::WhepError;
+
+/// Largest request body taken on a WHEP resource.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Handles `ROUTE/whep` (`session` `None`) and `ROUTE/whep/ID`.
+pub(super) async fn handle(
+    state: &State,
+    request: Request<Incoming>,
+    route: &str,
+    session: Option<&str>,
+    local: SocketAddr,
+    peer: SocketAddr,
+) -> Reply {
+    let method = request.method().clone();
+    let reply = if method == Method::OPTIONS {
+        let mut reply = respond(StatusCode::NO_CONTENT, "text/plain", "");
+        let allow = if session.is_some() {
+            "DELETE, PATCH, OPTIONS"
+        } else {
+            "POST, OPTIONS"
+        };
+        reply
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allow));
+        reply.headers_mut().insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static(allow),
+        );
+        reply.headers_mut().insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("content-type, authorization, if-match"),
+        );
+        reply
+    } else if state.router.stream(route).is_none() {
+        text(StatusCode::NOT_FOUND, format!("no route `{route}`"))
+    } else if !state.router.permits(Some(route), peer.ip()) {
+        text(
+            StatusCode::FORBIDDEN,
+            "forbidden by the route's access list",
+        )
+    } else if let Some(denied) = authorize(state, route, &request) {
+        denied
+    } else {
+        match (method, session) {
+            (Method::POST, None) => offer(state, request, route, local, peer).await,
+            (Method::DELETE, Some(id)) => match state.webrtc.end(route, id) {
+                Ok(()) => text(StatusCode::OK, "session ended"),
+                Err(err) => error_reply(&err),
+            },
+            (Method::PATCH, Some(id)) => patch(state, request, route, id).await,
+            (method, _) => {
+                let mut reply = text(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!("{method} is not used on a WHEP resource"),
+                );
+                let allow = if session.is_some() {
+                    "DELETE, PATCH, OPTIONS"
+                } else {
+                    "POST, OPTIONS"
+                };
+                reply
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(allow));
+                reply
+            }
+        }
+    };
+    with_cors(reply)
+}
+
+fn with_cors(mut reply: Reply) -> Reply {
+    let headers = reply.headers_mut();
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("Location"),
+    );
+    reply
+}
+
+/// The read credentials of `route`, as HTTP Basic; `Some` is the refusal.
+fn authorize(state: &State, route: &str, request: &Request<Incoming>) -> Option<Reply> {
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let method = request.method().as_str();
+    let err = state
+        .router
+        .authorize(route, false, authorization, method, "")
+        .err()?;
+    tracing::info!(route, "WHEP request refused: {err}");
+    let mut reply = text(
+        StatusCode::UNAUTHORIZED,
+        format!("credentials needed to watch `{route}`"),
+    );
+    reply.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"wasmcast\""),
+    );
+    Some(reply)
+}
+
+async fn body_text(request: Request<Incoming>) -> Result<String, Reply> {
+    let body = Limited::new(request.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+        .map_err(|err| {
+            text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body cannot be read or is over {MAX_BODY_BYTES} bytes: {err}"),
+            )
+        })?
+        .to_bytes();
+    String::from_utf8(body.to_vec())
+        .map_err(|_| text(StatusCode::BAD_REQUEST, "the body is not UTF-8 text"))
+}
+
+fn content_type_is(request: &Request<Incoming>, wanted: &str) -> bool {
+    request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(wanted))
+}
+
+async fn offer(
+    state: &State,
+    request: Request<Incoming>,
+    route: &str,
+    local: SocketAddr,
+    peer: SocketAddr,
+) -> Reply {
+    if !content_type_is(&request, "application/sdp") {
+        return text(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "a WHEP offer is an SDP body with Content-Type: application/sdp",
+        );
+    }
+    let sdp = match body_text(request).await {
+        Ok(sdp) => sdp,
+        Err(reply) => return reply,
+    };
+    match state.webrtc.offer(route, &sdp, local, peer).await {
+        Ok(answer) => {
+            tracing::info!(%peer, route, session = %answer.id, "WHEP session started");
+            let mut reply = respond(StatusCode::CREATED, "application/sdp", answer.sdp);
+            if let Ok(location) = HeaderValue::from_str(&format!("/{route}/whep/{}", answer.id)) {
+                reply.headers_mut().insert(header::LOCATION, location);
+            }
+            reply
+        }
+        Err(err) => {
+            tracing::info!(%peer, route, "WHEP offer refused: {err}");
+            error_reply(&err)
+        }
+    }
+}
+
+async fn patch(state: &State, request: Request<Incoming>, route: &str, id: &str) -> Reply {
+    if !content_type_is(&request, "application/trickle-ice-sdpfrag") {
+        return text(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "PATCH takes Content-Type: application/trickle-ice-sdpfrag",
+        );
+    }
+    let fragment = match body_text(request).await {
+        Ok(fragment) => fragment,
+        Err(reply) => return reply,
+    };
+    match state.webrtc.trickle(route, id, &fragment).await {
+        Ok(()) => respond(StatusCode::NO_CONTENT, "text/plain", ""),
+        Err(err) => error_reply(&err),
+    }
+}
+
+fn error_reply(err: &WhepError) -> Reply {
+    let status = match err {
+        WhepError::NoRoute(_) | WhepError::NoSession(_) => StatusCode::NOT_FOUND,
+        WhepError::NotLive(..) | WhepError::TooMany => StatusCode::SERVICE_UNAVAILABLE,
+        WhepError::BadOffer(_) => StatusCode::BAD_REQUEST,
+        WhepError::Unplayable(_) => StatusCode::NOT_ACCEPTABLE,
+        WhepError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    text(status, err.to_string())
+}
+
+/// `GET /ROUTE/`: the player page.
+pub(super) fn player(state: &State, route: &str) -> Reply {
+    if state.router.stream(route).is_none() {
+        return text(StatusCode::NOT_FOUND, format!("no route `{route}`"));
+    }
+    // Route names are letters, digits, `-`, `_` and `.` (the config checks): safe in HTML and JS.
+    let port = state.rtsp.local_addr().map_or(0, |a| a.port());
+    let page = include_str!("player.html")
+        .replace("ROUTE_NAME", route)
+        .replace("RTSP_PORT", &port.to_string());
+    respond(StatusCode::OK, "text/html; charset=utf-8", page)
+}

@@ -1,0 +1,185 @@
+//! Headless Chromium driven over the DevTools protocol: open a page, evaluate JavaScript in it,
+//! take a screenshot.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::common::TempDir;
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A Chromium process, killed on drop.
+pub struct Browser {
+    child: Child,
+    socket: Socket,
+    next_id: u64,
+    _profile: TempDir,
+}
+
+/// One open page (a DevTools session attached to a tab).
+pub struct Page {
+    session: String,
+}
+
+impl Browser {
+    pub async fn launch() -> Browser {
+        let profile = TempDir::new();
+        let mut child = Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--autoplay-policy=no-user-gesture-required",
+                // Plain host candidates on loopback rather than mDNS names.
+                "--disable-features=WebRtcHideLocalIpsWithMdns",
+                "--remote-debugging-port=0",
+                "--window-size=1280,800",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("about:blank")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start chromium (scripts/install-test-deps.sh installs it)");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (found, url) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(at) = line.find("ws://") {
+                    let _ = found.send(line[at..].trim().to_owned());
+                }
+            }
+        });
+        let url = url
+            .recv_timeout(Duration::from_secs(30))
+            .expect("chromium printed its DevTools address");
+        let (socket, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .expect("connect to DevTools");
+        Browser {
+            child,
+            socket,
+            next_id: 0,
+            _profile: profile,
+        }
+    }
+
+    /// Sends one DevTools command and waits for its result.
+    async fn call(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut message = json!({ "id": id, "method": method, "params": params });
+        if let Some(session) = session {
+            message["sessionId"] = json!(session);
+        }
+        self.socket
+            .send(Message::text(message.to_string()))
+            .await
+            .expect("send to DevTools");
+        loop {
+            let reply = tokio::time::timeout(Duration::from_secs(30), self.socket.next())
+                .await
+                .expect("DevTools answers")
+                .expect("DevTools connection open")
+                .expect("DevTools message");
+            let Message::Text(text) = reply else { continue };
+            let value: Value = serde_json::from_str(&text).expect("DevTools JSON");
+            if value["id"] == id {
+                assert!(
+                    value.get("error").is_none(),
+                    "{method} failed: {}",
+                    value["error"]
+                );
+                return value["result"].clone();
+            }
+        }
+    }
+
+    /// Opens `url` in a new tab.
+    pub async fn open(&mut self, url: &str) -> Page {
+        let target = self
+            .call(None, "Target.createTarget", json!({ "url": url }))
+            .await;
+        let attached = self
+            .call(
+                None,
+                "Target.attachToTarget",
+                json!({ "targetId": target["targetId"], "flatten": true }),
+            )
+            .await;
+        Page {
+            session: attached["sessionId"]
+                .as_str()
+                .expect("a session id")
+                .to_owned(),
+        }
+    }
+
+    /// The value of `expression` in `page` (awaited if it is a promise).
+    pub async fn eval(&mut self, page: &Page, expression: &str) -> Value {
+        let result = self
+            .call(
+                Some(&page.session),
+                "Runtime.evaluate",
+                json!({ "expression": expression, "returnByValue": true, "awaitPromise": true }),
+            )
+            .await;
+        result["result"]["value"].clone()
+    }
+
+    /// A PNG screenshot of `page`.
+    pub async fn screenshot(&mut self, page: &Page) -> Vec<u8> {
+        use base64::Engine;
+        let result = self
+            .call(
+                Some(&page.session),
+                "Page.captureScreenshot",
+                json!({ "format": "png" }),
+            )
+            .await;
+        base64::engine::general_purpose::STANDARD
+            .decode(result["data"].as_str().expect("screenshot data"))
+            .expect("base64 screenshot")
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Mean brightness (0–255) of the RGB pixels of a PNG inside `region` (x, y, width, height).
+pub fn mean_brightness(png_bytes: &[u8], region: (u32, u32, u32, u32)) -> f64 {
+    let decoder = png::Decoder::new(std::io::Cursor::new(png_bytes));
+    let mut reader = decoder.read_info().expect("a PNG");
+    let mut pixels = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut pixels).expect("PNG pixels");
+    let channels = info.color_type.samples();
+    let (x0, y0, w, h) = region;
+    let (mut sum, mut count) = (0u64, 0u64);
+    for y in y0..(y0 + h).min(info.height) {
+        for x in x0..(x0 + w).min(info.width) {
+            let at = (y as usize * info.width as usize + x as usize) * channels;
+            sum += pixels[at..at + 3]
+                .iter()
+                .map(|&v| u64::from(v))
+                .sum::<u64>();
+            count += 3;
+        }
+    }
+    sum as f64 / count.max(1) as f64
+}
