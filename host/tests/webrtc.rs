@@ -4,6 +4,8 @@
 #[path = "common/browser.rs"]
 mod browser;
 mod common;
+#[path = "common/whep.rs"]
+mod whep_client;
 
 use std::time::{Duration, Instant};
 
@@ -89,6 +91,23 @@ async fn chromium_plays_a_file_route_and_a_pushed_route_from_the_player_page() {
         2,
         "both viewers are sessions: {sessions}"
     );
+
+    // The status page lists each route with a player link and its viewers per protocol.
+    let status = browser.open(&format!("http://{}/", server.http)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rows = browser
+        .eval(
+            &status,
+            "JSON.stringify([...document.querySelectorAll('#routes tr')].map(tr =>              [tr.querySelector('a') && tr.querySelector('a').getAttribute('href'),               ...[...tr.children].map(td => td.textContent)]))",
+        )
+        .await;
+    let rows: Vec<Vec<String>> = serde_json::from_str(rows.as_str().unwrap_or("[]")).expect("rows");
+    let unicast = rows
+        .iter()
+        .find(|r| r[0] == "/unicast/")
+        .unwrap_or_else(|| panic!("a player link per route: {rows:?}"));
+    assert_eq!(unicast[2], "live", "{unicast:?}");
+    assert_eq!(unicast[5], "1", "one WebRTC viewer on unicast: {unicast:?}");
 }
 
 async fn http_get(server: &Server, path: &str) -> String {
@@ -190,4 +209,97 @@ async fn common_reader(url: String) -> usize {
         }
     }
     frames
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_whep_viewers_receive_media_and_delete_frees_them() {
+    let server = Server::start_with(
+        "rtsp = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nrtp_ports = \"31000-31999\"\nmax_clients = 20\n",
+        &file_route("unicast", &sample_clip()),
+    );
+    wait_live(&server, "unicast").await;
+    let mut viewers = Vec::new();
+    for _ in 0..20 {
+        viewers.push(
+            whep_client::Viewer::connect(server.http, "unicast")
+                .await
+                .expect("a viewer"),
+        );
+    }
+    let refused = whep(&server, "/unicast/whep", "application/sdp", VIDEO_OFFER).await;
+    assert!(
+        refused.starts_with("HTTP/1.1 503") && refused.contains("max_clients"),
+        "the 21st viewer over max_clients = 20: {refused}"
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for (i, viewer) in viewers.iter().enumerate() {
+        let packets = viewer.packets.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(packets > 50, "viewer {i} received {packets} RTP packets");
+    }
+    let sessions = http_get(&server, "/api/v1/sessions").await;
+    assert_eq!(sessions.matches("webrtc-viewer").count(), 20, "{sessions}");
+
+    for viewer in &viewers {
+        let request = format!(
+            "DELETE {} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+            viewer.location
+        );
+        let reply = exchange(server.http, request.as_bytes(), Duration::from_secs(5)).await;
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let sessions = http_get(&server, "/api/v1/sessions").await;
+        if !sessions.contains("webrtc-viewer") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "DELETE ends sessions: {sessions}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Their places under max_clients are free again.
+    let again = whep_client::Viewer::connect(server.http, "unicast").await;
+    assert!(again.is_ok(), "{:?}", again.err());
+    for viewer in &viewers {
+        viewer.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_route_closes_its_webrtc_viewers() {
+    let server = Server::start(&format!(
+        "{}{}",
+        file_route("stays", &sample_clip()),
+        file_route("goes", &sample_clip())
+    ));
+    wait_live(&server, "goes").await;
+    let viewer = whep_client::Viewer::connect(server.http, "goes")
+        .await
+        .expect("a viewer");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(viewer.packets.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    server.write_routes(&file_route("stays", &sample_clip()), true);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let sessions = http_get(&server, "/api/v1/sessions").await;
+        if !sessions.contains("webrtc-viewer") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the viewer of the removed route is closed: {sessions}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        server
+            .log()
+            .iter()
+            .any(|l| l.contains("webrtc") && l.contains("RouteEnded")),
+        "{:#?}",
+        server.log()
+    );
+    viewer.close().await;
 }

@@ -9,17 +9,15 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::common::TempDir;
-
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// A Chromium process, killed on drop.
+/// A Chromium process, killed on drop (with its profile directory).
 pub struct Browser {
     child: Child,
     socket: Socket,
     next_id: u64,
-    _profile: TempDir,
+    profile: std::path::PathBuf,
 }
 
 /// One open page (a DevTools session attached to a tab).
@@ -29,7 +27,12 @@ pub struct Page {
 
 impl Browser {
     pub async fn launch() -> Browser {
-        let profile = TempDir::new();
+        static LAUNCHED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let profile = std::env::temp_dir().join(format!(
+            "wasmcast-chromium-{}-{}",
+            std::process::id(),
+            LAUNCHED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         let mut child = Command::new("chromium")
             .args([
                 "--headless",
@@ -46,7 +49,7 @@ impl Browser {
                 "--remote-debugging-port=0",
                 "--window-size=1280,800",
             ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(format!("--user-data-dir={}", profile.display()))
             .arg("about:blank")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -72,7 +75,7 @@ impl Browser {
             child,
             socket,
             next_id: 0,
-            _profile: profile,
+            profile,
         }
     }
 
@@ -159,6 +162,7 @@ impl Drop for Browser {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
     }
 }
 

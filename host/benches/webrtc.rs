@@ -1,0 +1,147 @@
+//! WebRTC fan-out: N WHEP viewers of a ~2 Mbps 720p route; server CPU per viewer, and the latency
+//! headless Chromium's player estimates from its own stats (jitter buffer delay plus half the round
+//! trip). Run with `cargo bench --bench webrtc`; `WASMCAST_BENCH_VIEWERS` (default `100`) and
+//! `WASMCAST_BENCH_SECONDS` (default 10).
+//!
+//! The viewers are webrtc-crate peers in this process (decrypting every packet costs this process
+//! CPU, not the server's).
+
+#![allow(
+    dead_code,
+    reason = "the browser and WHEP helpers are shared with the tests, which use all of them"
+)]
+
+#[path = "../tests/common/browser.rs"]
+mod browser;
+mod common;
+#[path = "../tests/common/whep.rs"]
+mod whep;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::BenchServer;
+
+const TARGET_CPU_FOR_100: f64 = 1.0;
+const TARGET_LATENCY_MS: f64 = 300.0;
+
+fn main() {
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let counts: Vec<usize> = std::env::var("WASMCAST_BENCH_VIEWERS")
+        .unwrap_or_else(|_| if quick { "5".into() } else { "100".into() })
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    let seconds: u64 = std::env::var("WASMCAST_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if quick { 2 } else { 10 });
+    let clip = common::clip(
+        "720p-2mbps.mp4",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1280x720:rate=25:duration=10",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-profile:v",
+            "main",
+            "-bf",
+            "0",
+            "-b:v",
+            "2M",
+            "-maxrate",
+            "2M",
+            "-bufsize",
+            "1M",
+            "-g",
+            "25",
+            "-pix_fmt",
+            "yuv420p",
+        ],
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    println!("viewers  receiving  server-cpu  cpu/viewer   packets/viewer/s");
+    for count in counts {
+        let server = BenchServer::start(
+            "webrtc",
+            &format!("rtp_ports = \"37000-37999\"\nmax_clients = {}", count + 10),
+            &format!("[routes.hd]\nsource = \"file:{}\"\n", clip.display()),
+        );
+        runtime.block_on(async {
+            std::thread::sleep(Duration::from_millis(500));
+            let mut viewers = Vec::new();
+            for _ in 0..count {
+                viewers.push(
+                    whep::Viewer::connect(server.http, "hd")
+                        .await
+                        .expect("a viewer"),
+                );
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let before: Vec<u64> = viewers
+                .iter()
+                .map(|v| v.packets.load(Ordering::Relaxed))
+                .collect();
+            let cpu_before = server.cpu_time();
+            let started = Instant::now();
+            tokio::time::sleep(Duration::from_secs(seconds)).await;
+            let elapsed = started.elapsed().as_secs_f64();
+            let cpu = (server.cpu_time() - cpu_before).as_secs_f64() / elapsed;
+            let rates: Vec<f64> = viewers
+                .iter()
+                .zip(&before)
+                .map(|(v, b)| (v.packets.load(Ordering::Relaxed) - b) as f64 / elapsed)
+                .collect();
+            let receiving = rates.iter().filter(|r| **r > 1.0).count();
+            let mean_rate = rates.iter().sum::<f64>() / rates.len().max(1) as f64;
+            println!(
+                "{count:>7}  {receiving:>9}  {:>9.1}%  {:>9.3}%  {mean_rate:>16.0}",
+                cpu * 100.0,
+                cpu * 100.0 / count as f64
+            );
+            if count >= 100 {
+                println!(
+                    "  target: 100 viewers under one core: {}",
+                    if cpu * 100.0 / count as f64 <= TARGET_CPU_FOR_100 {
+                        "ok"
+                    } else {
+                        "MISSED"
+                    }
+                );
+            }
+            for viewer in &viewers {
+                viewer.close().await;
+            }
+        });
+    }
+
+    let server = BenchServer::start(
+        "webrtc-latency",
+        "rtp_ports = \"37000-37999\"",
+        &format!("[routes.hd]\nsource = \"file:{}\"\n", clip.display()),
+    );
+    runtime.block_on(async {
+        let mut chromium = browser::Browser::launch().await;
+        let page = chromium
+            .open(&format!("http://{}/hd/", server.http))
+            .await;
+        tokio::time::sleep(Duration::from_secs(if quick { 4 } else { 10 })).await;
+        let latency = chromium
+            .eval(&page, "window.wasmcast && window.wasmcast.latencyMs")
+            .await;
+        match latency.as_f64() {
+            Some(ms) => println!(
+                "Chromium player's latency estimate on loopback: {ms:.0} ms; target < {TARGET_LATENCY_MS} ms: {}",
+                if ms < TARGET_LATENCY_MS { "ok" } else { "MISSED" }
+            ),
+            None => println!("the player reported no latency estimate ({latency})"),
+        }
+    });
+}
