@@ -9,18 +9,28 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Plugins built into the binary, by name (the crate's name).
-const BUILTINS: [&str; 3] = ["passthrough", "keyframes", "sei-timestamp"];
-
-/// Each run of the nested cargo: the packages it builds.
-const RUNS: [&[&str]; 1] = [&[
+const BUILTINS: [&str; 6] = [
     "passthrough",
     "keyframes",
     "sei-timestamp",
-    "spin",
-    "memory-bomb",
-    "trap-tenth",
-    "wrong-world",
-]];
+    "grayscale",
+    "clock",
+    "privacy-box",
+];
+
+/// Each run of the nested cargo: the packages it builds.
+const RUNS: [&[&str]; 2] = [
+    &[
+        "passthrough",
+        "keyframes",
+        "sei-timestamp",
+        "spin",
+        "memory-bomb",
+        "trap-tenth",
+        "wrong-world",
+    ],
+    &["grayscale", "clock", "privacy-box"],
+];
 
 const TARGET: &str = "wasm32-wasip2";
 

@@ -16,6 +16,7 @@ pub mod rtp;
 pub mod rtsp;
 pub mod sessions;
 pub mod sources;
+pub mod transcode;
 pub mod webrtc;
 
 use std::future::Future;

@@ -59,7 +59,26 @@ pub struct RouteConfig {
     pub read: Vec<String>,
     /// Users who may publish (push routes); empty: anyone.
     pub publish: Vec<String>,
+    /// Re-encode the video, like an ffserver `<Stream>`.
+    pub transcode: Option<TranscodeConfig>,
 }
+
+/// A `[routes.NAME.transcode]` table: what the route's video is re-encoded to (H.264 constrained
+/// baseline). Sizes and rate left out keep the source's.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TranscodeConfig {
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub fps: Option<f64>,
+    pub bitrate_kbps: u32,
+    /// Pictures from one keyframe to the next; `None`: two seconds' worth.
+    pub keyframe_interval: Option<u32>,
+    /// Keep the audio tracks (as they are); false is ffserver's `NoAudio`.
+    pub audio: bool,
+}
+
+/// Bit rate of a re-encoded route unless its table sets `bitrate_kbps`.
+pub const DEFAULT_TRANSCODE_KBPS: u32 = 1000;
 
 /// Where a route's media comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -313,14 +332,10 @@ impl Checker<'_> {
                     );
                 }
             }
-            if let Some(transcode) = &route.transcode {
-                self.problem(
-                    transcode,
-                    format!("{key}.transcode"),
-                    "this build of wasmcast cannot transcode yet; remove the [transcode] table"
-                        .into(),
-                );
-            }
+            let transcode = route
+                .transcode
+                .as_ref()
+                .map(|t| self.transcode(t.get_ref(), t, &format!("{key}.transcode")));
             let looping = route.looping.as_ref().is_none_or(|l| *l.get_ref());
             let source =
                 match parse_source(name.get_ref(), route.source.get_ref(), looping, base_dir) {
@@ -353,6 +368,7 @@ impl Checker<'_> {
                     access: self.access(&route.allow, &route.deny, &key),
                     read: self.user_list(&route.read, &users, &format!("{key}.read")),
                     publish: self.user_list(&route.publish, &users, &format!("{key}.publish")),
+                    transcode,
                 },
             );
         }
@@ -483,6 +499,70 @@ impl Checker<'_> {
                 position: Some(self.position(name.span().start)),
             },
         })
+    }
+
+    fn transcode<T>(
+        &mut self,
+        raw: &raw::Transcode,
+        at: &Spanned<T>,
+        key: &str,
+    ) -> TranscodeConfig {
+        for (value, name) in [(&raw.width, "width"), (&raw.height, "height")] {
+            if let Some(value) = value
+                && (!(16..=4096).contains(value.get_ref()) || value.get_ref() % 2 != 0)
+            {
+                self.problem(
+                    value,
+                    format!("{key}.{name}"),
+                    "give an even number of pixels from 16 to 4096".into(),
+                );
+            }
+        }
+        if let Some(fps) = &raw.fps
+            && !(1.0..=120.0).contains(fps.get_ref())
+        {
+            self.problem(
+                fps,
+                format!("{key}.fps"),
+                "give 1 to 120 frames per second".into(),
+            );
+        }
+        if let Some(kbps) = &raw.bitrate_kbps
+            && !(10..=100_000).contains(kbps.get_ref())
+        {
+            self.problem(
+                kbps,
+                format!("{key}.bitrate_kbps"),
+                "give 10 to 100000 kbit/s".into(),
+            );
+        }
+        if let Some(interval) = &raw.keyframe_interval
+            && !(1..=1000).contains(interval.get_ref())
+        {
+            self.problem(
+                interval,
+                format!("{key}.keyframe_interval"),
+                "give 1 to 1000 pictures".into(),
+            );
+        }
+        if raw.width.is_some() != raw.height.is_some() {
+            self.problem(
+                at,
+                key.to_owned(),
+                "give both width and height, or neither (to keep the source's size)".into(),
+            );
+        }
+        TranscodeConfig {
+            width: raw.width.as_ref().map(|v| *v.get_ref()),
+            height: raw.height.as_ref().map(|v| *v.get_ref()),
+            fps: raw.fps.as_ref().map(|v| *v.get_ref()),
+            bitrate_kbps: raw
+                .bitrate_kbps
+                .as_ref()
+                .map_or(DEFAULT_TRANSCODE_KBPS, |v| *v.get_ref()),
+            keyframe_interval: raw.keyframe_interval.as_ref().map(|v| *v.get_ref()),
+            audio: raw.audio.unwrap_or(true),
+        }
     }
 
     fn server(&mut self, raw: raw::Server) -> ServerConfig {

@@ -60,7 +60,7 @@ pub(super) struct Route {
     pub looping: Option<Spanned<bool>>,
     #[serde(default)]
     pub plugins: Vec<Spanned<String>>,
-    pub transcode: Option<Spanned<toml::Table>>,
+    pub transcode: Option<Spanned<Transcode>>,
     #[serde(default)]
     pub allow: Vec<Spanned<String>>,
     #[serde(default)]
@@ -86,4 +86,15 @@ pub(super) struct Plugin {
     pub dirs: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
     pub network: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Transcode {
+    pub width: Option<Spanned<u32>>,
+    pub height: Option<Spanned<u32>>,
+    pub fps: Option<Spanned<f64>>,
+    pub bitrate_kbps: Option<Spanned<u32>>,
+    pub keyframe_interval: Option<Spanned<u32>>,
+    pub audio: Option<bool>,
 }

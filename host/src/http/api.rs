@@ -85,9 +85,20 @@ fn routes(state: &State) -> Reply {
                     })
                 })
                 .collect();
+            let transcode = stream.transcode_stats().map(|t| {
+                serde_json::json!({
+                    "decoded": t.decoded.load(Ordering::Relaxed),
+                    "decode_errors": t.decode_errors.load(Ordering::Relaxed),
+                    "encoded": t.encoded.load(Ordering::Relaxed),
+                    "dropped": t.dropped.load(Ordering::Relaxed),
+                    "duplicated": t.duplicated.load(Ordering::Relaxed),
+                    "skipped": t.skipped.load(Ordering::Relaxed),
+                })
+            });
             serde_json::json!({
                 "name": name,
                 "plugins": plugins,
+                "transcode": transcode,
                 "plugin_queue_drops": stats.plugin_queue_drops.load(Ordering::Relaxed),
                 "source": source,
                 "source_error": reason,

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::runtime::{Instance, Verdict};
+use super::runtime::{FrameVerdict, Instance, Picture, Verdict};
 use super::{Fault, LoadedPlugin};
 use crate::config::OnError;
 use crate::media::{AccessUnit, Track};
@@ -113,6 +113,16 @@ impl Chain {
         }
     }
 
+    /// Runs the chain's frame plugins on `picture`, in order; false when one left it out.
+    pub fn process_picture(&mut self, picture: &mut Picture) -> bool {
+        for link in &mut self.links {
+            if !link.process_picture(picture, &self.route) {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Runs `unit` of a stream with `tracks` through the chain; what comes out is appended to `out`.
     pub fn process(&mut self, unit: AccessUnit, tracks: &[Track], out: &mut Vec<AccessUnit>) {
         if self.links.is_empty() {
@@ -154,6 +164,52 @@ impl Link {
         }
     }
 
+    /// Calls the plugin through `call`, with its instance started if needed, timed and counted;
+    /// `Err` is the unit's fault (`None`: the plugin is suspended or cannot start), already logged.
+    fn invoke<T>(
+        &mut self,
+        route: &str,
+        call: impl FnOnce(&mut Instance) -> Result<T, Fault>,
+    ) -> Result<T, ()> {
+        if !self.ensure_instance(route) {
+            return Err(());
+        }
+        let Some(instance) = self.instance.as_mut() else {
+            return Err(());
+        };
+        let started = Instant::now();
+        let outcome = call(instance);
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        self.stats.nanos.fetch_add(
+            u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        match outcome {
+            Ok(value) => {
+                self.faults_in_a_row = 0;
+                Ok(value)
+            }
+            Err(fault) => {
+                // A trapped instance refuses every later call: the next unit gets a new one.
+                self.instance = None;
+                self.stats.restarts.fetch_add(1, Ordering::Relaxed);
+                self.faults_in_a_row += 1;
+                let next = match self.suspension() {
+                    Some(pause) => {
+                        self.retry_at = Some(Instant::now() + pause);
+                        format!(
+                            "{} faults in a row: suspended for {pause:?}",
+                            self.faults_in_a_row
+                        )
+                    }
+                    None => "instance restarted".to_owned(),
+                };
+                self.fault(route, &fault, "failed", &next);
+                Err(())
+            }
+        }
+    }
+
     fn process(
         &mut self,
         unit: AccessUnit,
@@ -164,54 +220,35 @@ impl Link {
         let Some(track) = tracks.get(unit.track) else {
             return;
         };
-        let outcome = if self.ensure_instance(route) {
-            let Some(instance) = self.instance.as_mut() else {
-                return;
-            };
-            let started = Instant::now();
-            let outcome = instance
-                .process_unit(&unit, &track.codec, tracks)
-                .map_err(Some);
-            self.stats.calls.fetch_add(1, Ordering::Relaxed);
-            self.stats.nanos.fetch_add(
-                u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
-                Ordering::Relaxed,
-            );
-            outcome
-        } else {
-            Err(None)
-        };
-        if outcome.is_ok() {
-            self.faults_in_a_row = 0;
-        }
-        match outcome {
+        match self.invoke(route, |instance| {
+            instance.process_unit(&unit, &track.codec, tracks)
+        }) {
             Ok(Verdict::Pass) => out.push(unit),
             Ok(Verdict::Drop) => {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             }
             Ok(Verdict::Replace(units)) => out.extend(units),
-            Err(fault) => {
-                if let Some(fault) = fault {
-                    // A trapped instance refuses every later call: the next unit gets a new one.
-                    self.instance = None;
-                    self.stats.restarts.fetch_add(1, Ordering::Relaxed);
-                    self.faults_in_a_row += 1;
-                    let next = match self.suspension() {
-                        Some(pause) => {
-                            self.retry_at = Some(Instant::now() + pause);
-                            format!(
-                                "{} faults in a row: suspended for {pause:?}",
-                                self.faults_in_a_row
-                            )
-                        }
-                        None => "instance restarted".to_owned(),
-                    };
-                    self.fault(route, &fault, "failed", &next);
-                }
+            Err(()) => {
                 if self.plugin.config.on_error == OnError::Bypass {
                     out.push(unit);
                 }
             }
+        }
+    }
+
+    /// Runs a frame plugin on `picture`; false when the picture is to be left out.
+    fn process_picture(&mut self, picture: &mut Picture, route: &str) -> bool {
+        match self.invoke(route, |instance| instance.process_picture(picture)) {
+            Ok(FrameVerdict::Pass) => true,
+            Ok(FrameVerdict::Replace(data)) => {
+                picture.data = data;
+                true
+            }
+            Ok(FrameVerdict::Drop) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            Err(()) => self.plugin.config.on_error == OnError::Bypass,
         }
     }
 

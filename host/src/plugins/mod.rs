@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use crate::config::{Config, PluginConfig, Problem, WasmSource};
 
 pub use chain::{Chain, PluginStats, PluginStatus};
-pub use runtime::{Fault, Instance, Kind};
+pub use runtime::{Fault, FrameVerdict, Instance, Kind, Picture};
 
 use runtime::{Compiled, Names};
 
@@ -96,20 +96,6 @@ impl Loader {
                     plugins.insert(name.clone(), loaded);
                 }
                 Err(why) => problems.push(plugin.origin.problem(format!("plugins.{name}"), why)),
-            }
-        }
-        for (route, route_config) in &config.routes {
-            for name in &route_config.plugins {
-                if let Some(plugin) = plugins.get(name)
-                    && plugin.kind() == Kind::Frame
-                {
-                    problems.push(plugin.config.origin.problem(
-                        format!("routes.{route}.plugins"),
-                        format!(
-                            "`{name}` is a frame plugin; this build of wasmcast runs packet plugins only"
-                        ),
-                    ));
-                }
             }
         }
         let in_use: Vec<u64> = plugins.values().map(|p| p.digest).collect();

@@ -523,6 +523,89 @@ impl Instance {
     }
 }
 
+/// A decoded picture in I420 with tight strides: the Y plane (`width` bytes a row), then U and V
+/// (`(width + 1) / 2` a row, `(height + 1) / 2` rows).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Picture {
+    pub width: u32,
+    pub height: u32,
+    /// Presentation time in 90 kHz ticks.
+    pub pts: i64,
+    pub data: Vec<u8>,
+}
+
+impl Picture {
+    /// Bytes of a picture of this size.
+    pub fn size_of(width: u32, height: u32) -> usize {
+        let (w, h) = (width as usize, height as usize);
+        w * h + 2 * w.div_ceil(2) * h.div_ceil(2)
+    }
+
+    pub fn chroma_width(&self) -> u32 {
+        self.width.div_ceil(2)
+    }
+}
+
+/// What a frame plugin made of a picture.
+#[derive(Debug)]
+pub enum FrameVerdict {
+    Pass,
+    Drop,
+    /// New contents for the picture (same size).
+    Replace(Vec<u8>),
+}
+
+impl Instance {
+    /// Runs the frame plugin on `picture`.
+    pub fn process_picture(&mut self, picture: &Picture) -> Result<FrameVerdict, Fault> {
+        use frame_world::wasmcast::plugin::frames as wit_frames;
+        let Bindings::Frame(bindings) = &self.bindings else {
+            return Ok(FrameVerdict::Pass);
+        };
+        let input = wit_frames::FrameParam {
+            width: picture.width,
+            height: picture.height,
+            y_stride: picture.width,
+            u_stride: picture.chroma_width(),
+            v_stride: picture.chroma_width(),
+            pts: picture.pts,
+            data: &picture.data,
+        };
+        self.limits.arm(&mut self.store);
+        let verdict = bindings
+            .wasmcast_plugin_frame_filter()
+            .call_process(&mut self.store, input)
+            .map_err(|err| self.limits.fault(err))?;
+        Ok(match verdict {
+            wit_frames::FrameVerdict::Pass => FrameVerdict::Pass,
+            wit_frames::FrameVerdict::Drop => FrameVerdict::Drop,
+            wit_frames::FrameVerdict::Replace(frame) => {
+                let same_shape = frame.width == picture.width
+                    && frame.height == picture.height
+                    && frame.y_stride == picture.width
+                    && frame.u_stride == picture.chroma_width()
+                    && frame.v_stride == picture.chroma_width()
+                    && frame.data.len() == picture.data.len();
+                if !same_shape {
+                    return Err(Fault::Invalid(format!(
+                        "returned a {}x{} picture (strides {}/{}/{}, {} bytes) for a {}x{} one; \
+                         change the picture in place",
+                        frame.width,
+                        frame.height,
+                        frame.y_stride,
+                        frame.u_stride,
+                        frame.v_stride,
+                        frame.data.len(),
+                        picture.width,
+                        picture.height
+                    )));
+                }
+                FrameVerdict::Replace(frame.data)
+            }
+        })
+    }
+}
+
 fn wit_codec(codec: &Codec) -> wit::Codec {
     match codec {
         Codec::H264 { .. } => wit::Codec::H264,

@@ -241,10 +241,13 @@ impl Actor {
                         continue;
                     };
                     let chain = chain_of(&config, plugins);
-                    let chain_changed = !same_chain(&route.chain, &chain);
+                    let chain_changed = !same_chain(&route.chain, &chain)
+                        || route.config.transcode != config.transcode;
                     if chain_changed {
                         // Swapped between two units: readers stay, no unit is lost.
-                        route.stream.set_plugins(&chain);
+                        route
+                            .stream
+                            .set_processing(&chain, config.transcode.clone());
                         route.chain = chain;
                     }
                     if route.config != config || chain_changed {
@@ -263,7 +266,7 @@ impl Actor {
         for (name, config) in wanted {
             let stream = Stream::new(&name);
             let chain = chain_of(&config, plugins);
-            stream.set_plugins(&chain);
+            stream.set_processing(&chain, config.transcode.clone());
             let source = sources::start(&config.source, Arc::clone(&stream));
             self.routes.insert(
                 name.clone(),

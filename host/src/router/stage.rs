@@ -1,6 +1,8 @@
-//! The plugin stage of a route: a thread between the route's publisher and its hub.
+//! The processing stage of a route: a thread between the route's publisher and its hub, running
+//! its packet plugins and, when the route re-encodes, its frame path (decode, frame plugins,
+//! encode; see [`crate::transcode`]).
 //!
-//! Plugins are CPU work of unknown cost, so they never run on the async runtime nor on a source's
+//! Plugins and codecs are CPU work of unknown cost, so they never run on the async runtime nor on a source's
 //! own thread: the publisher queues each unit for the stage (a bounded number of them; past that,
 //! units are dropped and counted, video until its next keyframe), and the stage runs the chain and
 //! packetizes what comes out. Everything about a route's publishers goes through the same queue —
@@ -12,15 +14,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
+use super::SourceState;
 use super::stream::{Core, Stream, Timeline};
+use crate::config::{DEFAULT_TRANSCODE_KBPS, TranscodeConfig};
 use crate::media::{AccessUnit, StreamDescription};
 use crate::plugins::{Chain, LoadedPlugin, PluginStatus};
+use crate::transcode::{TranscodeStats, Transcoder};
 
 /// Units waiting for the stage at most: about two seconds of 30 fps video with its audio.
 const MAX_QUEUED_UNITS: usize = 128;
 
 enum Message {
-    Chain(Chain),
+    /// New packet plugins, frame plugins and transcode settings.
+    Processing(Processing),
     Start {
         description: StreamDescription,
         timeline: Timeline,
@@ -32,10 +38,19 @@ enum Message {
     Stop,
 }
 
+/// What a stage does to the units that pass through it.
+pub(super) struct Processing {
+    packets: Chain,
+    frames: Chain,
+    /// Re-encode (with the frame plugins in between) when set, or when there are frame plugins.
+    transcode: Option<TranscodeConfig>,
+}
+
 /// The stage of one stream, held by the stream.
 pub(super) struct Stage {
     input: StageInput,
     status: Arc<Mutex<Vec<PluginStatus>>>,
+    transcode_stats: Arc<TranscodeStats>,
 }
 
 /// The way into a stage, held by the stream's publisher.
@@ -50,13 +65,19 @@ impl Stage {
     pub(super) fn spawn(stream: &Arc<Stream>) -> Stage {
         let (messages, inbox) = mpsc::channel();
         let queued = Arc::new(AtomicUsize::new(0));
+        let transcode_stats = Arc::new(TranscodeStats::default());
         let worker = Worker {
             stream: Arc::clone(stream),
             queued: Arc::clone(&queued),
-            chain: Chain::new(stream.name(), &[], &[]),
+            packets: Chain::new(stream.name(), &[], &[]),
+            frames: Some(Chain::new(stream.name(), &[], &[])),
+            transcode: None,
+            transcoder: None,
+            transcode_stats: Arc::clone(&transcode_stats),
+            input: None,
             core: None,
-            description: None,
             out: Vec::new(),
+            staged: Vec::new(),
         };
         let spawned = std::thread::Builder::new()
             .name(format!("plugins:{}", stream.name()))
@@ -74,6 +95,7 @@ impl Stage {
         Stage {
             input: StageInput { messages, queued },
             status: Arc::default(),
+            transcode_stats,
         }
     }
 
@@ -81,13 +103,32 @@ impl Stage {
         self.input.clone()
     }
 
-    /// Swaps in a chain of `plugins`.
-    pub(super) fn set_plugins(&self, route: &str, plugins: &[Arc<LoadedPlugin>]) {
+    /// Swaps in `packets` and `frames` plugins and the transcode settings.
+    pub(super) fn set_processing(
+        &self,
+        route: &str,
+        packets: &[Arc<LoadedPlugin>],
+        frames: &[Arc<LoadedPlugin>],
+        transcode: Option<TranscodeConfig>,
+    ) {
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        let chain = Chain::new(route, plugins, &status);
-        *status = chain.status();
+        let packets = Chain::new(route, packets, &status);
+        let frames = Chain::new(route, frames, &status);
+        *status = packets
+            .status()
+            .into_iter()
+            .chain(frames.status())
+            .collect();
         drop(status);
-        let _ = self.input.messages.send(Message::Chain(chain));
+        let _ = self.input.messages.send(Message::Processing(Processing {
+            packets,
+            frames,
+            transcode,
+        }));
+    }
+
+    pub(super) fn transcode_stats(&self) -> &Arc<TranscodeStats> {
+        &self.transcode_stats
     }
 
     pub(super) fn status(&self) -> Vec<PluginStatus> {
@@ -140,33 +181,47 @@ impl StageInput {
 struct Worker {
     stream: Arc<Stream>,
     queued: Arc<AtomicUsize>,
-    chain: Chain,
+    packets: Chain,
+    /// The frame plugins, while no transcoder holds them.
+    frames: Option<Chain>,
+    transcode: Option<TranscodeConfig>,
+    transcoder: Option<Transcoder>,
+    transcode_stats: Arc<TranscodeStats>,
+    /// The running publisher's tracks and timeline: plugins are told each unit's codec, and a
+    /// transcoder starts from them.
+    input: Option<(StreamDescription, Timeline)>,
+    /// Publishes into the hub; with a transcoder, made at its first keyframe.
     core: Option<Core>,
-    /// The tracks of the running publisher: plugins are told each unit's codec.
-    description: Option<StreamDescription>,
     out: Vec<AccessUnit>,
+    staged: Vec<AccessUnit>,
 }
 
 impl Worker {
     fn run(mut self, inbox: mpsc::Receiver<Message>) {
         while let Ok(message) = inbox.recv() {
             match message {
-                Message::Chain(mut chain) => {
-                    chain.start();
-                    self.chain = chain;
-                }
+                Message::Processing(processing) => self.set_processing(processing),
                 Message::Start {
                     description,
                     timeline,
                 } => {
                     self.retire();
-                    self.core = Some(self.stream.start_core(description.clone(), timeline));
-                    self.description = Some(description);
+                    self.input = Some((description, timeline));
+                    self.start();
                 }
                 Message::Adopt(core) => {
                     self.retire();
-                    self.description = self.stream.media().map(|m| m.description.clone());
-                    self.core = Some(core);
+                    self.input = self
+                        .stream
+                        .media()
+                        .map(|m| (m.description.clone(), core.timeline()));
+                    if self.transcoding() {
+                        // The publisher's own core cannot carry re-encoded video: start anew.
+                        drop(core);
+                        self.start();
+                    } else {
+                        self.core = Some(core);
+                    }
                 }
                 Message::Unit(unit) => {
                     self.queued.fetch_sub(1, Ordering::Relaxed);
@@ -179,13 +234,116 @@ impl Worker {
         self.retire();
     }
 
-    fn process(&mut self, unit: AccessUnit) {
-        let (Some(core), Some(description)) = (&mut self.core, &self.description) else {
+    fn transcoding(&self) -> bool {
+        self.transcode.is_some()
+            || self.frames.as_ref().is_some_and(|f| !f.status().is_empty())
+            || self.transcoder.is_some()
+    }
+
+    /// Starts publishing the current input: at once, or through a new transcoder.
+    fn start(&mut self) {
+        let Some((description, timeline)) = self.input.clone() else {
             return;
         };
-        self.chain.process(unit, &description.tracks, &mut self.out);
-        for unit in self.out.drain(..) {
-            core.send(unit);
+        let wants_transcoder = self.transcode.is_some()
+            || self.frames.as_ref().is_some_and(|f| !f.status().is_empty());
+        if !wants_transcoder {
+            self.core = Some(self.stream.start_core(description, timeline));
+            return;
+        }
+        let settings = self.transcode.clone().unwrap_or(TranscodeConfig {
+            width: None,
+            height: None,
+            fps: None,
+            bitrate_kbps: DEFAULT_TRANSCODE_KBPS,
+            keyframe_interval: None,
+            audio: true,
+        });
+        let frames = self
+            .frames
+            .take()
+            .unwrap_or_else(|| Chain::new(self.stream.name(), &[], &[]));
+        match Transcoder::new(
+            self.stream.name(),
+            &settings,
+            &description,
+            frames,
+            Arc::clone(&self.transcode_stats),
+        ) {
+            Ok(transcoder) => self.transcoder = Some(transcoder),
+            Err(err) => {
+                tracing::error!(route = self.stream.name(), "cannot transcode: {err}");
+                self.stream
+                    .set_state(SourceState::Failed(format!("cannot transcode: {err}")));
+            }
+        }
+    }
+
+    fn set_processing(&mut self, mut processing: Processing) {
+        processing.packets.start();
+        processing.frames.start();
+        self.packets = processing.packets;
+        let settings_changed = processing.transcode != self.transcode
+            || (self.transcoder.is_none() && !processing.frames.status().is_empty())
+            || (self.transcoder.is_some()
+                && processing.transcode.is_none()
+                && processing.frames.status().is_empty());
+        self.transcode = processing.transcode;
+        match (&mut self.transcoder, settings_changed) {
+            (Some(transcoder), false) => transcoder.set_frames(processing.frames),
+            _ => {
+                // New settings need a new encoder and a new stream description; readers
+                // continue at the new stream's first keyframe.
+                let restart = settings_changed && self.input.is_some();
+                let input = self.input.clone();
+                if restart {
+                    self.retire();
+                }
+                self.frames = Some(processing.frames);
+                if restart {
+                    self.input = input;
+                    self.start();
+                }
+            }
+        }
+    }
+
+    fn process(&mut self, unit: AccessUnit) {
+        let Some((description, _)) = &self.input else {
+            return;
+        };
+        self.packets
+            .process(unit, &description.tracks, &mut self.out);
+        if let Some(transcoder) = &mut self.transcoder {
+            let keyframe_wanted = self.stream.take_keyframe_request();
+            for unit in self.out.drain(..) {
+                transcoder.process(unit, keyframe_wanted, &mut self.staged);
+            }
+            for unit in self.staged.drain(..) {
+                if self.core.is_none() {
+                    // The re-encoded stream starts at its first keyframe, which carries the
+                    // encoder's parameter sets: only then can it be described.
+                    let Some(output) = (unit.track == 0 && unit.keyframe)
+                        .then(|| transcoder.describe(&unit))
+                        .flatten()
+                    else {
+                        continue;
+                    };
+                    let Some((_, timeline)) = &self.input else {
+                        continue;
+                    };
+                    self.core = Some(self.stream.start_core(output, *timeline));
+                }
+                if let Some(core) = &mut self.core {
+                    core.send(unit);
+                }
+            }
+        } else if let Some(core) = &mut self.core {
+            for unit in self.out.drain(..) {
+                core.send(unit);
+            }
+        } else {
+            self.out.clear();
         }
     }
 
@@ -193,6 +351,9 @@ impl Worker {
         if let Some(mut core) = self.core.take() {
             core.retire(false);
         }
-        self.description = None;
+        if let Some(transcoder) = self.transcoder.take() {
+            self.frames = Some(transcoder.into_frames());
+        }
+        self.input = None;
     }
 }

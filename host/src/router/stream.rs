@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, broadcast};
 
 use super::stage::{Stage, StageInput};
+use crate::config::TranscodeConfig;
 use crate::media::{AccessUnit, StreamDescription};
-use crate::plugins::{LoadedPlugin, PluginStatus};
+use crate::plugins::{Kind, LoadedPlugin, PluginStatus};
 use crate::rtp::{self, Packetizer, RtpUnit};
+use crate::transcode::TranscodeStats;
 
 /// Access units the ring holds: several seconds of a 25 fps video plus its audio.
 const RING_CAPACITY: usize = 512;
@@ -151,8 +153,11 @@ pub struct Stream {
     shared: Mutex<Shared>,
     /// Woken whenever the source state changes.
     state_changed: Notify,
-    /// The plugin stage, from the first time the route has plugins.
+    /// The processing stage, from the first time the route has plugins or re-encodes.
     stage: OnceLock<Stage>,
+    /// A reader asked for a keyframe (a new RTSP reader, a WebRTC PLI): a re-encoding route's
+    /// encoder makes one at once.
+    keyframe_wanted: AtomicBool,
     pub stats: StreamStats,
 }
 
@@ -183,6 +188,7 @@ impl Stream {
             }),
             state_changed: Notify::new(),
             stage: OnceLock::new(),
+            keyframe_wanted: AtomicBool::new(false),
             stats: StreamStats::default(),
         })
     }
@@ -284,19 +290,43 @@ impl Stream {
             packetizers,
             video_track,
             generation,
+            timeline,
             last_video_pts: None,
             retired: false,
         }
     }
 
     /// Runs `plugins` on every unit published from now on (swapped in between two units, with no
-    /// unit lost); an empty list ends plugin work. The stage thread starts the first time.
-    pub fn set_plugins(self: &Arc<Self>, plugins: &[Arc<LoadedPlugin>]) {
-        if plugins.is_empty() && self.stage.get().is_none() {
+    /// unit lost), and re-encodes the video when `transcode` is set or frame plugins are among
+    /// them. The stage thread starts the first time there is something to do.
+    pub fn set_processing(
+        self: &Arc<Self>,
+        plugins: &[Arc<LoadedPlugin>],
+        transcode: Option<TranscodeConfig>,
+    ) {
+        if plugins.is_empty() && transcode.is_none() && self.stage.get().is_none() {
             return;
         }
+        let (frames, packets): (Vec<_>, Vec<_>) = plugins
+            .iter()
+            .cloned()
+            .partition(|p| p.kind() == Kind::Frame);
         let stage = self.stage.get_or_init(|| Stage::spawn(self));
-        stage.set_plugins(&self.name, plugins);
+        stage.set_processing(&self.name, &packets, &frames, transcode);
+    }
+
+    /// Counters of the route's frame path, once it has a stage.
+    pub fn transcode_stats(&self) -> Option<Arc<TranscodeStats>> {
+        self.stage.get().map(|s| Arc::clone(s.transcode_stats()))
+    }
+
+    /// Asks a re-encoding route for a keyframe now; a no-op for other routes.
+    pub fn request_keyframe(&self) {
+        self.keyframe_wanted.store(true, Ordering::Relaxed);
+    }
+
+    pub(super) fn take_keyframe_request(&self) -> bool {
+        self.keyframe_wanted.swap(false, Ordering::Relaxed)
     }
 
     /// The plugins running on this stream, with their counters.
@@ -497,11 +527,17 @@ pub(super) struct Core {
     packetizers: Vec<Packetizer>,
     video_track: Option<usize>,
     generation: u64,
+    timeline: Timeline,
     last_video_pts: Option<i64>,
     retired: bool,
 }
 
 impl Core {
+    /// How this core's timestamps map to wall-clock time.
+    pub(super) fn timeline(&self) -> Timeline {
+        self.timeline
+    }
+
     /// Packetizes `au` and hands it to every reader. Units of unknown tracks are dropped.
     pub(super) fn send(&mut self, au: AccessUnit) {
         let Some(packetizer) = self.packetizers.get_mut(au.track) else {

@@ -579,6 +579,8 @@ impl Connection {
             .stream
             .subscribe()
             .ok_or_else(|| unavailable(&session.stream))?;
+        // A re-encoding route starts a fresh GOP for the newcomer (others ignore this).
+        session.stream.request_keyframe();
         // RTP-Info names the first packet this reader will really get on each track.
         let mut rtp_info = Vec::new();
         for (index, track) in session.tracks.iter().enumerate() {

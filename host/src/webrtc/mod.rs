@@ -552,6 +552,7 @@ impl Viewer {
         let Some(mut reader) = self.stream.subscribe() else {
             return (Ending::RouteEnded, 0, 0);
         };
+        self.stream.request_keyframe();
         let stats = &self.stream.stats;
         let (mut packets, mut bytes) = (0u64, 0u64);
         let mut waiting_for_keyframe = false;
@@ -586,8 +587,9 @@ impl Viewer {
                     if let Some(TrackLocalEvent::OnRtcpPacket(rtcp)) = event
                         && rtcp.iter().any(|p| is_keyframe_request(p.as_ref()))
                     {
-                        // Passed-through video cannot make a keyframe: the viewer skips to the
-                        // next one rather than decoding garbage until then.
+                        // A re-encoding route makes one at once; passed-through video cannot,
+                        // so the viewer skips to the next one rather than decode garbage.
+                        self.stream.request_keyframe();
                         waiting_for_keyframe = true;
                     }
                 }

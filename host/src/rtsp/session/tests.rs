@@ -28,6 +28,7 @@ impl Fixture {
                 access: Default::default(),
                 read: Vec::new(),
                 publish: Vec::new(),
+                transcode: None,
             },
         )]);
         router.apply(routes, Default::default()).await;
