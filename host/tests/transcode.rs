@@ -193,3 +193,48 @@ async fn a_b_frame_source_transcodes_in_presentation_order() {
         "the B-frame sources decode without errors: {routes}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ffserver_config_takes_a_push_and_serves_it_re_encoded() {
+    let config = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/ffserver.toml"),
+    )
+    .expect("config/ffserver.toml");
+    // Its routes as they are; its [server] ports become loopback ones the OS picks.
+    let routes = &config[config.find("[routes.").expect("a route")..];
+    let server = Server::start(routes);
+    let _pusher = common::Pusher::start(
+        &sample_clip(),
+        &format!("http://{}/feed.ffm", server.http),
+        "-c copy",
+    );
+    wait_live(&server, "unicast").await;
+    let streams = common::ffprobe_streams(&server.url("unicast"));
+    assert!(
+        streams.contains("h264")
+            && streams.contains("640")
+            && streams.contains("480")
+            && !streams.contains("aac"),
+        "ffserver's <Stream unicast>: H.264 640x480, no audio: {streams}"
+    );
+}
+
+#[test]
+fn the_shipped_configs_check() {
+    for config in ["wasmcast.toml", "ffserver.toml"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../config")
+            .join(config);
+        let output = Command::new(env!("CARGO_BIN_EXE_wasmcast"))
+            .arg("check")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .expect("run check");
+        assert!(
+            output.status.success(),
+            "{config}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}

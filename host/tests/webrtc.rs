@@ -303,3 +303,61 @@ async fn removing_a_route_closes_its_webrtc_viewers() {
     );
     viewer.close().await;
 }
+
+/// Mean difference between the largest and smallest of R, G and B over a PNG region: 0 is gray.
+fn mean_saturation(png_bytes: &[u8], region: (u32, u32, u32, u32)) -> f64 {
+    let decoder = png::Decoder::new(std::io::Cursor::new(png_bytes));
+    let mut reader = decoder.read_info().expect("a PNG");
+    let mut pixels = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut pixels).expect("PNG pixels");
+    let channels = info.color_type.samples();
+    let (x0, y0, w, h) = region;
+    let (mut sum, mut count) = (0u64, 0u64);
+    for y in y0..(y0 + h).min(info.height) {
+        for x in x0..(x0 + w).min(info.width) {
+            let at = (y as usize * info.width as usize + x as usize) * channels;
+            let rgb = &pixels[at..at + 3];
+            let (max, min) = (rgb.iter().max().copied(), rgb.iter().min().copied());
+            sum += u64::from(max.unwrap_or(0) - min.unwrap_or(0));
+            count += 1;
+        }
+    }
+    sum as f64 / count.max(1) as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_plays_re_encoded_routes_a_gray_one_and_a_b_frame_source() {
+    let server = Server::start(&format!(
+        "{}plugins = [\"gray\"]\n[plugins.gray]\nwasm = \"builtin:grayscale\"\n{}[routes.bframes.transcode]\nbitrate_kbps = 800\n",
+        file_route("gray", &sample_clip()),
+        file_route("bframes", &b_frame_clip()),
+    ));
+    wait_live(&server, "gray").await;
+    wait_live(&server, "bframes").await;
+    let mut browser = Browser::launch().await;
+    let page = browser.open(&format!("http://{}/gray/", server.http)).await;
+    let state = played(&mut browser, &page, 48).await;
+    assert_eq!(state["state"], "connected", "{state}");
+    let region = video_box(&mut browser, &page).await;
+    let shot = browser.screenshot(&page).await;
+    let (brightness, saturation) = (
+        mean_brightness(&shot, region),
+        mean_saturation(&shot, region),
+    );
+    assert!(brightness > 40.0, "not black: {brightness:.1}");
+    assert!(
+        saturation < 8.0,
+        "the picture is gray: saturation {saturation:.1}"
+    );
+
+    // B-frames cannot go to a browser as they are; re-encoded, they play.
+    let page = browser
+        .open(&format!("http://{}/bframes/", server.http))
+        .await;
+    let state = played(&mut browser, &page, 48).await;
+    assert_eq!(
+        (state["width"].as_u64(), state["height"].as_u64()),
+        (Some(320), Some(240)),
+        "{state}"
+    );
+}
