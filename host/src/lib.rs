@@ -41,6 +41,29 @@ pub enum StartError {
     Plugins(Vec<config::Problem>),
 }
 
+/// How often the bandwidth meter measures what the server sends.
+const BANDWIDTH_METER_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Measures what the server sends to readers of every route, for `max_bandwidth_kbps`.
+async fn meter_bandwidth(router: RouterHandle, clients: Arc<sessions::ClientLimit>) {
+    let mut interval = tokio::time::interval(BANDWIDTH_METER_PERIOD);
+    let mut previous: Option<u64> = None;
+    loop {
+        interval.tick().await;
+        let total: u64 = router
+            .streams()
+            .values()
+            .map(|s| s.stats.bytes_out.load(std::sync::atomic::Ordering::Relaxed))
+            .sum();
+        if let Some(previous) = previous {
+            // A removed route takes its counter with it: never a negative rate.
+            let bits = total.saturating_sub(previous) * 8;
+            clients.set_sending_kbps(bits / 1000 / BANDWIDTH_METER_PERIOD.as_secs().max(1));
+        }
+        previous = Some(total);
+    }
+}
+
 /// A server with its listeners bound and its routes started, ready to run.
 pub struct Server {
     router: RouterHandle,
@@ -68,7 +91,9 @@ impl Server {
         router.set_server_access(config.server.access.clone());
         router.set_users(config.users.clone());
         let sessions = Sessions::default();
-        let clients = sessions::ClientLimit::new(config.server.max_clients);
+        let clients =
+            sessions::ClientLimit::new(config.server.max_clients, config.server.max_bandwidth_kbps);
+        tokio::spawn(meter_bandwidth(router.clone(), Arc::clone(&clients)));
         let rtsp = RtspServer::bind(
             &config.server,
             router.clone(),

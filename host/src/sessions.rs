@@ -115,29 +115,61 @@ impl Sessions {
     }
 }
 
-/// Counts client sessions of every protocol against `max_clients`.
+/// Admits client sessions of every protocol against `max_clients` and `max_bandwidth_kbps`, like
+/// ffserver's MaxClients and MaxBandwidth: a new reader is refused while the server already sends
+/// that much.
 #[derive(Debug)]
 pub struct ClientLimit {
     active: AtomicUsize,
     max: usize,
+    max_kbps: u64,
+    /// What the server sends now, in kbit/s, as the bandwidth meter last measured.
+    sending_kbps: AtomicU64,
+}
+
+/// Why a session was not admitted.
+#[derive(Debug, thiserror::Error)]
+pub enum Full {
+    #[error("max_clients ({0}) reached")]
+    Clients(usize),
+    #[error("max_bandwidth_kbps reached: {sending} of {max} kbit/s in use")]
+    Bandwidth { sending: u64, max: u64 },
 }
 
 impl ClientLimit {
-    pub fn new(max: usize) -> Arc<ClientLimit> {
+    pub fn new(max: usize, max_kbps: u64) -> Arc<ClientLimit> {
         Arc::new(ClientLimit {
             active: AtomicUsize::new(0),
             max,
+            max_kbps,
+            sending_kbps: AtomicU64::new(0),
         })
     }
 
-    /// A place for one more session, or `None` when `max_clients` are in.
-    pub fn acquire(self: &Arc<Self>) -> Option<ClientSlot> {
+    /// A place for one more session, or why there is none.
+    pub fn acquire(self: &Arc<Self>) -> Result<ClientSlot, Full> {
+        let sending = self.sending_kbps.load(Ordering::Relaxed);
+        if sending >= self.max_kbps {
+            return Err(Full::Bandwidth {
+                sending,
+                max: self.max_kbps,
+            });
+        }
         self.active
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.max).then_some(n + 1)
             })
-            .ok()?;
-        Some(ClientSlot(Arc::clone(self)))
+            .map_err(|_| Full::Clients(self.max))?;
+        Ok(ClientSlot(Arc::clone(self)))
+    }
+
+    /// Records what the server sends now.
+    pub fn set_sending_kbps(&self, kbps: u64) {
+        self.sending_kbps.store(kbps, Ordering::Relaxed);
+    }
+
+    pub fn sending_kbps(&self) -> u64 {
+        self.sending_kbps.load(Ordering::Relaxed)
     }
 }
 

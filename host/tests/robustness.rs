@@ -327,3 +327,37 @@ async fn the_client_over_max_clients_is_refused_while_the_others_play() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_over_max_bandwidth_is_refused_while_the_first_plays() {
+    // The sample sends about 450 kbit/s: one reader is over a 300 kbit/s budget.
+    let server = Server::start_with(
+        "rtsp = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nrtp_ports = \"31000-31999\"\nmax_bandwidth_kbps = 300\n",
+        &file_route("clip", &common::sample_clip()),
+    );
+    common::wait_live(&server, "clip").await;
+    let mut first = raw_reader(&server, "clip").await.expect("the first reader");
+    let playing = tokio::spawn(async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut bytes = 0usize;
+        while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, first.read(&mut buf)).await {
+            if n == 0 {
+                break;
+            }
+            bytes += n;
+        }
+        bytes
+    });
+    // The meter measures once a second.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let refused = raw_reader(&server, "clip")
+        .await
+        .expect_err("the second is over the budget");
+    assert!(
+        refused.starts_with("RTSP/1.0 453") && refused.contains("max_bandwidth_kbps"),
+        "{refused}"
+    );
+    let bytes = playing.await.expect("first reader");
+    assert!(bytes > 150_000, "the first reader played on: {bytes} bytes");
+}

@@ -45,7 +45,7 @@ fn world() -> &'static World {
         World {
             runtime,
             router,
-            clients: ClientLimit::new(8),
+            clients: ClientLimit::new(8, u64::MAX),
         }
     })
 }

@@ -428,10 +428,10 @@ impl Connection {
                 )
             })?;
         if self.session.is_none() {
-            let slot = ctx.clients.acquire().ok_or_else(|| {
+            let slot = ctx.clients.acquire().map_err(|full| {
                 Refusal::new(
                     StatusCode::NotEnoughBandwidth,
-                    "Not Enough Bandwidth (max_clients reached)",
+                    format!("Not Enough Bandwidth ({full})"),
                 )
             })?;
             self.session = Some(Session {

@@ -60,8 +60,8 @@ pub enum WhepError {
     BadOffer(String),
     #[error("{0}")]
     Unplayable(String),
-    #[error("too many clients (max_clients reached)")]
-    TooMany,
+    #[error("the server is full: {0}")]
+    Full(#[from] crate::sessions::Full),
     #[error("no WHEP session `{0}` on this route")]
     NoSession(String),
     #[error("WebRTC failed: {0}")]
@@ -119,7 +119,7 @@ impl WebRtc {
             .stream(route)
             .ok_or_else(|| WhepError::NoRoute(route.to_owned()))?;
         let plan = plan(&stream, &offered)?;
-        let slot = self.clients.acquire().ok_or(WhepError::TooMany)?;
+        let slot = self.clients.acquire()?;
 
         let (events, handler) = Events::new();
         let mut media_engine = MediaEngine::default();

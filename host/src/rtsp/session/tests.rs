@@ -44,7 +44,7 @@ impl Fixture {
         }
         Fixture {
             router,
-            clients: ClientLimit::new(max_clients),
+            clients: ClientLimit::new(max_clients, u64::MAX),
         }
     }
 
