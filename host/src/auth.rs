@@ -1,15 +1,17 @@
 //! Credentials: RTSP Basic and Digest (RFC 2617, MD5, what VLC, ffmpeg, GStreamer and OpenCV send
-//! from `rtsp://user:pass@host/...`) and HTTP Basic.
+//! from `rtsp://user:pass@host/...`), HTTP Basic, and bearer tokens (WHEP players, pushes, the API).
 //!
 //! Passwords are stored as the Digest HA1, `MD5(user:realm:password)` (what `wasmcast hash-password`
-//! prints), so the config never holds a password and both schemes can be checked. Comparisons take
-//! the same time whatever the input. No sockets, no clock.
+//! prints), so the config never holds a password and both schemes can be checked; tokens as their
+//! SHA-256 (what `wasmcast new-token` prints). Comparisons take the same time whatever the input.
+//! No sockets, no clock.
 
 use std::collections::BTreeMap;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use md5::{Digest, Md5};
+use sha2::Sha256;
 
 /// The realm every challenge names; HA1 values depend on it.
 pub const REALM: &str = "wasmcast";
@@ -48,8 +50,56 @@ impl PasswordHash {
     }
 }
 
+/// A stored bearer token: its SHA-256.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenHash([u8; 32]);
+
+impl TokenHash {
+    pub fn of(token: &str) -> TokenHash {
+        TokenHash(Sha256::digest(token.as_bytes()).into())
+    }
+
+    /// Parses the `sha256:HEX` form the config stores.
+    pub fn parse(text: &str) -> Result<TokenHash, String> {
+        let hex = text.strip_prefix("sha256:").ok_or_else(|| {
+            "a token must be stored hashed as \"sha256:…\"; run `wasmcast new-token USER`"
+                .to_owned()
+        })?;
+        let bytes = (0..hex.len())
+            .step_by(2)
+            .map(|i| {
+                hex.get(i..i + 2)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+            })
+            .collect::<Option<Vec<u8>>>()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| "the hash after \"sha256:\" must be 64 hex digits".to_owned())?;
+        Ok(TokenHash(bytes))
+    }
+
+    pub fn to_config(&self) -> String {
+        format!("sha256:{}", hex(&self.0))
+    }
+}
+
+/// What a user can log in with.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Credentials {
+    pub password: Option<PasswordHash>,
+    pub token: Option<TokenHash>,
+}
+
+impl From<PasswordHash> for Credentials {
+    fn from(password: PasswordHash) -> Credentials {
+        Credentials {
+            password: Some(password),
+            token: None,
+        }
+    }
+}
+
 /// Users by name.
-pub type Users = BTreeMap<String, PasswordHash>;
+pub type Users = BTreeMap<String, Credentials>;
 
 /// Checks an `Authorization` header against the users allowed here. `method` is the request's
 /// method, `nonce` the one this connection's challenges carry. Returns the user.
@@ -68,9 +118,25 @@ pub fn check(
             .map_err(|_| AuthError::Malformed)?;
         let decoded = String::from_utf8(decoded).map_err(|_| AuthError::Malformed)?;
         let (user, password) = decoded.split_once(':').ok_or(AuthError::Malformed)?;
-        let expected = users.get(user).map(|h| h.0).unwrap_or([0; 16]);
+        let stored = users.get(user).and_then(|c| c.password.as_ref());
+        let expected = stored.map(|h| h.0).unwrap_or([0; 16]);
         let verified = constant_time_eq(&PasswordHash::of(user, password).0, &expected);
-        (user.to_owned(), verified && users.contains_key(user))
+        (user.to_owned(), verified && stored.is_some())
+    } else if scheme.eq_ignore_ascii_case("bearer") {
+        let presented = TokenHash::of(rest.trim());
+        // Every stored token is compared, so the time taken says nothing about which matched.
+        let mut found = None;
+        for (user, credentials) in users {
+            if let Some(token) = &credentials.token
+                && constant_time_eq(&token.0, &presented.0)
+            {
+                found = Some(user.clone());
+            }
+        }
+        match found {
+            Some(user) => (user, true),
+            None => return Err(AuthError::Wrong("a bearer token".into())),
+        }
     } else if scheme.eq_ignore_ascii_case("digest") {
         let params = digest_params(rest);
         let get = |name: &str| {
@@ -83,7 +149,8 @@ pub fn check(
         if get("realm")? != REALM || get("nonce")? != nonce {
             return Err(AuthError::Stale);
         }
-        let ha1 = users.get(user).map(|h| hex(&h.0)).unwrap_or_default();
+        let stored = users.get(user).and_then(|c| c.password.as_ref());
+        let ha1 = stored.map(|h| hex(&h.0)).unwrap_or_default();
         let ha2 = hex(&Md5::digest(format!("{method}:{}", get("uri")?)));
         let expected = match params.get("qop").map(String::as_str) {
             Some("auth") => format!("{ha1}:{nonce}:{}:{}:auth:{ha2}", get("nc")?, get("cnonce")?),
@@ -91,7 +158,7 @@ pub fn check(
         };
         let expected = hex(&Md5::digest(expected));
         let verified = constant_time_eq(expected.as_bytes(), get("response")?.as_bytes());
-        (user.to_owned(), verified && users.contains_key(user))
+        (user.to_owned(), verified && stored.is_some())
     } else {
         return Err(AuthError::Malformed);
     };
@@ -161,7 +228,36 @@ mod tests {
     use super::*;
 
     fn users() -> Users {
-        BTreeMap::from([("alice".to_owned(), PasswordHash::of("alice", "secret"))])
+        BTreeMap::from([
+            (
+                "alice".to_owned(),
+                PasswordHash::of("alice", "secret").into(),
+            ),
+            (
+                "robot".to_owned(),
+                Credentials {
+                    password: None,
+                    token: Some(TokenHash::of("t0ken")),
+                },
+            ),
+        ])
+    }
+
+    #[test]
+    fn bearer_tokens_name_their_user() {
+        let allowed = ["robot".to_owned()];
+        assert_eq!(
+            check(Some("Bearer t0ken"), &users(), &allowed, "POST", ""),
+            Ok("robot".into())
+        );
+        assert!(matches!(
+            check(Some("Bearer nope"), &users(), &allowed, "POST", ""),
+            Err(AuthError::Wrong(_))
+        ));
+        let no_password = format!("Basic {}", BASE64.encode("robot:"));
+        assert!(check(Some(&no_password), &users(), &allowed, "POST", "").is_err());
+        let token = TokenHash::of("t0ken");
+        assert_eq!(TokenHash::parse(&token.to_config()), Ok(token));
     }
 
     #[test]

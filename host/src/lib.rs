@@ -90,6 +90,7 @@ impl Server {
         let router = RouterHandle::start();
         router.set_server_access(config.server.access.clone());
         router.set_users(config.users.clone());
+        router.set_admins(config.server.admins.clone());
         let sessions = Sessions::default();
         let clients =
             sessions::ClientLimit::new(config.server.max_clients, config.server.max_bandwidth_kbps);

@@ -40,6 +40,9 @@ enum Command {
     Check,
     /// Read a password from standard input and print the hash to store as `[users.USER] password`.
     HashPassword { user: String },
+    /// Make a bearer token for USER (for WHEP players, pushes and the API): prints the token, and
+    /// the hash to store as `[users.USER] token`.
+    NewToken { user: String },
     /// Write and try plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -96,6 +99,18 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Check => check(&cli.config),
         Command::HashPassword { user } => hash_password(&user),
+        Command::NewToken { user } => {
+            let token: String = (0..32)
+                .map(|_| format!("{:02x}", rand::random::<u8>()))
+                .collect();
+            println!("token: {token}");
+            println!(
+                "[users.{user}]\ntoken = \"{}\"",
+                wasmcast::auth::TokenHash::of(&token).to_config()
+            );
+            println!("# clients send: Authorization: Bearer {token}");
+            ExitCode::SUCCESS
+        }
         Command::Plugin(command) => match plugin(command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {

@@ -153,3 +153,87 @@ async fn publishers_need_their_credentials_over_rtsp_and_http() {
     );
     wait_live(&server, "feed").await;
 }
+
+async fn get(server: &Server, path: &str, authorization: Option<&str>) -> String {
+    let header = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\n{header}Connection: close\r\n\r\n");
+    exchange(server.http, request.as_bytes(), Duration::from_secs(5)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_and_whep_take_admin_passwords_and_bearer_tokens() {
+    let (ok, made, stderr) = run(
+        Command::new(env!("CARGO_BIN_EXE_wasmcast")).args(["new-token", "ci"]),
+        Duration::from_secs(10),
+    );
+    assert!(ok, "{stderr}");
+    let token = made
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .expect("the token")
+        .to_owned();
+    let stored = made
+        .lines()
+        .skip_while(|l| !l.starts_with("[users.ci]"))
+        .take(2)
+        .collect::<Vec<_>>()
+        .join("\n");
+    let server = Server::start_with(
+        "rtsp = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nrtp_ports = \"31000-31999\"\nadmins = [\"alice\", \"ci\"]\n",
+        &format!(
+            "{USERS}{stored}\n[routes.cam]\nsource = \"file:{}\"\nread = [\"alice\", \"ci\"]\n",
+            short_clip().display()
+        ),
+    );
+    assert!(server.wait_for_log("file source playing", Duration::from_secs(5)));
+    let status = |reply: &str| reply.lines().next().unwrap_or_default().to_owned();
+
+    let refused = get(&server, "/api/v1/routes", None).await;
+    assert!(status(&refused).contains("401"), "{refused}");
+    assert!(
+        refused
+            .to_ascii_lowercase()
+            .contains("www-authenticate: basic realm=\"wasmcast\", bearer"),
+        "{refused}"
+    );
+    let basic = format!("Basic {}", base64_encode("alice:secret"));
+    assert!(status(&get(&server, "/api/v1/routes", Some(&basic)).await).contains("200"));
+    let bearer = format!("Bearer {token}");
+    let reply = get(&server, "/api/v1/routes", Some(&bearer)).await;
+    assert!(
+        status(&reply).contains("200") && reply.contains("\"cam\""),
+        "{reply}"
+    );
+    let not_admin = format!("Basic {}", base64_encode("bob:pw"));
+    assert!(status(&get(&server, "/api/v1/routes", Some(&not_admin)).await).contains("401"));
+    assert!(status(&get(&server, "/api/v1/routes", Some("Bearer wrong")).await).contains("401"));
+
+    // WHEP: the route's readers, by token; the offer is then checked (and this one is no SDP).
+    let whep = |authorization: Option<&str>| {
+        let header = authorization
+            .map(|a| format!("Authorization: {a}\r\n"))
+            .unwrap_or_default();
+        format!(
+            "POST /cam/whep HTTP/1.1\r\nHost: t\r\n{header}Content-Type: application/sdp\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+        )
+    };
+    let reply = exchange(server.http, whep(None).as_bytes(), Duration::from_secs(5)).await;
+    assert!(status(&reply).contains("401"), "{reply}");
+    let reply = exchange(
+        server.http,
+        whep(Some(&bearer)).as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        status(&reply).contains("400"),
+        "past the credentials: {reply}"
+    );
+}
+
+fn base64_encode(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use crate::auth::{PasswordHash, Users};
+use crate::auth::{Credentials, PasswordHash, TokenHash, Users};
 
 pub use access::{AccessList, IpNet};
 pub use reload::{ConfigStatus, Listeners, ReloadHandle, ReloadOutcome};
@@ -46,6 +46,8 @@ pub struct ServerConfig {
     pub max_bandwidth_kbps: u64,
     /// Who may connect to the server at all.
     pub access: AccessList,
+    /// Users who may use the API (`/api/v1/…`); empty: anyone who may connect.
+    pub admins: Vec<String>,
 }
 
 /// One `[routes.NAME]` table.
@@ -292,16 +294,34 @@ impl Checker<'_> {
     }
 
     fn config(&mut self, raw: raw::File, base_dir: &Path) -> Config {
-        let server = self.server(raw.server);
         let mut users = Users::new();
         for (name, user) in raw.users {
-            match PasswordHash::parse(user.password.get_ref()) {
-                Ok(hash) => {
-                    users.insert(name, hash);
+            let mut credentials = Credentials::default();
+            if let Some(password) = &user.password {
+                match PasswordHash::parse(password.get_ref()) {
+                    Ok(hash) => credentials.password = Some(hash),
+                    Err(why) => self.problem(password, format!("users.{name}.password"), why),
                 }
-                Err(why) => self.problem(&user.password, format!("users.{name}.password"), why),
             }
+            if let Some(token) = &user.token {
+                match TokenHash::parse(token.get_ref()) {
+                    Ok(hash) => credentials.token = Some(hash),
+                    Err(why) => self.problem(token, format!("users.{name}.token"), why),
+                }
+            }
+            if user.password.is_none() && user.token.is_none() {
+                self.problems.push(Problem {
+                    file: self.file.to_owned(),
+                    position: None,
+                    key: format!("users.{name}"),
+                    message:
+                        "give a password (wasmcast hash-password) or a token (wasmcast new-token)"
+                            .into(),
+                });
+            }
+            users.insert(name, credentials);
         }
+        let server = self.server(raw.server, &users);
         // Names of every plugin table, valid or not: a route naming a broken one is not wrong too.
         let plugin_names: Vec<String> = raw.plugins.keys().map(|n| n.get_ref().clone()).collect();
         let mut plugins = BTreeMap::new();
@@ -565,7 +585,7 @@ impl Checker<'_> {
         }
     }
 
-    fn server(&mut self, raw: raw::Server) -> ServerConfig {
+    fn server(&mut self, raw: raw::Server, users: &Users) -> ServerConfig {
         let defaults = raw::Server::default();
         let rtsp = self.socket_addr(&raw.rtsp, "server.rtsp");
         let http = self.socket_addr(&raw.http, "server.http");
@@ -592,6 +612,7 @@ impl Checker<'_> {
             max_clients: *raw.max_clients.get_ref(),
             max_bandwidth_kbps: *raw.max_bandwidth_kbps.get_ref(),
             access: self.access(&raw.allow, &raw.deny, "server"),
+            admins: self.user_list(&raw.admins, users, "server.admins"),
         }
     }
 

@@ -21,7 +21,8 @@ pub(super) struct File {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct User {
-    pub password: Spanned<String>,
+    pub password: Option<Spanned<String>>,
+    pub token: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -35,6 +36,7 @@ pub(super) struct Server {
     pub max_bandwidth_kbps: Spanned<u64>,
     pub allow: Vec<Spanned<String>>,
     pub deny: Vec<Spanned<String>>,
+    pub admins: Vec<Spanned<String>>,
 }
 
 impl Default for Server {
@@ -48,6 +50,7 @@ impl Default for Server {
             max_bandwidth_kbps: Spanned::new(0..0, 100_000),
             allow: Vec::new(),
             deny: Vec::new(),
+            admins: Vec::new(),
         }
     }
 }

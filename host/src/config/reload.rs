@@ -176,6 +176,7 @@ impl Reloader {
         self.move_listeners(&mut config).await;
         self.router.set_server_access(config.server.access.clone());
         self.router.set_users(config.users.clone());
+        self.router.set_admins(config.server.admins.clone());
         let changes = self
             .router
             .apply(config.routes.clone(), plugins.clone())

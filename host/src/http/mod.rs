@@ -148,6 +148,18 @@ fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes
     response
 }
 
+/// `401` with the challenges HTTP clients answer: Basic (a user's password) or a bearer token.
+fn unauthorized(why: &str) -> Reply {
+    let mut reply = text(StatusCode::UNAUTHORIZED, why);
+    reply.headers_mut().insert(
+        hyper::header::WWW_AUTHENTICATE,
+        hyper::header::HeaderValue::from_static(
+            "Basic realm=\"wasmcast\", Bearer realm=\"wasmcast\"",
+        ),
+    );
+    reply
+}
+
 fn text(status: StatusCode, body: impl Into<String>) -> Reply {
     let mut body = body.into();
     body.push('\n');
@@ -170,6 +182,14 @@ async fn handle(
     let path = request.uri().path().trim_start_matches('/').to_owned();
     let method = request.method().clone();
     if let Some(api_path) = path.strip_prefix("api/v1/") {
+        let authorization = request
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if let Err(err) = state.router.authorize_admin(authorization, method.as_str()) {
+            tracing::info!(%peer, path, "API request refused: {err}");
+            return unauthorized("credentials of an admin needed for the API");
+        }
         return api::handle(state, &method, api_path).await;
     }
     match (&method, path.as_str()) {
@@ -246,15 +266,7 @@ async fn push(
         .authorize(stream.name(), true, authorization, "POST", "")
     {
         tracing::info!(%peer, feed, "push refused: {err}");
-        let mut reply = text(
-            StatusCode::UNAUTHORIZED,
-            format!("credentials needed to push to `{feed}`"),
-        );
-        reply.headers_mut().insert(
-            hyper::header::WWW_AUTHENTICATE,
-            hyper::header::HeaderValue::from_static("Basic realm=\"wasmcast\""),
-        );
-        return reply;
+        return unauthorized(&format!("credentials needed to push to `{feed}`"));
     }
     let claim = match stream.claim() {
         Ok(claim) => claim,

@@ -93,7 +93,7 @@ fn with_cors(mut reply: Reply) -> Reply {
     reply
 }
 
-/// The read credentials of `route`, as HTTP Basic; `Some` is the refusal.
+/// The read credentials of `route` (HTTP Basic or a bearer token); `Some` is the refusal.
 fn authorize(state: &State, route: &str, request: &Request<Incoming>) -> Option<Reply> {
     let authorization = request
         .headers()
@@ -105,15 +105,9 @@ fn authorize(state: &State, route: &str, request: &Request<Incoming>) -> Option<
         .authorize(route, false, authorization, method, "")
         .err()?;
     tracing::info!(route, "WHEP request refused: {err}");
-    let mut reply = text(
-        StatusCode::UNAUTHORIZED,
-        format!("credentials needed to watch `{route}`"),
-    );
-    reply.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Basic realm=\"wasmcast\""),
-    );
-    Some(reply)
+    Some(super::unauthorized(&format!(
+        "credentials needed to watch `{route}`"
+    )))
 }
 
 async fn body_text(request: Request<Incoming>) -> Result<String, Reply> {

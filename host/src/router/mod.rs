@@ -67,6 +67,8 @@ pub struct RouterHandle {
     /// Who may connect to the server at all.
     server_access: Arc<RwLock<AccessList>>,
     users: Arc<RwLock<Users>>,
+    /// Who may use the API; empty: anyone.
+    admins: Arc<RwLock<Vec<String>>>,
     commands: mpsc::Sender<Command>,
 }
 
@@ -84,6 +86,7 @@ impl RouterHandle {
             snapshot,
             server_access: Arc::default(),
             users: Arc::default(),
+            admins: Arc::default(),
             commands,
         }
     }
@@ -125,6 +128,26 @@ impl RouterHandle {
     /// Replaces the users who may log in.
     pub fn set_users(&self, users: Users) {
         *self.users.write().unwrap_or_else(|p| p.into_inner()) = users;
+    }
+
+    /// Replaces the users who may use the API.
+    pub fn set_admins(&self, admins: Vec<String>) {
+        *self.admins.write().unwrap_or_else(|p| p.into_inner()) = admins;
+    }
+
+    /// Checks the credentials of an API request (HTTP Basic or a bearer token): `Ok(None)` when the
+    /// server names no admins.
+    pub fn authorize_admin(
+        &self,
+        header: Option<&str>,
+        method: &str,
+    ) -> Result<Option<String>, AuthError> {
+        let admins = self.admins.read().unwrap_or_else(|p| p.into_inner());
+        if admins.is_empty() {
+            return Ok(None);
+        }
+        let users = self.users.read().unwrap_or_else(|p| p.into_inner());
+        auth::check(header, &users, &admins, method, "").map(Some)
     }
 
     /// Checks the credentials of a request to read (or `publish` to) `route`: `Ok(None)` when the

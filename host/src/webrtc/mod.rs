@@ -7,6 +7,8 @@
 //! a keyframe, waits for the next keyframe when the browser asks for one (PLI/FIR), and is reaped by
 //! ICE timeouts when its network dies or when its route goes away.
 
+#[cfg(fuzzing)]
+pub mod fuzz;
 mod offer;
 
 use std::collections::HashMap;
