@@ -190,6 +190,46 @@ pub enum AuthError {
     Wrong(String),
     #[error("`{0}` may not do this")]
     NotAllowed(String),
+    #[error("too many failed logins from this address; try again in a minute")]
+    Throttled,
+}
+
+/// Failed logins from one address, across connections and protocols, after which its attempts are
+/// refused unchecked for the rest of the window: guessing passwords costs a minute per few tries.
+pub const MAX_FAILED_LOGINS: u32 = 10;
+pub const FAILED_LOGIN_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+/// Addresses remembered at most; beyond, expired entries are forgotten first.
+const MAX_REMEMBERED_ADDRESSES: usize = 10_000;
+
+/// Counts failed logins per address. Time is passed in.
+#[derive(Debug, Default)]
+pub struct LoginThrottle {
+    failures: std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>,
+}
+
+impl LoginThrottle {
+    /// Whether `ip` is refused now.
+    pub fn blocked(&self, ip: std::net::IpAddr, now: std::time::Instant) -> bool {
+        self.failures.get(&ip).is_some_and(|(count, since)| {
+            *count >= MAX_FAILED_LOGINS && now.duration_since(*since) < FAILED_LOGIN_WINDOW
+        })
+    }
+
+    pub fn failed(&mut self, ip: std::net::IpAddr, now: std::time::Instant) {
+        if self.failures.len() >= MAX_REMEMBERED_ADDRESSES {
+            self.failures
+                .retain(|_, (_, since)| now.duration_since(*since) < FAILED_LOGIN_WINDOW);
+        }
+        let entry = self.failures.entry(ip).or_insert((0, now));
+        if now.duration_since(entry.1) >= FAILED_LOGIN_WINDOW {
+            *entry = (0, now);
+        }
+        entry.0 += 1;
+    }
+
+    pub fn succeeded(&mut self, ip: std::net::IpAddr) {
+        self.failures.remove(&ip);
+    }
 }
 
 fn digest_params(text: &str) -> BTreeMap<String, String> {
@@ -241,6 +281,22 @@ mod tests {
                 },
             ),
         ])
+    }
+
+    #[test]
+    fn an_address_is_throttled_after_repeated_failures_for_a_while() {
+        let mut throttle = LoginThrottle::default();
+        let (ip, other) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let t0 = std::time::Instant::now();
+        for _ in 0..MAX_FAILED_LOGINS {
+            assert!(!throttle.blocked(ip, t0));
+            throttle.failed(ip, t0);
+        }
+        assert!(throttle.blocked(ip, t0));
+        assert!(!throttle.blocked(other, t0));
+        assert!(!throttle.blocked(ip, t0 + FAILED_LOGIN_WINDOW));
+        throttle.succeeded(ip);
+        assert!(!throttle.blocked(ip, t0));
     }
 
     #[test]

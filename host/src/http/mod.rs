@@ -21,9 +21,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 mod api;
 mod whep;
 
+use crate::auth::AuthError;
 use crate::config::ReloadHandle;
 use crate::listen::{Listener, Rebind};
-use crate::router::RouterHandle;
+use crate::router::{Login, RouterHandle};
 use crate::sessions::{SessionKind, Sessions};
 use crate::sources::{IngestError, TsIngest};
 use crate::webrtc::WebRtc;
@@ -148,6 +149,14 @@ fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes
     response
 }
 
+/// The answer to refused credentials: `429` while the address is throttled, else `401`.
+fn refused(err: &AuthError, why: &str) -> Reply {
+    match err {
+        AuthError::Throttled => text(StatusCode::TOO_MANY_REQUESTS, err.to_string()),
+        _ => unauthorized(why),
+    }
+}
+
 /// `401` with the challenges HTTP clients answer: Basic (a user's password) or a bearer token.
 fn unauthorized(why: &str) -> Reply {
     let mut reply = text(StatusCode::UNAUTHORIZED, why);
@@ -186,9 +195,16 @@ async fn handle(
             .headers()
             .get(hyper::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        if let Err(err) = state.router.authorize_admin(authorization, method.as_str()) {
+        let login = Login {
+            peer: peer.ip(),
+            header: authorization,
+            method: method.as_str(),
+            nonce: "",
+            now: Instant::now(),
+        };
+        if let Err(err) = state.router.authorize_admin(&login) {
             tracing::info!(%peer, path, "API request refused: {err}");
-            return unauthorized("credentials of an admin needed for the API");
+            return refused(&err, "credentials of an admin needed for the API");
         }
         return api::handle(state, &method, api_path).await;
     }
@@ -261,12 +277,16 @@ async fn push(
             "forbidden by the route's access list",
         );
     }
-    if let Err(err) = state
-        .router
-        .authorize(stream.name(), true, authorization, "POST", "")
-    {
+    let login = Login {
+        peer: peer.ip(),
+        header: authorization,
+        method: "POST",
+        nonce: "",
+        now: Instant::now(),
+    };
+    if let Err(err) = state.router.authorize(stream.name(), true, &login) {
         tracing::info!(%peer, feed, "push refused: {err}");
-        return unauthorized(&format!("credentials needed to push to `{feed}`"));
+        return refused(&err, &format!("credentials needed to push to `{feed}`"));
     }
     let claim = match stream.claim() {
         Ok(claim) => claim,

@@ -9,6 +9,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 
 use super::{Reply, State, respond, text};
+use crate::router::Login;
 use crate::webrtc::WhepError;
 
 /// Largest request body taken on a WHEP resource.
@@ -50,7 +51,7 @@ pub(super) async fn handle(
             StatusCode::FORBIDDEN,
             "forbidden by the route's access list",
         )
-    } else if let Some(denied) = authorize(state, route, &request) {
+    } else if let Some(denied) = authorize(state, route, &request, peer) {
         denied
     } else {
         match (method, session) {
@@ -94,20 +95,28 @@ fn with_cors(mut reply: Reply) -> Reply {
 }
 
 /// The read credentials of `route` (HTTP Basic or a bearer token); `Some` is the refusal.
-fn authorize(state: &State, route: &str, request: &Request<Incoming>) -> Option<Reply> {
-    let authorization = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let method = request.method().as_str();
-    let err = state
-        .router
-        .authorize(route, false, authorization, method, "")
-        .err()?;
-    tracing::info!(route, "WHEP request refused: {err}");
-    Some(super::unauthorized(&format!(
-        "credentials needed to watch `{route}`"
-    )))
+fn authorize(
+    state: &State,
+    route: &str,
+    request: &Request<Incoming>,
+    peer: SocketAddr,
+) -> Option<Reply> {
+    let login = Login {
+        peer: peer.ip(),
+        header: request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+        method: request.method().as_str(),
+        nonce: "",
+        now: std::time::Instant::now(),
+    };
+    let err = state.router.authorize(route, false, &login).err()?;
+    tracing::info!(%peer, route, "WHEP request refused: {err}");
+    Some(super::refused(
+        &err,
+        &format!("credentials needed to watch `{route}`"),
+    ))
 }
 
 async fn body_text(request: Request<Incoming>) -> Result<String, Reply> {

@@ -41,6 +41,17 @@ struct RoutePolicy {
     publish: Vec<String>,
 }
 
+/// One request's credentials and what Digest and the login throttle need to judge them.
+pub struct Login<'a> {
+    pub peer: IpAddr,
+    /// The `Authorization` header, if any.
+    pub header: Option<&'a str>,
+    pub method: &'a str,
+    /// The nonce of this connection's Digest challenges (empty for HTTP).
+    pub nonce: &'a str,
+    pub now: std::time::Instant,
+}
+
 /// What a reload changed, for the log.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Changes {
@@ -69,6 +80,7 @@ pub struct RouterHandle {
     users: Arc<RwLock<Users>>,
     /// Who may use the API; empty: anyone.
     admins: Arc<RwLock<Vec<String>>>,
+    logins: Arc<std::sync::Mutex<auth::LoginThrottle>>,
     commands: mpsc::Sender<Command>,
 }
 
@@ -87,6 +99,7 @@ impl RouterHandle {
             server_access: Arc::default(),
             users: Arc::default(),
             admins: Arc::default(),
+            logins: Arc::default(),
             commands,
         }
     }
@@ -137,17 +150,44 @@ impl RouterHandle {
 
     /// Checks the credentials of an API request (HTTP Basic or a bearer token): `Ok(None)` when the
     /// server names no admins.
-    pub fn authorize_admin(
-        &self,
-        header: Option<&str>,
-        method: &str,
-    ) -> Result<Option<String>, AuthError> {
-        let admins = self.admins.read().unwrap_or_else(|p| p.into_inner());
+    pub fn authorize_admin(&self, login: &Login<'_>) -> Result<Option<String>, AuthError> {
+        let admins = self
+            .admins
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         if admins.is_empty() {
             return Ok(None);
         }
-        let users = self.users.read().unwrap_or_else(|p| p.into_inner());
-        auth::check(header, &users, &admins, method, "").map(Some)
+        self.throttled(login, |users| {
+            auth::check(login.header, users, &admins, login.method, login.nonce)
+        })
+    }
+
+    /// Runs a credentials `check` for `peer` unless it failed too often lately, and counts how it
+    /// went.
+    fn throttled(
+        &self,
+        login: &Login<'_>,
+        check: impl FnOnce(&Users) -> Result<String, AuthError>,
+    ) -> Result<Option<String>, AuthError> {
+        let (peer, now) = (login.peer, login.now);
+        let lock = || self.logins.lock().unwrap_or_else(|p| p.into_inner());
+        if lock().blocked(peer, now) {
+            return Err(AuthError::Throttled);
+        }
+        let outcome = check(&self.users.read().unwrap_or_else(|p| p.into_inner()));
+        match outcome {
+            Ok(user) => {
+                lock().succeeded(peer);
+                Ok(Some(user))
+            }
+            Err(err @ (AuthError::Wrong(_) | AuthError::NotAllowed(_) | AuthError::Malformed)) => {
+                lock().failed(peer, now);
+                Err(err)
+            }
+            Err(err) => Err(err),
+        }
     }
 
     /// Checks the credentials of a request to read (or `publish` to) `route`: `Ok(None)` when the
@@ -156,9 +196,7 @@ impl RouterHandle {
         &self,
         route: &str,
         publish: bool,
-        header: Option<&str>,
-        method: &str,
-        nonce: &str,
+        login: &Login<'_>,
     ) -> Result<Option<String>, AuthError> {
         let snapshot = self.read();
         let Some(policy) = snapshot.policies.get(route) else {
@@ -172,8 +210,11 @@ impl RouterHandle {
         if allowed.is_empty() {
             return Ok(None);
         }
-        let users = self.users.read().unwrap_or_else(|p| p.into_inner());
-        auth::check(header, &users, allowed, method, nonce).map(Some)
+        let allowed = allowed.clone();
+        drop(snapshot);
+        self.throttled(login, |users| {
+            auth::check(login.header, users, &allowed, login.method, login.nonce)
+        })
     }
 
     /// Every route, by name.

@@ -15,7 +15,7 @@ use rtsp_types::{Method, Request, Response, StatusCode, Url, Version};
 use super::publish::Publishing;
 use super::sdp;
 use crate::auth::{self, AuthError};
-use crate::router::{MediaInfo, Reader, RouterHandle, SourceState, Stream};
+use crate::router::{Login, MediaInfo, Reader, RouterHandle, SourceState, Stream};
 use crate::sessions::{ClientLimit, ClientSlot};
 
 /// The session timeout we enforce for UDP sessions without keep-alives or RTCP.
@@ -297,12 +297,20 @@ impl Connection {
         };
         let header = request.header(&headers::AUTHORIZATION).map(|v| v.as_str());
         let unauthorized = || Refusal::new(StatusCode::Unauthorized, "Unauthorized");
-        match ctx
-            .router
-            .authorize(stream.name(), publish, header, method, &self.nonce)
-        {
+        let login = Login {
+            peer: ctx.peer.ip(),
+            header,
+            method,
+            nonce: &self.nonce,
+            now: Instant::now(),
+        };
+        match ctx.router.authorize(stream.name(), publish, &login) {
             Ok(_) => Ok(()),
             Err(AuthError::Missing | AuthError::Stale) => Err(unauthorized()),
+            Err(AuthError::Throttled) => Err(Refusal::new(
+                StatusCode::Forbidden,
+                "Forbidden (too many failed logins from this address; try again in a minute)",
+            )),
             Err(err) => {
                 self.auth_failures += 1;
                 tracing::info!(
