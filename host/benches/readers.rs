@@ -10,7 +10,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -35,7 +35,7 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(if quick { 2 } else { 10 });
-    let clip = clip_2mbps();
+    let clip = common::clip_2mbps();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     println!(
         "readers  transport-mix  server-cpu  cpu/reader  mem/reader  loss       first-frame p50/max"
@@ -46,37 +46,6 @@ fn main() {
         drop(server);
         result.print(count);
     }
-}
-
-/// Ten seconds of 1280x720 at 25 fps, constant 2 Mbps.
-fn clip_2mbps() -> PathBuf {
-    common::clip(
-        "720p-2mbps.mp4",
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=1280x720:rate=25:duration=10",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "veryfast",
-            "-profile:v",
-            "main",
-            "-bf",
-            "0",
-            "-b:v",
-            "2M",
-            "-maxrate",
-            "2M",
-            "-bufsize",
-            "1M",
-            "-g",
-            "25",
-            "-pix_fmt",
-            "yuv420p",
-        ],
-    )
 }
 
 fn start_server(clip: &Path, max_clients: usize) -> BenchServer {

@@ -36,33 +36,7 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(if quick { 2 } else { 10 });
-    let clip = common::clip(
-        "720p-2mbps.mp4",
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=1280x720:rate=25:duration=10",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "veryfast",
-            "-profile:v",
-            "main",
-            "-bf",
-            "0",
-            "-b:v",
-            "2M",
-            "-maxrate",
-            "2M",
-            "-bufsize",
-            "1M",
-            "-g",
-            "25",
-            "-pix_fmt",
-            "yuv420p",
-        ],
-    );
+    let clip = common::clip_2mbps();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -32,14 +32,7 @@ impl PasswordHash {
             "a password must be stored hashed as \"md5:…\"; run `wasmcast hash-password USER`"
                 .to_owned()
         })?;
-        let bytes = (0..hex.len())
-            .step_by(2)
-            .map(|i| {
-                hex.get(i..i + 2)
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-            })
-            .collect::<Option<Vec<u8>>>()
-            .and_then(|b| <[u8; 16]>::try_from(b).ok())
+        let bytes = parse_hex::<16>(hex)
             .ok_or_else(|| "the hash after \"md5:\" must be 32 hex digits".to_owned())?;
         Ok(PasswordHash(bytes))
     }
@@ -65,14 +58,7 @@ impl TokenHash {
             "a token must be stored hashed as \"sha256:…\"; run `wasmcast new-token USER`"
                 .to_owned()
         })?;
-        let bytes = (0..hex.len())
-            .step_by(2)
-            .map(|i| {
-                hex.get(i..i + 2)
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-            })
-            .collect::<Option<Vec<u8>>>()
-            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        let bytes = parse_hex::<32>(hex)
             .ok_or_else(|| "the hash after \"sha256:\" must be 64 hex digits".to_owned())?;
         Ok(TokenHash(bytes))
     }
@@ -257,6 +243,18 @@ fn digest_params(text: &str) -> BTreeMap<String, String> {
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Exactly `N` bytes written as `2 * N` hex digits.
+fn parse_hex<const N: usize>(hex: &str) -> Option<[u8; N]> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()
+        .and_then(|b| <[u8; N]>::try_from(b).ok())
 }
 
 fn hex(bytes: &[u8]) -> String {

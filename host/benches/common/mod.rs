@@ -127,3 +127,34 @@ impl Drop for BenchServer {
         let _ = std::fs::remove_file(&self.config);
     }
 }
+
+/// Ten seconds of 1280x720 at 25 fps, constant 2 Mbps.
+pub fn clip_2mbps() -> PathBuf {
+    clip(
+        "720p-2mbps.mp4",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1280x720:rate=25:duration=10",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-profile:v",
+            "main",
+            "-bf",
+            "0",
+            "-b:v",
+            "2M",
+            "-maxrate",
+            "2M",
+            "-bufsize",
+            "1M",
+            "-g",
+            "25",
+            "-pix_fmt",
+            "yuv420p",
+        ],
+    )
+}

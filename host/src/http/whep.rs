@@ -25,13 +25,14 @@ pub(super) async fn handle(
     peer: SocketAddr,
 ) -> Reply {
     let method = request.method().clone();
+    // A session's resource takes DELETE and PATCH; the route's endpoint takes offers.
+    let allow = if session.is_some() {
+        "DELETE, PATCH, OPTIONS"
+    } else {
+        "POST, OPTIONS"
+    };
     let reply = if method == Method::OPTIONS {
         let mut reply = respond(StatusCode::NO_CONTENT, "text/plain", "");
-        let allow = if session.is_some() {
-            "DELETE, PATCH, OPTIONS"
-        } else {
-            "POST, OPTIONS"
-        };
         reply
             .headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static(allow));
@@ -66,11 +67,6 @@ pub(super) async fn handle(
                     StatusCode::METHOD_NOT_ALLOWED,
                     format!("{method} is not used on a WHEP resource"),
                 );
-                let allow = if session.is_some() {
-                    "DELETE, PATCH, OPTIONS"
-                } else {
-                    "POST, OPTIONS"
-                };
                 reply
                     .headers_mut()
                     .insert(header::ALLOW, HeaderValue::from_static(allow));
