@@ -45,7 +45,10 @@ fn main() {
     for count in counts {
         let server = BenchServer::start(
             "webrtc",
-            &format!("rtp_ports = \"37000-37999\"\nmax_clients = {}", count + 10),
+            &format!(
+                "rtp_ports = \"37000-37999\"\nmax_clients = {0}\nwebrtc_udp_ports = {0}",
+                count + 10
+            ),
             &format!("[routes.hd]\nsource = \"file:{}\"\n", clip.display()),
         );
         runtime.block_on(async {

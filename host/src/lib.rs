@@ -111,12 +111,7 @@ impl Server {
             sessions.clone(),
             rtsp.rebind(),
             Arc::clone(&reload),
-            webrtc::WebRtc::new(
-                router.clone(),
-                sessions.clone(),
-                clients,
-                config.server.webrtc_udp.ip(),
-            ),
+            webrtc::WebRtc::new(router.clone(), sessions.clone(), clients, &config.server),
         )
         .await?;
         if let Some(path) = path {

@@ -7,7 +7,12 @@ mod common;
 #[path = "common/whep.rs"]
 mod whep_client;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
 
 use browser::{Browser, mean_brightness};
 use common::{
@@ -247,24 +252,209 @@ async fn twenty_whep_viewers_receive_media_and_delete_frees_them() {
         let reply = exchange(server.http, request.as_bytes(), Duration::from_secs(5)).await;
         assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let sessions = http_get(&server, "/api/v1/sessions").await;
-        if !sessions.contains("webrtc-viewer") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "DELETE ends sessions: {sessions}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_no_webrtc_viewer(&server, "DELETE ends sessions").await;
     // Their places under max_clients are free again.
     let again = whep_client::Viewer::connect(server.http, "unicast").await;
     assert!(again.is_ok(), "{:?}", again.err());
     for viewer in &viewers {
         viewer.close().await;
     }
+}
+
+/// The address and port of each host candidate in `sdp`.
+fn candidates(sdp: &str) -> Vec<(String, u16)> {
+    sdp.lines()
+        .filter_map(|line| line.trim().strip_prefix("a=candidate:"))
+        .filter_map(|candidate| {
+            let fields: Vec<&str> = candidate.split_whitespace().collect();
+            Some((fields.get(4)?.to_string(), fields.get(5)?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The first of `count` consecutive UDP ports that are free on loopback now.
+fn free_udp_run(count: u16) -> u16 {
+    (40000..60000)
+        .step_by(usize::from(count) + 11)
+        .find(|&first| {
+            (first..first + count)
+                .all(|port| std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok())
+        })
+        .expect("free UDP ports on loopback")
+}
+
+async fn wait_no_webrtc_viewer(server: &Server, why: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let sessions = http_get(server, "/api/v1/sessions").await;
+        if !sessions.contains("webrtc-viewer") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{why}: {sessions}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_take_one_port_each_from_the_configured_range() {
+    let first = free_udp_run(2);
+    let server = Server::start_with(
+        &format!(
+            "rtsp = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nrtp_ports = \"31000-31999\"\n\
+             webrtc_udp = \"127.0.0.1:{first}\"\nwebrtc_udp_ports = 2\n"
+        ),
+        &file_route("unicast", &sample_clip()),
+    );
+    wait_live(&server, "unicast").await;
+    let range = [first, first + 1];
+    let mut viewers = Vec::new();
+    for _ in 0..2 {
+        let viewer = whep_client::Viewer::connect(server.http, "unicast")
+            .await
+            .expect("a viewer");
+        let ports: Vec<u16> = candidates(&viewer.answer).iter().map(|c| c.1).collect();
+        assert!(
+            !ports.is_empty() && ports.iter().all(|p| range.contains(p)),
+            "candidates on ports {ports:?}, the range is {range:?}"
+        );
+        viewers.push((viewer, ports[0]));
+    }
+    assert_ne!(viewers[0].1, viewers[1].1, "one port per viewer");
+    let refused = whep(&server, "/unicast/whep", "application/sdp", VIDEO_OFFER).await;
+    assert!(
+        refused.starts_with("HTTP/1.1 503") && refused.contains("webrtc_udp_ports"),
+        "a third viewer with two ports: {refused}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (viewer, port) in &viewers {
+        let packets = viewer.packets.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            packets > 30,
+            "the viewer on port {port} received {packets} RTP packets"
+        );
+    }
+
+    // A viewer that leaves gives its port back.
+    let (leaving, freed) = viewers.remove(0);
+    leaving.close().await;
+    let request = format!(
+        "DELETE {} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        leaving.location
+    );
+    exchange(server.http, request.as_bytes(), Duration::from_secs(5)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let next = loop {
+        match whep_client::Viewer::connect(server.http, "unicast").await {
+            Ok(viewer) => break viewer,
+            Err(err) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the freed port is not used again: {err}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let ports: Vec<u16> = candidates(&next.answer).iter().map(|c| c.1).collect();
+    assert!(
+        !ports.is_empty() && ports.iter().all(|&p| p == freed),
+        "the new viewer takes the freed port {freed}: {ports:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(next.packets.load(std::sync::atomic::Ordering::Relaxed) > 20);
+    next.close().await;
+    viewers[0].0.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_public_ip_is_announced_instead_of_the_bound_address() {
+    let server = Server::start_with(
+        "rtsp = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nrtp_ports = \"31000-31999\"\n\
+         webrtc_udp = \"127.0.0.1:0\"\nwebrtc_public_ip = \"192.0.2.10\"\n",
+        &file_route("unicast", &sample_clip()),
+    );
+    wait_live(&server, "unicast").await;
+    let reply = whep(&server, "/unicast/whep", "application/sdp", VIDEO_OFFER).await;
+    assert!(reply.starts_with("HTTP/1.1 201"), "{reply}");
+    let found = candidates(&reply);
+    assert!(
+        !found.is_empty() && found.iter().all(|(ip, _)| ip == "192.0.2.10"),
+        "candidates {found:?} announce the public address only"
+    );
+}
+
+/// A one-to-one NAT in front of one UDP port: datagrams to `public` go to `private` from another
+/// socket, replies go back to whoever last sent to `public`. Counts the datagrams it carries
+/// towards the browser.
+async fn one_to_one_nat(public: SocketAddr, private: SocketAddr) -> Arc<AtomicU64> {
+    let front = UdpSocket::bind(public).await.expect("bind the public side");
+    let back = UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind the private side");
+    back.connect(private)
+        .await
+        .expect("connect the private side");
+    let to_browser = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&to_browser);
+    tokio::spawn(async move {
+        let (mut inbound, mut outbound) = (vec![0u8; 2048], vec![0u8; 2048]);
+        let mut browser = None;
+        loop {
+            tokio::select! {
+                Ok((n, from)) = front.recv_from(&mut inbound) => {
+                    browser = Some(from);
+                    let _ = back.send(&inbound[..n]).await;
+                }
+                Ok(n) = back.recv(&mut outbound) => {
+                    if let Some(to) = browser {
+                        counted.fetch_add(1, Ordering::Relaxed);
+                        let _ = front.send_to(&outbound[..n], to).await;
+                    }
+                }
+            }
+        }
+    });
+    to_browser
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_plays_through_a_one_to_one_nat_at_the_public_address() {
+    let port = free_udp_run(1);
+    let server = Server::start_with(
+        &format!(
+            "rtsp = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nrtp_ports = \"31000-31999\"\n\
+             webrtc_udp = \"127.0.0.1:{port}\"\nwebrtc_udp_ports = 1\nwebrtc_public_ip = \"127.0.0.2\"\n"
+        ),
+        &file_route("unicast", &sample_clip()),
+    );
+    let carried = one_to_one_nat(
+        SocketAddr::from(([127, 0, 0, 2], port)),
+        SocketAddr::from(([127, 0, 0, 1], port)),
+    )
+    .await;
+    wait_live(&server, "unicast").await;
+    // Chromium as it ships (its own addresses behind mDNS names): the server learns where the
+    // browser is only from the checks that come through the NAT.
+    let mut browser = Browser::launch_hiding_local_ips().await;
+    let page = browser
+        .open(&format!("http://{}/unicast/", server.http))
+        .await;
+    let state = played(&mut browser, &page, 48).await;
+    assert_eq!(state["state"], "connected", "{state}");
+    // Each of the 48 decoded frames needed at least one datagram.
+    let through_nat = carried.load(Ordering::Relaxed);
+    assert!(
+        through_nat > 48,
+        "the media went through the public address: {through_nat} datagrams did"
+    );
+    // The server sends no checks of its own (ICE lite): the viewer stays on the browser's consent
+    // checks and RTCP through the NAT, past the server's ICE timeouts (4 s, 8 s).
+    let before = state["framesDecoded"].as_u64().unwrap_or(0);
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let later = played(&mut browser, &page, before + 200).await;
+    assert_eq!(later["state"], "connected", "{later}");
+    let sessions = http_get(&server, "/api/v1/sessions").await;
+    assert_eq!(sessions.matches("webrtc-viewer").count(), 1, "{sessions}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,18 +471,7 @@ async fn removing_a_route_closes_its_webrtc_viewers() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(viewer.packets.load(std::sync::atomic::Ordering::Relaxed) > 0);
     server.write_routes(&file_route("stays", &sample_clip()), true);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let sessions = http_get(&server, "/api/v1/sessions").await;
-        if !sessions.contains("webrtc-viewer") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the viewer of the removed route is closed: {sessions}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_no_webrtc_viewer(&server, "the viewer of the removed route is closed").await;
     assert!(
         server
             .log()

@@ -10,7 +10,7 @@ mod reload;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -41,7 +41,12 @@ pub struct ServerConfig {
     pub http: SocketAddr,
     /// First and last port (inclusive) for RTP/RTCP over UDP; the first is even.
     pub rtp_ports: (u16, u16),
+    /// Where WebRTC viewers' sockets are bound: the IP (unspecified: the one each browser reached
+    /// the HTTP server at) and the first of `webrtc_udp_ports` ports, one per viewer (0: ephemeral).
     pub webrtc_udp: SocketAddr,
+    pub webrtc_udp_ports: u16,
+    /// The address announced to browsers instead of the bound one (NAT, container port mapping).
+    pub webrtc_public_ip: Option<IpAddr>,
     pub max_clients: usize,
     pub max_bandwidth_kbps: u64,
     /// Who may connect to the server at all.
@@ -597,6 +602,27 @@ impl Checker<'_> {
                 (30000, 30999)
             }
         };
+        if *raw.webrtc_udp_ports.get_ref() == 0 {
+            self.problem(
+                &raw.webrtc_udp_ports,
+                "server.webrtc_udp_ports".into(),
+                "must be at least 1 (one port per WebRTC viewer)".into(),
+            );
+        }
+        let webrtc_public_ip =
+            raw.webrtc_public_ip
+                .as_ref()
+                .and_then(|ip| match ip.get_ref().parse::<IpAddr>() {
+                    Ok(parsed) if !parsed.is_unspecified() => Some(parsed),
+                    _ => {
+                        self.problem(
+                            ip,
+                            "server.webrtc_public_ip".into(),
+                            format!("`{}` is not an IP address browsers can reach", ip.get_ref()),
+                        );
+                        None
+                    }
+                });
         if *raw.max_clients.get_ref() == 0 {
             self.problem(
                 &raw.max_clients,
@@ -609,6 +635,8 @@ impl Checker<'_> {
             http: http.unwrap_or_else(|| socket_default(&defaults.http)),
             rtp_ports,
             webrtc_udp: webrtc_udp.unwrap_or_else(|| socket_default(&defaults.webrtc_udp)),
+            webrtc_udp_ports: *raw.webrtc_udp_ports.get_ref(),
+            webrtc_public_ip,
             max_clients: *raw.max_clients.get_ref(),
             max_bandwidth_kbps: *raw.max_bandwidth_kbps.get_ref(),
             access: self.access(&raw.allow, &raw.deny, "server"),

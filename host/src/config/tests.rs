@@ -35,6 +35,29 @@ source = "file:../media/sample.mp4"
 }
 
 #[test]
+fn webrtc_network_keys() {
+    let config = parse("[server]\nwebrtc_public_ip = \"203.0.113.7\"\n").expect("valid");
+    assert_eq!(config.server.webrtc_udp_ports, 100);
+    assert_eq!(
+        config.server.webrtc_public_ip,
+        Some("203.0.113.7".parse().unwrap())
+    );
+    let problems = parse("[server]\nwebrtc_udp_ports = 0\nwebrtc_public_ip = \"0.0.0.0\"\n")
+        .expect_err("invalid");
+    let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    assert_eq!(text.len(), 2, "{text:?}");
+    assert!(
+        text[0].contains("server.webrtc_udp_ports: must be at least 1"),
+        "{text:?}"
+    );
+    assert!(
+        text[1]
+            .contains("server.webrtc_public_ip: `0.0.0.0` is not an IP address browsers can reach"),
+        "{text:?}"
+    );
+}
+
+#[test]
 fn loop_false_is_kept() {
     let config = parse("[routes.a]\nsource = \"file:a.mp4\"\nloop = false\n").expect("valid");
     assert!(matches!(

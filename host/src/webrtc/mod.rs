@@ -9,10 +9,11 @@
 
 #[cfg(fuzzing)]
 pub mod fuzz;
+mod network;
 mod offer;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,10 +37,13 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::shared::marshal::Unmarshal;
 
+use crate::config::ServerConfig;
 use crate::media::Codec;
 use crate::router::{RouterHandle, SourceState, Stream};
 use crate::sessions::{ClientLimit, ClientSlot, Registration, SessionKind, Sessions};
 
+pub use network::NoFreePort;
+use network::{IceNetwork, PortLease};
 pub use offer::OfferedVideo;
 
 /// How long gathering our (host) candidates may take before the answer goes out as it is.
@@ -64,6 +68,8 @@ pub enum WhepError {
     Unplayable(String),
     #[error("the server is full: {0}")]
     Full(#[from] crate::sessions::Full),
+    #[error("the server is full: {0}")]
+    NoPort(#[from] NoFreePort),
     #[error("no WHEP session `{0}` on this route")]
     NoSession(String),
     #[error("WebRTC failed: {0}")]
@@ -84,9 +90,7 @@ pub struct WebRtc {
     router: RouterHandle,
     sessions: Sessions,
     clients: Arc<ClientLimit>,
-    /// The address ICE candidates are bound to; unspecified: the address the browser reached the
-    /// HTTP server at.
-    ice_ip: IpAddr,
+    network: IceNetwork,
     peers: Arc<Mutex<HashMap<String, Arc<dyn PeerConnection>>>>,
 }
 
@@ -95,13 +99,13 @@ impl WebRtc {
         router: RouterHandle,
         sessions: Sessions,
         clients: Arc<ClientLimit>,
-        ice_ip: IpAddr,
+        server: &ServerConfig,
     ) -> WebRtc {
         WebRtc {
             router,
             sessions,
             clients,
-            ice_ip,
+            network: IceNetwork::new(server),
             peers: Arc::default(),
         }
     }
@@ -123,6 +127,68 @@ impl WebRtc {
         let plan = plan(&stream, &offered)?;
         let slot = self.clients.acquire()?;
 
+        let ip = self.network.bind_ip(local);
+        // A port found free can be taken by another program before the connection binds it;
+        // then the next one is tried.
+        let mut attempts = 0;
+        let (pc, events, port) = loop {
+            let port = self.network.lease(ip)?;
+            match self.connect(&plan, SocketAddr::new(ip, port.port())).await {
+                Ok((pc, events)) => break (pc, events, port),
+                Err(err) if port.port() == 0 || attempts == 2 => return Err(err),
+                Err(err) => tracing::debug!(route, port = port.port(), "retrying: {err}"),
+            }
+            attempts += 1;
+        };
+        let negotiated = Self::negotiate(&pc, &plan, offer, &events).await;
+        let Negotiated {
+            video,
+            video_sender,
+            audio,
+            sdp,
+        } = match negotiated {
+            Ok(parts) => parts,
+            Err(err) => {
+                // The connection's driver holds the viewer's socket until it is closed.
+                if let Err(close) = pc.close().await {
+                    tracing::debug!(route, "closing a refused WebRTC connection: {close}");
+                }
+                return Err(err);
+            }
+        };
+        let sdp = self.network.announce(&sdp);
+
+        let registration = self
+            .sessions
+            .register(None, SessionKind::WebRtcViewer, route, peer);
+        let id = registration.id().to_owned();
+        self.lock().insert(id.clone(), Arc::clone(&pc));
+        let viewer = Viewer {
+            id: id.clone(),
+            route: route.to_owned(),
+            peer,
+            stream,
+            pc,
+            events,
+            video_track: plan.video_track,
+            video,
+            video_sender,
+            audio,
+            registration,
+            _slot: slot,
+            _port: port,
+            peers: Arc::clone(&self.peers),
+        };
+        tokio::spawn(viewer.run());
+        Ok(Answer { id, sdp })
+    }
+
+    /// A peer connection for `plan` with its socket bound to `bind`.
+    async fn connect(
+        &self,
+        plan: &Plan,
+        bind: SocketAddr,
+    ) -> Result<(Arc<dyn PeerConnection>, Events), WhepError> {
         let (events, handler) = Events::new();
         let mut media_engine = MediaEngine::default();
         media_engine
@@ -135,29 +201,35 @@ impl WebRtc {
         }
         let registry =
             register_default_interceptors(Registry::new(), &mut media_engine).map_err(internal)?;
+        // ICE lite, as servers with known addresses are: the browser's checks find the path and
+        // media goes back where they came from, which behind a NAT is the only way that works.
         let settings: SettingEngine = SettingEngineBuilder::new()
+            .with_lite(true)
             .with_ice_timeouts(
                 Some(ICE_DISCONNECTED),
                 Some(ICE_FAILED),
                 Some(ICE_KEEPALIVE),
             )
             .build();
-        let ip = if self.ice_ip.is_unspecified() {
-            local.ip()
-        } else {
-            self.ice_ip
-        };
         let pc = PeerConnectionBuilder::new()
             .with_media_engine(media_engine)
             .with_setting_engine(settings)
             .with_interceptor_registry(registry)
             .with_handler(handler)
-            .with_udp_addrs(vec![SocketAddr::new(ip, 0)])
+            .with_udp_addrs(vec![bind])
             .build()
             .await
             .map_err(internal)?;
-        let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+        Ok((Arc::new(pc), events))
+    }
 
+    /// Adds the viewer's tracks to `pc` and answers `offer`, waiting for our candidates.
+    async fn negotiate(
+        pc: &Arc<dyn PeerConnection>,
+        plan: &Plan,
+        offer: &str,
+        events: &Events,
+    ) -> Result<Negotiated, WhepError> {
         let video = Outgoing::new(&plan.video, RtpCodecKind::Video);
         let video_sender = pc
             .add_track(Arc::clone(&video.track) as Arc<dyn TrackLocal>)
@@ -187,29 +259,12 @@ impl WebRtc {
             .await
             .map(|d| d.sdp)
             .ok_or_else(|| WhepError::Internal("no local description".into()))?;
-
-        let registration = self
-            .sessions
-            .register(None, SessionKind::WebRtcViewer, route, peer);
-        let id = registration.id().to_owned();
-        self.lock().insert(id.clone(), Arc::clone(&pc));
-        let viewer = Viewer {
-            id: id.clone(),
-            route: route.to_owned(),
-            peer,
-            stream,
-            pc,
-            events,
-            video_track: plan.video_track,
+        Ok(Negotiated {
             video,
             video_sender,
             audio,
-            registration,
-            _slot: slot,
-            peers: Arc::clone(&self.peers),
-        };
-        tokio::spawn(viewer.run());
-        Ok(Answer { id, sdp })
+            sdp,
+        })
     }
 
     /// Ends session `id` of `route` (`DELETE` on its resource).
@@ -466,6 +521,14 @@ impl PeerConnectionEventHandler for Handler {
     }
 }
 
+/// A viewer's tracks and the answer, once the offer is accepted.
+struct Negotiated {
+    video: Outgoing,
+    video_sender: Arc<dyn RtpSender>,
+    audio: Option<(usize, Outgoing)>,
+    sdp: String,
+}
+
 /// One browser watching one route.
 struct Viewer {
     id: String,
@@ -480,6 +543,7 @@ struct Viewer {
     audio: Option<(usize, Outgoing)>,
     registration: Registration,
     _slot: ClientSlot,
+    _port: PortLease,
     peers: Arc<Mutex<HashMap<String, Arc<dyn PeerConnection>>>>,
 }
 

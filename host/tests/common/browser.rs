@@ -26,7 +26,18 @@ pub struct Page {
 }
 
 impl Browser {
+    /// Chromium offering plain loopback addresses as its ICE candidates.
     pub async fn launch() -> Browser {
+        Browser::start(false).await
+    }
+
+    /// Chromium as it ships: its local addresses hidden behind mDNS names, so a server can only
+    /// learn where it is from the checks it sends.
+    pub async fn launch_hiding_local_ips() -> Browser {
+        Browser::start(true).await
+    }
+
+    async fn start(hide_local_ips: bool) -> Browser {
         static LAUNCHED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let profile = std::env::temp_dir().join(format!(
             "wasmcast-chromium-{}-{}",
@@ -44,11 +55,10 @@ impl Browser {
                 "--disable-component-update",
                 "--disable-sync",
                 "--autoplay-policy=no-user-gesture-required",
-                // Plain host candidates on loopback rather than mDNS names.
-                "--disable-features=WebRtcHideLocalIpsWithMdns",
                 "--remote-debugging-port=0",
                 "--window-size=1280,800",
             ])
+            .args((!hide_local_ips).then_some("--disable-features=WebRtcHideLocalIpsWithMdns"))
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg("about:blank")
             .stdin(Stdio::null())

@@ -20,6 +20,8 @@ pub struct Viewer {
     pc: Arc<dyn PeerConnection>,
     /// The session's resource, from the answer's `Location`.
     pub location: String,
+    /// The server's SDP answer.
+    pub answer: String,
     pub packets: Arc<AtomicU64>,
 }
 
@@ -117,13 +119,15 @@ impl Viewer {
         if status != 201 {
             return Err(format!("WHEP answered {status}: {answer}"));
         }
-        let answer = RTCSessionDescription::answer(answer).map_err(|e| e.to_string())?;
-        pc.set_remote_description(answer)
+        let description =
+            RTCSessionDescription::answer(answer.clone()).map_err(|e| e.to_string())?;
+        pc.set_remote_description(description)
             .await
             .map_err(|e| e.to_string())?;
         Ok(Viewer {
             pc,
             location: location.ok_or("no Location")?,
+            answer,
             packets,
         })
     }
