@@ -1,5 +1,6 @@
-//! Entry point for the fuzz targets in `fuzz/` (built only by `cargo fuzz`): a client's bytes
-//! through the codec and the protocol core, with a push route to ANNOUNCE to and play from.
+//! Entry point for the fuzz targets in `fuzz/` (built by `cargo fuzz`, and by the unit tests so
+//! that it keeps compiling): a client's bytes through the codec and the protocol core, with a push
+//! route to ANNOUNCE to and play from.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -36,9 +37,10 @@ fn world() -> &'static World {
                 access: Default::default(),
                 read: Vec::new(),
                 publish: Vec::new(),
+                transcode: None,
             };
             router
-                .apply(BTreeMap::from([("cam".to_owned(), route)]))
+                .apply(BTreeMap::from([("cam".to_owned(), route)]), BTreeMap::new())
                 .await;
             router
         });
@@ -76,6 +78,41 @@ pub fn connection(data: &[u8]) {
                 connection.receive_interleaved(channel, &payload, Instant::now());
             }
             Incoming::Response => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A publisher's whole session, then a reader's, then the same bytes cut short everywhere.
+    #[test]
+    fn a_publish_and_a_play_session_and_their_prefixes_go_through() {
+        let sdp = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+            m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n\
+            a=fmtp:96 packetization-mode=1;sprop-parameter-sets=Z0LAHtkBQH7AEQAAAwABAAADADIPFi5I,aMuMsg==\r\n\
+            a=control:trackID=0\r\n";
+        let mut session = format!(
+            "OPTIONS rtsp://h/cam RTSP/1.0\r\nCSeq: 1\r\n\r\n\
+             ANNOUNCE rtsp://h/cam RTSP/1.0\r\nCSeq: 2\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}\
+             SETUP rtsp://h/cam/trackID=0 RTSP/1.0\r\nCSeq: 3\r\nTransport: RTP/AVP/TCP;unicast;interleaved=0-1;mode=record\r\n\r\n\
+             RECORD rtsp://h/cam RTSP/1.0\r\nCSeq: 4\r\nSession: 1\r\n\r\n",
+            sdp.len()
+        )
+        .into_bytes();
+        // One interleaved RTP packet carrying an IDR slice.
+        let rtp = [
+            0x80, 96, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0x65, 0x88, 0x80, 0x40,
+        ];
+        session.extend_from_slice(&[b'$', 0, 0, rtp.len() as u8]);
+        session.extend_from_slice(&rtp);
+        session.extend_from_slice(
+            b"DESCRIBE rtsp://h/cam RTSP/1.0\r\nCSeq: 1\r\n\r\n\
+              SETUP rtsp://h/cam/trackID=0 RTSP/1.0\r\nCSeq: 2\r\nTransport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n\r\n\
+              PLAY rtsp://h/cam RTSP/1.0\r\nCSeq: 3\r\n\r\n\
+              TEARDOWN rtsp://h/cam RTSP/1.0\r\nCSeq: 4\r\n\r\n",
+        );
+        for end in 0..=session.len() {
+            super::connection(&session[..end]);
         }
     }
 }

@@ -6,7 +6,7 @@
 //! sockets, no clock), `sdp` describes streams, `server` is the tokio edge.
 
 mod codec;
-#[cfg(fuzzing)]
+#[cfg(any(fuzzing, test))]
 pub mod fuzz;
 mod publish;
 mod sdp;

@@ -7,7 +7,7 @@
 //! a keyframe, waits for the next keyframe when the browser asks for one (PLI/FIR), and is reaped by
 //! ICE timeouts when its network dies or when its route goes away.
 
-#[cfg(fuzzing)]
+#[cfg(any(fuzzing, test))]
 pub mod fuzz;
 mod network;
 mod offer;
