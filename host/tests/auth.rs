@@ -180,8 +180,8 @@ async fn the_api_and_whep_take_admin_passwords_and_bearer_tokens() {
         .take(2)
         .collect::<Vec<_>>()
         .join("\n");
-    let server = Server::start_with(
-        "rtsp = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nrtp_ports = \"31000-31999\"\nadmins = [\"alice\", \"ci\"]\n",
+    let server = Server::start_adding(
+        "admins = [\"alice\", \"ci\"]\n",
         &format!(
             "{USERS}{stored}\n[routes.cam]\nsource = \"file:{}\"\nread = [\"alice\", \"ci\"]\n",
             short_clip().display()

@@ -287,10 +287,7 @@ async fn raw_reader(server: &Server, route: &str) -> Result<TcpStream, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_over_max_clients_is_refused_while_the_others_play() {
-    let server = Server::start_with(
-        "rtsp = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nrtp_ports = \"31000-31999\"\nmax_clients = 100\n",
-        &file_route("clip", &short_clip()),
-    );
+    let server = Server::start_adding("max_clients = 100\n", &file_route("clip", &short_clip()));
     common::wait_live(&server, "clip").await;
     let mut readers = Vec::new();
     for _ in 0..100 {
@@ -332,8 +329,8 @@ async fn the_client_over_max_clients_is_refused_while_the_others_play() {
 async fn a_reader_over_max_bandwidth_is_refused_while_the_first_plays() {
     // The sample sends about 450 kbit/s, never less than 100 in a second: one reader is over a
     // 100 kbit/s budget.
-    let server = Server::start_with(
-        "rtsp = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nrtp_ports = \"31000-31999\"\nmax_bandwidth_kbps = 100\n",
+    let server = Server::start_adding(
+        "max_bandwidth_kbps = 100\n",
         &file_route("clip", &common::sample_clip()),
     );
     common::wait_live(&server, "clip").await;

@@ -218,10 +218,7 @@ async fn common_reader(url: String) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_whep_viewers_receive_media_and_delete_frees_them() {
-    let server = Server::start_with(
-        "rtsp = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nrtp_ports = \"31000-31999\"\nmax_clients = 20\n",
-        &file_route("unicast", &sample_clip()),
-    );
+    let server = Server::start_adding("max_clients = 20\n", &file_route("unicast", &sample_clip()));
     wait_live(&server, "unicast").await;
     let mut viewers = Vec::new();
     for _ in 0..20 {
@@ -298,11 +295,8 @@ async fn wait_no_webrtc_viewer(server: &Server, why: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewers_take_one_port_each_from_the_configured_range() {
     let first = free_udp_run(2);
-    let server = Server::start_with(
-        &format!(
-            "rtsp = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nrtp_ports = \"31000-31999\"\n\
-             webrtc_udp = \"127.0.0.1:{first}\"\nwebrtc_udp_ports = 2\n"
-        ),
+    let server = Server::start_adding(
+        &format!("webrtc_udp = \"127.0.0.1:{first}\"\nwebrtc_udp_ports = 2\n"),
         &file_route("unicast", &sample_clip()),
     );
     wait_live(&server, "unicast").await;
@@ -368,9 +362,8 @@ async fn viewers_take_one_port_each_from_the_configured_range() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_public_ip_is_announced_instead_of_the_bound_address() {
-    let server = Server::start_with(
-        "rtsp = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nrtp_ports = \"31000-31999\"\n\
-         webrtc_udp = \"127.0.0.1:0\"\nwebrtc_public_ip = \"192.0.2.10\"\n",
+    let server = Server::start_adding(
+        "webrtc_udp = \"127.0.0.1:0\"\nwebrtc_public_ip = \"192.0.2.10\"\n",
         &file_route("unicast", &sample_clip()),
     );
     wait_live(&server, "unicast").await;
@@ -420,10 +413,9 @@ async fn one_to_one_nat(public: SocketAddr, private: SocketAddr) -> Arc<AtomicU6
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_plays_through_a_one_to_one_nat_at_the_public_address() {
     let port = free_udp_run(1);
-    let server = Server::start_with(
+    let server = Server::start_adding(
         &format!(
-            "rtsp = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nrtp_ports = \"31000-31999\"\n\
-             webrtc_udp = \"127.0.0.1:{port}\"\nwebrtc_udp_ports = 1\nwebrtc_public_ip = \"127.0.0.2\"\n"
+            "webrtc_udp = \"127.0.0.1:{port}\"\nwebrtc_udp_ports = 1\nwebrtc_public_ip = \"127.0.0.2\"\n"
         ),
         &file_route("unicast", &sample_clip()),
     );

@@ -82,8 +82,15 @@ pub struct Server {
 impl Server {
     /// Starts the binary with `[server]` on loopback and the given `[routes...]` tables.
     pub fn start(routes: &str) -> Server {
+        Server::start_adding("", routes)
+    }
+
+    /// Like [`Server::start`], with more `[server]` keys (`max_clients = 20\n`).
+    pub fn start_adding(server_keys: &str, routes: &str) -> Server {
         Server::start_with(
-            "rtsp = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nrtp_ports = \"31000-31999\"\n",
+            &format!(
+                "rtsp = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nrtp_ports = \"31000-31999\"\n{server_keys}"
+            ),
             routes,
         )
     }
