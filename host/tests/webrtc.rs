@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 
-use browser::{Browser, mean_brightness};
+use browser::{Browser, mean_brightness, mean_saturation};
 use common::{
     Pusher, Server, b_frame_clip, exchange, file_route, h265_clip, push_route, sample_clip,
     wait_live,
@@ -473,27 +473,6 @@ async fn removing_a_route_closes_its_webrtc_viewers() {
         server.log()
     );
     viewer.close().await;
-}
-
-/// Mean difference between the largest and smallest of R, G and B over a PNG region: 0 is gray.
-fn mean_saturation(png_bytes: &[u8], region: (u32, u32, u32, u32)) -> f64 {
-    let decoder = png::Decoder::new(std::io::Cursor::new(png_bytes));
-    let mut reader = decoder.read_info().expect("a PNG");
-    let mut pixels = vec![0; reader.output_buffer_size()];
-    let info = reader.next_frame(&mut pixels).expect("PNG pixels");
-    let channels = info.color_type.samples();
-    let (x0, y0, w, h) = region;
-    let (mut sum, mut count) = (0u64, 0u64);
-    for y in y0..(y0 + h).min(info.height) {
-        for x in x0..(x0 + w).min(info.width) {
-            let at = (y as usize * info.width as usize + x as usize) * channels;
-            let rgb = &pixels[at..at + 3];
-            let (max, min) = (rgb.iter().max().copied(), rgb.iter().min().copied());
-            sum += u64::from(max.unwrap_or(0) - min.unwrap_or(0));
-            count += 1;
-        }
-    }
-    sum as f64 / count.max(1) as f64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -178,22 +178,39 @@ impl Drop for Browser {
 
 /// Mean brightness (0–255) of the RGB pixels of a PNG inside `region` (x, y, width, height).
 pub fn mean_brightness(png_bytes: &[u8], region: (u32, u32, u32, u32)) -> f64 {
+    mean_over_pixels(png_bytes, region, |rgb| {
+        rgb.iter().map(|&v| f64::from(v)).sum::<f64>() / 3.0
+    })
+}
+
+/// Mean saturation (max − min of R, G, B; 0 for gray) of a PNG's pixels inside `region`.
+pub fn mean_saturation(png_bytes: &[u8], region: (u32, u32, u32, u32)) -> f64 {
+    mean_over_pixels(png_bytes, region, |rgb| {
+        let max = rgb.iter().max().copied().unwrap_or(0);
+        let min = rgb.iter().min().copied().unwrap_or(0);
+        f64::from(max - min)
+    })
+}
+
+/// The mean of `measure` over the RGB pixels of a PNG inside `region`.
+fn mean_over_pixels(
+    png_bytes: &[u8],
+    region: (u32, u32, u32, u32),
+    measure: impl Fn(&[u8]) -> f64,
+) -> f64 {
     let decoder = png::Decoder::new(std::io::Cursor::new(png_bytes));
     let mut reader = decoder.read_info().expect("a PNG");
     let mut pixels = vec![0; reader.output_buffer_size()];
     let info = reader.next_frame(&mut pixels).expect("PNG pixels");
     let channels = info.color_type.samples();
     let (x0, y0, w, h) = region;
-    let (mut sum, mut count) = (0u64, 0u64);
+    let (mut sum, mut count) = (0.0, 0u64);
     for y in y0..(y0 + h).min(info.height) {
         for x in x0..(x0 + w).min(info.width) {
             let at = (y as usize * info.width as usize + x as usize) * channels;
-            sum += pixels[at..at + 3]
-                .iter()
-                .map(|&v| u64::from(v))
-                .sum::<u64>();
-            count += 3;
+            sum += measure(&pixels[at..at + 3]);
+            count += 1;
         }
     }
-    sum as f64 / count.max(1) as f64
+    sum / count.max(1) as f64
 }
