@@ -20,11 +20,7 @@ const VIDEO_PID: u16 = 0x100;
 const TARGET_P99: Duration = Duration::from_millis(2);
 
 fn main() {
-    let quick = !std::env::args().any(|a| a == "--bench");
-    let seconds: u64 = std::env::var("WASMCAST_BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(if quick { 3 } else { 10 });
+    let seconds = common::seconds(3, 10);
     let ts = std::fs::read(clip()).expect("bench clip");
     let server = BenchServer::start(
         "ingest",

@@ -24,17 +24,8 @@ const TARGET_MEMORY_PER_READER: f64 = 64.0 * 1024.0;
 const TARGET_FIRST_FRAME: Duration = Duration::from_millis(300);
 
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing and wants a quick run.
-    let quick = !std::env::args().any(|a| a == "--bench");
-    let counts: Vec<usize> = std::env::var("WASMCAST_BENCH_READERS")
-        .unwrap_or_else(|_| if quick { "10".into() } else { "100,500".into() })
-        .split(',')
-        .filter_map(|n| n.trim().parse().ok())
-        .collect();
-    let seconds: u64 = std::env::var("WASMCAST_BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(if quick { 2 } else { 10 });
+    let counts = common::counts("WASMCAST_BENCH_READERS", "10", "100,500");
+    let seconds = common::seconds(2, 10);
     let clip = common::clip_2mbps();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     println!(

@@ -13,7 +13,7 @@ use common::BenchServer;
 const TARGET: Duration = Duration::from_millis(250);
 
 fn main() {
-    let quick = !std::env::args().any(|a| a == "--bench");
+    let quick = common::quick();
     let rounds = if quick { 3 } else { 20 };
     let clip = common::clip(
         "reload-2s.mp4",

@@ -16,7 +16,7 @@ const TARGETS: [(&str, f64); 2] = [("640x480", 200.0), ("1920x1080", 30.0)];
 const PLUGIN_CALL_TARGET: Duration = Duration::from_millis(1);
 
 fn main() {
-    let quick = !std::env::args().any(|a| a == "--bench");
+    let quick = common::quick();
     let seconds = if quick { "2" } else { "8" };
     let config = Config::parse(
         "[plugins.gray]\nwasm = \"builtin:grayscale\"\n",

@@ -26,16 +26,8 @@ const TARGET_CPU_FOR_100: f64 = 1.0;
 const TARGET_LATENCY_MS: f64 = 300.0;
 
 fn main() {
-    let quick = !std::env::args().any(|a| a == "--bench");
-    let counts: Vec<usize> = std::env::var("WASMCAST_BENCH_VIEWERS")
-        .unwrap_or_else(|_| if quick { "5".into() } else { "100".into() })
-        .split(',')
-        .filter_map(|n| n.trim().parse().ok())
-        .collect();
-    let seconds: u64 = std::env::var("WASMCAST_BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(if quick { 2 } else { 10 });
+    let counts = common::counts("WASMCAST_BENCH_VIEWERS", "5", "100");
+    let seconds = common::seconds(2, 10);
     let clip = common::clip_2mbps();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -109,7 +101,7 @@ fn main() {
         let page = chromium
             .open(&format!("http://{}/hd/", server.http))
             .await;
-        tokio::time::sleep(Duration::from_secs(if quick { 4 } else { 10 })).await;
+        tokio::time::sleep(Duration::from_secs(if common::quick() { 4 } else { 10 })).await;
         let latency = chromium
             .eval(&page, "window.wasmcast && window.wasmcast.latencyMs")
             .await;

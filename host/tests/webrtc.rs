@@ -155,6 +155,7 @@ async fn bad_whep_requests_are_refused_with_a_reason() {
     assert!(reply.contains("not usable SDP"), "{reply}");
     let reply = whep(&server, "/good/whep", "text/plain", VIDEO_OFFER).await;
     assert!(status(&reply).contains("415"), "{reply}");
+    assert!(reply.contains("Content-Type: application/sdp"), "{reply}");
     let audio_only = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
         m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n";
     let reply = whep(&server, "/good/whep", "application/sdp", audio_only).await;

@@ -9,6 +9,29 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// Whether this is a quick pass: `cargo bench` passes `--bench`; `cargo test --benches` passes
+/// nothing and wants a quick run.
+pub fn quick() -> bool {
+    !std::env::args().any(|a| a == "--bench")
+}
+
+/// How long to measure: `WASMCAST_BENCH_SECONDS`, else `quick` or `full` seconds.
+pub fn seconds(quick: u64, full: u64) -> u64 {
+    std::env::var("WASMCAST_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if self::quick() { quick } else { full })
+}
+
+/// The client counts to measure: `variable` as `100,500`, else `quick` or `full` in that form.
+pub fn counts(variable: &str, quick: &str, full: &str) -> Vec<usize> {
+    std::env::var(variable)
+        .unwrap_or_else(|_| if self::quick() { quick } else { full }.to_owned())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
 /// A clip made once under `target/bench-clips` with the given ffmpeg arguments.
 pub fn clip(name: &str, ffmpeg_args: &[&str]) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-clips");

@@ -11,6 +11,7 @@ mod reload;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -526,6 +527,22 @@ impl Checker<'_> {
         })
     }
 
+    /// A problem at `table.name` unless `value` (when given) is in `range`.
+    fn within<T: PartialOrd>(
+        &mut self,
+        value: &Option<Spanned<T>>,
+        range: RangeInclusive<T>,
+        table: &str,
+        name: &str,
+        advice: &str,
+    ) {
+        if let Some(value) = value
+            && !range.contains(value.get_ref())
+        {
+            self.problem(value, format!("{table}.{name}"), advice.into());
+        }
+    }
+
     fn transcode<T>(
         &mut self,
         raw: &raw::Transcode,
@@ -543,33 +560,27 @@ impl Checker<'_> {
                 );
             }
         }
-        if let Some(fps) = &raw.fps
-            && !(1.0..=120.0).contains(fps.get_ref())
-        {
-            self.problem(
-                fps,
-                format!("{key}.fps"),
-                "give 1 to 120 frames per second".into(),
-            );
-        }
-        if let Some(kbps) = &raw.bitrate_kbps
-            && !(10..=100_000).contains(kbps.get_ref())
-        {
-            self.problem(
-                kbps,
-                format!("{key}.bitrate_kbps"),
-                "give 10 to 100000 kbit/s".into(),
-            );
-        }
-        if let Some(interval) = &raw.keyframe_interval
-            && !(1..=1000).contains(interval.get_ref())
-        {
-            self.problem(
-                interval,
-                format!("{key}.keyframe_interval"),
-                "give 1 to 1000 pictures".into(),
-            );
-        }
+        self.within(
+            &raw.fps,
+            1.0..=120.0,
+            key,
+            "fps",
+            "give 1 to 120 frames per second",
+        );
+        self.within(
+            &raw.bitrate_kbps,
+            10..=100_000,
+            key,
+            "bitrate_kbps",
+            "give 10 to 100000 kbit/s",
+        );
+        self.within(
+            &raw.keyframe_interval,
+            1..=1000,
+            key,
+            "keyframe_interval",
+            "give 1 to 1000 pictures",
+        );
         if raw.width.is_some() != raw.height.is_some() {
             self.problem(
                 at,

@@ -58,6 +58,41 @@ fn webrtc_network_keys() {
 }
 
 #[test]
+fn transcode_values_out_of_range_are_refused() {
+    let problems = parse(
+        "[routes.a]\nsource = \"file:a.mp4\"\n[routes.a.transcode]\n\
+         width = 641\nheight = 480\nfps = 0.5\nbitrate_kbps = 5\nkeyframe_interval = 0\n",
+    )
+    .expect_err("invalid");
+    let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    for (key, advice) in [
+        ("routes.a.transcode.width", "even number of pixels"),
+        ("routes.a.transcode.fps", "1 to 120 frames per second"),
+        ("routes.a.transcode.bitrate_kbps", "10 to 100000 kbit/s"),
+        ("routes.a.transcode.keyframe_interval", "1 to 1000 pictures"),
+    ] {
+        assert!(
+            text.iter()
+                .any(|t| t.contains(&format!("{key}: give")) && t.contains(advice)),
+            "{key}: {text:?}"
+        );
+    }
+    assert_eq!(text.len(), 4, "{text:?}");
+    let config = parse(
+        "[routes.a]\nsource = \"file:a.mp4\"\n[routes.a.transcode]\n\
+         width = 640\nheight = 480\nfps = 24\nbitrate_kbps = 100\nkeyframe_interval = 48\n",
+    )
+    .expect("valid");
+    assert_eq!(
+        config.routes["a"]
+            .transcode
+            .as_ref()
+            .map(|t| t.bitrate_kbps),
+        Some(100)
+    );
+}
+
+#[test]
 fn loop_false_is_kept() {
     let config = parse("[routes.a]\nsource = \"file:a.mp4\"\nloop = false\n").expect("valid");
     assert!(matches!(

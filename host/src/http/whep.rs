@@ -115,7 +115,17 @@ fn authorize(
     ))
 }
 
-async fn body_text(request: Request<Incoming>) -> Result<String, Reply> {
+/// The body as text, if the request says it is of type `wanted`; else a 415 naming the type.
+async fn body_text(request: Request<Incoming>, wanted: &str) -> Result<String, Reply> {
+    if !content_type_is(&request, wanted) {
+        return Err(text(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "{} takes a body with Content-Type: {wanted}",
+                request.method()
+            ),
+        ));
+    }
     let body = Limited::new(request.into_body(), MAX_BODY_BYTES)
         .collect()
         .await
@@ -146,13 +156,7 @@ async fn offer(
     local: SocketAddr,
     peer: SocketAddr,
 ) -> Reply {
-    if !content_type_is(&request, "application/sdp") {
-        return text(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "a WHEP offer is an SDP body with Content-Type: application/sdp",
-        );
-    }
-    let sdp = match body_text(request).await {
+    let sdp = match body_text(request, "application/sdp").await {
         Ok(sdp) => sdp,
         Err(reply) => return reply,
     };
@@ -173,13 +177,7 @@ async fn offer(
 }
 
 async fn patch(state: &State, request: Request<Incoming>, route: &str, id: &str) -> Reply {
-    if !content_type_is(&request, "application/trickle-ice-sdpfrag") {
-        return text(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "PATCH takes Content-Type: application/trickle-ice-sdpfrag",
-        );
-    }
-    let fragment = match body_text(request).await {
+    let fragment = match body_text(request, "application/trickle-ice-sdpfrag").await {
         Ok(fragment) => fragment,
         Err(reply) => return reply,
     };
