@@ -14,7 +14,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         2 => PayloadFormat::Aac,
         _ => PayloadFormat::Opus,
     };
-    let mut depacketizer = Depacketizer::new(format);
+    let mut depacketizer = Depacketizer::new(format, 8 << 20);
     while rest.len() >= 2 {
         let length = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
         let Some(packet) = rest.get(2..2 + length) else {

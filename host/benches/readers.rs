@@ -42,7 +42,11 @@ fn main() {
 fn start_server(clip: &Path, max_clients: usize) -> BenchServer {
     BenchServer::start(
         "readers",
-        &format!("rtp_ports = \"32000-32999\"\nmax_clients = {max_clients}"),
+        &format!(
+            "rtp_ports = \"32000-32999\"\nmax_clients = {max_clients}\n\
+             max_connections = {0}\nmax_connections_per_address = {0}",
+            max_clients + 16
+        ),
         &format!("[routes.bench]\nsource = \"file:{}\"\n", clip.display()),
     )
 }

@@ -13,6 +13,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use md5::{Digest, Md5};
 use sha2::Sha256;
 
+use crate::listen::AddressKey;
+
 /// The realm every challenge names; HA1 values depend on it.
 pub const REALM: &str = "wasmcast";
 
@@ -87,14 +89,25 @@ impl From<PasswordHash> for Credentials {
 /// Users by name.
 pub type Users = BTreeMap<String, Credentials>;
 
+/// What a Digest answer is checked against: the challenge's nonce, the URI of the request it
+/// comes with, and the highest nonce count (`nc`) accepted with this nonce so far, so that a
+/// recorded answer cannot be sent again.
+#[derive(Debug)]
+pub struct DigestChallenge<'a> {
+    pub nonce: &'a str,
+    pub request_uri: &'a str,
+    pub last_nc: &'a std::sync::atomic::AtomicU32,
+}
+
 /// Checks an `Authorization` header against the users allowed here. `method` is the request's
-/// method, `nonce` the one this connection's challenges carry. Returns the user.
+/// method; `digest` what a Digest answer must match (`None` where no Digest challenge was sent,
+/// as over HTTP: a Digest answer is refused there). Returns the user.
 pub fn check(
     header: Option<&str>,
     users: &Users,
     allowed: &[String],
     method: &str,
-    nonce: &str,
+    digest: Option<&DigestChallenge<'_>>,
 ) -> Result<String, AuthError> {
     let header = header.ok_or(AuthError::Missing)?;
     let (scheme, rest) = header.trim().split_once(' ').ok_or(AuthError::Malformed)?;
@@ -132,19 +145,39 @@ pub fn check(
                 .ok_or(AuthError::Malformed)
         };
         let user = get("username")?;
-        if get("realm")? != REALM || get("nonce")? != nonce {
+        let challenge = digest.ok_or(AuthError::Malformed)?;
+        let nonce = challenge.nonce;
+        if nonce.is_empty() || get("realm")? != REALM || get("nonce")? != nonce {
             return Err(AuthError::Stale);
+        }
+        let uri = get("uri")?;
+        if !uri_matches(uri, challenge.request_uri) {
+            return Err(AuthError::OtherUri(user.to_owned()));
         }
         let stored = users.get(user).and_then(|c| c.password.as_ref());
         let ha1 = stored.map(|h| hex(&h.0)).unwrap_or_default();
         let ha2 = hex(&Md5::digest(format!("{method}:{}", get("uri")?)));
-        let expected = match params.get("qop").map(String::as_str) {
-            Some("auth") => format!("{ha1}:{nonce}:{}:{}:auth:{ha2}", get("nc")?, get("cnonce")?),
-            _ => format!("{ha1}:{nonce}:{ha2}"),
+        let (expected, nc) = match params.get("qop").map(String::as_str) {
+            Some("auth") => {
+                let nc_text = get("nc")?;
+                let nc = u32::from_str_radix(nc_text, 16).map_err(|_| AuthError::Malformed)?;
+                if nc <= challenge.last_nc.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Err(AuthError::Replayed(user.to_owned()));
+                }
+                let answer = format!("{ha1}:{nonce}:{nc_text}:{}:auth:{ha2}", get("cnonce")?);
+                (answer, Some(nc))
+            }
+            _ => (format!("{ha1}:{nonce}:{ha2}"), None),
         };
         let expected = hex(&Md5::digest(expected));
-        let verified = constant_time_eq(expected.as_bytes(), get("response")?.as_bytes());
-        (user.to_owned(), verified && stored.is_some())
+        let verified =
+            constant_time_eq(expected.as_bytes(), get("response")?.as_bytes()) && stored.is_some();
+        if verified && let Some(nc) = nc {
+            challenge
+                .last_nc
+                .store(nc, std::sync::atomic::Ordering::Relaxed);
+        }
+        (user.to_owned(), verified)
     } else {
         return Err(AuthError::Malformed);
     };
@@ -158,9 +191,25 @@ pub fn check(
 }
 
 /// The RTSP `WWW-Authenticate` challenge: Digest, which every RTSP client answers (and which keeps
-/// the password off the wire). Basic is still accepted from clients that send it unasked.
-pub fn challenge(nonce: &str) -> String {
-    format!("Digest realm=\"{REALM}\", nonce=\"{nonce}\", algorithm=MD5")
+/// the password off the wire). Basic is still accepted from clients that send it unasked. `stale`
+/// tells a client whose answer was to an expired nonce to answer the new one without asking its
+/// user again (RFC 2617 3.2.1).
+pub fn challenge(nonce: &str, stale: bool) -> String {
+    let stale = if stale { ", stale=true" } else { "" };
+    format!("Digest realm=\"{REALM}\", nonce=\"{nonce}\", algorithm=MD5{stale}")
+}
+
+/// Whether a Digest answer's `uri` names the request it came with: the same URL, or its path
+/// (clients send either).
+fn uri_matches(answer: &str, request: &str) -> bool {
+    if answer == request {
+        return true;
+    }
+    let path = request
+        .split_once("://")
+        .and_then(|(_, rest)| rest.find('/').map(|at| &rest[at..]))
+        .unwrap_or("/");
+    answer == path || answer.trim_end_matches('/') == request.trim_end_matches('/')
 }
 
 /// Why credentials were not accepted.
@@ -170,8 +219,12 @@ pub enum AuthError {
     Missing,
     #[error("unreadable Authorization header")]
     Malformed,
-    #[error("a Digest answer to another challenge")]
+    #[error("a Digest answer to another (or an expired) challenge")]
     Stale,
+    #[error("a Digest answer from `{0}` for another URI than the request's")]
+    OtherUri(String),
+    #[error("a Digest answer from `{0}` sent again (nonce count not above the last)")]
+    Replayed(String),
     #[error("wrong password for `{0}`")]
     Wrong(String),
     #[error("`{0}` may not do this")]
@@ -187,34 +240,63 @@ pub const FAILED_LOGIN_WINDOW: std::time::Duration = std::time::Duration::from_s
 /// Addresses remembered at most; beyond, expired entries are forgotten first.
 const MAX_REMEMBERED_ADDRESSES: usize = 10_000;
 
-/// Counts failed logins per address. Time is passed in.
+/// Counts failed logins per address (an IPv6 client by its /64, which it can fill with addresses
+/// at will). Time is passed in.
+///
+/// Bounded and cheap under attack: at [`MAX_REMEMBERED_ADDRESSES`] the address whose window
+/// started longest ago is forgotten, one per new address, found through a queue in window order
+/// (O(1) amortized, never a scan of the table).
 #[derive(Debug, Default)]
 pub struct LoginThrottle {
-    failures: std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>,
+    failures: std::collections::HashMap<AddressKey, (u32, std::time::Instant)>,
+    /// Addresses by when their window started, oldest first; an entry whose window restarted
+    /// since is stale and skipped.
+    order: std::collections::VecDeque<(AddressKey, std::time::Instant)>,
 }
 
 impl LoginThrottle {
     /// Whether `ip` is refused now.
     pub fn blocked(&self, ip: std::net::IpAddr, now: std::time::Instant) -> bool {
-        self.failures.get(&ip).is_some_and(|(count, since)| {
-            *count >= MAX_FAILED_LOGINS && now.duration_since(*since) < FAILED_LOGIN_WINDOW
-        })
+        self.failures
+            .get(&AddressKey::of(ip))
+            .is_some_and(|(count, since)| {
+                *count >= MAX_FAILED_LOGINS && now.duration_since(*since) < FAILED_LOGIN_WINDOW
+            })
     }
 
     pub fn failed(&mut self, ip: std::net::IpAddr, now: std::time::Instant) {
-        if self.failures.len() >= MAX_REMEMBERED_ADDRESSES {
-            self.failures
-                .retain(|_, (_, since)| now.duration_since(*since) < FAILED_LOGIN_WINDOW);
+        let key = AddressKey::of(ip);
+        if !self.failures.contains_key(&key) {
+            while self.failures.len() >= MAX_REMEMBERED_ADDRESSES {
+                let Some((oldest, since)) = self.order.pop_front() else {
+                    break;
+                };
+                if self.failures.get(&oldest).is_some_and(|e| e.1 == since) {
+                    self.failures.remove(&oldest);
+                }
+            }
         }
-        let entry = self.failures.entry(ip).or_insert((0, now));
-        if now.duration_since(entry.1) >= FAILED_LOGIN_WINDOW {
+        let entry = self.failures.entry(key).or_insert((0, now));
+        if entry.0 == 0 || now.duration_since(entry.1) >= FAILED_LOGIN_WINDOW {
             *entry = (0, now);
+            self.order.push_back((key, now));
         }
         entry.0 += 1;
+        // Stale queue entries (windows that restarted) are dropped once they are the bulk of it.
+        if self.order.len() > 2 * MAX_REMEMBERED_ADDRESSES {
+            let failures = &self.failures;
+            self.order
+                .retain(|(key, since)| failures.get(key).is_some_and(|e| e.1 == *since));
+        }
     }
 
     pub fn succeeded(&mut self, ip: std::net::IpAddr) {
-        self.failures.remove(&ip);
+        self.failures.remove(&AddressKey::of(ip));
+    }
+
+    /// Addresses remembered now.
+    pub fn remembered(&self) -> usize {
+        self.failures.len()
     }
 }
 
@@ -301,15 +383,15 @@ mod tests {
     fn bearer_tokens_name_their_user() {
         let allowed = ["robot".to_owned()];
         assert_eq!(
-            check(Some("Bearer t0ken"), &users(), &allowed, "POST", ""),
+            check(Some("Bearer t0ken"), &users(), &allowed, "POST", None),
             Ok("robot".into())
         );
         assert!(matches!(
-            check(Some("Bearer nope"), &users(), &allowed, "POST", ""),
+            check(Some("Bearer nope"), &users(), &allowed, "POST", None),
             Err(AuthError::Wrong(_))
         ));
         let no_password = format!("Basic {}", BASE64.encode("robot:"));
-        assert!(check(Some(&no_password), &users(), &allowed, "POST", "").is_err());
+        assert!(check(Some(&no_password), &users(), &allowed, "POST", None).is_err());
         let token = TokenHash::of("t0ken");
         assert_eq!(TokenHash::parse(&token.to_config()), Ok(token));
     }
@@ -319,20 +401,20 @@ mod tests {
         let allowed = ["alice".to_owned()];
         let right = format!("Basic {}", BASE64.encode("alice:secret"));
         assert_eq!(
-            check(Some(&right), &users(), &allowed, "DESCRIBE", "n"),
+            check(Some(&right), &users(), &allowed, "DESCRIBE", None),
             Ok("alice".into())
         );
         let wrong = format!("Basic {}", BASE64.encode("alice:nope"));
         assert_eq!(
-            check(Some(&wrong), &users(), &allowed, "DESCRIBE", "n"),
+            check(Some(&wrong), &users(), &allowed, "DESCRIBE", None),
             Err(AuthError::Wrong("alice".into()))
         );
         assert_eq!(
-            check(None, &users(), &allowed, "DESCRIBE", "n"),
+            check(None, &users(), &allowed, "DESCRIBE", None),
             Err(AuthError::Missing)
         );
         assert_eq!(
-            check(Some(&right), &users(), &[], "DESCRIBE", "n"),
+            check(Some(&right), &users(), &[], "DESCRIBE", None),
             Err(AuthError::NotAllowed("alice".into()))
         );
     }
@@ -346,15 +428,100 @@ mod tests {
             "Digest username=\"alice\", realm=\"wasmcast\", nonce=\"abc\", uri=\"rtsp://h/cam\", response=\"{response}\""
         );
         let allowed = ["alice".to_owned()];
+        let last_nc = std::sync::atomic::AtomicU32::new(0);
+        let challenge = |nonce: &'static str, uri: &'static str| DigestChallenge {
+            nonce,
+            request_uri: uri,
+            last_nc: &last_nc,
+        };
+        let check_with = |method, nonce, uri| {
+            check(
+                Some(&header),
+                &users(),
+                &allowed,
+                method,
+                Some(&challenge(nonce, uri)),
+            )
+        };
         assert_eq!(
-            check(Some(&header), &users(), &allowed, "DESCRIBE", "abc"),
+            check_with("DESCRIBE", "abc", "rtsp://h/cam"),
             Ok("alice".into())
         );
         assert_eq!(
-            check(Some(&header), &users(), &allowed, "DESCRIBE", "other"),
+            check_with("DESCRIBE", "other", "rtsp://h/cam"),
             Err(AuthError::Stale)
         );
-        assert!(check(Some(&header), &users(), &allowed, "PLAY", "abc").is_err());
+        assert!(check_with("PLAY", "abc", "rtsp://h/cam").is_err());
+        assert_eq!(
+            check_with("DESCRIBE", "abc", "rtsp://h/other"),
+            Err(AuthError::OtherUri("alice".into())),
+            "an answer for another URL"
+        );
+        assert_eq!(
+            check_with("DESCRIBE", "", "rtsp://h/cam"),
+            Err(AuthError::Stale),
+            "never an empty nonce"
+        );
+        assert_eq!(
+            check(Some(&header), &users(), &allowed, "DESCRIBE", None),
+            Err(AuthError::Malformed),
+            "no Digest where none was asked for"
+        );
+    }
+
+    #[test]
+    fn digest_with_qop_refuses_a_nonce_count_it_saw() {
+        let ha1 = hex(&PasswordHash::of("alice", "secret").0);
+        let ha2 = hex(&Md5::digest("SETUP:/cam/trackID=0"));
+        let answer = |nc: &str| {
+            let response = hex(&Md5::digest(format!("{ha1}:abc:{nc}:xyz:auth:{ha2}")));
+            format!(
+                "Digest username=\"alice\", realm=\"wasmcast\", nonce=\"abc\", uri=\"/cam/trackID=0\", qop=auth, nc={nc}, cnonce=\"xyz\", response=\"{response}\""
+            )
+        };
+        let allowed = ["alice".to_owned()];
+        let last_nc = std::sync::atomic::AtomicU32::new(0);
+        let challenge = DigestChallenge {
+            nonce: "abc",
+            request_uri: "rtsp://h:8554/cam/trackID=0",
+            last_nc: &last_nc,
+        };
+        let check_nc = |nc| {
+            check(
+                Some(&answer(nc)),
+                &users(),
+                &allowed,
+                "SETUP",
+                Some(&challenge),
+            )
+        };
+        assert_eq!(check_nc("00000001"), Ok("alice".into()));
+        assert_eq!(
+            check_nc("00000001"),
+            Err(AuthError::Replayed("alice".into()))
+        );
+        assert_eq!(check_nc("00000002"), Ok("alice".into()));
+    }
+
+    #[test]
+    fn the_failed_login_table_stays_bounded_under_a_flood_of_addresses() {
+        let mut throttle = LoginThrottle::default();
+        let t0 = std::time::Instant::now();
+        let attacker: std::net::IpAddr = "10.9.9.9".parse().unwrap();
+        for _ in 0..MAX_FAILED_LOGINS {
+            throttle.failed(attacker, t0);
+        }
+        for i in 0..(3 * MAX_REMEMBERED_ADDRESSES as u32) {
+            let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0b00_0000 + i));
+            throttle.failed(ip, t0 + std::time::Duration::from_millis(1));
+        }
+        assert!(throttle.remembered() <= MAX_REMEMBERED_ADDRESSES);
+        // Every address of one IPv6 /64 is one entry.
+        for i in 0..20u128 {
+            let ip = std::net::IpAddr::V6(std::net::Ipv6Addr::from((0x2001_0db8u128 << 96) | i));
+            throttle.failed(ip, t0);
+        }
+        assert!(throttle.blocked("2001:db8::ffff".parse().unwrap(), t0));
     }
 
     #[test]

@@ -87,7 +87,7 @@ impl Server {
                 })
                 .map_err(StartError::Plugins)?
         };
-        let router = RouterHandle::start();
+        let router = RouterHandle::start_with(config.server.budget);
         router.set_server_access(config.server.access.clone());
         router.set_users(config.users.clone());
         router.set_admins(config.server.admins.clone());
@@ -95,11 +95,16 @@ impl Server {
         let clients =
             sessions::ClientLimit::new(config.server.max_clients, config.server.max_bandwidth_kbps);
         tokio::spawn(meter_bandwidth(router.clone(), Arc::clone(&clients)));
+        let gate = listen::ConnectionGate::new(
+            config.server.max_connections,
+            config.server.max_connections_per_address,
+        );
         let rtsp = RtspServer::bind(
             &config.server,
             router.clone(),
             sessions.clone(),
             Arc::clone(&clients),
+            Arc::clone(&gate),
         )
         .await?;
         let changes = router.apply(config.routes.clone(), plugins.clone()).await;
@@ -112,6 +117,7 @@ impl Server {
             rtsp.rebind(),
             Arc::clone(&reload),
             webrtc::WebRtc::new(router.clone(), sessions.clone(), clients, &config.server),
+            gate,
         )
         .await?;
         if let Some(path) = path {

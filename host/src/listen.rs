@@ -1,8 +1,12 @@
-//! TCP listeners that a reload can move to another address while the server runs: connections
-//! already accepted stay where they are, new ones arrive at the new address.
+//! TCP listeners that a reload can move to another address while the server runs (connections
+//! already accepted stay where they are, new ones arrive at the new address), and the caps on what
+//! accepted connections may hold: how many are open, and TCP keepalive on each.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -62,5 +66,157 @@ impl Rebind {
         let bound = listener.local_addr()?;
         self.sender.send_replace(Arc::new(listener));
         Ok(bound)
+    }
+}
+
+/// How long an idle accepted socket waits before the kernel probes whether its peer still exists,
+/// and how often it probes then: a peer that vanished without a FIN (pulled cable, crashed NAT) is
+/// found within about a minute and a half instead of the kernel's two hours.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_RETRIES: u32 = 6;
+
+/// Turns on TCP keepalive for an accepted socket, with [`KEEPALIVE_IDLE`] and friends.
+pub fn keep_alive(socket: &TcpStream) {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_RETRIES);
+    if let Err(err) = socket2::SockRef::from(socket).set_tcp_keepalive(&keepalive) {
+        tracing::debug!("cannot turn on TCP keepalive: {err}");
+    }
+}
+
+/// Caps open connections, in total and per client address (an IPv6 client by its /64, which one
+/// host usually has whole), across the RTSP and HTTP listeners. A connection over either cap is
+/// closed at accept, before a byte of it is read, and counted.
+#[derive(Debug)]
+pub struct ConnectionGate {
+    max_total: usize,
+    max_per_address: usize,
+    open: Mutex<HashMap<AddressKey, usize>>,
+    open_total: AtomicUsize,
+    /// Connections refused at accept, by cap.
+    pub refused_total: AtomicU64,
+    pub refused_per_address: AtomicU64,
+}
+
+/// What the per-address cap counts by: an IPv4 address, or an IPv6 /64.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AddressKey {
+    V4(Ipv4Addr),
+    V6Prefix(u64),
+}
+
+impl AddressKey {
+    pub fn of(ip: IpAddr) -> AddressKey {
+        match ip {
+            IpAddr::V4(v4) => AddressKey::V4(v4),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => AddressKey::V4(v4),
+                None => AddressKey::V6Prefix((u128::from(v6) >> 64) as u64),
+            },
+        }
+    }
+}
+
+/// Why a connection was closed at accept.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum GateRefusal {
+    #[error("max_connections ({0}) reached")]
+    Total(usize),
+    #[error("max_connections_per_address ({0}) reached for this address")]
+    PerAddress(usize),
+}
+
+impl ConnectionGate {
+    pub fn new(max_total: usize, max_per_address: usize) -> Arc<ConnectionGate> {
+        Arc::new(ConnectionGate {
+            max_total,
+            max_per_address,
+            open: Mutex::default(),
+            open_total: AtomicUsize::new(0),
+            refused_total: AtomicU64::new(0),
+            refused_per_address: AtomicU64::new(0),
+        })
+    }
+
+    /// A place for one more connection from `ip`, given back when the permit drops.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, GateRefusal> {
+        let key = AddressKey::of(ip);
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if self.open_total.load(Ordering::Relaxed) >= self.max_total {
+            self.refused_total.fetch_add(1, Ordering::Relaxed);
+            return Err(GateRefusal::Total(self.max_total));
+        }
+        let count = open.entry(key).or_insert(0);
+        if *count >= self.max_per_address {
+            self.refused_per_address.fetch_add(1, Ordering::Relaxed);
+            return Err(GateRefusal::PerAddress(self.max_per_address));
+        }
+        *count += 1;
+        self.open_total.fetch_add(1, Ordering::Relaxed);
+        Ok(ConnectionPermit {
+            gate: Arc::clone(self),
+            key,
+        })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open_total.load(Ordering::Relaxed)
+    }
+}
+
+/// One admitted connection's place under the caps.
+#[derive(Debug)]
+pub struct ConnectionPermit {
+    gate: Arc<ConnectionGate>,
+    key: AddressKey,
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        let mut open = self.gate.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.key);
+            }
+        }
+        self.gate.open_total.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_count_per_address_and_ipv6_by_prefix() {
+        let gate = ConnectionGate::new(5, 2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let first = gate.admit(a).unwrap();
+        let _second = gate.admit(a).unwrap();
+        assert_eq!(gate.admit(a).unwrap_err(), GateRefusal::PerAddress(2));
+        drop(first);
+        let _third = gate.admit(a).unwrap();
+        let v6a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let v6b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let _v6a = gate.admit(v6a).unwrap();
+        let _v6b = gate.admit(v6b).unwrap();
+        assert_eq!(
+            gate.admit("2001:db8:1:2::3".parse().unwrap()).unwrap_err(),
+            GateRefusal::PerAddress(2),
+            "one /64 is one address"
+        );
+        let _fifth = gate.admit("10.0.0.9".parse().unwrap()).unwrap();
+        assert_eq!(
+            gate.admit("10.0.0.10".parse().unwrap()).unwrap_err(),
+            GateRefusal::Total(5)
+        );
+        assert_eq!(gate.refused_per_address.load(Ordering::Relaxed), 2);
+        assert_eq!(gate.refused_total.load(Ordering::Relaxed), 1);
+        assert_eq!(gate.open(), 5);
     }
 }

@@ -10,6 +10,11 @@ use bytes::Bytes;
 pub const VIDEO_CLOCK_RATE: u32 = 90_000;
 /// RTP clock rate of Opus, whatever its sampling rate (RFC 7587).
 pub const OPUS_CLOCK_RATE: u32 = 48_000;
+/// The sample rates AAC can have, by their index in an AudioSpecificConfig or ADTS header
+/// (ISO/IEC 14496-3); an AAC track's RTP clock is one of them.
+pub const AAC_SAMPLE_RATES: [u32; 13] = [
+    96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350,
+];
 
 /// Codec and out-of-band parameters of one track.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -51,7 +51,6 @@ struct Entry {
 #[derive(Clone, Default)]
 pub struct Sessions {
     entries: Arc<Mutex<BTreeMap<String, Entry>>>,
-    next_id: Arc<AtomicU64>,
 }
 
 impl Sessions {
@@ -67,15 +66,17 @@ impl Sessions {
         route: &str,
         peer: SocketAddr,
     ) -> Registration {
+        // An id is also the key to a session's WHEP resource (`DELETE`/`PATCH` on
+        // `/ROUTE/whep/ID`): 128 random bits, so no client can name another's.
         let id = match id {
             Some(id) => id.to_owned(),
             None => format!(
-                "{}-{}",
+                "{}-{:032x}",
                 match kind {
                     SessionKind::WebRtcViewer => "whep",
                     _ => "push",
                 },
-                self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+                rand::random::<u128>()
             ),
         };
         let kick = Arc::new(Notify::new());

@@ -254,7 +254,8 @@ async fn slow_and_half_open_connections_are_dropped_and_stop_no_reader() {
     );
 }
 
-/// Sets up and plays a TCP-interleaved session by hand; returns the connection, media flowing.
+/// Sets up and plays a TCP-interleaved session by hand; returns the connection, media flowing, or
+/// the refusal.
 async fn raw_reader(server: &Server, route: &str) -> Result<TcpStream, String> {
     let mut stream = TcpStream::connect(server.rtsp)
         .await
@@ -282,7 +283,14 @@ async fn raw_reader(server: &Server, route: &str) -> Result<TcpStream, String> {
         .write_all(play.as_bytes())
         .await
         .map_err(|e| e.to_string())?;
-    Ok(stream)
+    // A reader's place under max_clients is taken at PLAY: a refusal comes here.
+    let n = stream.read(&mut buf).await.map_err(|e| e.to_string())?;
+    let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
+    if reply.starts_with("RTSP/1.0 200") {
+        Ok(stream)
+    } else {
+        Err(reply)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -50,10 +50,34 @@ pub struct ServerConfig {
     pub webrtc_public_ip: Option<IpAddr>,
     pub max_clients: usize,
     pub max_bandwidth_kbps: u64,
+    /// Open TCP connections (RTSP and HTTP together) at most, in total and per client address (an
+    /// IPv6 client by its /64).
+    pub max_connections: usize,
+    pub max_connections_per_address: usize,
+    /// What one route's publishers may make the server hold.
+    pub budget: MemoryBudget,
     /// Who may connect to the server at all.
     pub access: AccessList,
     /// Users who may use the API (`/api/v1/…`); empty: anyone who may connect.
     pub admins: Vec<String>,
+}
+
+/// What one route may hold in memory: any access unit over `max_unit_bytes` is dropped where it is
+/// assembled (RTP depacketizers, the MPEG-TS demuxer, MP4 samples), and the units waiting in the
+/// route's plugin stage and in its ring for readers are each capped at `route_buffer_bytes`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryBudget {
+    pub max_unit_bytes: usize,
+    pub route_buffer_bytes: usize,
+}
+
+impl Default for MemoryBudget {
+    fn default() -> Self {
+        MemoryBudget {
+            max_unit_bytes: 8 << 20,
+            route_buffer_bytes: 64 << 20,
+        }
+    }
 }
 
 /// One `[routes.NAME]` table.
@@ -641,6 +665,40 @@ impl Checker<'_> {
                 "must be at least 1".into(),
             );
         }
+        for (value, key) in [
+            (&raw.max_connections, "server.max_connections"),
+            (
+                &raw.max_connections_per_address,
+                "server.max_connections_per_address",
+            ),
+        ] {
+            if *value.get_ref() == 0 {
+                self.problem(value, key.into(), "must be at least 1".into());
+            }
+        }
+        let mut megabytes =
+            |value: &Spanned<usize>, key: &str, range: std::ops::RangeInclusive<usize>| {
+                if range.contains(value.get_ref()) {
+                    *value.get_ref() << 20
+                } else {
+                    self.problem(
+                        value,
+                        key.into(),
+                        format!("must be from {} to {} (MiB)", range.start(), range.end()),
+                    );
+                    *range.start() << 20
+                }
+            };
+        let max_unit_bytes = megabytes(&raw.max_unit_mb, "server.max_unit_mb", 1..=256);
+        let route_buffer_bytes =
+            megabytes(&raw.route_buffer_mb, "server.route_buffer_mb", 4..=4096);
+        if route_buffer_bytes < max_unit_bytes {
+            self.problem(
+                &raw.route_buffer_mb,
+                "server.route_buffer_mb".into(),
+                "must be at least server.max_unit_mb: a route must hold one unit of the largest size".into(),
+            );
+        }
         ServerConfig {
             rtsp: rtsp.unwrap_or_else(|| socket_default(&defaults.rtsp)),
             http: http.unwrap_or_else(|| socket_default(&defaults.http)),
@@ -650,6 +708,12 @@ impl Checker<'_> {
             webrtc_public_ip,
             max_clients: *raw.max_clients.get_ref(),
             max_bandwidth_kbps: *raw.max_bandwidth_kbps.get_ref(),
+            max_connections: *raw.max_connections.get_ref(),
+            max_connections_per_address: *raw.max_connections_per_address.get_ref(),
+            budget: MemoryBudget {
+                max_unit_bytes,
+                route_buffer_bytes,
+            },
             access: self.access(&raw.allow, &raw.deny, "server"),
             admins: self.user_list(&raw.admins, users, "server.admins"),
         }

@@ -244,6 +244,9 @@ impl Reloader {
                 s.webrtc_public_ip,
                 s.max_clients,
                 s.max_bandwidth_kbps,
+                s.max_connections,
+                s.max_connections_per_address,
+                s.budget,
             )
         };
         if restart_only(old) != restart_only(new) {
@@ -257,6 +260,9 @@ impl Reloader {
             new.webrtc_public_ip = old.webrtc_public_ip;
             new.max_clients = old.max_clients;
             new.max_bandwidth_kbps = old.max_bandwidth_kbps;
+            new.max_connections = old.max_connections;
+            new.max_connections_per_address = old.max_connections_per_address;
+            new.budget = old.budget;
         }
     }
 

@@ -93,6 +93,43 @@ fn transcode_values_out_of_range_are_refused() {
 }
 
 #[test]
+fn connection_caps_and_memory_budget() {
+    let config = parse("[server]\n").expect("valid");
+    assert_eq!(config.server.max_connections, 1024);
+    assert_eq!(config.server.max_connections_per_address, 128);
+    assert_eq!(config.server.budget, MemoryBudget::default());
+    let config = parse("[server]\nmax_unit_mb = 2\nroute_buffer_mb = 16\n").expect("valid");
+    assert_eq!(
+        config.server.budget,
+        MemoryBudget {
+            max_unit_bytes: 2 << 20,
+            route_buffer_bytes: 16 << 20
+        }
+    );
+    let problems = parse(
+        "[server]\nmax_connections = 0\nmax_connections_per_address = 0\nmax_unit_mb = 0\nroute_buffer_mb = 9999\n",
+    )
+    .expect_err("invalid");
+    let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    for key in [
+        "server.max_connections: must be at least 1",
+        "server.max_connections_per_address: must be at least 1",
+        "server.max_unit_mb: must be from 1 to 256",
+        "server.route_buffer_mb: must be from 4 to 4096",
+    ] {
+        assert!(text.iter().any(|t| t.contains(key)), "{key}: {text:?}");
+    }
+    let problems =
+        parse("[server]\nmax_unit_mb = 32\nroute_buffer_mb = 16\n").expect_err("invalid");
+    assert!(
+        problems[0]
+            .to_string()
+            .contains("route_buffer_mb: must be at least server.max_unit_mb"),
+        "{problems:?}"
+    );
+}
+
+#[test]
 fn loop_false_is_kept() {
     let config = parse("[routes.a]\nsource = \"file:a.mp4\"\nloop = false\n").expect("valid");
     assert!(matches!(

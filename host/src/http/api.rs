@@ -100,6 +100,7 @@ fn routes(state: &State) -> Reply {
                 "plugins": plugins,
                 "transcode": transcode,
                 "plugin_queue_drops": stats.plugin_queue_drops.load(Ordering::Relaxed),
+                "units_over_budget": stats.units_over_budget.load(Ordering::Relaxed),
                 "source": source,
                 "source_error": reason,
                 "codecs": codecs,
@@ -151,7 +152,7 @@ type RouteMetric = (
 pub(super) fn metrics(state: &State) -> Reply {
     let streams = state.router.streams();
     let mut out = String::with_capacity(4096);
-    let per_route: [RouteMetric; 9] = [
+    let per_route: [RouteMetric; 10] = [
         (
             "wasmcast_readers",
             "gauge",
@@ -201,6 +202,12 @@ pub(super) fn metrics(state: &State) -> Reply {
             |s| s.plugin_queue_drops.load(Ordering::Relaxed),
         ),
         (
+            "wasmcast_units_over_budget_total",
+            "counter",
+            "Units dropped for the route's memory budget (server.max_unit_mb, route_buffer_mb).",
+            |s| s.units_over_budget.load(Ordering::Relaxed),
+        ),
+        (
             "wasmcast_publishers_total",
             "counter",
             "Publishers that started on the route.",
@@ -223,6 +230,26 @@ pub(super) fn metrics(state: &State) -> Reply {
         let _ = writeln!(out, "wasmcast_source_live{{route=\"{route}\"}} {live}");
     }
     plugin_metrics(&streams, &mut out);
+    let gate = &state.gate;
+    let _ = writeln!(
+        out,
+        "# HELP wasmcast_connections_open Open RTSP and HTTP connections.\n# TYPE wasmcast_connections_open gauge\nwasmcast_connections_open {}",
+        gate.open()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP wasmcast_connections_refused_total Connections closed at accept, by the cap they met.\n# TYPE wasmcast_connections_refused_total counter"
+    );
+    for (cap, count) in [
+        ("max_connections", &gate.refused_total),
+        ("max_connections_per_address", &gate.refused_per_address),
+    ] {
+        let _ = writeln!(
+            out,
+            "wasmcast_connections_refused_total{{cap=\"{cap}\"}} {}",
+            count.load(Ordering::Relaxed)
+        );
+    }
     let sessions = state.sessions.list();
     let _ = writeln!(
         out,

@@ -23,10 +23,10 @@ mod whep;
 
 use crate::auth::AuthError;
 use crate::config::ReloadHandle;
-use crate::listen::{Listener, Rebind};
+use crate::listen::{ConnectionGate, Listener, Rebind, keep_alive};
 use crate::router::{Login, RouterHandle};
 use crate::sessions::{SessionKind, Sessions};
-use crate::sources::{IngestError, TsIngest};
+use crate::sources::{IngestError, PublishRate, TooSlow, TsIngest};
 use crate::webrtc::WebRtc;
 
 /// A publisher that sends nothing for this long is taken as gone.
@@ -58,6 +58,8 @@ struct State {
     /// Set once the reload task runs (it needs this server's [`Rebind`] first).
     reload: Arc<OnceLock<ReloadHandle>>,
     webrtc: WebRtc,
+    /// The caps on open connections, shared with the RTSP server (their counters are metrics).
+    gate: Arc<ConnectionGate>,
 }
 
 impl HttpServer {
@@ -68,6 +70,7 @@ impl HttpServer {
         rtsp: Rebind,
         reload: Arc<OnceLock<ReloadHandle>>,
         webrtc: WebRtc,
+        gate: Arc<ConnectionGate>,
     ) -> Result<HttpServer, Error> {
         let (listener, rebind) = Listener::bind(addr)
             .await
@@ -81,6 +84,7 @@ impl HttpServer {
                 rtsp,
                 reload,
                 webrtc,
+                gate,
             }),
         })
     }
@@ -101,9 +105,18 @@ impl HttpServer {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
                     Ok((socket, peer)) => {
+                        let permit = match self.state.gate.admit(peer.ip()) {
+                            Ok(permit) => permit,
+                            Err(refusal) => {
+                                tracing::info!(%peer, "HTTP connection refused: {refusal}");
+                                continue;
+                            }
+                        };
+                        keep_alive(&socket);
                         let state = Arc::clone(&self.state);
                         let Ok(local) = socket.local_addr() else { continue };
                         tokio::spawn(async move {
+                            let _permit = permit;
                             let service = service_fn(move |request| {
                                 let state = Arc::clone(&state);
                                 async move {
@@ -190,28 +203,17 @@ async fn handle(
     }
     let path = request.uri().path().trim_start_matches('/').to_owned();
     let method = request.method().clone();
+    let operator = path.starts_with("api/v1/") || path == "metrics";
+    if operator && let Some(refusal) = refuse_operator(state, &request, peer, &path) {
+        return refusal;
+    }
     if let Some(api_path) = path.strip_prefix("api/v1/") {
-        let authorization = request
-            .headers()
-            .get(hyper::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let login = Login {
-            peer: peer.ip(),
-            header: authorization,
-            method: method.as_str(),
-            nonce: "",
-            now: Instant::now(),
-        };
-        if let Err(err) = state.router.authorize_admin(&login) {
-            tracing::info!(%peer, path, "API request refused: {err}");
-            return refused(&err, "credentials of an admin needed for the API");
-        }
         return api::handle(state, &method, api_path).await;
     }
     match (&method, path.as_str()) {
         (&Method::GET | &Method::HEAD, "healthz") => text(StatusCode::OK, "ok"),
         (&Method::GET, player) if player.ends_with('/') && player.matches('/').count() == 1 => {
-            whep::player(state, player.trim_end_matches('/'))
+            whep::player(state, player.trim_end_matches('/'), peer)
         }
         (_, whep_path) if whep_resource(whep_path).is_some() => {
             let Some((route, session)) = whep_resource(whep_path) else {
@@ -239,6 +241,48 @@ async fn handle(
         }
         _ => text(StatusCode::NOT_FOUND, format!("nothing at /{path}")),
     }
+}
+
+/// Guards what only operators may see or do (the API, `/metrics`): with `admins` named, their
+/// credentials; without, only clients on this machine (as MediaMTX does by default), since the API
+/// lists every client's address and can end any session. `Some` is the refusal.
+fn refuse_operator(
+    state: &State,
+    request: &Request<Incoming>,
+    peer: SocketAddr,
+    path: &str,
+) -> Option<Reply> {
+    if !state.router.has_admins() {
+        if on_this_machine(peer.ip()) {
+            return None;
+        }
+        tracing::info!(%peer, path, "operator request refused: not from this machine and no admins named");
+        return Some(text(
+            StatusCode::FORBIDDEN,
+            "the API and /metrics answer only clients on this machine while [server] admins is empty; name admins (users with a password or token) to reach them from elsewhere",
+        ));
+    }
+    let login = Login {
+        peer: peer.ip(),
+        header: request
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+        method: request.method().as_str(),
+        digest: None,
+        now: Instant::now(),
+    };
+    let err = state.router.authorize_admin(&login).err()?;
+    tracing::info!(%peer, path, "operator request refused: {err}");
+    Some(refused(
+        &err,
+        "credentials of an admin needed for the API and /metrics",
+    ))
+}
+
+/// Whether `ip` is a loopback address (an IPv4-mapped one too): a client on this machine.
+fn on_this_machine(ip: std::net::IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
 }
 
 /// `ROUTE/whep` or `ROUTE/whep/ID`: the route and the session.
@@ -281,14 +325,17 @@ async fn push(
         peer: peer.ip(),
         header: authorization,
         method: "POST",
-        nonce: "",
+        digest: None,
         now: Instant::now(),
     };
-    if let Err(err) = state.router.authorize(stream.name(), true, &login) {
-        tracing::info!(%peer, feed, "push refused: {err}");
-        return refused(&err, &format!("credentials needed to push to `{feed}`"));
-    }
-    let claim = match stream.claim() {
+    let user = match state.router.authorize(stream.name(), true, &login) {
+        Ok(user) => user,
+        Err(err) => {
+            tracing::info!(%peer, feed, "push refused: {err}");
+            return refused(&err, &format!("credentials needed to push to `{feed}`"));
+        }
+    };
+    let claim = match stream.claim_as(user) {
         Ok(claim) => claim,
         Err(busy) => {
             tracing::info!(%peer, feed, "push refused: {busy}");
@@ -302,12 +349,15 @@ async fn push(
     let registration = state
         .sessions
         .register(None, SessionKind::HttpPush, stream.name(), peer);
+    let revocation = claim.revocation();
     let mut ingest = TsIngest::new(Arc::clone(&stream), claim);
     let mut bytes = 0u64;
+    let mut rate = PublishRate::new(Instant::now());
     let outcome = loop {
         let frame = tokio::select! {
             frame = tokio::time::timeout(PUSH_STALL_TIMEOUT, body.frame()) => frame,
             () = registration.kicked() => break Outcome::Kicked,
+            () = revocation.revoked() => break Outcome::Revoked,
         };
         match frame {
             Err(_) => break Outcome::Stalled,
@@ -319,8 +369,13 @@ async fn push(
                     continue;
                 };
                 bytes += data.len() as u64;
-                if let Err(err) = ingest.push(data, Instant::now()) {
+                rate.add(data.len());
+                let now = Instant::now();
+                if let Err(err) = ingest.push(data, now) {
                     break Outcome::Refused(err);
+                }
+                if let Err(slow) = rate.check(now) {
+                    break Outcome::TooSlow(slow);
                 }
             }
         }
@@ -340,6 +395,14 @@ async fn push(
         Outcome::Refused(err @ IngestError::NoSupportedStream(_)) => {
             (StatusCode::UNSUPPORTED_MEDIA_TYPE, err.to_string())
         }
+        Outcome::Refused(err @ IngestError::OverBudget(_)) => {
+            (StatusCode::PAYLOAD_TOO_LARGE, err.to_string())
+        }
+        Outcome::TooSlow(slow) => (StatusCode::REQUEST_TIMEOUT, slow.to_string()),
+        Outcome::Revoked => (
+            StatusCode::FORBIDDEN,
+            "no longer allowed to publish to this route (the config changed)".to_owned(),
+        ),
     };
     tracing::info!(
         target: "wasmcast::access",
@@ -360,5 +423,28 @@ enum Outcome {
     Ended,
     Kicked,
     Stalled,
+    TooSlow(TooSlow),
+    Revoked,
     Refused(IngestError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::on_this_machine;
+
+    #[test]
+    fn only_loopback_clients_are_on_this_machine() {
+        for local in ["127.0.0.1", "127.0.0.2", "::1", "::ffff:127.0.0.1"] {
+            assert!(on_this_machine(local.parse().unwrap()), "{local}");
+        }
+        for remote in [
+            "10.0.0.1",
+            "192.168.1.2",
+            "2001:db8::1",
+            "::ffff:10.0.0.1",
+            "0.0.0.0",
+        ] {
+            assert!(!on_this_machine(remote.parse().unwrap()), "{remote}");
+        }
+    }
 }

@@ -14,6 +14,8 @@ use crate::webrtc::WhepError;
 
 /// Largest request body taken on a WHEP resource.
 const MAX_BODY_BYTES: usize = 64 * 1024;
+/// A WHEP body must arrive whole within this long: an offer is a few kB, sent at once.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Handles `ROUTE/whep` (`session` `None`) and `ROUTE/whep/ID`.
 pub(super) async fn handle(
@@ -104,7 +106,7 @@ fn authorize(
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok()),
         method: request.method().as_str(),
-        nonce: "",
+        digest: None,
         now: std::time::Instant::now(),
     };
     let err = state.router.authorize(route, false, &login).err()?;
@@ -126,9 +128,21 @@ async fn body_text(request: Request<Incoming>, wanted: &str) -> Result<String, R
             ),
         ));
     }
-    let body = Limited::new(request.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
+    let collected = tokio::time::timeout(
+        BODY_TIMEOUT,
+        Limited::new(request.into_body(), MAX_BODY_BYTES).collect(),
+    )
+    .await
+    .map_err(|_| {
+        text(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the body did not arrive within {} s",
+                BODY_TIMEOUT.as_secs()
+            ),
+        )
+    })?;
+    let body = collected
         .map_err(|err| {
             text(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -200,10 +214,17 @@ fn error_reply(err: &WhepError) -> Reply {
     text(status, err.to_string())
 }
 
-/// `GET /ROUTE/`: the player page.
-pub(super) fn player(state: &State, route: &str) -> Reply {
+/// `GET /ROUTE/`: the player page, for clients the route's access list lets in (the page itself
+/// asks for credentials when the route wants them).
+pub(super) fn player(state: &State, route: &str, peer: SocketAddr) -> Reply {
     if state.router.stream(route).is_none() {
         return text(StatusCode::NOT_FOUND, format!("no route `{route}`"));
+    }
+    if !state.router.permits(Some(route), peer.ip()) {
+        return text(
+            StatusCode::FORBIDDEN,
+            "forbidden by the route's access list",
+        );
     }
     // Route names are letters, digits, `-`, `_` and `.` (the config checks): safe in HTML and JS.
     let port = state.rtsp.local_addr().map_or(0, |a| a.port());

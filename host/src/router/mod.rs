@@ -14,13 +14,13 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::{self, AuthError, Users};
-use crate::config::{AccessList, RouteConfig, SourceConfig};
+use crate::config::{AccessList, MemoryBudget, RouteConfig, SourceConfig};
 use crate::plugins::{LoadedPlugin, Plugins};
 use crate::sources::{self, RunningSource};
 
 pub use stream::{
-    Busy, MediaInfo, PublishClaim, Publisher, Reader, SourceState, Stream, StreamStats, Timeline,
-    TrackRtp, Unit,
+    Busy, MediaInfo, PublishClaim, Publisher, Reader, Revocation, SourceState, Stream, StreamStats,
+    Timeline, TrackRtp, Unit,
 };
 
 type RouteMap = Arc<BTreeMap<String, Arc<Stream>>>;
@@ -47,8 +47,9 @@ pub struct Login<'a> {
     /// The `Authorization` header, if any.
     pub header: Option<&'a str>,
     pub method: &'a str,
-    /// The nonce of this connection's Digest challenges (empty for HTTP).
-    pub nonce: &'a str,
+    /// What a Digest answer must match: the RTSP connection's challenge (`None` for HTTP, which
+    /// sends no Digest challenge).
+    pub digest: Option<auth::DigestChallenge<'a>>,
     pub now: std::time::Instant,
 }
 
@@ -85,13 +86,19 @@ pub struct RouterHandle {
 }
 
 impl RouterHandle {
-    /// Starts the router actor with no routes.
+    /// Starts the router actor with no routes and the default [`MemoryBudget`].
     pub fn start() -> RouterHandle {
+        RouterHandle::start_with(MemoryBudget::default())
+    }
+
+    /// Starts the router actor with no routes; every route it starts has `budget`.
+    pub fn start_with(budget: MemoryBudget) -> RouterHandle {
         let snapshot: Arc<RwLock<Snapshot>> = Arc::default();
         let (commands, inbox) = mpsc::channel(16);
         let actor = Actor {
             routes: BTreeMap::new(),
             snapshot: Arc::clone(&snapshot),
+            budget,
         };
         tokio::spawn(actor.run(inbox));
         RouterHandle {
@@ -148,6 +155,15 @@ impl RouterHandle {
         *self.admins.write().unwrap_or_else(|p| p.into_inner()) = admins;
     }
 
+    /// Whether the server names any admins.
+    pub fn has_admins(&self) -> bool {
+        !self
+            .admins
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
     /// Checks the credentials of an API request (HTTP Basic or a bearer token): `Ok(None)` when the
     /// server names no admins.
     pub fn authorize_admin(&self, login: &Login<'_>) -> Result<Option<String>, AuthError> {
@@ -160,7 +176,13 @@ impl RouterHandle {
             return Ok(None);
         }
         self.throttled(login, |users| {
-            auth::check(login.header, users, &admins, login.method, login.nonce)
+            auth::check(
+                login.header,
+                users,
+                &admins,
+                login.method,
+                login.digest.as_ref(),
+            )
         })
     }
 
@@ -182,7 +204,13 @@ impl RouterHandle {
                 lock().succeeded(peer);
                 Ok(Some(user))
             }
-            Err(err @ (AuthError::Wrong(_) | AuthError::NotAllowed(_) | AuthError::Malformed)) => {
+            Err(
+                err @ (AuthError::Wrong(_)
+                | AuthError::NotAllowed(_)
+                | AuthError::Malformed
+                | AuthError::OtherUri(_)
+                | AuthError::Replayed(_)),
+            ) => {
                 lock().failed(peer, now);
                 Err(err)
             }
@@ -213,7 +241,13 @@ impl RouterHandle {
         let allowed = allowed.clone();
         drop(snapshot);
         self.throttled(login, |users| {
-            auth::check(login.header, users, &allowed, login.method, login.nonce)
+            auth::check(
+                login.header,
+                users,
+                &allowed,
+                login.method,
+                login.digest.as_ref(),
+            )
         })
     }
 
@@ -266,6 +300,7 @@ struct RunningRoute {
 struct Actor {
     routes: BTreeMap<String, RunningRoute>,
     snapshot: Arc<RwLock<Snapshot>>,
+    budget: MemoryBudget,
 }
 
 impl Actor {
@@ -314,6 +349,9 @@ impl Actor {
                             .set_processing(&chain, config.transcode.clone());
                         route.chain = chain;
                     }
+                    if route.config.publish != config.publish {
+                        route.stream.revoke_publisher_unless(&config.publish);
+                    }
                     if route.config != config || chain_changed {
                         if route.config.source != config.source {
                             // The hub stays, so readers stay connected; the new source publishes
@@ -328,7 +366,7 @@ impl Actor {
             }
         }
         for (name, config) in wanted {
-            let stream = Stream::new(&name);
+            let stream = Stream::with_budget(&name, self.budget);
             let chain = chain_of(&config, plugins);
             stream.set_processing(&chain, config.transcode.clone());
             let source = sources::start(&config.source, Arc::clone(&stream));

@@ -21,8 +21,28 @@ use crate::media::{AccessUnit, StreamDescription};
 use crate::plugins::{Chain, LoadedPlugin, PluginStatus};
 use crate::transcode::{TranscodeStats, Transcoder};
 
-/// Units waiting for the stage at most: about two seconds of 30 fps video with its audio.
+/// Units waiting for the stage at most: about two seconds of 30 fps video with its audio. Their
+/// bytes are capped too, by the route's `route_buffer_mb`.
 const MAX_QUEUED_UNITS: usize = 128;
+
+/// What waits in a stage's queue now.
+#[derive(Debug, Default)]
+struct Queued {
+    units: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+impl Queued {
+    fn add(&self, bytes: usize) {
+        self.units.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn remove(&self, bytes: usize) {
+        self.units.fetch_sub(1, Ordering::Relaxed);
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
 
 enum Message {
     /// New packet plugins, frame plugins and transcode settings.
@@ -57,14 +77,16 @@ pub(super) struct Stage {
 #[derive(Clone)]
 pub(super) struct StageInput {
     messages: mpsc::Sender<Message>,
-    queued: Arc<AtomicUsize>,
+    queued: Arc<Queued>,
+    /// The route's `route_buffer_mb`, in bytes.
+    max_bytes: usize,
 }
 
 impl Stage {
     /// Starts the stage thread of `stream`.
     pub(super) fn spawn(stream: &Arc<Stream>) -> Stage {
         let (messages, inbox) = mpsc::channel();
-        let queued = Arc::new(AtomicUsize::new(0));
+        let queued = Arc::new(Queued::default());
         let transcode_stats = Arc::new(TranscodeStats::default());
         let worker = Worker {
             stream: Arc::clone(stream),
@@ -93,7 +115,11 @@ impl Stage {
             )));
         }
         Stage {
-            input: StageInput { messages, queued },
+            input: StageInput {
+                messages,
+                queued,
+                max_bytes: stream.budget().route_buffer_bytes,
+            },
             status: Arc::default(),
             transcode_stats,
         }
@@ -155,19 +181,21 @@ impl StageInput {
         let _ = self.messages.send(Message::Adopt(core));
     }
 
-    /// Whether the stage has no room for another unit.
-    pub(super) fn is_full(&self) -> bool {
-        self.queued.load(Ordering::Relaxed) >= MAX_QUEUED_UNITS
+    /// Whether the stage has no room for another unit of `bytes`.
+    pub(super) fn is_full(&self, bytes: usize) -> bool {
+        self.queued.units.load(Ordering::Relaxed) >= MAX_QUEUED_UNITS
+            || self.queued.bytes.load(Ordering::Relaxed) + bytes > self.max_bytes
     }
 
     /// Queues `unit`; false if the stage is too far behind to take it.
     pub(super) fn unit(&self, unit: AccessUnit) -> bool {
-        if self.is_full() {
+        let bytes = unit.data.len();
+        if self.is_full(bytes) {
             return false;
         }
-        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.queued.add(bytes);
         if self.messages.send(Message::Unit(unit)).is_err() {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
+            self.queued.remove(bytes);
             return false;
         }
         true
@@ -180,7 +208,7 @@ impl StageInput {
 
 struct Worker {
     stream: Arc<Stream>,
-    queued: Arc<AtomicUsize>,
+    queued: Arc<Queued>,
     packets: Chain,
     /// The frame plugins, while no transcoder holds them.
     frames: Option<Chain>,
@@ -224,7 +252,7 @@ impl Worker {
                     }
                 }
                 Message::Unit(unit) => {
-                    self.queued.fetch_sub(1, Ordering::Relaxed);
+                    self.queued.remove(unit.data.len());
                     self.process(unit);
                 }
                 Message::End => self.retire(),

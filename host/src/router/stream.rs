@@ -5,6 +5,7 @@
 //! once on the latest keyframe. A reader that falls a whole ring behind is moved forward to the next
 //! keyframe and counted; nothing a reader does can delay the publisher or another reader.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, broadcast};
 
 use super::stage::{Stage, StageInput};
-use crate::config::TranscodeConfig;
+use crate::config::{MemoryBudget, TranscodeConfig};
 use crate::media::{AccessUnit, StreamDescription};
 use crate::plugins::{Kind, LoadedPlugin, PluginStatus};
 use crate::rtp::{self, Packetizer, RtpUnit};
@@ -129,6 +130,9 @@ pub struct StreamStats {
     pub bytes_out: AtomicU64,
     /// Units dropped because the plugin stage fell behind.
     pub plugin_queue_drops: AtomicU64,
+    /// Units dropped for the route's memory budget: larger than `max_unit_mb`, or more than
+    /// `route_buffer_mb` waiting in the ring.
+    pub units_over_budget: AtomicU64,
     /// The current publisher's video has pictures out of presentation order (B-frames), which
     /// browsers do not play over WebRTC.
     pub video_reordered: AtomicBool,
@@ -143,6 +147,8 @@ struct Shared {
     gop_bytes: usize,
     /// A publisher holds the stream (or is about to).
     claimed: bool,
+    /// Who holds the claim (the user its credentials named, if any), and how to end them.
+    claimant: Option<(Option<String>, Revocation)>,
     /// Bumped by every publisher, so readers notice a change of source.
     generation: u64,
 }
@@ -150,6 +156,7 @@ struct Shared {
 /// One route's hub.
 pub struct Stream {
     name: String,
+    budget: MemoryBudget,
     shared: Mutex<Shared>,
     /// Woken whenever the source state changes.
     state_changed: Notify,
@@ -159,6 +166,13 @@ pub struct Stream {
     /// encoder makes one at once.
     keyframe_wanted: AtomicBool,
     pub stats: StreamStats,
+}
+
+impl Shared {
+    fn release_claim(&mut self) {
+        self.claimed = false;
+        self.claimant = None;
+    }
 }
 
 impl std::fmt::Debug for Stream {
@@ -173,10 +187,16 @@ impl std::fmt::Debug for Stream {
 pub struct Busy(pub String);
 
 impl Stream {
+    /// A stream with the default [`MemoryBudget`].
     pub fn new(name: &str) -> Arc<Stream> {
+        Stream::with_budget(name, MemoryBudget::default())
+    }
+
+    pub fn with_budget(name: &str, budget: MemoryBudget) -> Arc<Stream> {
         let (sender, _) = broadcast::channel(RING_CAPACITY);
         Arc::new(Stream {
             name: name.to_owned(),
+            budget,
             shared: Mutex::new(Shared {
                 state: SourceState::Waiting,
                 media: None,
@@ -184,6 +204,7 @@ impl Stream {
                 gop: Vec::new(),
                 gop_bytes: 0,
                 claimed: false,
+                claimant: None,
                 generation: 0,
             }),
             state_changed: Notify::new(),
@@ -195,6 +216,11 @@ impl Stream {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// What this route's publishers may make the server hold.
+    pub fn budget(&self) -> MemoryBudget {
+        self.budget
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
@@ -215,14 +241,41 @@ impl Stream {
 
     /// Reserves the stream for one publisher; a second gets [`Busy`] until the first lets go.
     pub fn claim(self: &Arc<Self>) -> Result<PublishClaim, Busy> {
+        self.claim_as(None)
+    }
+
+    /// [`Stream::claim`] for a publisher that logged in as `user`, so that a reload that takes
+    /// `user` off the route's `publish` list can end it.
+    pub fn claim_as(self: &Arc<Self>, user: Option<String>) -> Result<PublishClaim, Busy> {
         let mut shared = self.lock();
         if shared.claimed {
             return Err(Busy(self.name.clone()));
         }
         shared.claimed = true;
+        let revocation = Revocation::default();
+        shared.claimant = Some((user, revocation.clone()));
         Ok(PublishClaim {
             stream: Some(Arc::clone(self)),
+            revocation,
         })
+    }
+
+    /// Ends the publisher unless its user is in `allowed` (empty: anyone may publish).
+    pub fn revoke_publisher_unless(&self, allowed: &[String]) {
+        if allowed.is_empty() {
+            return;
+        }
+        let shared = self.lock();
+        if let (true, Some((user, revocation))) = (shared.claimed, &shared.claimant)
+            && !user.as_ref().is_some_and(|user| allowed.contains(user))
+        {
+            tracing::info!(
+                route = self.name,
+                user = user.as_deref().unwrap_or("-"),
+                "publisher ended: no longer on the route's publish list"
+            );
+            revocation.revoke();
+        }
     }
 
     /// Starts a publisher's half that packetizes and fans out: on the publisher's thread, or on the
@@ -293,6 +346,8 @@ impl Stream {
             timeline,
             last_video_pts: None,
             retired: false,
+            ring: RingWindow::default(),
+            skipping_video: false,
         }
     }
 
@@ -416,9 +471,31 @@ impl Stream {
 /// The right to publish into a stream, held from the moment a publisher connects until it leaves.
 pub struct PublishClaim {
     stream: Option<Arc<Stream>>,
+    revocation: Revocation,
+}
+
+/// Tells a publisher that it lost its right to publish (a reload took it off the `publish` list).
+#[derive(Clone, Debug, Default)]
+pub struct Revocation(Arc<Notify>);
+
+impl Revocation {
+    fn revoke(&self) {
+        // A stored permit: the publisher hears it even if it is not waiting right now.
+        self.0.notify_one();
+    }
+
+    /// Completes when the publisher must end.
+    pub async fn revoked(&self) {
+        self.0.notified().await;
+    }
 }
 
 impl PublishClaim {
+    /// What tells this claim's publisher to end.
+    pub fn revocation(&self) -> Revocation {
+        self.revocation.clone()
+    }
+
     /// Starts publishing `description`, whose timestamps follow `timeline`.
     pub fn start(mut self, description: StreamDescription, timeline: Timeline) -> Publisher {
         // The claim passes to the publisher, which releases it on drop.
@@ -445,7 +522,7 @@ impl PublishClaim {
 impl Drop for PublishClaim {
     fn drop(&mut self) {
         if let Some(stream) = self.stream.take() {
-            stream.lock().claimed = false;
+            stream.lock().release_claim();
         }
     }
 }
@@ -469,7 +546,23 @@ enum PublishPath {
 impl Publisher {
     /// Hands `au` to every reader (through the route's plugins, if it has any). Units of unknown
     /// tracks are dropped.
-    pub fn send(&mut self, au: AccessUnit) {
+    ///
+    /// A unit over the route's `max_unit_mb` is dropped and counted; `false` says so, and a
+    /// publisher that keeps sending such units is the caller's to end.
+    pub fn send(&mut self, au: AccessUnit) -> bool {
+        if au.data.len() > self.stream.budget.max_unit_bytes {
+            self.stream
+                .stats
+                .units_over_budget
+                .fetch_add(1, Ordering::Relaxed);
+            self.skipping_video |= self.video_track == Some(au.track);
+            return false;
+        }
+        self.send_within_budget(au);
+        true
+    }
+
+    fn send_within_budget(&mut self, au: AccessUnit) {
         if let PublishPath::Direct(core) = &mut self.path {
             match self.stream.stage_input() {
                 None => return core.send(au),
@@ -489,7 +582,7 @@ impl Publisher {
         };
         let video = self.video_track == Some(au.track);
         if video && self.skipping_video {
-            if !au.keyframe || stage.is_full() {
+            if !au.keyframe || stage.is_full(au.data.len()) {
                 self.stream
                     .stats
                     .plugin_queue_drops
@@ -515,7 +608,7 @@ impl Drop for Publisher {
             PublishPath::Staged(stage) => {
                 // The stage retires the core after the units still queued; the claim is free now.
                 stage.end();
-                self.stream.lock().claimed = false;
+                self.stream.lock().release_claim();
             }
         }
     }
@@ -530,6 +623,37 @@ pub(super) struct Core {
     timeline: Timeline,
     last_video_pts: Option<i64>,
     retired: bool,
+    ring: RingWindow,
+    /// A video unit was dropped for the budget: the next one readers get is a keyframe.
+    skipping_video: bool,
+}
+
+/// The sizes of the units the ring holds now (the last [`RING_CAPACITY`] sent), so what readers
+/// may still be handed is bounded in bytes as well as in units.
+#[derive(Default)]
+struct RingWindow {
+    sizes: VecDeque<usize>,
+    bytes: usize,
+}
+
+impl RingWindow {
+    /// Takes a unit of `size` bytes if the ring stays within `budget` bytes with it.
+    fn admit(&mut self, size: usize, budget: usize) -> bool {
+        let leaving = if self.sizes.len() >= RING_CAPACITY {
+            self.sizes.front().copied().unwrap_or(0)
+        } else {
+            0
+        };
+        if self.bytes - leaving + size > budget {
+            return false;
+        }
+        if self.sizes.len() >= RING_CAPACITY {
+            self.sizes.pop_front();
+        }
+        self.bytes = self.bytes - leaving + size;
+        self.sizes.push_back(size);
+        true
+    }
 }
 
 impl Core {
@@ -543,9 +667,25 @@ impl Core {
         let Some(packetizer) = self.packetizers.get_mut(au.track) else {
             return;
         };
-        let rtp = packetizer.packetize(&au);
         let size = au.data.len();
         let video = Some(au.track) == self.video_track;
+        let budget = self.stream.budget;
+        if video && self.skipping_video && !au.keyframe {
+            return;
+        }
+        // Plugins' and encoders' output is held to the same budget as what publishers send.
+        if size > budget.max_unit_bytes || !self.ring.admit(size, budget.route_buffer_bytes) {
+            self.stream
+                .stats
+                .units_over_budget
+                .fetch_add(1, Ordering::Relaxed);
+            self.skipping_video |= video;
+            return;
+        }
+        if video {
+            self.skipping_video = false;
+        }
+        let rtp = packetizer.packetize(&au);
         let starts_gop = video && au.keyframe;
         if video {
             if self.last_video_pts.is_some_and(|last| au.pts < last) {
@@ -595,7 +735,7 @@ impl Core {
         self.retired = true;
         let mut shared = self.stream.lock();
         if release_claim {
-            shared.claimed = false;
+            shared.release_claim();
         }
         if shared.generation == self.generation {
             if let Some(media) = &shared.media {

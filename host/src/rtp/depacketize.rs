@@ -3,8 +3,6 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-/// The largest access unit we assemble; a publisher sending more is broken or hostile.
-const MAX_UNIT_SIZE: usize = 16 << 20;
 const START_CODE: [u8; 4] = [0, 0, 0, 1];
 
 /// What an incoming RTP stream carries.
@@ -24,8 +22,8 @@ pub enum DepacketizeError {
     NotRtp,
     #[error("malformed {0:?} payload")]
     Malformed(PayloadFormat),
-    #[error("access unit larger than {MAX_UNIT_SIZE} bytes")]
-    TooLarge,
+    #[error("access unit larger than {0} bytes (server.max_unit_mb)")]
+    TooLarge(usize),
 }
 
 /// A depacketized unit: the unwrapped RTP timestamp and the payload (Annex B for video).
@@ -46,11 +44,16 @@ pub struct Depacketizer {
     fragment: Option<BytesMut>,
     last_timestamp: Option<(u32, i64)>,
     samples_per_aac_frame: i64,
+    /// The largest unit (and so the largest fragment) assembled: past it, what was gathered is
+    /// dropped, so a publisher that never ends a fragment holds no more than this.
+    max_unit: usize,
 }
 
 impl Depacketizer {
-    pub fn new(format: PayloadFormat) -> Depacketizer {
+    /// A depacketizer that refuses units over `max_unit` bytes.
+    pub fn new(format: PayloadFormat, max_unit: usize) -> Depacketizer {
         Depacketizer {
+            max_unit,
             format,
             unit: BytesMut::new(),
             unit_timestamp: None,
@@ -77,13 +80,10 @@ impl Depacketizer {
                     self.h265(payload)
                 };
                 if let Err(err) = result {
+                    // The unit cannot be whole any more: nothing of it is kept until the next one.
                     self.unit.clear();
                     self.fragment = None;
                     return Err(err);
-                }
-                if self.unit.len() > MAX_UNIT_SIZE {
-                    self.unit.clear();
-                    return Err(DepacketizeError::TooLarge);
                 }
                 if marker {
                     self.flush_unit(&mut out);
@@ -128,25 +128,29 @@ impl Depacketizer {
         });
     }
 
-    fn nal(&mut self, nal: &[u8]) {
+    fn nal(&mut self, nal: &[u8]) -> Result<(), DepacketizeError> {
+        if self.unit.len() + START_CODE.len() + nal.len() > self.max_unit {
+            return Err(DepacketizeError::TooLarge(self.max_unit));
+        }
         self.unit.put_slice(&START_CODE);
         self.unit.put_slice(nal);
+        Ok(())
     }
 
     fn h264(&mut self, payload: &[u8]) -> Result<(), DepacketizeError> {
         let malformed = DepacketizeError::Malformed(PayloadFormat::H264);
         let &header = payload.first().ok_or(malformed)?;
         match header & 0x1f {
-            1..=23 => self.nal(payload),
+            1..=23 => self.nal(payload)?,
             24 => {
                 for nal in aggregated(&payload[1..]).ok_or(malformed)? {
-                    self.nal(nal);
+                    self.nal(nal)?;
                 }
             }
             28 => {
                 let &fu = payload.get(1).ok_or(malformed)?;
                 let data = &payload[2..];
-                self.fragment_part(fu, data, &[(header & 0xe0) | (fu & 0x1f)]);
+                self.fragment_part(fu, data, &[(header & 0xe0) | (fu & 0x1f)])?;
             }
             _ => return Err(malformed),
         }
@@ -160,16 +164,16 @@ impl Depacketizer {
             .and_then(|h| h.try_into().ok())
             .ok_or(malformed)?;
         match (header[0] >> 1) & 0x3f {
-            0..=47 => self.nal(payload),
+            0..=47 => self.nal(payload)?,
             48 => {
                 for nal in aggregated(&payload[2..]).ok_or(malformed)? {
-                    self.nal(nal);
+                    self.nal(nal)?;
                 }
             }
             49 => {
                 let &fu = payload.get(2).ok_or(malformed)?;
                 let nal_header = [(header[0] & 0x81) | ((fu & 0x3f) << 1), header[1]];
-                self.fragment_part(fu, &payload[3..], &nal_header);
+                self.fragment_part(fu, &payload[3..], &nal_header)?;
             }
             _ => return Err(malformed),
         }
@@ -177,7 +181,12 @@ impl Depacketizer {
     }
 
     /// One piece of a fragmented NAL unit; `fu` carries the start and end bits.
-    fn fragment_part(&mut self, fu: u8, data: &[u8], nal_header: &[u8]) {
+    fn fragment_part(
+        &mut self,
+        fu: u8,
+        data: &[u8],
+        nal_header: &[u8],
+    ) -> Result<(), DepacketizeError> {
         let (start, end) = (fu & 0x80 != 0, fu & 0x40 != 0);
         if start {
             let mut fragment = BytesMut::with_capacity(data.len() * 4);
@@ -187,10 +196,16 @@ impl Depacketizer {
         } else if let Some(fragment) = &mut self.fragment {
             fragment.put_slice(data);
         }
+        // The NAL unit joins the unit gathered so far: both together are held to the cap.
+        let held = self.unit.len() + self.fragment.as_ref().map_or(0, BytesMut::len);
+        if held > self.max_unit {
+            return Err(DepacketizeError::TooLarge(self.max_unit));
+        }
         // Without its start (a lost packet) the fragment is dropped whole.
         if end && let Some(fragment) = self.fragment.take() {
-            self.nal(&fragment);
+            self.nal(&fragment)?;
         }
+        Ok(())
     }
 
     fn aac(
@@ -217,9 +232,9 @@ impl Depacketizer {
                 // A fragment of one large frame: the rest follows, the last piece has the marker.
                 let fragment = self.fragment.get_or_insert_with(BytesMut::new);
                 fragment.put_slice(data);
-                if fragment.len() > MAX_UNIT_SIZE {
+                if fragment.len() > self.max_unit {
                     self.fragment = None;
-                    return Err(DepacketizeError::TooLarge);
+                    return Err(DepacketizeError::TooLarge(self.max_unit));
                 }
                 if marker {
                     let frame = self.fragment.take().unwrap_or_default();
@@ -295,7 +310,7 @@ mod tests {
         units: &[(i64, Vec<u8>)],
     ) -> Vec<Depacketized> {
         let mut packetizer = Packetizer::new(codec, 96, 1, 65530, u32::MAX - 1000);
-        let mut depacketizer = Depacketizer::new(format);
+        let mut depacketizer = Depacketizer::new(format, 1 << 20);
         let mut out = Vec::new();
         for (pts, data) in units {
             let rtp = packetizer.packetize(&AccessUnit {
@@ -379,19 +394,44 @@ mod tests {
             0x80, 0xe0, 0, 1, 0, 0, 0, 9, 0, 0, 0, 1, // header with marker
             24, 0, 2, 0x67, 1, 0, 1, 0x68, // STAP-A: SPS, PPS
         ];
-        let out = Depacketizer::new(PayloadFormat::H264)
+        let out = Depacketizer::new(PayloadFormat::H264, 1 << 20)
             .push(&packet)
             .unwrap();
         assert_eq!(&out[0].data[..], &[0, 0, 0, 1, 0x67, 1, 0, 0, 0, 1, 0x68]);
     }
 
     #[test]
+    fn endless_fragments_hold_no_more_than_the_cap() {
+        let mut depacketizer = Depacketizer::new(PayloadFormat::H264, 64 * 1024);
+        let packet = |fu: u8| {
+            let mut packet = vec![0x80, 0x60, 0, 1, 0, 0, 0, 9, 0, 0, 0, 1, 28, fu];
+            packet.extend(std::iter::repeat_n(7u8, 1400));
+            packet
+        };
+        for round in 0..3 {
+            assert!(depacketizer.push(&packet(0x85)).is_ok(), "start of an IDR");
+            let refused = (0..1000)
+                .filter(|_| depacketizer.push(&packet(0x05)).is_err())
+                .count();
+            // Refused once at the cap; the rest belong to a fragment already dropped.
+            assert_eq!(refused, 1, "round {round}");
+            assert!(depacketizer.fragment.is_none() && depacketizer.unit.len() <= 64 * 1024);
+        }
+        let mut aac = Depacketizer::new(PayloadFormat::Aac, 64 * 1024);
+        // One AU-header announcing 8000 bytes, then only 1000 of them per packet, never the marker.
+        let mut fragment = vec![0x80, 0x61, 0, 1, 0, 0, 0, 9, 0, 0, 0, 1, 0, 16, 0xfa, 0];
+        fragment.extend(std::iter::repeat_n(1u8, 1000));
+        let refused = (0..200).filter(|_| aac.push(&fragment).is_err()).count();
+        assert!(refused >= 1 && aac.fragment.as_ref().is_none_or(|f| f.len() <= 64 * 1024));
+    }
+
+    #[test]
     fn garbage_is_an_error_not_a_panic() {
-        let mut depacketizer = Depacketizer::new(PayloadFormat::H264);
+        let mut depacketizer = Depacketizer::new(PayloadFormat::H264, 1 << 20);
         assert_eq!(depacketizer.push(&[1, 2, 3]), Err(DepacketizeError::NotRtp));
         let bad_stap = [0x80, 0xe0, 0, 1, 0, 0, 0, 9, 0, 0, 0, 1, 24, 0, 50, 1];
         assert!(depacketizer.push(&bad_stap).is_err());
-        let mut aac = Depacketizer::new(PayloadFormat::Aac);
+        let mut aac = Depacketizer::new(PayloadFormat::Aac, 1 << 20);
         assert!(
             aac.push(&[0x80, 0xe0, 0, 1, 0, 0, 0, 9, 0, 0, 0, 1, 0, 64])
                 .is_err()

@@ -67,7 +67,8 @@ pub fn connection(data: &[u8]) {
     let mut connection = Connection::default();
     let mut buffer = BytesMut::from(data);
     let mut response = Vec::new();
-    while let Ok(Some(incoming)) = RtspDecoder.decode(&mut buffer) {
+    let mut decoder = RtspDecoder::default();
+    while let Ok(Some(incoming)) = decoder.decode(&mut buffer) {
         match incoming {
             Incoming::Request(request) => {
                 let reply = connection.handle(&request, &ctx, Instant::now());
@@ -75,7 +76,7 @@ pub fn connection(data: &[u8]) {
                 let _ = reply.response.write(&mut response);
             }
             Incoming::Data { channel, payload } => {
-                connection.receive_interleaved(channel, &payload, Instant::now());
+                let _ = connection.receive_interleaved(channel, &payload, Instant::now());
             }
             Incoming::Response => {}
         }

@@ -10,10 +10,22 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 
 use super::session::TrackTransport;
-use crate::media::{AccessUnit, Codec};
-use crate::router::{PublishClaim, Stream};
-use crate::rtp::{Depacketizer, PayloadFormat};
-use crate::sources::{LivePublisher, TrackKind};
+use crate::media::{AAC_SAMPLE_RATES, AccessUnit, Codec, OPUS_CLOCK_RATE, VIDEO_CLOCK_RATE};
+use crate::router::{PublishClaim, Revocation, Stream};
+use crate::rtp::{DepacketizeError, Depacketizer, PayloadFormat};
+use crate::sources::{LivePublisher, OverBudget, PublishRate, TooSlow, TrackKind};
+
+/// AAC channel configurations go up to 7.1.
+const MAX_AAC_CHANNELS: u16 = 8;
+
+/// Why a recording publisher is ended.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    OverBudget(#[from] OverBudget),
+    #[error(transparent)]
+    TooSlow(#[from] TooSlow),
+}
 
 /// One announced track.
 struct PublishTrack {
@@ -29,8 +41,13 @@ pub struct Publishing {
     tracks: Vec<PublishTrack>,
     recording: bool,
     pub last_activity: Instant,
+    /// When ANNOUNCE came: RECORD must follow within the connection's start timeout.
+    pub announced_at: Instant,
     /// Packets that could not be depacketized.
     pub dropped: u64,
+    /// What the publisher sends, against the floor, from RECORD on.
+    rate: PublishRate,
+    revocation: Revocation,
 }
 
 impl Publishing {
@@ -44,10 +61,17 @@ impl Publishing {
     ) -> Result<Publishing, String> {
         let session = sdp_types::Session::parse(sdp)
             .map_err(|err| format!("the SDP does not parse: {err}"))?;
+        let max_unit = stream.budget().max_unit_bytes;
+        let revocation = claim.revocation();
         let mut live = LivePublisher::with_independent_clocks(stream, claim);
         let mut tracks = Vec::new();
         for (index, media) in session.medias.iter().enumerate() {
             let payload_type = media.fmt.split_whitespace().next().unwrap_or("");
+            if !payload_type.parse::<u8>().is_ok_and(|pt| pt <= 127) {
+                return Err(format!(
+                    "track {index}: `{payload_type}` is not an RTP payload type (0 to 127)"
+                ));
+            }
             let rtpmap = media
                 .attributes
                 .iter()
@@ -64,7 +88,15 @@ impl Publishing {
                 .next()
                 .and_then(|c| c.parse().ok())
                 .ok_or_else(|| format!("track {index}: no clock rate in `{rtpmap}`"))?;
-            let channels: u16 = parts.next().and_then(|c| c.parse().ok()).unwrap_or(1);
+            let channels: u16 = match parts.next() {
+                None => 1,
+                Some(text) => text
+                    .parse()
+                    .ok()
+                    .filter(|&c| c >= 1)
+                    .ok_or_else(|| format!("track {index}: `{text}` is not a channel count"))?,
+            };
+            check_clock(index, &encoding, clock_rate, channels)?;
             let fmtp = media
                 .attributes
                 .iter()
@@ -141,7 +173,7 @@ impl Publishing {
             live.add_track(kind, codec);
             tracks.push(PublishTrack {
                 control,
-                depacketizer: Depacketizer::new(format),
+                depacketizer: Depacketizer::new(format, max_unit),
                 transport: None,
             });
         }
@@ -154,7 +186,10 @@ impl Publishing {
             tracks,
             recording: false,
             last_activity: now,
+            announced_at: now,
             dropped: 0,
+            rate: PublishRate::new(now),
+            revocation,
         })
     }
 
@@ -183,12 +218,26 @@ impl Publishing {
             .any(|t| matches!(t.transport, Some(TrackTransport::Udp { .. })))
     }
 
+    /// Whether RECORD came.
+    pub fn is_recording(&self) -> bool {
+        self.recording
+    }
+
+    /// What tells this publisher it lost the route.
+    pub fn revocation(&self) -> Revocation {
+        self.revocation.clone()
+    }
+
     /// Starts taking media; returns the addresses UDP tracks will send from, by track.
-    pub fn record(&mut self) -> Result<Vec<(SocketAddr, SocketAddr, usize)>, &'static str> {
+    pub fn record(
+        &mut self,
+        now: Instant,
+    ) -> Result<Vec<(SocketAddr, SocketAddr, usize)>, &'static str> {
         if self.tracks.iter().all(|t| t.transport.is_none()) {
             return Err("no track set up");
         }
         self.recording = true;
+        self.rate = PublishRate::new(now);
         Ok(self
             .tracks
             .iter()
@@ -207,18 +256,37 @@ impl Publishing {
         })
     }
 
-    /// Takes one RTP packet of `track` that arrived at `now`.
-    pub fn receive(&mut self, track: usize, packet: &[u8], now: Instant) {
+    /// Whether a recording publisher still sends at least the floor rate.
+    pub fn check_rate(&mut self, now: Instant) -> Result<(), TooSlow> {
+        if self.recording {
+            self.rate.check(now)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Takes one RTP packet of `track` that arrived at `now`. An error ends the publisher.
+    pub fn receive(
+        &mut self,
+        track: usize,
+        packet: &[u8],
+        now: Instant,
+    ) -> Result<(), PublishError> {
         self.last_activity = now;
         if !self.recording {
-            return;
+            return Ok(());
         }
+        self.rate.add(packet.len());
         let Some(publish_track) = self.tracks.get_mut(track) else {
-            return;
+            return Ok(());
         };
         let units = match publish_track.depacketizer.push(packet) {
             Ok(units) => units,
             Err(err) => {
+                if matches!(err, DepacketizeError::TooLarge(_)) {
+                    self.live.refused_over_budget();
+                    self.live.check_budget()?;
+                }
                 self.dropped += 1;
                 if self.dropped.is_power_of_two() {
                     tracing::debug!(
@@ -227,7 +295,7 @@ impl Publishing {
                         "RTSP publisher packet dropped: {err}"
                     );
                 }
-                return;
+                return Ok(());
             }
         };
         for unit in units {
@@ -242,6 +310,8 @@ impl Publishing {
                 now,
             );
         }
+        self.live.check_budget()?;
+        Ok(())
     }
 
     /// The route published into.
@@ -252,6 +322,27 @@ impl Publishing {
     /// What is being published, for logs.
     pub fn describe(&self) -> String {
         self.live.describe()
+    }
+}
+
+/// Refuses clock rates and channel counts the codec cannot have: every later timestamp is
+/// computed from them.
+fn check_clock(index: usize, encoding: &str, clock_rate: u32, channels: u16) -> Result<(), String> {
+    let fits = match encoding {
+        "H264" | "H265" => clock_rate == VIDEO_CLOCK_RATE,
+        "MPEG4-GENERIC" => {
+            AAC_SAMPLE_RATES.contains(&clock_rate) && (1..=MAX_AAC_CHANNELS).contains(&channels)
+        }
+        "OPUS" => clock_rate == OPUS_CLOCK_RATE && (1..=2).contains(&channels),
+        // Refused by name later, with the list of codecs that are taken.
+        _ => true,
+    };
+    if fits {
+        Ok(())
+    } else {
+        Err(format!(
+            "track {index}: {encoding} cannot have clock rate {clock_rate} with {channels} channel(s)"
+        ))
     }
 }
 

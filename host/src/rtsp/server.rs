@@ -20,8 +20,8 @@ use super::Error;
 use super::codec::{CodecError, Incoming, RtspDecoder};
 use super::session::{Action, Connection, Context, Play, TrackTransport, bad_request, route_name};
 use crate::config::ServerConfig;
-use crate::listen::{Listener, Rebind};
-use crate::router::{Reader, RouterHandle, Unit};
+use crate::listen::{ConnectionGate, Listener, Rebind, keep_alive};
+use crate::router::{Reader, Revocation, RouterHandle, Unit};
 use crate::rtp::rtcp::{self, SenderReport};
 use crate::sessions::{ClientLimit, Registration, SessionKind, Sessions};
 
@@ -51,6 +51,7 @@ struct Shared {
     sessions: Sessions,
     clients: Arc<ClientLimit>,
     udp: Arc<UdpSockets>,
+    gate: Arc<ConnectionGate>,
 }
 
 impl RtspServer {
@@ -60,6 +61,7 @@ impl RtspServer {
         router: RouterHandle,
         sessions: Sessions,
         clients: Arc<ClientLimit>,
+        gate: Arc<ConnectionGate>,
     ) -> Result<RtspServer, Error> {
         let (listener, rebind) =
             Listener::bind(config.rtsp)
@@ -78,6 +80,7 @@ impl RtspServer {
                 sessions,
                 clients,
                 udp,
+                gate,
             }),
         })
     }
@@ -108,10 +111,21 @@ impl RtspServer {
                         tracing::info!(%peer, "RTSP connection refused by the server's access list");
                         drop(socket);
                     }
-                    Ok((socket, peer)) => {
-                        let _ = socket.set_nodelay(true);
-                        tokio::spawn(serve_connection(socket, peer, Arc::clone(&self.shared)));
-                    }
+                    Ok((socket, peer)) => match self.shared.gate.admit(peer.ip()) {
+                        Ok(permit) => {
+                            let _ = socket.set_nodelay(true);
+                            keep_alive(&socket);
+                            let shared = Arc::clone(&self.shared);
+                            tokio::spawn(async move {
+                                serve_connection(socket, peer, shared).await;
+                                drop(permit);
+                            });
+                        }
+                        Err(refusal) => {
+                            tracing::info!(%peer, "RTSP connection refused: {refusal}");
+                            drop(socket);
+                        }
+                    },
                     Err(err) => {
                         // Out of file descriptors and the like: back off instead of spinning.
                         tracing::warn!("RTSP accept failed: {err}");
@@ -247,7 +261,7 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<Share
     let (read, write) = socket.into_split();
     let (egress, commands) = mpsc::channel(8);
     let mut egress_task = tokio::spawn(run_egress(write, commands, Arc::clone(&shared.udp)));
-    let mut requests = FramedRead::new(read, RtspDecoder);
+    let mut requests = FramedRead::new(read, RtspDecoder::default());
     let mut connection = Connection::default();
     let rtcp_seen = Arc::new(AtomicBool::new(false));
     let mut liveness = tokio::time::interval(LIVENESS_CHECK_INTERVAL);
@@ -258,6 +272,7 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<Share
     let mut partial_since: Option<Instant> = None;
     let (udp_media, mut udp_media_in) = mpsc::channel::<(usize, Bytes)>(1024);
     let mut publisher_registration = None;
+    let mut revocation: Option<Revocation> = None;
     let ctx = Context {
         router: &shared.router,
         clients: &shared.clients,
@@ -285,7 +300,10 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<Share
                     }
                     Some(Ok(Incoming::Request(request))) => request,
                     Some(Ok(Incoming::Data { channel, payload })) => {
-                        connection.receive_interleaved(channel, &payload, Instant::now());
+                        if let Err(err) = connection.receive_interleaved(channel, &payload, Instant::now()) {
+                            tracing::warn!(%peer, route = connection.route(), "RTSP publisher ended: {err}");
+                            break None;
+                        }
                         if channel % 2 == 1 && let Ok(reports) = rtcp::parse_reception_reports(&payload) {
                             for report in reports {
                                 tracing::trace!(%peer, channel, ?report, "RTCP receiver report");
@@ -301,6 +319,7 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<Share
                 last_request = Instant::now();
                 partial_since = None;
                 let reply = connection.handle(&request, &ctx, Instant::now());
+                revocation = connection.revocation();
                 log.note(&request, &connection, &reply.response);
                 let mut bytes = Vec::with_capacity(512);
                 if reply.response.write(&mut bytes).is_err() || egress.send(Egress::Response(bytes)).await.is_err() {
@@ -331,15 +350,18 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<Share
                 }
             }
             Some((track, packet)) = udp_media_in.recv() => {
-                connection.receive_udp(track, &packet, Instant::now());
+                if let Err(err) = connection.receive_udp(track, &packet, Instant::now()) {
+                    tracing::warn!(%peer, route = connection.route(), "RTSP publisher ended: {err}");
+                    break None;
+                }
             }
             _ = liveness.tick() => {
                 let now = Instant::now();
                 if rtcp_seen.swap(false, Ordering::Relaxed) {
                     connection.keep_alive(now);
                 }
-                if connection.timed_out(now) {
-                    tracing::info!(%peer, session = connection.session_id(), "RTSP session timed out");
+                if let Some(why) = connection.expiry(now) {
+                    tracing::info!(%peer, route = connection.route(), session = connection.session_id(), "RTSP session ended: {why}");
                     break None;
                 }
                 // Connections that hold no session, or trickle a request in, hold a slot for nothing.
@@ -357,6 +379,10 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<Share
                 }
             }
             finished = &mut egress_task => break finished.ok(),
+            () = revoked(revocation.as_ref()) => {
+                tracing::info!(%peer, route = connection.route(), "RTSP publisher ended: no longer on the route's publish list");
+                break None;
+            }
             () = kicked(registration.as_ref()) => {
                 tracing::info!(%peer, session = connection.session_id(), "RTSP session kicked by an operator");
                 break None;
@@ -375,6 +401,13 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<Share
 async fn kicked(registration: Option<&Registration>) {
     match registration {
         Some(registration) => registration.kicked().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn revoked(revocation: Option<&Revocation>) {
+    match revocation {
+        Some(revocation) => revocation.revoked().await,
         None => std::future::pending().await,
     }
 }

@@ -12,14 +12,19 @@ use rtsp_types::headers::{
 };
 use rtsp_types::{Method, Request, Response, StatusCode, Url, Version};
 
-use super::publish::Publishing;
+use super::publish::{PublishError, Publishing};
 use super::sdp;
 use crate::auth::{self, AuthError};
-use crate::router::{Login, MediaInfo, Reader, RouterHandle, SourceState, Stream};
+use crate::router::{Login, MediaInfo, Reader, Revocation, RouterHandle, SourceState, Stream};
 use crate::sessions::{ClientLimit, ClientSlot};
 
-/// The session timeout we enforce for UDP sessions without keep-alives or RTCP.
+/// The session timeout we enforce on sessions without keep-alives or RTCP (TCP readers that are
+/// playing show life by taking the bytes sent to them, which the egress holds to a deadline).
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(65);
+/// A session must start playing (a publisher recording) within this long of its SETUP (ANNOUNCE):
+/// every real client sends PLAY or RECORD right away, and until then the session holds a route
+/// (a publisher's claim) or server state for nothing.
+pub const SESSION_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// The timeout we announce: a few seconds less, so clients' keep-alives arrive in time.
 const ANNOUNCED_TIMEOUT_SECS: u64 = 60;
 const PUBLIC_METHODS: &str =
@@ -97,7 +102,10 @@ struct Session {
     tracks: Vec<Option<SetupTrack>>,
     playing: bool,
     last_activity: Instant,
-    _slot: ClientSlot,
+    /// When the first SETUP came, until the first PLAY.
+    setup_at: Option<Instant>,
+    /// The session's place under `max_clients`, taken at its first PLAY.
+    slot: Option<ClientSlot>,
 }
 
 impl Session {
@@ -107,6 +115,20 @@ impl Session {
             .flatten()
             .any(|t| matches!(t.transport, TrackTransport::Udp { .. }))
     }
+
+    /// Why the session is over at `now`, if it is.
+    fn expiry(&self, now: Instant) -> Option<&'static str> {
+        if self
+            .setup_at
+            .is_some_and(|at| now.saturating_duration_since(at) > SESSION_START_TIMEOUT)
+        {
+            return Some("no PLAY in time after SETUP");
+        }
+        // A TCP reader that is playing shows life by taking its bytes (the egress deadline).
+        let tcp_playing = self.playing && !self.is_udp();
+        (!tcp_playing && now.saturating_duration_since(self.last_activity) > SESSION_TIMEOUT)
+            .then_some("no request or RTCP for the session timeout")
+    }
 }
 
 /// Protocol state of one control connection (and the session it holds, if any).
@@ -115,10 +137,33 @@ pub struct Connection {
     session: Option<Session>,
     publishing: Option<Publishing>,
     /// The nonce of this connection's Digest challenges.
-    nonce: String,
+    nonce: Option<Nonce>,
+    /// The last refusal was an answer to an expired nonce: the next challenge says `stale=true`.
+    stale: bool,
     /// Credentials refused so far on this connection.
     auth_failures: u32,
 }
+
+/// A Digest nonce: random, good for [`NONCE_LIFETIME`], with the highest nonce count seen.
+struct Nonce {
+    value: String,
+    issued: Instant,
+    last_nc: std::sync::atomic::AtomicU32,
+}
+
+impl Nonce {
+    fn new(now: Instant) -> Nonce {
+        Nonce {
+            value: format!("{:032x}", rand::random::<u128>()),
+            issued: now,
+            last_nc: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+}
+
+/// How long a Digest nonce is good for: a client logs in within seconds of the challenge, and an
+/// answer seen on the wire is worth nothing after this.
+pub const NONCE_LIFETIME: Duration = Duration::from_secs(300);
 
 /// Refused credentials a connection may send before it gets only 403.
 const MAX_AUTH_FAILURES: u32 = 5;
@@ -147,21 +192,39 @@ impl Connection {
         self.publishing.as_ref().map(Publishing::describe)
     }
 
-    /// Takes an interleaved frame: a publisher's RTP, or anyone's RTCP (proof of life).
-    pub fn receive_interleaved(&mut self, channel: u8, payload: &[u8], now: Instant) {
+    /// Takes an interleaved frame: a publisher's RTP, or anyone's RTCP (proof of life). An error
+    /// ends the publisher.
+    pub fn receive_interleaved(
+        &mut self,
+        channel: u8,
+        payload: &[u8],
+        now: Instant,
+    ) -> Result<(), PublishError> {
         self.keep_alive(now);
         if let Some(publishing) = &mut self.publishing
             && let Some(track) = publishing.track_on_channel(channel)
         {
-            publishing.receive(track, payload, now);
+            publishing.receive(track, payload, now)?;
+        }
+        Ok(())
+    }
+
+    /// Takes a publisher's RTP packet for `track` that came over UDP. An error ends the publisher.
+    pub fn receive_udp(
+        &mut self,
+        track: usize,
+        payload: &[u8],
+        now: Instant,
+    ) -> Result<(), PublishError> {
+        match &mut self.publishing {
+            Some(publishing) => publishing.receive(track, payload, now),
+            None => Ok(()),
         }
     }
 
-    /// Takes a publisher's RTP packet for `track` that came over UDP.
-    pub fn receive_udp(&mut self, track: usize, payload: &[u8], now: Instant) {
-        if let Some(publishing) = &mut self.publishing {
-            publishing.receive(track, payload, now);
-        }
+    /// What tells this connection's publisher that it lost its route, if it publishes.
+    pub fn revocation(&self) -> Option<Revocation> {
+        self.publishing.as_ref().map(Publishing::revocation)
     }
 
     /// The session id, if any.
@@ -183,16 +246,27 @@ impl Connection {
         }
     }
 
-    /// True when a UDP session has heard nothing for longer than its timeout. TCP sessions live as
-    /// long as their connection.
-    pub fn timed_out(&self, now: Instant) -> bool {
-        let reader = self.session.as_ref().is_some_and(|s| {
-            s.is_udp() && now.saturating_duration_since(s.last_activity) > SESSION_TIMEOUT
-        });
-        let publisher = self.publishing.as_ref().is_some_and(|p| {
-            p.has_udp() && now.saturating_duration_since(p.last_activity) > SESSION_TIMEOUT
-        });
-        reader || publisher
+    /// Why this connection's session is over at `now`, if it is: it did not start in time, it
+    /// showed no life for the session timeout, or (a publisher) it sends under the floor rate.
+    pub fn expiry(&mut self, now: Instant) -> Option<String> {
+        if let Some(session) = &self.session {
+            return session.expiry(now).map(str::to_owned);
+        }
+        let publishing = self.publishing.as_mut()?;
+        if !publishing.is_recording() {
+            return (now.saturating_duration_since(publishing.announced_at)
+                > SESSION_START_TIMEOUT)
+                .then(|| "no RECORD in time after ANNOUNCE".to_owned());
+        }
+        if publishing.has_udp()
+            && now.saturating_duration_since(publishing.last_activity) > SESSION_TIMEOUT
+        {
+            return Some("no RTP, RTCP or request for the session timeout".to_owned());
+        }
+        publishing
+            .check_rate(now)
+            .err()
+            .map(|slow| slow.to_string())
     }
 
     /// Handles one request.
@@ -210,12 +284,12 @@ impl Connection {
                 .header(headers::PUBLIC, PUBLIC_METHODS)
                 .build(Vec::new())
                 .into_reply()),
-            Method::Describe => self.describe(request, ctx, &cseq),
+            Method::Describe => self.describe(request, ctx, &cseq, now),
             Method::Setup if self.publishing.is_some() => self.setup_record(request, ctx, &cseq),
             Method::Setup => self.setup(request, ctx, &cseq, now),
             Method::Announce => self.announce(request, ctx, &cseq, now),
-            Method::Record => self.record(&cseq),
-            Method::Play => self.play(&cseq),
+            Method::Record => self.record(&cseq, now),
+            Method::Play => self.play(ctx, &cseq),
             Method::Pause => self.pause(&cseq),
             Method::Teardown => {
                 let response = self.ok(&cseq).build(Vec::new());
@@ -270,7 +344,11 @@ impl Connection {
             builder = builder.header(headers::ALLOW, PUBLIC_METHODS);
         }
         if status == StatusCode::Unauthorized {
-            builder = builder.header(headers::WWW_AUTHENTICATE, auth::challenge(&self.nonce));
+            let nonce = self.nonce.as_ref().map_or("", |n| n.value.as_str());
+            builder = builder.header(
+                headers::WWW_AUTHENTICATE,
+                auth::challenge(nonce, self.stale),
+            );
         }
         Reply {
             response: builder.build(Vec::new()),
@@ -285,10 +363,21 @@ impl Connection {
         ctx: &Context<'_>,
         stream: &Stream,
         publish: bool,
-    ) -> Result<(), Refusal> {
-        if self.nonce.is_empty() {
-            self.nonce = format!("{:032x}", rand::random::<u128>());
+        now: Instant,
+    ) -> Result<Option<String>, Refusal> {
+        let expired = self
+            .nonce
+            .as_ref()
+            .is_some_and(|n| now.saturating_duration_since(n.issued) > NONCE_LIFETIME);
+        if expired || self.nonce.is_none() {
+            self.nonce = Some(Nonce::new(now));
         }
+        let Some(nonce) = &self.nonce else {
+            return Err(Refusal::new(
+                StatusCode::InternalServerError,
+                "Internal Server Error",
+            ));
+        };
         let method = match request.method() {
             Method::Describe => "DESCRIBE",
             Method::Setup => "SETUP",
@@ -297,15 +386,22 @@ impl Connection {
         };
         let header = request.header(&headers::AUTHORIZATION).map(|v| v.as_str());
         let unauthorized = || Refusal::new(StatusCode::Unauthorized, "Unauthorized");
+        let request_uri = request.request_uri().map_or("", |u| u.as_str());
         let login = Login {
             peer: ctx.peer.ip(),
             header,
             method,
-            nonce: &self.nonce,
-            now: Instant::now(),
+            digest: Some(auth::DigestChallenge {
+                nonce: &nonce.value,
+                request_uri,
+                last_nc: &nonce.last_nc,
+            }),
+            now,
         };
-        match ctx.router.authorize(stream.name(), publish, &login) {
-            Ok(_) => Ok(()),
+        let outcome = ctx.router.authorize(stream.name(), publish, &login);
+        self.stale = matches!(outcome, Err(AuthError::Stale)) && header.is_some();
+        match outcome {
+            Ok(user) => Ok(user),
             Err(AuthError::Missing | AuthError::Stale) => Err(unauthorized()),
             Err(AuthError::Throttled) => Err(Refusal::new(
                 StatusCode::Forbidden,
@@ -336,11 +432,12 @@ impl Connection {
         request: &Request<Vec<u8>>,
         ctx: &Context<'_>,
         cseq: &str,
+        now: Instant,
     ) -> Result<Reply, Refusal> {
         let url = request_url(request)?;
         let name = named_route(url)?;
         let stream = permitted(ctx, lookup(ctx.router, name)?)?;
-        self.authorize(request, ctx, &stream, false)?;
+        self.authorize(request, ctx, &stream, false, now)?;
         let media = live_media(&stream)?;
         let sdp = sdp::describe(
             name,
@@ -385,7 +482,7 @@ impl Connection {
             (_, Some(session)) => Arc::clone(&session.stream),
             (Some(name), None) => {
                 let stream = permitted(ctx, lookup(ctx.router, name)?)?;
-                self.authorize(request, ctx, &stream, false)?;
+                self.authorize(request, ctx, &stream, false, now)?;
                 stream
             }
             (None, None) => {
@@ -436,12 +533,6 @@ impl Connection {
                 )
             })?;
         if self.session.is_none() {
-            let slot = ctx.clients.acquire().map_err(|full| {
-                Refusal::new(
-                    StatusCode::NotEnoughBandwidth,
-                    format!("Not Enough Bandwidth ({full})"),
-                )
-            })?;
             self.session = Some(Session {
                 id: session_id(),
                 stream,
@@ -449,7 +540,8 @@ impl Connection {
                 media,
                 playing: false,
                 last_activity: now,
-                _slot: slot,
+                setup_at: Some(now),
+                slot: None,
             });
         }
         let Some(session) = &mut self.session else {
@@ -493,8 +585,8 @@ impl Connection {
             )
         })?;
         let stream = permitted(ctx, stream)?;
-        self.authorize(request, ctx, &stream, true)?;
-        let claim = stream.claim().map_err(|busy| {
+        let user = self.authorize(request, ctx, &stream, true, now)?;
+        let claim = stream.claim_as(user).map_err(|busy| {
             Refusal::new(
                 StatusCode::MethodNotValidInThisState,
                 format!("Method Not Valid In This State ({busy})"),
@@ -551,14 +643,14 @@ impl Connection {
             .into_reply())
     }
 
-    fn record(&mut self, cseq: &str) -> Result<Reply, Refusal> {
+    fn record(&mut self, cseq: &str, now: Instant) -> Result<Reply, Refusal> {
         let Some(publishing) = &mut self.publishing else {
             return Err(Refusal::new(
                 StatusCode::MethodNotValidInThisState,
                 "Method Not Valid In This State (ANNOUNCE and SETUP first)",
             ));
         };
-        let udp = publishing.record().map_err(|why| {
+        let udp = publishing.record(now).map_err(|why| {
             Refusal::new(
                 StatusCode::MethodNotValidInThisState,
                 format!("Method Not Valid In This State ({why})"),
@@ -570,7 +662,7 @@ impl Connection {
         })
     }
 
-    fn play(&mut self, cseq: &str) -> Result<Reply, Refusal> {
+    fn play(&mut self, ctx: &Context<'_>, cseq: &str) -> Result<Reply, Refusal> {
         let Some(session) = &mut self.session else {
             return Err(Refusal::new(
                 StatusCode::SessionNotFound,
@@ -583,10 +675,21 @@ impl Connection {
                 "Method Not Valid In This State (no track set up)",
             ));
         }
+        // The slot under max_clients is taken here, not at SETUP: a client that never plays holds
+        // none (and is ended after SESSION_START_TIMEOUT).
+        if session.slot.is_none() {
+            session.slot = Some(ctx.clients.acquire().map_err(|full| {
+                Refusal::new(
+                    StatusCode::NotEnoughBandwidth,
+                    format!("Not Enough Bandwidth ({full})"),
+                )
+            })?);
+        }
         let reader = session
             .stream
             .subscribe()
             .ok_or_else(|| unavailable(&session.stream))?;
+        session.setup_at = None;
         // A re-encoding route starts a fresh GOP for the newcomer (others ignore this).
         session.stream.request_keyframe();
         // RTP-Info names the first packet this reader will really get on each track.

@@ -60,7 +60,7 @@ fn run(path: &Path, looping: bool, stream: &Arc<Stream>, stop: &Receiver<()>) {
     };
     let mut publisher = claim.start(media.description().clone(), timeline);
     let period = Duration::from_nanos(media.period_nanos());
-    let mut buffer = Vec::new();
+    let mut buffer = SampleBuffer::new(MAX_SAMPLE_SIZE.min(stream.budget().max_unit_bytes as u64));
     for pass in 0u64.. {
         let pass_start = start + period * u32::try_from(pass).unwrap_or(u32::MAX);
         let mut errors = 0u32;
@@ -138,7 +138,7 @@ pub(super) fn units(
     let (file, media) = open(path)?;
     let description = media.description().clone();
     let path = path.to_owned();
-    let mut buffer = Vec::new();
+    let mut buffer = SampleBuffer::new(MAX_SAMPLE_SIZE);
     let mut schedule = media.schedule().to_vec().into_iter();
     let units = std::iter::from_fn(move || {
         let entry = schedule.next()?;
@@ -173,18 +173,23 @@ fn read_unit(
     track: usize,
     sample: usize,
     pass: u64,
-    buffer: &mut Vec<u8>,
+    buffer: &mut SampleBuffer,
 ) -> Result<AccessUnit, Error> {
     let sample_ref = media
         .sample(track, sample)
         .ok_or_else(|| Error::Corrupt(format!("no sample {sample} in track {track}")))?;
-    if sample_ref.size > MAX_SAMPLE_SIZE {
+    let SampleBuffer {
+        data: buffer,
+        max_size,
+    } = buffer;
+    let max_size = *max_size;
+    if sample_ref.size > max_size {
         return Err(Error::Corrupt(format!(
-            "sample {sample} of track {track} claims {} bytes",
+            "sample {sample} of track {track} claims {} bytes, over the {max_size} bytes a unit may have (server.max_unit_mb)",
             sample_ref.size
         )));
     }
-    // Bounded by MAX_SAMPLE_SIZE above.
+    // Bounded by `max_size` above.
     buffer.resize(sample_ref.size as usize, 0);
     file.read_exact_at(buffer, sample_ref.offset)
         .map_err(|source| Error::Read {
@@ -192,6 +197,21 @@ fn read_unit(
             source,
         })?;
     media.access_unit(track, sample, buffer, pass)
+}
+
+/// Where samples are read to, and the largest one read.
+struct SampleBuffer {
+    data: Vec<u8>,
+    max_size: u64,
+}
+
+impl SampleBuffer {
+    fn new(max_size: u64) -> SampleBuffer {
+        SampleBuffer {
+            data: Vec::new(),
+            max_size,
+        }
+    }
 }
 
 /// Sleeps until `deadline`; true when the source was told to stop meanwhile.

@@ -17,6 +17,69 @@ use crate::router::{PublishClaim, Publisher, Stream, Timeline};
 /// How long to wait for a track's codec parameters before starting without it.
 pub const TRACK_DISCOVERY: Duration = Duration::from_secs(3);
 
+/// Access units over the route's memory budget a publisher may send before it is ended: one can be
+/// a glitch, a run of them is a stream this route is not set up for (or an attack).
+pub const MAX_UNITS_OVER_BUDGET: u32 = 3;
+
+/// The publisher sent too many access units over the route's memory budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{0} access units over the route's memory budget (server.max_unit_mb, server.route_buffer_mb); raise them if the stream is real"
+)]
+pub struct OverBudget(pub u32);
+
+/// A publisher whose media stays under this rate is taken as gone, and loses its route: enough
+/// for the thinnest real feed (an audio-only one sends several kB/s), far above one that only
+/// trickles bytes to hold the route.
+pub const MIN_PUBLISH_BYTES_PER_SECOND: u64 = 500;
+/// The window the rate is measured over; a publisher gets one whole window to start.
+pub const PUBLISH_RATE_WINDOW: Duration = Duration::from_secs(10);
+
+/// The publisher sent less than [`MIN_PUBLISH_BYTES_PER_SECOND`] over a whole window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{bytes} bytes in {seconds} s: under the floor of {MIN_PUBLISH_BYTES_PER_SECOND} bytes/s for a publisher",
+    seconds = PUBLISH_RATE_WINDOW.as_secs()
+)]
+pub struct TooSlow {
+    pub bytes: u64,
+}
+
+/// Measures what a publisher sends, window by window. Time is passed in.
+#[derive(Debug)]
+pub struct PublishRate {
+    window_start: Instant,
+    bytes: u64,
+}
+
+impl PublishRate {
+    pub fn new(now: Instant) -> PublishRate {
+        PublishRate {
+            window_start: now,
+            bytes: 0,
+        }
+    }
+
+    pub fn add(&mut self, bytes: usize) {
+        self.bytes += bytes as u64;
+    }
+
+    /// At the end of each window, whether the publisher kept to the floor in it.
+    pub fn check(&mut self, now: Instant) -> Result<(), TooSlow> {
+        if now.saturating_duration_since(self.window_start) < PUBLISH_RATE_WINDOW {
+            return Ok(());
+        }
+        let floor = MIN_PUBLISH_BYTES_PER_SECOND * PUBLISH_RATE_WINDOW.as_secs();
+        let bytes = std::mem::take(&mut self.bytes);
+        self.window_start = now;
+        if bytes < floor {
+            Err(TooSlow { bytes })
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// What a declared track carries before its parameters are known.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TrackKind {
@@ -45,6 +108,8 @@ pub struct LivePublisher {
     independent_clocks: bool,
     /// Units published so far.
     pub units: u64,
+    /// Units refused for the route's memory budget so far.
+    over_budget: u32,
 }
 
 impl LivePublisher {
@@ -59,6 +124,7 @@ impl LivePublisher {
             first_media: None,
             independent_clocks: false,
             units: 0,
+            over_budget: 0,
         }
     }
 
@@ -107,6 +173,25 @@ impl LivePublisher {
         names.join("+")
     }
 
+    /// The route's memory budget.
+    pub fn budget(&self) -> crate::config::MemoryBudget {
+        self.stream.budget()
+    }
+
+    /// Counts a unit the publisher's demuxer refused for being over the budget.
+    pub fn refused_over_budget(&mut self) {
+        self.over_budget += 1;
+    }
+
+    /// Whether the publisher is still within [`MAX_UNITS_OVER_BUDGET`].
+    pub fn check_budget(&self) -> Result<(), OverBudget> {
+        if self.over_budget >= MAX_UNITS_OVER_BUDGET {
+            Err(OverBudget(self.over_budget))
+        } else {
+            Ok(())
+        }
+    }
+
     /// Publishes one unit of a declared track; `now` is when it arrived.
     pub fn send(&mut self, mut unit: AccessUnit, now: Instant) {
         let Some(track) = self.tracks.get_mut(unit.track) else {
@@ -135,10 +220,11 @@ impl LivePublisher {
             );
             let offset = *track.offset.get_or_insert_with(|| {
                 let since_first = now.saturating_duration_since(first_media).as_nanos() as i64;
-                since_first.saturating_mul(clock) / 1_000_000_000 - unit.dts
+                (since_first.saturating_mul(clock) / 1_000_000_000).saturating_sub(unit.dts)
             });
-            unit.pts += offset;
-            unit.dts += offset;
+            // Timestamps come from the publisher: saturate rather than overflow on absurd ones.
+            unit.pts = unit.pts.saturating_add(offset);
+            unit.dts = unit.dts.saturating_add(offset);
         }
         if self.publisher.is_none() {
             let ready = self.tracks.iter().all(|t| t.codec.is_some());
@@ -157,7 +243,9 @@ impl LivePublisher {
         };
         unit.track = *index;
         self.units += 1;
-        publisher.send(unit);
+        if !publisher.send(unit) {
+            self.over_budget += 1;
+        }
     }
 
     fn start(&mut self, first: &AccessUnit, now: Instant) {
@@ -190,7 +278,8 @@ impl LivePublisher {
             .collect();
         let clock = self
             .codec(first.track)
-            .map_or(crate::media::VIDEO_CLOCK_RATE, Codec::clock_rate);
+            .map_or(crate::media::VIDEO_CLOCK_RATE, Codec::clock_rate)
+            .max(1);
         let timeline = Timeline {
             anchor: now,
             anchor_nanos: i128::from(first.pts) * 1_000_000_000 / i128::from(clock),

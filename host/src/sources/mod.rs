@@ -17,7 +17,7 @@ use std::sync::Arc;
 use crate::config::SourceConfig;
 use crate::router::Stream;
 
-pub use live::{LivePublisher, TrackKind};
+pub use live::{LivePublisher, MAX_UNITS_OVER_BUDGET, OverBudget, PublishRate, TooSlow, TrackKind};
 pub use mp4::{Mp4Media, SampleRef};
 pub use push::{IngestError, TsIngest};
 

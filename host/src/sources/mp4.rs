@@ -11,7 +11,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use re_mp4::{Mp4, StsdBoxContent};
 
 use super::Error;
-use crate::media::{AccessUnit, Codec, StreamDescription, Track};
+use crate::media::{AAC_SAMPLE_RATES, AccessUnit, Codec, StreamDescription, Track};
 
 const NANOS_PER_SECOND: i128 = 1_000_000_000;
 /// A sample larger than this is taken as corruption rather than read into memory.
@@ -20,9 +20,6 @@ pub const MAX_SAMPLE_SIZE: u64 = 64 << 20;
 const START_CODE: [u8; 4] = [0, 0, 0, 1];
 /// The largest index (moov or moof box) read into memory.
 const MAX_INDEX_SIZE: usize = 256 << 20;
-const AAC_SAMPLE_RATES: [u32; 13] = [
-    96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350,
-];
 
 /// Where a sample is and when it plays, in the track's own timescale.
 #[derive(Clone, Copy, Debug)]

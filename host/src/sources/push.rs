@@ -9,17 +9,14 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::live::{LivePublisher, TrackKind};
+use super::live::{LivePublisher, OverBudget, TrackKind};
 use super::ts::{Pes, StreamKind, TsDemuxer, TsError};
-use crate::media::{AccessUnit, Codec, OPUS_CLOCK_RATE};
+use crate::media::{AAC_SAMPLE_RATES, AccessUnit, Codec, OPUS_CLOCK_RATE};
 use crate::router::{PublishClaim, Stream};
 
 /// TS bytes after which a stream without one track we can carry is refused.
 const MAX_BYTES_WITHOUT_PROGRAM: u64 = 2 << 20;
 const TS_CLOCK_RATE: i128 = 90_000;
-const AAC_SAMPLE_RATES: [u32; 13] = [
-    96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350,
-];
 
 /// Why a push was refused.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +25,8 @@ pub enum IngestError {
     NotTs(#[from] TsError),
     #[error("the MPEG-TS stream has no H.264, H.265, AAC or Opus track ({0})")]
     NoSupportedStream(String),
+    #[error(transparent)]
+    OverBudget(#[from] OverBudget),
 }
 
 struct IngestTrack {
@@ -49,7 +48,7 @@ impl TsIngest {
     /// A feed that will publish into the stream `claim` holds.
     pub fn new(stream: Arc<Stream>, claim: PublishClaim) -> TsIngest {
         TsIngest {
-            demuxer: TsDemuxer::new(),
+            demuxer: TsDemuxer::new(stream.budget().max_unit_bytes),
             live: LivePublisher::new(stream, claim),
             tracks: Vec::new(),
             pes: Vec::new(),
@@ -59,10 +58,15 @@ impl TsIngest {
     /// Feeds body bytes that arrived at `now`.
     pub fn push(&mut self, data: &[u8], now: Instant) -> Result<(), IngestError> {
         let mut pes = std::mem::take(&mut self.pes);
+        let oversize = self.demuxer.oversize;
         let result = self.demuxer.push(data, &mut pes);
+        for _ in oversize..self.demuxer.oversize {
+            self.live.refused_over_budget();
+        }
         self.take_pes(&mut pes, now);
         self.pes = pes;
         result?;
+        self.live.check_budget()?;
         self.check_program(false)
     }
 

@@ -11,8 +11,6 @@ use bytes::{Bytes, BytesMut};
 const PACKET_SIZE: usize = 188;
 const SYNC_BYTE: u8 = 0x47;
 const PAT_PID: u16 = 0;
-/// A PES larger than this is dropped: no access unit of a live stream comes near it.
-const MAX_PES_SIZE: usize = 16 << 20;
 /// Bytes without one valid packet before the input is declared not to be MPEG-TS at all.
 const MAX_LEADING_GARBAGE: u64 = 64 * 1024;
 
@@ -52,8 +50,15 @@ struct PesAssembly {
 }
 
 /// Demuxes one transport stream.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct TsDemuxer {
+    /// The largest PES packet assembled, and the most all open ones may hold together: a stream
+    /// that announces many PIDs still holds no more than this.
+    max_unit: usize,
+    /// Bytes in `assemblies` now.
+    held: usize,
+    /// PES packets dropped for being over `max_unit`.
+    pub oversize: u64,
     pending: BytesMut,
     pmt_pid: Option<u16>,
     streams: BTreeMap<u16, StreamKind>,
@@ -68,8 +73,22 @@ pub struct TsDemuxer {
 }
 
 impl TsDemuxer {
-    pub fn new() -> TsDemuxer {
-        TsDemuxer::default()
+    /// A demuxer that drops PES packets over `max_unit` bytes.
+    pub fn new(max_unit: usize) -> TsDemuxer {
+        TsDemuxer {
+            max_unit,
+            held: 0,
+            oversize: 0,
+            pending: BytesMut::new(),
+            pmt_pid: None,
+            streams: BTreeMap::new(),
+            unsupported: Vec::new(),
+            assemblies: BTreeMap::new(),
+            synced: false,
+            pmt_read: false,
+            bytes_in: 0,
+            garbage_bytes: 0,
+        }
     }
 
     /// The program's elementary streams we can carry, by PID, once the PMT has been read.
@@ -228,6 +247,7 @@ impl TsDemuxer {
         self.unsupported = unsupported;
         if streams != self.streams {
             self.assemblies.retain(|pid, _| streams.contains_key(pid));
+            self.held = self.assemblies.values().map(|a| a.data.len()).sum();
             self.streams = streams;
         }
     }
@@ -246,9 +266,14 @@ impl TsDemuxer {
                 return;
             };
             let body = &payload[header.payload_offset..];
+            if self.held + body.len() > self.max_unit {
+                self.oversize += 1;
+                return;
+            }
             let mut data =
-                BytesMut::with_capacity(header.remaining.unwrap_or(64 * 1024).min(MAX_PES_SIZE));
+                BytesMut::with_capacity(header.remaining.unwrap_or(64 * 1024).min(self.max_unit));
             data.extend_from_slice(body);
+            self.held += body.len();
             self.assemblies.insert(
                 pid,
                 PesAssembly {
@@ -259,11 +284,14 @@ impl TsDemuxer {
                 },
             );
         } else if let Some(assembly) = self.assemblies.get_mut(&pid) {
-            if assembly.data.len() + payload.len() > MAX_PES_SIZE {
+            if self.held + payload.len() > self.max_unit {
+                self.held -= assembly.data.len();
                 self.assemblies.remove(&pid);
+                self.oversize += 1;
                 return;
             }
             assembly.data.extend_from_slice(payload);
+            self.held += payload.len();
             if let Some(remaining) = &mut assembly.remaining {
                 *remaining = remaining.saturating_sub(payload.len());
             }
@@ -281,9 +309,11 @@ impl TsDemuxer {
     }
 
     fn flush(&mut self, pid: u16, out: &mut Vec<Pes>) {
-        if let Some(assembly) = self.assemblies.remove(&pid)
-            && !assembly.data.is_empty()
-        {
+        let Some(assembly) = self.assemblies.remove(&pid) else {
+            return;
+        };
+        self.held -= assembly.data.len();
+        if !assembly.data.is_empty() {
             out.push(Pes {
                 pid,
                 pts: assembly.pts,
@@ -446,7 +476,7 @@ mod tests {
         input.extend(ts_packet(0x101, true, &first));
         input.extend(ts_packet(0x101, false, &[4, 5, 6]));
         input.extend(ts_packet(0x101, true, &pes(93_600, &[0, 0, 0, 1, 0x41, 9])));
-        let mut demuxer = TsDemuxer::new();
+        let mut demuxer = TsDemuxer::new(8 << 20);
         let mut out = Vec::new();
         // Fed in awkward pieces, as a network delivers it.
         for chunk in input.chunks(100) {
@@ -473,7 +503,7 @@ mod tests {
         first.resize(184, 9);
         input.extend(ts_packet(0x101, true, &first));
         input.extend(ts_packet(0x101, false, &[9u8; 184]));
-        let mut demuxer = TsDemuxer::new();
+        let mut demuxer = TsDemuxer::new(8 << 20);
         let mut out = Vec::new();
         demuxer.push(&input, &mut out).expect("TS");
         assert!(out.is_empty(), "no padding, no end yet");
@@ -485,7 +515,7 @@ mod tests {
 
     #[test]
     fn plain_garbage_is_not_ts() {
-        let mut demuxer = TsDemuxer::new();
+        let mut demuxer = TsDemuxer::new(8 << 20);
         let mut out = Vec::new();
         let garbage = vec![0x46u8; 100 * 1024];
         assert!(matches!(

@@ -314,59 +314,122 @@ async fn wrong_session_is_454_and_play_without_setup_too() {
     assert_eq!(reply.response.status(), StatusCode::SessionNotFound);
 }
 
-#[tokio::test]
-async fn max_clients_refuses_the_next_session_with_453() {
-    let fixture = Fixture::new(1).await;
-    let ctx = fixture.ctx();
+/// SETUP then PLAY on `conn` (one track, TCP or UDP); the PLAY response's status.
+fn setup_and_play(
+    conn: &mut Connection,
+    ctx: &Context<'_>,
+    transport: &str,
+    now: Instant,
+) -> StatusCode {
     let setup = request(
         Method::Setup,
         "rtsp://127.0.0.1:8554/cam/trackID=0",
-        &[("CSeq", "1"), ("Transport", "RTP/AVP/TCP;interleaved=0-1")],
+        &[("CSeq", "1"), ("Transport", transport)],
     );
+    let reply = conn.handle(&setup, ctx, now);
+    assert_eq!(reply.response.status(), StatusCode::Ok);
+    let session = session_of(&reply.response);
+    let play = request(
+        Method::Play,
+        "rtsp://127.0.0.1:8554/cam/",
+        &[("CSeq", "2"), ("Session", &session)],
+    );
+    conn.handle(&play, ctx, now).response.status()
+}
+
+#[tokio::test]
+async fn max_clients_counts_sessions_that_play_and_refuses_the_next_with_453() {
+    let fixture = Fixture::new(1).await;
+    let ctx = fixture.ctx();
+    let tcp = "RTP/AVP/TCP;interleaved=0-1";
+    // Sessions that only SETUP hold no slot: any number of them leave room for a reader.
+    let mut idle: Vec<Connection> = (0..5).map(|_| Connection::default()).collect();
+    for conn in &mut idle {
+        let setup = request(
+            Method::Setup,
+            "rtsp://127.0.0.1:8554/cam/trackID=0",
+            &[("CSeq", "1"), ("Transport", tcp)],
+        );
+        assert_eq!(
+            conn.handle(&setup, &ctx, Instant::now()).response.status(),
+            StatusCode::Ok
+        );
+    }
     let mut first = Connection::default();
     assert_eq!(
-        first.handle(&setup, &ctx, Instant::now()).response.status(),
+        setup_and_play(&mut first, &ctx, tcp, Instant::now()),
         StatusCode::Ok
     );
     let mut second = Connection::default();
     assert_eq!(
-        second
-            .handle(&setup, &ctx, Instant::now())
-            .response
-            .status(),
+        setup_and_play(&mut second, &ctx, tcp, Instant::now()),
         StatusCode::NotEnoughBandwidth
     );
     drop(first);
+    let mut third = Connection::default();
     assert_eq!(
-        second
-            .handle(&setup, &ctx, Instant::now())
-            .response
-            .status(),
+        setup_and_play(&mut third, &ctx, tcp, Instant::now()),
         StatusCode::Ok
     );
 }
 
 #[tokio::test]
-async fn udp_sessions_time_out_without_keepalives() {
+async fn a_session_that_does_not_play_in_time_expires() {
     let fixture = Fixture::new(10).await;
     let mut conn = Connection::default();
     let start = Instant::now();
-    conn.handle(
-        &request(
-            Method::Setup,
-            "rtsp://127.0.0.1:8554/cam/trackID=0",
-            &[
-                ("CSeq", "1"),
-                ("Transport", "RTP/AVP;unicast;client_port=5000-5001"),
-            ],
-        ),
-        &fixture.ctx(),
-        start,
+    let setup = request(
+        Method::Setup,
+        "rtsp://127.0.0.1:8554/cam/trackID=0",
+        &[("CSeq", "1"), ("Transport", "RTP/AVP/TCP;interleaved=0-1")],
     );
-    assert!(!conn.timed_out(start + SESSION_TIMEOUT));
-    conn.keep_alive(start + Duration::from_secs(30));
-    assert!(!conn.timed_out(start + SESSION_TIMEOUT + Duration::from_secs(1)));
+    assert_eq!(
+        conn.handle(&setup, &fixture.ctx(), start).response.status(),
+        StatusCode::Ok
+    );
+    // Keep-alives do not help a session that never plays.
+    conn.keep_alive(start + SESSION_START_TIMEOUT);
+    assert!(conn.expiry(start + SESSION_START_TIMEOUT).is_none());
     assert!(
-        conn.timed_out(start + Duration::from_secs(30) + SESSION_TIMEOUT + Duration::from_secs(1))
+        conn.expiry(start + SESSION_START_TIMEOUT + Duration::from_secs(1))
+            .is_some_and(|why| why.contains("PLAY"))
     );
+}
+
+#[tokio::test]
+async fn tcp_sessions_expire_like_udp_ones_unless_they_play() {
+    let fixture = Fixture::new(10).await;
+    let start = Instant::now();
+    let late = start + Duration::from_secs(30) + SESSION_TIMEOUT + Duration::from_secs(1);
+    for transport in [
+        "RTP/AVP;unicast;client_port=5000-5001",
+        "RTP/AVP/TCP;interleaved=0-1",
+    ] {
+        let mut conn = Connection::default();
+        assert_eq!(
+            setup_and_play(&mut conn, &fixture.ctx(), transport, start),
+            StatusCode::Ok
+        );
+        assert!(conn.expiry(start + SESSION_TIMEOUT).is_none());
+        conn.keep_alive(start + Duration::from_secs(30));
+        assert!(
+            conn.expiry(start + SESSION_TIMEOUT + Duration::from_secs(1))
+                .is_none()
+        );
+        let playing_tcp = transport.contains("TCP");
+        assert_eq!(
+            conn.expiry(late).is_some(),
+            !playing_tcp,
+            "{transport}: a playing TCP reader shows life by taking its bytes"
+        );
+        // Paused, a TCP session has only requests and RTCP to show life with.
+        let session = conn.session_id().unwrap().to_owned();
+        let pause = request(
+            Method::Pause,
+            "rtsp://127.0.0.1:8554/cam/",
+            &[("CSeq", "3"), ("Session", &session)],
+        );
+        conn.handle(&pause, &fixture.ctx(), start + Duration::from_secs(30));
+        assert!(conn.expiry(late).is_some(), "{transport} paused");
+    }
 }

@@ -1,0 +1,621 @@
+//! Hostile clients, each against the real binary: clients that hold sessions without playing,
+//! floods of connections, publishers that send endless fragments, impossible clock rates, that
+//! hold a route without sending, WHEP bodies that never arrive, strangers at the API.
+//!
+//! The attackers connect from 127.0.0.2; an honest reader plays from 127.0.0.1 through every
+//! attack and must not miss a frame, and the server's memory and open files must stay bounded.
+
+mod common;
+
+#[path = "common/whep.rs"]
+#[allow(
+    dead_code,
+    reason = "the viewer's media counters are the WebRTC tests' concern"
+)]
+mod whep_client;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use common::{
+    Server, exchange, file_route, play, publish_once, push_route, run, sample_clip, short_clip,
+    wait_live,
+};
+use futures::StreamExt;
+use retina::client::{TcpTransportOptions, Transport};
+use retina::codec::CodecItem;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::task::JoinHandle;
+
+/// Where attacks come from: another loopback address than the honest reader's.
+const ATTACKER: [u8; 4] = [127, 0, 0, 2];
+
+/// A TCP connection to `addr` from [`ATTACKER`].
+async fn attacker_connection(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(IpAddr::from(ATTACKER), 0))?;
+    socket.connect(addr).await
+}
+
+/// The server's resident memory in KiB and its open file descriptors.
+fn resources(server: &Server) -> (u64, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS");
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    (rss, fds)
+}
+
+/// An honest TCP reader of a 25 fps route, playing from 127.0.0.1 until [`Honest::finish`].
+struct Honest {
+    task: JoinHandle<(usize, u64)>,
+    stop: tokio::sync::watch::Sender<bool>,
+    started: Instant,
+    /// What the server held once the reader played, after warm-up.
+    baseline: (u64, usize),
+}
+
+impl Honest {
+    async fn start(server: &Server, route: &str) -> Honest {
+        wait_live(server, route).await;
+        let mut playing = play(
+            &server.url(route),
+            Transport::Tcp(TcpTransportOptions::default()),
+            false,
+        )
+        .await;
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let (mut frames, mut lost) = (0usize, 0u64);
+            loop {
+                tokio::select! {
+                    item = playing.next() => match item {
+                        Some(Ok(CodecItem::VideoFrame(frame))) => {
+                            frames += 1;
+                            lost += u64::from(frame.loss());
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(err)) => panic!("the honest reader failed: {err}"),
+                        None => panic!("the honest reader's session ended"),
+                    },
+                    _ = stopped.changed() => return (frames, lost),
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Honest {
+            task,
+            stop,
+            started: Instant::now(),
+            baseline: resources(server),
+        }
+    }
+
+    /// Stops reading; checks that the reader got every frame and that the server holds no more
+    /// than `extra_rss_mib` more memory and a few more files than at the start.
+    async fn finish(self, server: &Server, extra_rss_mib: u64) {
+        let seconds = self.started.elapsed().as_secs_f64();
+        let _ = self.stop.send(true);
+        let (frames, lost) = self.task.await.expect("honest reader");
+        assert_eq!(lost, 0, "the honest reader lost packets");
+        // 25 fps; the first second of reading was before `started`.
+        let expected = (seconds * 25.0) as usize;
+        assert!(
+            frames + 10 >= expected,
+            "the honest reader got {frames} frames in {seconds:.1} s"
+        );
+        let (rss, fds) = resources(server);
+        let (base_rss, base_fds) = self.baseline;
+        assert!(
+            rss <= base_rss + extra_rss_mib * 1024,
+            "server memory grew from {base_rss} to {rss} KiB"
+        );
+        assert!(
+            fds <= base_fds + 8,
+            "server has {fds} open files, {base_fds} at the start"
+        );
+    }
+}
+
+/// Reads until the peer closes or `limit` passes; true when it closed.
+async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+    let mut buf = vec![0u8; 64 * 1024];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Sends one RTSP request on `stream` and reads one response (headers and body).
+async fn request(stream: &mut TcpStream, text: &str) -> String {
+    stream.write_all(text.as_bytes()).await.expect("send");
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&reply).contains("\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => reply.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+fn session_of(reply: &str) -> String {
+    reply
+        .lines()
+        .find_map(|l| l.strip_prefix("Session: "))
+        .and_then(|s| s.split(';').next())
+        .unwrap_or_else(|| panic!("no session in {reply}"))
+        .to_owned()
+}
+
+/// An H.264 SDP as ffmpeg announces it (`track` is the one media's payload description).
+fn announce(url: &str, rtpmap: &str, fmtp: &str) -> String {
+    let sdp = format!(
+        "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=attack\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n{rtpmap}{fmtp}a=control:streamid=0\r\n"
+    );
+    format!(
+        "ANNOUNCE {url} RTSP/1.0\r\nCSeq: 1\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    )
+}
+
+const H264_MEDIA: &str = "m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n";
+const H264_FMTP: &str = "a=fmtp:96 packetization-mode=1; sprop-parameter-sets=Z0LAHtkDxWhAAAADAEAAAAwDxYuS,aMuMsg==\r\n";
+
+/// ANNOUNCE, SETUP over TCP and RECORD on `url` from the attacker's address.
+async fn recording_publisher(server: &Server, url: &str) -> TcpStream {
+    let mut stream = attacker_connection(server.rtsp).await.expect("connect");
+    let reply = request(&mut stream, &announce(url, H264_MEDIA, H264_FMTP)).await;
+    assert!(reply.starts_with("RTSP/1.0 200"), "ANNOUNCE: {reply}");
+    let session = session_of(&reply);
+    let setup = format!(
+        "SETUP {url}/streamid=0 RTSP/1.0\r\nCSeq: 2\r\nSession: {session}\r\nTransport: RTP/AVP/TCP;unicast;interleaved=0-1;mode=record\r\n\r\n"
+    );
+    let reply = request(&mut stream, &setup).await;
+    assert!(reply.starts_with("RTSP/1.0 200"), "SETUP: {reply}");
+    let record = format!("RECORD {url} RTSP/1.0\r\nCSeq: 3\r\nSession: {session}\r\n\r\n");
+    let reply = request(&mut stream, &record).await;
+    assert!(reply.starts_with("RTSP/1.0 200"), "RECORD: {reply}");
+    stream
+}
+
+/// An interleaved RTP packet on channel 0 carrying an H.264 FU-A piece.
+fn fu_a(seq: u16, start: bool, payload: &[u8]) -> Vec<u8> {
+    let mut rtp = vec![0x80, 96];
+    rtp.extend_from_slice(&seq.to_be_bytes());
+    rtp.extend_from_slice(&[0, 0, 0x10, 0, 0, 0, 0, 1]);
+    rtp.push(28 | 0x60);
+    rtp.push(if start { 0x80 | 5 } else { 5 });
+    rtp.extend_from_slice(payload);
+    let mut framed = vec![b'$', 0];
+    framed.extend_from_slice(&(rtp.len() as u16).to_be_bytes());
+    framed.extend_from_slice(&rtp);
+    framed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_that_never_play_hold_no_slot_and_are_ended() {
+    let server = Server::start_adding("max_clients = 10\n", &file_route("unicast", &sample_clip()));
+    let honest = Honest::start(&server, "unicast").await;
+    let url = server.url("unicast");
+    let mut idle = Vec::new();
+    for i in 0..10 {
+        let mut stream = attacker_connection(server.rtsp).await.expect("connect");
+        let setup = format!(
+            "SETUP {url}/trackID=0 RTSP/1.0\r\nCSeq: {i}\r\nTransport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n\r\n"
+        );
+        let reply = request(&mut stream, &setup).await;
+        assert!(reply.starts_with("RTSP/1.0 200"), "{reply}");
+        idle.push(stream);
+    }
+    // Ten sessions that only set up leave the nine free slots to readers that play.
+    let probes: Vec<_> = (0..3)
+        .map(|_| {
+            let url = url.clone();
+            tokio::task::spawn_blocking(move || {
+                run(
+                    std::process::Command::new("ffprobe").args([
+                        "-v",
+                        "error",
+                        "-rtsp_transport",
+                        "tcp",
+                        "-show_entries",
+                        "stream=codec_name",
+                        "-of",
+                        "csv",
+                        &url,
+                    ]),
+                    Duration::from_secs(30),
+                )
+            })
+        })
+        .collect();
+    for probe in probes {
+        let (ok, out, err) = probe.await.expect("ffprobe");
+        assert!(ok && out.contains("h264"), "ffprobe: {out} {err}");
+    }
+    // Every idle session is ended once it failed to play in time (10 s, checked every 5 s).
+    for (i, stream) in idle.iter_mut().enumerate() {
+        assert!(
+            closed_within(stream, Duration::from_secs(25)).await,
+            "idle session {i} is still open"
+        );
+    }
+    assert!(server.wait_for_log("no PLAY in time after SETUP", Duration::from_secs(1)));
+    honest.finish(&server, 32).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_connections_from_one_address_is_refused_at_accept() {
+    let server = Server::start_adding(
+        "max_connections = 64\nmax_connections_per_address = 8\n",
+        &file_route("unicast", &sample_clip()),
+    );
+    let honest = Honest::start(&server, "unicast").await;
+    let mut flood = Vec::new();
+    for target in [server.rtsp, server.http] {
+        for _ in 0..40 {
+            if let Ok(stream) = attacker_connection(target).await {
+                flood.push(stream);
+            }
+        }
+    }
+    let mut refused = 0;
+    for stream in &mut flood {
+        if closed_within(stream, Duration::from_millis(200)).await {
+            refused += 1;
+        }
+    }
+    // 8 connections from the attacker's address stay (RTSP and HTTP together); the rest were
+    // closed at accept.
+    assert_eq!(refused, flood.len() - 8, "{} connections", flood.len());
+    // Everyone else still gets in, on both protocols.
+    let (ok, out, err) = run(
+        std::process::Command::new("ffprobe").args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_name",
+            "-of",
+            "csv",
+            &server.url("unicast"),
+        ]),
+        Duration::from_secs(30),
+    );
+    assert!(ok && out.contains("h264"), "ffprobe: {out} {err}");
+    let metrics = exchange(
+        server.http,
+        b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    let counted = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "wasmcast_connections_refused_total{cap=\"max_connections_per_address\"} ",
+            )
+        })
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert_eq!(counted, refused, "every refusal is counted");
+    drop(flood);
+    honest.finish(&server, 32).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endless_fragments_are_capped_and_a_publisher_that_keeps_sending_them_is_ended() {
+    let server = Server::start_adding(
+        "max_unit_mb = 1\nroute_buffer_mb = 4\n",
+        &format!(
+            "{}{}",
+            file_route("unicast", &sample_clip()),
+            push_route("cam", "cam")
+        ),
+    );
+    let honest = Honest::start(&server, "unicast").await;
+    let mut stream = recording_publisher(&server, &server.url("cam")).await;
+    let middle = vec![0x55u8; 1400];
+    let mut seq = 0u16;
+    let mut sent = 0usize;
+    // Each round: a fragment that starts and never ends, 1.4 MB long. The first rounds are
+    // dropped at the 1 MiB cap; the third gets the publisher disconnected.
+    let mut ended = false;
+    'rounds: for _ in 0..10 {
+        let mut round = fu_a(seq, true, &middle);
+        for _ in 0..1000 {
+            seq = seq.wrapping_add(1);
+            round.extend_from_slice(&fu_a(seq, false, &middle));
+        }
+        for piece in round.chunks(64 * 1024) {
+            if stream.write_all(piece).await.is_err() {
+                ended = true;
+                break 'rounds;
+            }
+            sent += piece.len();
+        }
+    }
+    ended = ended || closed_within(&mut stream, Duration::from_secs(5)).await;
+    // (What the attacker could write includes what the loopback socket buffers took meanwhile.)
+    assert!(ended, "the publisher is still connected after {sent} bytes");
+    assert!(
+        server.wait_for_log(
+            "3 access units over the route's memory budget",
+            Duration::from_secs(2)
+        ),
+        "the log gives the reason: {:#?}",
+        server.log()
+    );
+    // The route is free for a real publisher.
+    let (ok, err) = publish_once(&server.url("cam"));
+    assert!(ok, "a real publisher after the attack: {err}");
+    honest.finish(&server, 48).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impossible_clock_rates_channels_and_payload_types_are_refused_with_a_reason() {
+    let server = Server::start(&format!(
+        "{}{}",
+        file_route("unicast", &sample_clip()),
+        push_route("cam", "cam")
+    ));
+    let honest = Honest::start(&server, "unicast").await;
+    let url = server.url("cam");
+    let aac_fmtp = "a=fmtp:97 streamtype=5; profile-level-id=15; mode=AAC-hbr; config=1190; sizelength=13; indexlength=3; indexdeltalength=3\r\n";
+    for (media, fmtp, why) in [
+        (
+            "m=audio 0 RTP/AVP 97\r\na=rtpmap:97 MPEG4-GENERIC/0/2\r\n",
+            aac_fmtp,
+            "clock rate 0",
+        ),
+        (
+            "m=audio 0 RTP/AVP 97\r\na=rtpmap:97 MPEG4-GENERIC/48000/0\r\n",
+            aac_fmtp,
+            "channel count",
+        ),
+        (
+            "m=audio 0 RTP/AVP 97\r\na=rtpmap:97 MPEG4-GENERIC/4294967295/2\r\n",
+            aac_fmtp,
+            "clock rate 4294967295",
+        ),
+        (
+            "m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/1\r\n",
+            H264_FMTP,
+            "clock rate 1",
+        ),
+        (
+            "m=video 0 RTP/AVP 300\r\na=rtpmap:300 H264/90000\r\n",
+            "",
+            "payload type",
+        ),
+    ] {
+        let mut stream = attacker_connection(server.rtsp).await.expect("connect");
+        let reply = request(&mut stream, &announce(&url, media, fmtp)).await;
+        assert!(
+            reply.starts_with("RTSP/1.0 415") && reply.lines().next().unwrap().contains(why),
+            "{why}: {reply}"
+        );
+    }
+    // The route was never held: a real publisher gets it.
+    let (ok, err) = publish_once(&url);
+    assert!(ok, "a real publisher: {err}");
+    honest.finish(&server, 32).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishers_that_hold_a_route_without_sending_lose_it_to_a_real_one() {
+    let server = Server::start(&format!(
+        "{}{}{}",
+        file_route("unicast", &sample_clip()),
+        push_route("cam", "cam"),
+        push_route("feed", "feed.ffm"),
+    ));
+    let honest = Honest::start(&server, "unicast").await;
+    // ANNOUNCE, then nothing.
+    let mut announced = attacker_connection(server.rtsp).await.expect("connect");
+    let reply = request(
+        &mut announced,
+        &announce(&server.url("cam"), H264_MEDIA, H264_FMTP),
+    )
+    .await;
+    assert!(reply.starts_with("RTSP/1.0 200"), "{reply}");
+    // An HTTP push that trickles a byte a second.
+    let mut trickle = attacker_connection(server.http).await.expect("connect");
+    trickle
+        .write_all(b"POST /feed.ffm HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .expect("push headers");
+    let trickling = tokio::spawn(async move {
+        let mut reply = Vec::new();
+        for _ in 0..40 {
+            if trickle.write_all(b"1\r\nG\r\n").await.is_err() {
+                break;
+            }
+            let mut buf = [0u8; 1024];
+            if let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_secs(1), trickle.read(&mut buf)).await
+            {
+                if n == 0 {
+                    break;
+                }
+                reply.extend_from_slice(&buf[..n]);
+            }
+        }
+        String::from_utf8_lossy(&reply).into_owned()
+    });
+    // Both are busy meanwhile: one publisher per route.
+    let (ok, _) = publish_once(&server.url("cam"));
+    assert!(!ok, "the route is held while the ANNOUNCE is young");
+    assert!(
+        closed_within(&mut announced, Duration::from_secs(25)).await,
+        "ANNOUNCE without RECORD is ended"
+    );
+    assert!(server.wait_for_log("no RECORD in time after ANNOUNCE", Duration::from_secs(1)));
+    let (ok, err) = publish_once(&server.url("cam"));
+    assert!(ok, "the real publisher gets the route: {err}");
+    let reply = trickling.await.expect("trickle");
+    assert!(
+        reply.starts_with("HTTP/1.1 408") && reply.contains("under the floor"),
+        "{reply}"
+    );
+    let clip = short_clip();
+    let (ok, _, err) = run(
+        std::process::Command::new("ffmpeg")
+            .args(["-hide_banner", "-v", "error", "-re", "-i"])
+            .arg(&clip)
+            .args(["-t", "1", "-c", "copy", "-f", "mpegts"])
+            .arg(format!("http://{}/feed.ffm", server.http)),
+        Duration::from_secs(20),
+    );
+    assert!(ok, "the real push gets the feed: {err}");
+    honest.finish(&server, 32).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whep_sessions_cannot_be_named_by_others_and_bodies_have_a_deadline() {
+    let server = Server::start(&file_route("unicast", &short_clip()));
+    let honest = Honest::start(&server, "unicast").await;
+    let viewer = whep_client::Viewer::connect(server.http, "unicast")
+        .await
+        .expect("WHEP viewer");
+    let id = viewer
+        .location
+        .rsplit('/')
+        .next()
+        .expect("resource id")
+        .to_owned();
+    let random: String = id.chars().filter(char::is_ascii_hexdigit).collect();
+    assert!(random.len() >= 32, "128 random bits in `{id}`");
+    for guess in ["whep-1", "whep-2", "1", &id[..id.len() - 1]] {
+        let delete = format!(
+            "DELETE /unicast/whep/{guess} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        );
+        let reply = exchange(server.http, delete.as_bytes(), Duration::from_secs(5)).await;
+        assert!(reply.starts_with("HTTP/1.1 404"), "{guess}: {reply}");
+    }
+    // A body promised and never sent is given up after the deadline, not held.
+    let mut stream = attacker_connection(server.http).await.expect("connect");
+    stream
+        .write_all(
+            b"POST /unicast/whep HTTP/1.1\r\nHost: t\r\nContent-Type: application/sdp\r\nContent-Length: 1000\r\n\r\nv=0\n",
+        )
+        .await
+        .expect("send");
+    let asked = Instant::now();
+    let mut reply = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut reply))
+        .await
+        .expect("an answer within the deadline")
+        .expect("read");
+    let reply = String::from_utf8_lossy(&reply[..n]);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(asked.elapsed() >= Duration::from_secs(9));
+    let delete = format!(
+        "DELETE {} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        viewer.location
+    );
+    let reply = exchange(server.http, delete.as_bytes(), Duration::from_secs(5)).await;
+    assert!(
+        reply.starts_with("HTTP/1.1 200"),
+        "the creator ends it: {reply}"
+    );
+    viewer.close().await;
+    honest.finish(&server, 48).await;
+}
+
+/// Without `admins` the API and `/metrics` answer clients on this machine (every test client is
+/// one: the refusal of other addresses is unit-tested in `http`); with admins, only them, from
+/// anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_and_metrics_answer_this_machine_or_admins_only() {
+    let requests = [
+        "GET /api/v1/sessions HTTP/1.1\r\n",
+        "DELETE /api/v1/sessions/ABC HTTP/1.1\r\n",
+        "POST /api/v1/reload HTTP/1.1\r\nContent-Length: 0\r\n",
+        "GET /metrics HTTP/1.1\r\n",
+    ];
+    let send = |server: &Server, request: &str, authorization: &str| {
+        let text = format!("{request}{authorization}Host: t\r\nConnection: close\r\n\r\n");
+        let http = server.http;
+        async move {
+            let mut stream = attacker_connection(http).await.expect("connect");
+            stream.write_all(text.as_bytes()).await.expect("send");
+            let mut reply = String::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut reply))
+                .await;
+            reply
+        }
+    };
+    // Answered (a 404 for a session that does not exist is an answer), not refused.
+    let admitted = |reply: &str| {
+        reply.starts_with("HTTP/1.1 ")
+            && !reply.starts_with("HTTP/1.1 401")
+            && !reply.starts_with("HTTP/1.1 403")
+    };
+    let open = Server::start(&file_route("unicast", &short_clip()));
+    for request in requests {
+        let reply = send(&open, request, "").await;
+        assert!(admitted(&reply), "from this machine, {request}: {reply}");
+    }
+    // alice's password is `secret` (as in the auth tests).
+    let guarded = Server::start_adding(
+        "admins = [\"alice\"]\n",
+        &format!(
+            "{}[users.alice]\npassword = \"md5:c206c90659c395ee90e28f0a59a5095b\"\n",
+            file_route("unicast", &short_clip())
+        ),
+    );
+    for request in requests {
+        let reply = send(&guarded, request, "").await;
+        assert!(reply.starts_with("HTTP/1.1 401"), "{request}: {reply}");
+        let basic = "Authorization: Basic YWxpY2U6c2VjcmV0\r\n";
+        let reply = send(&guarded, request, basic).await;
+        assert!(admitted(&reply), "as alice, {request}: {reply}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_taken_off_the_publish_list_by_a_reload_is_ended() {
+    // alice's password is `secret`, bob's `pw` (as in the auth tests).
+    let users = "[users.alice]\npassword = \"md5:c206c90659c395ee90e28f0a59a5095b\"\n\
+                 [users.bob]\npassword = \"md5:bda3639a90eb5c10040253f561af04e9\"\n";
+    let routes = |publishers: &str| {
+        format!(
+            "{}publish = [{publishers}]\n{users}",
+            push_route("cam", "cam")
+        )
+    };
+    let server = Server::start(&routes("\"alice\", \"bob\""));
+    let url = server.url("cam").replace("rtsp://", "rtsp://alice:secret@");
+    let _pusher = common::Pusher::rtsp(&short_clip(), &url, "tcp");
+    wait_live(&server, "cam").await;
+    server.write_routes(&routes("\"bob\""), true);
+    assert!(
+        server.wait_for_log(
+            "no longer on the route's publish list",
+            Duration::from_secs(10)
+        ),
+        "{:#?}",
+        server.log()
+    );
+    assert!(
+        server.wait_for_log(
+            "RTSP publisher ended: no longer on the route's publish list",
+            Duration::from_secs(5)
+        ),
+        "{:#?}",
+        server.log()
+    );
+}
