@@ -28,6 +28,7 @@ const RUNS: [&[&str]; 2] = [
         "memory-bomb",
         "trap-tenth",
         "wrong-world",
+        "hostile",
     ],
     &["grayscale", "clock", "privacy-box"],
 ];

@@ -470,3 +470,120 @@ async fn a_new_plugin_project_builds_runs_on_a_file_and_on_a_route() {
         server.log()
     );
 }
+
+/// A `[plugins.NAME]` table running the `hostile` test plugin with `attack`.
+fn hostile_plugin(name: &str, attack: &str, extra: &str) -> String {
+    format!(
+        "[plugins.{name}]\nwasm = \"{}\"\nconfig = {{ attack = \"{attack}\" }}\n{extra}",
+        plugin_wasm("hostile").display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_that_sleep_flood_units_or_flood_the_log_are_stopped_and_routes_keep_flowing() {
+    let clip = sample_clip();
+    let server = Server::start(&format!(
+        "{}{}{}{}{}{}",
+        plugin_route("sleep", &clip, &["sleep"]),
+        plugin_route("replace", &clip, &["replace"]),
+        plugin_route("logs", &clip, &["logs"]),
+        hostile_plugin("sleep", "sleep-process", "time_limit_ms = 20\n"),
+        hostile_plugin("replace", "replace-flood", "memory_limit_mb = 256\n"),
+        hostile_plugin("logs", "log-flood", "time_limit_ms = 500\n"),
+    ));
+    for route in ["sleep", "replace", "logs"] {
+        wait_live(&server, route).await;
+    }
+    let started = Instant::now();
+    let (sleep, replace, logs) = tokio::join!(
+        video_frames(server.url("sleep"), 5),
+        video_frames(server.url("replace"), 5),
+        video_frames(server.url("logs"), 5),
+    );
+    for (route, frames) in [("sleep", &sleep), ("replace", &replace), ("logs", &logs)] {
+        assert!(
+            frames.len() >= 100,
+            "{route}: the route keeps flowing: {} frames in 5 s",
+            frames.len()
+        );
+    }
+    let routes = routes_json(&server).await;
+    for (route, reason) in [
+        // An hour's sleep in a host call ends at the 20 ms limit like a spin in wasm code.
+        ("sleep", "time limit"),
+        ("replace", "at most 64 units"),
+    ] {
+        let stats = plugin_stats(&routes, route, route);
+        assert!(stats["errors"].as_u64().unwrap_or(0) >= 1, "{stats}");
+        assert!(
+            stats["last_error"].as_str().unwrap_or("").contains(reason),
+            "{route}: {stats}"
+        );
+    }
+    // 1,000 log lines and 1 MiB of stdout per unit, ~75 units a second: the log takes 50 lines
+    // (16 KiB) a second from the plugin and says how much it left out.
+    let seconds = started.elapsed().as_secs() + 3;
+    let flood_lines = server
+        .log()
+        .iter()
+        .filter(|l| l.contains("flood line") || l.contains("xxxxxxxx"))
+        .count() as u64;
+    assert!(
+        flood_lines <= 50 * seconds,
+        "{flood_lines} plugin lines logged in about {seconds} s"
+    );
+    assert!(
+        server
+            .log()
+            .iter()
+            .any(|l| l.contains("plugin log lines suppressed")),
+        "the log says how much it left out"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_whose_init_sleeps_is_refused_at_its_time_limit_and_reloads_go_on() {
+    let clip = sample_clip();
+    let server = Server::start(&file_route("plain", &clip));
+    wait_live(&server, "plain").await;
+    let sleepy = format!(
+        "{}{}{}",
+        file_route("plain", &clip),
+        plugin_route("sleepy", &clip, &["sleepy"]),
+        hostile_plugin("sleepy", "sleep-init", "time_limit_ms = 100\n"),
+    );
+    let asked = Instant::now();
+    server.write_routes(&sleepy, true);
+    assert!(
+        server.wait_for_log("config reload refused", Duration::from_secs(10)),
+        "{:#?}",
+        server.log()
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "the hour-long init was cut short"
+    );
+    assert!(
+        server
+            .log()
+            .iter()
+            .any(|l| l.contains("sleepy") && l.contains("time limit")),
+        "the refusal names the plugin and the limit: {:#?}",
+        server.log()
+    );
+    // The next reload is not stuck behind it.
+    server.write_routes(
+        &format!(
+            "{}{}",
+            file_route("plain", &clip),
+            file_route("after", &clip)
+        ),
+        true,
+    );
+    assert!(
+        server.wait_for_log("config reloaded", Duration::from_secs(10)),
+        "{:#?}",
+        server.log()
+    );
+    wait_live(&server, "after").await;
+}

@@ -1,7 +1,13 @@
 //! The wasmtime side: one engine for the process, the host functions plugins import, and plugin
 //! instances that run one call at a time under a time and a memory limit.
+//!
+//! What a plugin can make the host hold is bounded: its time per call (wasm code through the
+//! epoch, blocking WASI calls through [`blocking`]), its linear memory, its tables, memories and
+//! instances, the units and bytes one call may hand back, and the bytes a second it may log.
 
-use std::sync::{Arc, OnceLock};
+mod blocking;
+
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -41,8 +47,22 @@ pub const FRAME_EXPORT: &str = "wasmcast:plugin/frame-filter@0.1.0";
 
 /// How often the epoch ticks: the granularity of time limits.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
-/// Log lines a plugin instance may write per second; the rest are counted and reported.
+/// Log lines a plugin instance may write per second (`log`, stdout and stderr together); the rest
+/// are counted and reported.
 const LOG_LINES_PER_SECOND: u32 = 50;
+/// Log bytes a plugin instance may write per second, likewise.
+const LOG_BYTES_PER_SECOND: usize = 16 * 1024;
+/// Table elements, tables, linear memories and core instances one plugin instance may have. A
+/// Rust component needs a few of each (and a few thousand table elements); these leave room for
+/// components from other languages while a table that grows without end traps.
+const MAX_TABLE_ELEMENTS: usize = 1 << 18;
+const MAX_TABLES: usize = 64;
+const MAX_MEMORIES: usize = 16;
+const MAX_INSTANCES: usize = 64;
+/// Units one `replace` may hand back, and their bytes together: a plugin adds a unit or a few
+/// (an SEI, a split frame), not a flood.
+pub const MAX_REPLACE_UNITS: usize = 64;
+pub const MAX_REPLACE_BYTES: usize = 32 << 20;
 
 /// Why a plugin call or instantiation failed.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +71,8 @@ pub enum Fault {
     TimeLimit(Duration),
     #[error("grew past its memory limit of {} MiB", .0 >> 20)]
     MemoryLimit(usize),
+    #[error("grew a table past {MAX_TABLE_ELEMENTS} elements")]
+    TableLimit,
     #[error("trapped: {0}")]
     Trap(String),
     #[error("its init refused the config: {0}")]
@@ -59,37 +81,34 @@ pub enum Fault {
     Invalid(String),
 }
 
-/// The process-wide engine, with its epoch ticking.
-pub fn engine() -> &'static Engine {
-    static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| {
-        let mut config = wasmtime::Config::new();
-        config.epoch_interruption(true);
-        // Async component functions are not part of the interface; without them a call costs a
-        // fraction of what it does with.
-        config.concurrency_support(false);
-        let engine = match Engine::new(&config) {
-            Ok(engine) => engine,
-            Err(err) => {
-                tracing::error!("cannot configure wasmtime ({err}); plugins use its defaults");
-                Engine::default()
-            }
-        };
-        let ticker = engine.weak();
-        let spawned = std::thread::Builder::new()
-            .name("plugin-epoch".into())
-            .spawn(move || {
-                while let Some(engine) = ticker.upgrade() {
-                    engine.increment_epoch();
-                    drop(engine);
-                    std::thread::sleep(EPOCH_TICK);
-                }
-            });
-        if let Err(err) = spawned {
-            tracing::error!("cannot start the plugin clock: {err}; time limits cannot fire");
-        }
-        engine
-    })
+/// The process-wide engine, with its epoch ticking; an error when wasmtime cannot be set up with
+/// epoch interruption or the clock cannot run, since plugins would then run without time limits.
+pub fn engine() -> Result<&'static Engine, String> {
+    static ENGINE: OnceLock<Result<Engine, String>> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| {
+            let mut config = wasmtime::Config::new();
+            config.epoch_interruption(true);
+            // Async component functions are not part of the interface; without them a call costs
+            // a fraction of what it does with.
+            config.concurrency_support(false);
+            let engine = Engine::new(&config)
+                .map_err(|err| format!("cannot set up wasmtime for plugins: {err:#}"))?;
+            let ticker = engine.weak();
+            std::thread::Builder::new()
+                .name("plugin-epoch".into())
+                .spawn(move || {
+                    while let Some(engine) = ticker.upgrade() {
+                        engine.increment_epoch();
+                        drop(engine);
+                        std::thread::sleep(EPOCH_TICK);
+                    }
+                })
+                .map_err(|err| format!("cannot start the plugins' time-limit clock: {err}"))?;
+            Ok(engine)
+        })
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 /// The linker with WASI and the `host` interface; shared by every instance.
@@ -97,9 +116,20 @@ fn linker() -> Result<&'static Linker<PluginState>, String> {
     static LINKER: OnceLock<Result<Linker<PluginState>, String>> = OnceLock::new();
     LINKER
         .get_or_init(|| {
-            let mut linker = Linker::new(engine());
+            let mut linker = Linker::new(engine()?);
             wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
                 .and_then(|()| {
+                    // The blocking calls again, over wasmtime-wasi's, held to the call's deadline.
+                    linker.allow_shadowing(true);
+                    wasmtime_wasi::p2::bindings::sync::io::poll::add_to_linker::<
+                        PluginState,
+                        blocking::HasDeadline,
+                    >(&mut linker, PluginState::deadlined)?;
+                    wasmtime_wasi::p2::bindings::sync::io::streams::add_to_linker::<
+                        PluginState,
+                        blocking::HasDeadline,
+                    >(&mut linker, PluginState::deadlined)?;
+                    linker.allow_shadowing(false);
                     host_api::add_to_linker::<PluginState, HasSelf<PluginState>>(
                         &mut linker,
                         |state| state,
@@ -142,7 +172,7 @@ enum Pre {
 impl Compiled {
     /// Compiles `bytes` and checks that it is a plugin whose imports the host provides.
     pub fn new(bytes: &[u8]) -> Result<Compiled, String> {
-        let engine = engine();
+        let engine = engine()?;
         let component = Component::new(engine, bytes).map_err(|err| {
             format!("not a WebAssembly component ({err:#}); build it for wasm32-wasip2")
         })?;
@@ -190,8 +220,66 @@ pub struct PluginState {
     limits: StoreLimits,
     names: Arc<Names>,
     config: Arc<str>,
-    log_window: (Instant, u32),
-    logs_suppressed: u64,
+    log: Arc<Mutex<LogBudget>>,
+    /// When the call under way must end, for blocking WASI calls.
+    deadline: Instant,
+}
+
+impl PluginState {
+    fn deadlined(&mut self) -> blocking::Deadlined<'_> {
+        blocking::Deadlined {
+            table: &mut self.table,
+            deadline: self.deadline,
+        }
+    }
+}
+
+/// What an instance may still log this second, shared by `log`, stdout and stderr.
+#[derive(Debug)]
+struct LogBudget {
+    names: Arc<Names>,
+    window_start: Instant,
+    lines: u32,
+    bytes: usize,
+    suppressed: u64,
+}
+
+impl LogBudget {
+    fn new(names: Arc<Names>) -> LogBudget {
+        LogBudget {
+            names,
+            window_start: Instant::now(),
+            lines: 0,
+            bytes: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Writes `message` to the log if this second's budget allows it; counts it otherwise.
+    fn write(&mut self, level: Level, message: &str) {
+        let now = Instant::now();
+        if now.duration_since(self.window_start) >= Duration::from_secs(1) {
+            if self.suppressed > 0 {
+                tracing::warn!(
+                    plugin = %self.names.plugin,
+                    route = %self.names.route,
+                    "{} plugin log lines suppressed (over {LOG_LINES_PER_SECOND} lines or {LOG_BYTES_PER_SECOND} bytes a second)",
+                    self.suppressed
+                );
+                self.suppressed = 0;
+            }
+            self.window_start = now;
+            self.lines = 0;
+            self.bytes = 0;
+        }
+        if self.lines >= LOG_LINES_PER_SECOND || self.bytes + message.len() > LOG_BYTES_PER_SECOND {
+            self.suppressed += 1;
+            return;
+        }
+        self.lines += 1;
+        self.bytes += message.len();
+        log_line(&self.names, level, message);
+    }
 }
 
 /// Who an instance is, for its log lines.
@@ -212,27 +300,10 @@ impl WasiView for PluginState {
 
 impl host_api::Host for PluginState {
     fn log(&mut self, level: Level, message: String) {
-        let now = Instant::now();
-        let (start, lines) = &mut self.log_window;
-        if now.duration_since(*start) >= Duration::from_secs(1) {
-            if self.logs_suppressed > 0 {
-                tracing::warn!(
-                    plugin = %self.names.plugin,
-                    route = %self.names.route,
-                    "{} plugin log lines suppressed (more than {LOG_LINES_PER_SECOND} a second)",
-                    self.logs_suppressed
-                );
-                self.logs_suppressed = 0;
-            }
-            *start = now;
-            *lines = 0;
-        }
-        if *lines >= LOG_LINES_PER_SECOND {
-            self.logs_suppressed += 1;
-            return;
-        }
-        *lines += 1;
-        log_line(&self.names, level, &message);
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .write(level, &message);
     }
 
     fn monotonic_micros(&mut self) -> u64 {
@@ -267,10 +338,10 @@ fn log_line(names: &Names, level: Level, message: &str) {
     }
 }
 
-/// A plugin's stdout or stderr: whole lines go to the log under its name.
+/// A plugin's stdout or stderr: whole lines go to the log under its name, within its budget.
 #[derive(Clone)]
 struct LogStream {
-    names: Arc<Names>,
+    budget: Arc<Mutex<LogBudget>>,
     level: Level,
 }
 
@@ -307,7 +378,11 @@ impl LineWriter {
         let text = String::from_utf8_lossy(&self.line);
         let text = text.trim_end();
         if !text.is_empty() {
-            log_line(&self.stream.names, self.stream.level, text);
+            self.stream
+                .budget
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .write(self.stream.level, text);
         }
         self.line.clear();
     }
@@ -365,15 +440,24 @@ impl Limits {
     fn arm(self, store: &mut Store<PluginState>) {
         let ticks = self.time.as_millis().div_ceil(EPOCH_TICK.as_millis()) + 1;
         store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        store.data_mut().deadline = Instant::now() + self.time;
     }
 
     /// Says which limit or trap stopped a call.
     fn fault(self, err: wasmtime::Error) -> Fault {
+        if err
+            .downcast_ref::<blocking::BlockedPastDeadline>()
+            .is_some()
+        {
+            return Fault::TimeLimit(self.time);
+        }
+        let text = format!("{err:#}");
         match err.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => Fault::TimeLimit(self.time),
-            _ if format!("{err:#}").contains("forcing trap when growing memory") => {
+            _ if text.contains("forcing trap when growing memory") => {
                 Fault::MemoryLimit(self.memory)
             }
+            _ if text.contains("forcing trap when growing table") => Fault::TableLimit,
             // Rust plugins abort on panic; their panic message went to stderr, so to the log.
             Some(Trap::UnreachableCodeReached) => {
                 Fault::Trap("wasm `unreachable` executed (a Rust plugin panicked)".into())
@@ -406,13 +490,14 @@ impl Instance {
         config: &PluginConfig,
         names: Arc<Names>,
     ) -> Result<Instance, Fault> {
+        let log = Arc::new(Mutex::new(LogBudget::new(Arc::clone(&names))));
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(LogStream {
-            names: Arc::clone(&names),
+            budget: Arc::clone(&log),
             level: Level::Info,
         })
         .stderr(LogStream {
-            names: Arc::clone(&names),
+            budget: Arc::clone(&log),
             level: Level::Warn,
         });
         for (key, value) in &config.env {
@@ -432,14 +517,19 @@ impl Instance {
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(config.memory_limit)
+                .table_elements(MAX_TABLE_ELEMENTS)
+                .tables(MAX_TABLES)
+                .memories(MAX_MEMORIES)
+                .instances(MAX_INSTANCES)
                 .trap_on_grow_failure(true)
                 .build(),
             names,
             config: Arc::from(config.config.as_str()),
-            log_window: (Instant::now(), 0),
-            logs_suppressed: 0,
+            log,
+            deadline: Instant::now(),
         };
-        let mut store = Store::new(engine(), state);
+        let engine = engine().map_err(Fault::Invalid)?;
+        let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.limits);
         store.epoch_deadline_trap();
         let limits = Limits {
@@ -496,6 +586,14 @@ impl Instance {
             wit::Verdict::Pass => Verdict::Pass,
             wit::Verdict::Drop => Verdict::Drop,
             wit::Verdict::Replace(units) => {
+                let bytes: usize = units.iter().map(|u| u.data.len()).sum();
+                if units.len() > MAX_REPLACE_UNITS || bytes > MAX_REPLACE_BYTES {
+                    return Err(Fault::Invalid(format!(
+                        "returned {} units of {bytes} bytes in all; a call may return at most \
+                         {MAX_REPLACE_UNITS} units and {MAX_REPLACE_BYTES} bytes",
+                        units.len()
+                    )));
+                }
                 let mut out = Vec::with_capacity(units.len());
                 for made in units {
                     let track = usize::try_from(made.track).unwrap_or(usize::MAX);
