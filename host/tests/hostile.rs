@@ -505,6 +505,30 @@ async fn whep_sessions_cannot_be_named_by_others_and_bodies_have_a_deadline() {
         let reply = exchange(server.http, delete.as_bytes(), Duration::from_secs(5)).await;
         assert!(reply.starts_with("HTTP/1.1 404"), "{guess}: {reply}");
     }
+    // A session trickles a browser's handful of candidates, not an endless list.
+    let candidates: String = (0..65)
+        .map(|i| {
+            format!(
+                "a=candidate:{i} 1 udp 2130706431 127.0.0.1 {} typ host\r\n",
+                40000 + i
+            )
+        })
+        .collect();
+    let body = format!("a=mid:0\r\n{candidates}");
+    let patch = format!(
+        "PATCH {} HTTP/1.1\r\nHost: t\r\nContent-Type: application/trickle-ice-sdpfrag\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        viewer.location,
+        body.len()
+    );
+    let reply = exchange(server.http, patch.as_bytes(), Duration::from_secs(5)).await;
+    assert!(
+        reply.starts_with("HTTP/1.1 400") && reply.contains("trickled candidates"),
+        "{reply}"
+    );
+    // A connection that never sends a request is closed like one that never finishes its body.
+    let mut silent = attacker_connection(server.http).await.expect("connect");
+    let silent_closed =
+        tokio::spawn(async move { closed_within(&mut silent, Duration::from_secs(15)).await });
     // A body promised and never sent is given up after the deadline, not held.
     let mut stream = attacker_connection(server.http).await.expect("connect");
     stream
@@ -522,6 +546,10 @@ async fn whep_sessions_cannot_be_named_by_others_and_bodies_have_a_deadline() {
     let reply = String::from_utf8_lossy(&reply[..n]);
     assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
     assert!(asked.elapsed() >= Duration::from_secs(9));
+    assert!(
+        silent_closed.await.expect("silent connection"),
+        "a silent HTTP connection is closed"
+    );
     let delete = format!(
         "DELETE {} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
         viewer.location

@@ -4,6 +4,7 @@
 //! applies new route sets to it and looks routes up. Lookups read a snapshot the actor publishes, so
 //! the RTSP and HTTP servers never wait on the actor.
 
+mod ring;
 mod stage;
 mod stream;
 

@@ -1,17 +1,17 @@
 //! The stream hub of one route: published once, read by many.
 //!
 //! The publisher packetizes each access unit into RTP once; readers share the result through a
-//! bounded broadcast ring. The hub keeps the current group of pictures so a new reader starts at
+//! ring bounded in units and in bytes (see [`super::ring`]). The hub keeps the current group of pictures so a new reader starts at
 //! once on the latest keyframe. A reader that falls a whole ring behind is moved forward to the next
 //! keyframe and counted; nothing a reader does can delay the publisher or another reader.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::Notify;
 
+use super::ring::{Recv, Ring, RingReader};
 use super::stage::{Stage, StageInput};
 use crate::config::{MemoryBudget, TranscodeConfig};
 use crate::media::{AccessUnit, StreamDescription};
@@ -130,8 +130,7 @@ pub struct StreamStats {
     pub bytes_out: AtomicU64,
     /// Units dropped because the plugin stage fell behind.
     pub plugin_queue_drops: AtomicU64,
-    /// Units dropped for the route's memory budget: larger than `max_unit_mb`, or more than
-    /// `route_buffer_mb` waiting in the ring.
+    /// Units dropped for being larger than the route's `max_unit_mb`.
     pub units_over_budget: AtomicU64,
     /// The current publisher's video has pictures out of presentation order (B-frames), which
     /// browsers do not play over WebRTC.
@@ -141,7 +140,8 @@ pub struct StreamStats {
 struct Shared {
     state: SourceState,
     media: Option<Arc<MediaInfo>>,
-    sender: Option<broadcast::Sender<Arc<Unit>>>,
+    /// Where units go to readers; `None` once the stream is closed.
+    ring: Option<Ring<Unit>>,
     /// Units since the latest video keyframe (empty until one arrives).
     gop: Vec<Arc<Unit>>,
     gop_bytes: usize,
@@ -193,14 +193,14 @@ impl Stream {
     }
 
     pub fn with_budget(name: &str, budget: MemoryBudget) -> Arc<Stream> {
-        let (sender, _) = broadcast::channel(RING_CAPACITY);
+        let ring = Ring::new(RING_CAPACITY, budget.route_buffer_bytes);
         Arc::new(Stream {
             name: name.to_owned(),
             budget,
             shared: Mutex::new(Shared {
                 state: SourceState::Waiting,
                 media: None,
-                sender: Some(sender),
+                ring: Some(ring),
                 gop: Vec::new(),
                 gop_bytes: 0,
                 claimed: false,
@@ -320,8 +320,7 @@ impl Stream {
         }
         if previous.is_some() && !continues {
             // Readers set up for other tracks cannot follow: end them, new readers get the new SDP.
-            let (sender, _) = broadcast::channel(RING_CAPACITY);
-            shared.sender = Some(sender);
+            self.renew_ring(&mut shared);
         }
         let video_track = description.video_track();
         shared.media = Some(Arc::new(MediaInfo {
@@ -346,7 +345,6 @@ impl Stream {
             timeline,
             last_video_pts: None,
             retired: false,
-            ring: RingWindow::default(),
             skipping_video: false,
         }
     }
@@ -403,9 +401,8 @@ impl Stream {
             self.stats.source_errors.fetch_add(1, Ordering::Relaxed);
         }
         let mut shared = self.lock();
-        if state == SourceState::Ended && shared.sender.is_some() {
-            let (sender, _) = broadcast::channel(RING_CAPACITY);
-            shared.sender = Some(sender);
+        if state == SourceState::Ended && shared.ring.is_some() {
+            self.renew_ring(&mut shared);
             shared.gop.clear();
             shared.gop_bytes = 0;
         }
@@ -436,9 +433,21 @@ impl Stream {
             stage.stop();
         }
         let mut shared = self.lock();
-        shared.sender = None;
+        if let Some(ring) = shared.ring.take() {
+            ring.close();
+        }
         shared.gop.clear();
         shared.gop_bytes = 0;
+    }
+
+    /// Ends the readers of the ring (after what they have not read yet) and starts a new one.
+    fn renew_ring(&self, shared: &mut Shared) {
+        if let Some(old) = shared
+            .ring
+            .replace(Ring::new(RING_CAPACITY, self.budget.route_buffer_bytes))
+        {
+            old.close();
+        }
     }
 
     /// A reader that starts at the latest keyframe, or `None` while there is no media.
@@ -448,7 +457,7 @@ impl Stream {
             return None;
         }
         let media = Arc::clone(shared.media.as_ref()?);
-        let receiver = shared.sender.as_ref()?.subscribe();
+        let receiver = shared.ring.as_ref()?.subscribe();
         let backlog = shared.gop.clone();
         let generation = shared.generation;
         drop(shared);
@@ -623,37 +632,8 @@ pub(super) struct Core {
     timeline: Timeline,
     last_video_pts: Option<i64>,
     retired: bool,
-    ring: RingWindow,
     /// A video unit was dropped for the budget: the next one readers get is a keyframe.
     skipping_video: bool,
-}
-
-/// The sizes of the units the ring holds now (the last [`RING_CAPACITY`] sent), so what readers
-/// may still be handed is bounded in bytes as well as in units.
-#[derive(Default)]
-struct RingWindow {
-    sizes: VecDeque<usize>,
-    bytes: usize,
-}
-
-impl RingWindow {
-    /// Takes a unit of `size` bytes if the ring stays within `budget` bytes with it.
-    fn admit(&mut self, size: usize, budget: usize) -> bool {
-        let leaving = if self.sizes.len() >= RING_CAPACITY {
-            self.sizes.front().copied().unwrap_or(0)
-        } else {
-            0
-        };
-        if self.bytes - leaving + size > budget {
-            return false;
-        }
-        if self.sizes.len() >= RING_CAPACITY {
-            self.sizes.pop_front();
-        }
-        self.bytes = self.bytes - leaving + size;
-        self.sizes.push_back(size);
-        true
-    }
 }
 
 impl Core {
@@ -674,7 +654,7 @@ impl Core {
             return;
         }
         // Plugins' and encoders' output is held to the same budget as what publishers send.
-        if size > budget.max_unit_bytes || !self.ring.admit(size, budget.route_buffer_bytes) {
+        if size > budget.max_unit_bytes {
             self.stream
                 .stats
                 .units_over_budget
@@ -696,6 +676,8 @@ impl Core {
             }
             self.last_video_pts = Some(au.pts);
         }
+        // The ring holds the unit's data and the RTP packets made of it.
+        let held = size + rtp.packets.iter().map(|p| p.len()).sum::<usize>();
         let unit = Arc::new(Unit {
             au,
             rtp,
@@ -719,9 +701,8 @@ impl Core {
                 shared.gop_bytes = 0;
             }
         }
-        if let Some(sender) = &shared.sender {
-            // An error only means nobody is reading right now.
-            let _ = sender.send(unit);
+        if let Some(ring) = &shared.ring {
+            ring.send(unit, held);
         }
     }
 
@@ -775,7 +756,7 @@ pub struct Reader {
     catch_up: Option<(tokio::time::Instant, Duration)>,
     /// The publisher generation this reader is following.
     generation: u64,
-    receiver: broadcast::Receiver<Arc<Unit>>,
+    receiver: RingReader<Unit>,
 }
 
 impl Reader {
@@ -818,9 +799,9 @@ impl Reader {
                     unit
                 }
                 None => match self.receiver.recv().await {
-                    Ok(unit) => unit,
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                    Recv::Unit(unit) => unit,
+                    Recv::Closed => return None,
+                    Recv::Lagged => {
                         self.stream
                             .stats
                             .readers_too_slow
@@ -957,6 +938,44 @@ mod tests {
         assert_eq!(slow.next().await.unwrap().au.pts, 999_999);
         assert_eq!(slow.next().await.unwrap().au.pts, 1_000_000);
         assert_eq!(stream.stats.readers_too_slow.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn units_over_the_budget_are_dropped_and_a_slow_reader_skips_past_the_ring_bytes() {
+        let budget = MemoryBudget {
+            max_unit_bytes: 1000,
+            route_buffer_bytes: 8000,
+        };
+        let stream = Stream::with_budget("test", budget);
+        let mut publisher = start(&stream, Instant::now());
+        let unit = |pts: i64, keyframe: bool, size: usize| AccessUnit {
+            data: Bytes::from(vec![1u8; size]),
+            ..au(0, pts, keyframe)
+        };
+        assert!(publisher.send(unit(0, true, 500)));
+        assert!(
+            !publisher.send(unit(3600, true, 1001)),
+            "over max_unit_bytes"
+        );
+        assert_eq!(stream.stats.units_over_budget.load(Ordering::Relaxed), 1);
+        let mut slow = stream.subscribe().expect("media");
+        assert_eq!(slow.next().await.unwrap().au.pts, 0, "the kept keyframe");
+        // 18 units of 900 bytes (and their packets) are far over the ring's 8000 bytes: it keeps the
+        // last few, and a reader that read none of them goes on at the first keyframe among them.
+        for i in 2..20 {
+            assert!(publisher.send(unit(i * 3600, i % 5 == 0, 900)));
+        }
+        let next = slow.next().await.unwrap();
+        assert_eq!(
+            stream.stats.readers_too_slow.load(Ordering::Relaxed),
+            1,
+            "the slow reader fell out of the ring"
+        );
+        assert!(
+            next.au.keyframe && next.au.pts == 15 * 3600,
+            "{:?}",
+            next.au
+        );
     }
 
     #[tokio::test]

@@ -91,8 +91,21 @@ pub struct WebRtc {
     sessions: Sessions,
     clients: Arc<ClientLimit>,
     network: IceNetwork,
-    peers: Arc<Mutex<HashMap<String, Arc<dyn PeerConnection>>>>,
+    peers: Peers,
 }
+
+/// The viewers' peer connections by session id.
+type Peers = Arc<Mutex<HashMap<String, Peer>>>;
+
+struct Peer {
+    pc: Arc<dyn PeerConnection>,
+    /// Remote candidates added by trickle ICE so far.
+    trickled: usize,
+}
+
+/// Remote candidates a viewer may trickle in all: a browser sends a handful per network
+/// interface; each one is held (and checked) by the ICE agent for the session's life.
+const MAX_TRICKLED_CANDIDATES: usize = 64;
 
 impl WebRtc {
     pub fn new(
@@ -162,7 +175,13 @@ impl WebRtc {
             .sessions
             .register(None, SessionKind::WebRtcViewer, route, peer);
         let id = registration.id().to_owned();
-        self.lock().insert(id.clone(), Arc::clone(&pc));
+        self.lock().insert(
+            id.clone(),
+            Peer {
+                pc: Arc::clone(&pc),
+                trickled: 0,
+            },
+        );
         let viewer = Viewer {
             id: id.clone(),
             route: route.to_owned(),
@@ -288,12 +307,24 @@ impl WebRtc {
             .list()
             .iter()
             .any(|s| s.id == id && s.route == route);
-        let pc = self
-            .lock()
-            .get(id)
-            .filter(|_| on_route)
-            .cloned()
-            .ok_or_else(|| WhepError::NoSession(id.to_owned()))?;
+        let candidates = fragment
+            .lines()
+            .filter(|line| line.trim().starts_with("a=candidate:"))
+            .count();
+        let pc = {
+            let mut peers = self.lock();
+            let peer = peers
+                .get_mut(id)
+                .filter(|_| on_route)
+                .ok_or_else(|| WhepError::NoSession(id.to_owned()))?;
+            if peer.trickled + candidates > MAX_TRICKLED_CANDIDATES {
+                return Err(WhepError::BadOffer(format!(
+                    "more than {MAX_TRICKLED_CANDIDATES} trickled candidates for one session"
+                )));
+            }
+            peer.trickled += candidates;
+            Arc::clone(&peer.pc)
+        };
         let mut mid = None;
         for line in fragment.lines().map(str::trim) {
             if let Some(value) = line.strip_prefix("a=mid:") {
@@ -314,7 +345,7 @@ impl WebRtc {
         Ok(())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<dyn PeerConnection>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Peer>> {
         self.peers.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -544,7 +575,7 @@ struct Viewer {
     registration: Registration,
     _slot: ClientSlot,
     _port: PortLease,
-    peers: Arc<Mutex<HashMap<String, Arc<dyn PeerConnection>>>>,
+    peers: Peers,
 }
 
 /// Why a viewer's session ended, for the access log.
