@@ -18,8 +18,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use common::{
-    Server, exchange, file_route, play, publish_once, push_route, run, sample_clip, short_clip,
-    wait_live,
+    Server, exchange, ffprobe_streams, file_route, play, publish_once, push_route, run,
+    sample_clip, short_clip, wait_live,
 };
 use futures::StreamExt;
 use retina::client::{TcpTransportOptions, Transport};
@@ -224,27 +224,12 @@ async fn sessions_that_never_play_hold_no_slot_and_are_ended() {
     let probes: Vec<_> = (0..3)
         .map(|_| {
             let url = url.clone();
-            tokio::task::spawn_blocking(move || {
-                run(
-                    std::process::Command::new("ffprobe").args([
-                        "-v",
-                        "error",
-                        "-rtsp_transport",
-                        "tcp",
-                        "-show_entries",
-                        "stream=codec_name",
-                        "-of",
-                        "csv",
-                        &url,
-                    ]),
-                    Duration::from_secs(30),
-                )
-            })
+            tokio::task::spawn_blocking(move || ffprobe_streams(&url))
         })
         .collect();
     for probe in probes {
-        let (ok, out, err) = probe.await.expect("ffprobe");
-        assert!(ok && out.contains("h264"), "ffprobe: {out} {err}");
+        let streams = probe.await.expect("ffprobe reads the route");
+        assert!(streams.contains("h264"), "{streams}");
     }
     // Every idle session is ended once it failed to play in time (10 s, checked every 5 s).
     for (i, stream) in idle.iter_mut().enumerate() {
@@ -282,19 +267,8 @@ async fn a_flood_of_connections_from_one_address_is_refused_at_accept() {
     // closed at accept.
     assert_eq!(refused, flood.len() - 8, "{} connections", flood.len());
     // Everyone else still gets in, on both protocols.
-    let (ok, out, err) = run(
-        std::process::Command::new("ffprobe").args([
-            "-v",
-            "error",
-            "-show_entries",
-            "stream=codec_name",
-            "-of",
-            "csv",
-            &server.url("unicast"),
-        ]),
-        Duration::from_secs(30),
-    );
-    assert!(ok && out.contains("h264"), "ffprobe: {out} {err}");
+    let streams = ffprobe_streams(&server.url("unicast"));
+    assert!(streams.contains("h264"), "{streams}");
     let metrics = exchange(
         server.http,
         b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
