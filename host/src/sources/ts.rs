@@ -467,6 +467,37 @@ mod tests {
     }
 
     #[test]
+    fn open_pes_packets_hold_no_more_than_the_cap_across_pids() {
+        let mut input = pat();
+        input.extend(pmt());
+        // A video and an audio PES that start and never end, 184 bytes a packet (no stuffing,
+        // which would close them).
+        let mut video = pes(0, &[0, 0, 0, 1, 0x65]);
+        video.resize(184, 7);
+        let mut audio = pes(0, &[0xff, 0xf1]);
+        audio.resize(184, 8);
+        input.extend(ts_packet(0x101, true, &video));
+        input.extend(ts_packet(0x102, true, &audio));
+        for _ in 0..100 {
+            input.extend(ts_packet(0x101, false, &[7; 184]));
+            input.extend(ts_packet(0x102, false, &[8; 184]));
+        }
+        let mut demuxer = TsDemuxer::new(16 * 1024);
+        let mut out = Vec::new();
+        demuxer.push(&input, &mut out).expect("TS");
+        assert!(demuxer.held <= 16 * 1024, "{} bytes held", demuxer.held);
+        assert!(demuxer.oversize >= 2, "both were dropped at the cap");
+        assert_eq!(
+            demuxer.held,
+            demuxer
+                .assemblies
+                .values()
+                .map(|a| a.data.len())
+                .sum::<usize>()
+        );
+    }
+
+    #[test]
     fn reads_program_and_video_pes_across_garbage() {
         let mut input = b"garbage before the stream".to_vec();
         input.extend(pat());
