@@ -261,11 +261,24 @@ pub fn display_problems(problems: &[Problem]) -> String {
 
 impl Config {
     /// Reads and validates the file at `path`. Relative paths inside it are taken from its directory.
+    ///
+    /// An empty file is refused rather than read as "all defaults, no routes": an editor or a
+    /// program that saves in place truncates the file before it writes, and a reload that read it
+    /// in between would remove every route and move the listeners to their default ports.
     pub fn load(path: &Path) -> Result<Config, Error> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
             path: path.to_owned(),
             source,
         })?;
+        if text.trim().is_empty() {
+            return Err(Error::Invalid(vec![Problem {
+                file: path.to_owned(),
+                position: None,
+                key: String::new(),
+                message: "the file is empty (still being written?); write at least `[server]`"
+                    .into(),
+            }]));
+        }
         Config::parse(&text, path)
     }
 

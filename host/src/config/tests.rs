@@ -130,6 +130,19 @@ fn connection_caps_and_memory_budget() {
 }
 
 #[test]
+fn an_empty_file_is_refused_not_read_as_defaults() {
+    let dir = std::env::temp_dir().join(format!("wasmcast-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("wasmcast.toml");
+    std::fs::write(&path, " \n").unwrap();
+    let err = Config::load(&path).expect_err("empty");
+    assert!(err.to_string().contains("the file is empty"), "{err}");
+    std::fs::write(&path, "[server]\n").unwrap();
+    assert!(Config::load(&path).is_ok());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn loop_false_is_kept() {
     let config = parse("[routes.a]\nsource = \"file:a.mp4\"\nloop = false\n").expect("valid");
     assert!(matches!(
