@@ -422,6 +422,20 @@ impl Drop for LineWriter {
     }
 }
 
+/// What one instance's store may grow to: `memory` bytes of linear memory, and the caps on tables,
+/// memories and instances. Growing past any of them traps (the instance is faulted) rather than
+/// failing quietly inside the plugin.
+fn store_limits(memory: usize) -> StoreLimits {
+    StoreLimitsBuilder::new()
+        .memory_size(memory)
+        .table_elements(MAX_TABLE_ELEMENTS)
+        .tables(MAX_TABLES)
+        .memories(MAX_MEMORIES)
+        .instances(MAX_INSTANCES)
+        .trap_on_grow_failure(true)
+        .build()
+}
+
 /// One live instance of a plugin on one route.
 pub struct Instance {
     store: Store<PluginState>,
@@ -515,14 +529,7 @@ impl Instance {
         let state = PluginState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(config.memory_limit)
-                .table_elements(MAX_TABLE_ELEMENTS)
-                .tables(MAX_TABLES)
-                .memories(MAX_MEMORIES)
-                .instances(MAX_INSTANCES)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: store_limits(config.memory_limit),
             names,
             config: Arc::from(config.config.as_str()),
             log,
@@ -710,5 +717,44 @@ fn wit_codec(codec: &Codec) -> wit::Codec {
         Codec::H265 { .. } => wit::Codec::H265,
         Codec::Aac { .. } => wit::Codec::Aac,
         Codec::Opus { .. } => wit::Codec::Opus,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A core module whose `grow` export grows its table by a million elements: what a table bomb
+    /// does, written out by hand (stable Rust has no way to emit `table.grow`).
+    const TABLE_BOMB: &[u8] = &[
+        0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
+        0x01, 0x05, 0x01, 0x60, 0x00, 0x01, 0x7f, // types: () -> i32
+        0x03, 0x02, 0x01, 0x00, // functions: one of type 0
+        0x04, 0x04, 0x01, 0x70, 0x00, 0x01, // tables: funcref, at least 1
+        0x07, 0x08, 0x01, 0x04, b'g', b'r', b'o', b'w', 0x00, 0x00, // export "grow"
+        0x0a, 0x0d, 0x01, 0x0b, 0x00, // code: one body of 11 bytes, no locals
+        0xd0, 0x70, // ref.null func
+        0x41, 0xc0, 0x84, 0x3d, // i32.const 1000000
+        0xfc, 0x0f, 0x00, // table.grow 0
+        0x0b, // end
+    ];
+
+    #[test]
+    fn a_table_that_grows_past_its_cap_is_a_table_limit_fault() {
+        let engine = engine().expect("engine");
+        let module = wasmtime::Module::new(engine, TABLE_BOMB).expect("a valid module");
+        let mut store = Store::new(engine, store_limits(64 << 20));
+        store.limiter(|limits| limits);
+        store.set_epoch_deadline(1 << 40);
+        let instance = wasmtime::Instance::new(&mut store, &module, &[]).expect("instance");
+        let grow = instance
+            .get_typed_func::<(), i32>(&mut store, "grow")
+            .expect("grow");
+        let err = grow.call(&mut store, ()).expect_err("the limiter stops it");
+        let limits = Limits {
+            time: Duration::from_millis(50),
+            memory: 64 << 20,
+        };
+        assert!(matches!(limits.fault(err), Fault::TableLimit));
     }
 }
