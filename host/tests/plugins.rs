@@ -76,6 +76,36 @@ fn plugin_stats(routes: &serde_json::Value, route: &str, plugin: &str) -> serde_
         .unwrap_or_else(|| panic!("no plugin {plugin} on {route}: {routes}"))
 }
 
+/// Waits for `routes` to go live, reads them together for 5 s and checks that each kept playing
+/// (the units its failing plugin did not take were bypassed).
+async fn keep_flowing(server: &Server, routes: [&str; 3]) {
+    for route in routes {
+        wait_live(server, route).await;
+    }
+    let [a, b, c] = routes.map(|route| video_frames(server.url(route), 5));
+    let (a, b, c) = tokio::join!(a, b, c);
+    for (route, frames) in routes.iter().zip([a, b, c]) {
+        assert!(
+            frames.len() >= 100,
+            "{route}: the route keeps flowing: {} frames in 5 s",
+            frames.len()
+        );
+    }
+}
+
+/// Checks that the plugin of each route (named after it) failed at least once for the reason.
+async fn faulted_for(server: &Server, faults: &[(&str, &str)]) {
+    let routes = routes_json(server).await;
+    for (route, reason) in faults {
+        let stats = plugin_stats(&routes, route, route);
+        assert!(stats["errors"].as_u64().unwrap_or(0) >= 1, "{stats}");
+        assert!(
+            stats["last_error"].as_str().unwrap_or("").contains(reason),
+            "{route}: {stats}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyframes_plugin_passes_only_keyframes() {
     let clip = sample_clip();
@@ -208,33 +238,14 @@ async fn hostile_plugins_are_stopped_by_their_limits_and_routes_keep_flowing() {
         plugin("bomb", "memory-bomb", "memory_limit_mb = 40\n"),
         plugin("trap", "trap-tenth", ""),
     ));
-    for route in ["spin", "bomb", "trap"] {
-        wait_live(&server, route).await;
-    }
-    let (spin, bomb, trap) = tokio::join!(
-        video_frames(server.url("spin"), 5),
-        video_frames(server.url("bomb"), 5),
-        video_frames(server.url("trap"), 5),
-    );
-    for (route, frames) in [("spin", &spin), ("bomb", &bomb), ("trap", &trap)] {
-        assert!(
-            frames.len() >= 100,
-            "{route}: the route keeps flowing (bypassed units): {} frames in 5 s",
-            frames.len()
-        );
-    }
-    let routes = routes_json(&server).await;
-    for (route, reason) in [
+    keep_flowing(&server, ["spin", "bomb", "trap"]).await;
+    let faults = [
         ("spin", "time limit"),
         ("bomb", "memory limit"),
         ("trap", "trapped"),
-    ] {
-        let stats = plugin_stats(&routes, route, route);
-        assert!(stats["errors"].as_u64().unwrap_or(0) >= 1, "{stats}");
-        assert!(
-            stats["last_error"].as_str().unwrap_or("").contains(reason),
-            "{route}: {stats}"
-        );
+    ];
+    faulted_for(&server, &faults).await;
+    for (route, reason) in faults {
         assert!(
             server
                 .log()
@@ -491,35 +502,17 @@ async fn plugins_that_sleep_flood_units_or_flood_the_log_are_stopped_and_routes_
         hostile_plugin("replace", "replace-flood", "memory_limit_mb = 256\n"),
         hostile_plugin("logs", "log-flood", "time_limit_ms = 500\n"),
     ));
-    for route in ["sleep", "replace", "logs"] {
-        wait_live(&server, route).await;
-    }
     let started = Instant::now();
-    let (sleep, replace, logs) = tokio::join!(
-        video_frames(server.url("sleep"), 5),
-        video_frames(server.url("replace"), 5),
-        video_frames(server.url("logs"), 5),
-    );
-    for (route, frames) in [("sleep", &sleep), ("replace", &replace), ("logs", &logs)] {
-        assert!(
-            frames.len() >= 100,
-            "{route}: the route keeps flowing: {} frames in 5 s",
-            frames.len()
-        );
-    }
-    let routes = routes_json(&server).await;
-    for (route, reason) in [
-        // An hour's sleep in a host call ends at the 20 ms limit like a spin in wasm code.
-        ("sleep", "time limit"),
-        ("replace", "at most 64 units"),
-    ] {
-        let stats = plugin_stats(&routes, route, route);
-        assert!(stats["errors"].as_u64().unwrap_or(0) >= 1, "{stats}");
-        assert!(
-            stats["last_error"].as_str().unwrap_or("").contains(reason),
-            "{route}: {stats}"
-        );
-    }
+    keep_flowing(&server, ["sleep", "replace", "logs"]).await;
+    faulted_for(
+        &server,
+        &[
+            // An hour's sleep in a host call ends at the 20 ms limit like a spin in wasm code.
+            ("sleep", "time limit"),
+            ("replace", "at most 64 units"),
+        ],
+    )
+    .await;
     // 1,000 log lines and 1 MiB of stdout per unit, ~75 units a second: the log takes 50 lines
     // (16 KiB) a second from the plugin and says how much it left out.
     let seconds = started.elapsed().as_secs() + 3;
