@@ -108,7 +108,8 @@ impl HttpServer {
                         let permit = match self.state.gate.admit(peer.ip()) {
                             Ok(permit) => permit,
                             Err(refusal) => {
-                                tracing::info!(%peer, "HTTP connection refused: {refusal}");
+                                // Counted in /metrics; a line per refusal would let a flood fill the log.
+                            tracing::debug!(%peer, "HTTP connection refused: {refusal}");
                                 continue;
                             }
                         };

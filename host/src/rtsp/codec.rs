@@ -64,7 +64,8 @@ impl RtspDecoder {
                 Ok(None)
             };
         };
-        let whole = end + content_length(&src[..end])?;
+        // A Content-Length near usize::MAX must not wrap around into a small length.
+        let whole = end.saturating_add(content_length(&src[..end])?);
         if whole > MAX_MESSAGE_SIZE {
             return Err(CodecError::TooLarge);
         }
@@ -199,6 +200,14 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert!(matches!(&out[0], Incoming::Request(r) if r.body() == b"v=0\r\n"));
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn a_content_length_near_the_top_of_usize_is_too_large_not_a_wrap() {
+        let (_, err) = decode_all(
+            b"ANNOUNCE rtsp://h/a RTSP/1.0\r\nCSeq: 1\r\nContent-Length: 18446744073709551615\r\n\r\nv=0",
+        );
+        assert!(matches!(err, Some(CodecError::TooLarge)), "{err:?}");
     }
 
     #[test]

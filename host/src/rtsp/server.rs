@@ -122,7 +122,8 @@ impl RtspServer {
                             });
                         }
                         Err(refusal) => {
-                            tracing::info!(%peer, "RTSP connection refused: {refusal}");
+                            // Counted in /metrics; a line per refusal would let a flood fill the log.
+                            tracing::debug!(%peer, "RTSP connection refused: {refusal}");
                             drop(socket);
                         }
                     },
