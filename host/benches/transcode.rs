@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmcast::config::{Config, TranscodeConfig};
-use wasmcast::plugins::{Chain, Loader, Picture, Plugins};
-use wasmcast::transcode::{TranscodeStats, Transcoder};
+use wasmcast::media::Picture;
+use wasmcast::pipeline::{TranscodeStats, Transcoder};
+use wasmcast::plugins::{Chain, Loader, Plugins};
 
 const TARGETS: [(&str, f64); 2] = [("640x480", 200.0), ("1920x1080", 30.0)];
 const PLUGIN_CALL_TARGET: Duration = Duration::from_millis(1);

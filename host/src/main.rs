@@ -106,7 +106,7 @@ fn main() -> ExitCode {
             println!("token: {token}");
             println!(
                 "[users.{user}]\ntoken = \"{}\"",
-                wasmcast::auth::TokenHash::of(&token).to_config()
+                wasmcast::config::TokenHash::of(&token).to_config()
             );
             println!("# clients send: Authorization: Bearer {token}");
             ExitCode::SUCCESS
@@ -185,7 +185,7 @@ fn hash_password(user: &str) -> ExitCode {
     let password = password.trim_end_matches(['\r', '\n']);
     println!(
         "{}",
-        wasmcast::auth::PasswordHash::of(user, password).to_config()
+        wasmcast::config::PasswordHash::of(user, password).to_config()
     );
     ExitCode::SUCCESS
 }

@@ -13,9 +13,10 @@ use std::sync::atomic::Ordering;
 use hyper::{Method, StatusCode};
 
 use super::{Reply, State, respond, text};
-use crate::config::{ReloadHandle, ReloadOutcome};
+use crate::control::{ReloadHandle, ReloadOutcome};
+use crate::hub::{SourceState, Stream, StreamStats};
 use crate::plugins::{PluginStats, PluginStatus};
-use crate::router::{SourceState, Stream, StreamStats};
+use crate::router::RouterHandle;
 
 pub(super) async fn handle(state: &State, method: &Method, path: &str) -> Reply {
     match (method, path, state.reload.get()) {
@@ -67,8 +68,9 @@ fn routes(state: &State) -> Reply {
                 })
                 .unwrap_or_default();
             let stats = &stream.stats;
-            let plugins: Vec<serde_json::Value> = stream
-                .plugins()
+            let plugins: Vec<serde_json::Value> = state
+                .router
+                .plugins(name)
                 .iter()
                 .map(|plugin| {
                     let stats = &plugin.stats;
@@ -85,7 +87,7 @@ fn routes(state: &State) -> Reply {
                     })
                 })
                 .collect();
-            let transcode = stream.transcode_stats().map(|t| {
+            let transcode = state.router.transcode_stats(name).map(|t| {
                 serde_json::json!({
                     "decoded": t.decoded.load(Ordering::Relaxed),
                     "decode_errors": t.decode_errors.load(Ordering::Relaxed),
@@ -229,7 +231,7 @@ pub(super) fn metrics(state: &State) -> Reply {
         let live = u8::from(stream.state() == SourceState::Live);
         let _ = writeln!(out, "wasmcast_source_live{{route=\"{route}\"}} {live}");
     }
-    plugin_metrics(&streams, &mut out);
+    plugin_metrics(&state.router, &streams, &mut out);
     let gate = &state.gate;
     let _ = writeln!(
         out,
@@ -290,10 +292,14 @@ type PluginMetric = (
 );
 
 /// Per plugin and route: calls, errors and time in calls.
-fn plugin_metrics(streams: &BTreeMap<String, Arc<Stream>>, out: &mut String) {
+fn plugin_metrics(
+    router: &RouterHandle,
+    streams: &BTreeMap<String, Arc<Stream>>,
+    out: &mut String,
+) {
     let chains: Vec<(&String, Vec<PluginStatus>)> = streams
-        .iter()
-        .map(|(route, stream)| (route, stream.plugins()))
+        .keys()
+        .map(|route| (route, router.plugins(route)))
         .collect();
     let metrics: [PluginMetric; 4] = [
         (

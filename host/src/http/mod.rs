@@ -21,10 +21,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 mod api;
 mod whep;
 
-use crate::auth::AuthError;
-use crate::config::ReloadHandle;
+use crate::auth::{Auth, AuthError, Login};
+use crate::control::ReloadHandle;
 use crate::listen::{ConnectionGate, Listener, Rebind, keep_alive};
-use crate::router::{Login, RouterHandle};
+use crate::router::RouterHandle;
 use crate::sessions::{SessionKind, Sessions};
 use crate::sources::{IngestError, PublishRate, TooSlow, TsIngest};
 use crate::webrtc::WebRtc;
@@ -52,6 +52,7 @@ pub struct HttpServer {
 /// What request handlers reach.
 struct State {
     router: RouterHandle,
+    auth: Auth,
     sessions: Sessions,
     /// The RTSP listener, whose port the status page shows.
     rtsp: Rebind,
@@ -65,7 +66,7 @@ struct State {
 impl HttpServer {
     pub async fn bind(
         addr: SocketAddr,
-        router: RouterHandle,
+        (router, auth): (RouterHandle, Auth),
         sessions: Sessions,
         rtsp: Rebind,
         reload: Arc<OnceLock<ReloadHandle>>,
@@ -80,6 +81,7 @@ impl HttpServer {
             rebind,
             state: Arc::new(State {
                 router,
+                auth,
                 sessions,
                 rtsp,
                 reload,
@@ -195,7 +197,7 @@ async fn handle(
     local: SocketAddr,
     peer: SocketAddr,
 ) -> Reply {
-    if !state.router.permits(None, peer.ip()) {
+    if !state.auth.permits(peer.ip(), None) {
         tracing::info!(%peer, "HTTP request refused by the server's access list");
         return text(
             StatusCode::FORBIDDEN,
@@ -253,7 +255,7 @@ fn refuse_operator(
     peer: SocketAddr,
     path: &str,
 ) -> Option<Reply> {
-    if !state.router.has_admins() {
+    if !state.auth.has_admins() {
         if on_this_machine(peer.ip()) {
             return None;
         }
@@ -273,7 +275,7 @@ fn refuse_operator(
         digest: None,
         now: Instant::now(),
     };
-    let err = state.router.authorize_admin(&login).err()?;
+    let err = state.auth.authorize_admin(&login).err()?;
     tracing::info!(%peer, path, "operator request refused: {err}");
     Some(refused(
         &err,
@@ -315,7 +317,8 @@ async fn push(
             format!("no push route takes the feed `{feed}`"),
         );
     };
-    if !state.router.permits(Some(stream.name()), peer.ip()) {
+    let policy = state.router.policy(stream.name());
+    if !state.auth.permits(peer.ip(), policy.as_deref()) {
         tracing::info!(%peer, feed, "push refused by the route's access list");
         return text(
             StatusCode::FORBIDDEN,
@@ -329,7 +332,7 @@ async fn push(
         digest: None,
         now: Instant::now(),
     };
-    let user = match state.router.authorize(stream.name(), true, &login) {
+    let user = match state.auth.authorize(policy.as_deref(), true, &login) {
         Ok(user) => user,
         Err(err) => {
             tracing::info!(%peer, feed, "push refused: {err}");

@@ -9,7 +9,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 
 use super::{Reply, State, respond, text};
-use crate::router::Login;
+use crate::auth::Login;
 use crate::webrtc::WhepError;
 
 /// Largest request body taken on a WHEP resource.
@@ -49,7 +49,10 @@ pub(super) async fn handle(
         reply
     } else if state.router.stream(route).is_none() {
         text(StatusCode::NOT_FOUND, format!("no route `{route}`"))
-    } else if !state.router.permits(Some(route), peer.ip()) {
+    } else if !state
+        .auth
+        .permits(peer.ip(), state.router.policy(route).as_deref())
+    {
         text(
             StatusCode::FORBIDDEN,
             "forbidden by the route's access list",
@@ -109,7 +112,11 @@ fn authorize(
         digest: None,
         now: std::time::Instant::now(),
     };
-    let err = state.router.authorize(route, false, &login).err()?;
+    let policy = state.router.policy(route);
+    let err = state
+        .auth
+        .authorize(policy.as_deref(), false, &login)
+        .err()?;
     tracing::info!(%peer, route, "WHEP request refused: {err}");
     Some(super::refused(
         &err,
@@ -220,7 +227,10 @@ pub(super) fn player(state: &State, route: &str, peer: SocketAddr) -> Reply {
     if state.router.stream(route).is_none() {
         return text(StatusCode::NOT_FOUND, format!("no route `{route}`"));
     }
-    if !state.router.permits(Some(route), peer.ip()) {
+    if !state
+        .auth
+        .permits(peer.ip(), state.router.policy(route).as_deref())
+    {
         return text(
             StatusCode::FORBIDDEN,
             "forbidden by the route's access list",

@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::runtime::{FrameVerdict, Instance, Picture, Verdict};
+use super::runtime::{FrameVerdict, Instance, Verdict};
 use super::{Fault, LoadedPlugin};
 use crate::config::OnError;
+use crate::media::Picture;
 use crate::media::{AccessUnit, Track};
 
 /// After an instance cannot be started, how long the plugin is skipped before the next try.

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use crate::config::{Config, PluginConfig, Problem, WasmSource};
 
 pub use chain::{Chain, PluginStats, PluginStatus};
-pub use runtime::{Fault, FrameVerdict, Instance, Kind, Picture};
+pub use runtime::{Fault, FrameVerdict, Instance, Kind};
 
 use runtime::{Compiled, Names};
 

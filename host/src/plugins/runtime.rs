@@ -18,7 +18,7 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::config::PluginConfig;
-use crate::media::{AccessUnit, Codec, Track};
+use crate::media::{AccessUnit, Codec, Picture, Track};
 
 mod packet_world {
     wasmtime::component::bindgen!({
@@ -625,29 +625,6 @@ impl Instance {
                 Verdict::Replace(out)
             }
         })
-    }
-}
-
-/// A decoded picture in I420 with tight strides: the Y plane (`width` bytes a row), then U and V
-/// (`(width + 1) / 2` a row, `(height + 1) / 2` rows).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Picture {
-    pub width: u32,
-    pub height: u32,
-    /// Presentation time in 90 kHz ticks.
-    pub pts: i64,
-    pub data: Vec<u8>,
-}
-
-impl Picture {
-    /// Bytes of a picture of this size.
-    pub fn size_of(width: u32, height: u32) -> usize {
-        let (w, h) = (width as usize, height as usize);
-        w * h + 2 * w.div_ceil(2) * h.div_ceil(2)
-    }
-
-    pub fn chroma_width(&self) -> u32 {
-        self.width.div_ceil(2)
     }
 }
 

@@ -1,28 +1,20 @@
-//! The route map and the stream hub of each route.
+//! The route map: for each route, its source, its pipeline and its hub, wired together.
 //!
 //! One actor task owns the map of routes and their running sources; a cloneable [`RouterHandle`]
 //! applies new route sets to it and looks routes up. Lookups read a snapshot the actor publishes, so
 //! the RTSP and HTTP servers never wait on the actor.
 
-mod ring;
-mod stage;
-mod stream;
-
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::auth::{self, AuthError, Users};
-use crate::config::{AccessList, MemoryBudget, RouteConfig, SourceConfig};
-use crate::plugins::{LoadedPlugin, Plugins};
+use crate::auth::Policy;
+use crate::config::{MemoryBudget, RouteConfig, SourceConfig};
+use crate::hub::Stream;
+use crate::pipeline::{Stage, TranscodeStats};
+use crate::plugins::{LoadedPlugin, PluginStatus, Plugins};
 use crate::sources::{self, RunningSource};
-
-pub use stream::{
-    Busy, MediaInfo, PublishClaim, Publisher, Reader, Revocation, SourceState, Stream, StreamStats,
-    Timeline, TrackRtp, Unit,
-};
 
 type RouteMap = Arc<BTreeMap<String, Arc<Stream>>>;
 
@@ -31,27 +23,10 @@ type RouteMap = Arc<BTreeMap<String, Arc<Stream>>>;
 struct Snapshot {
     routes: RouteMap,
     feeds: BTreeMap<String, Arc<Stream>>,
+    /// The pipelines of the routes that have one.
+    stages: BTreeMap<String, Stage>,
     /// Each route's own access list and the users who may read and publish it.
-    policies: BTreeMap<String, RoutePolicy>,
-}
-
-#[derive(Default)]
-struct RoutePolicy {
-    access: AccessList,
-    read: Vec<String>,
-    publish: Vec<String>,
-}
-
-/// One request's credentials and what Digest and the login throttle need to judge them.
-pub struct Login<'a> {
-    pub peer: IpAddr,
-    /// The `Authorization` header, if any.
-    pub header: Option<&'a str>,
-    pub method: &'a str,
-    /// What a Digest answer must match: the RTSP connection's challenge (`None` for HTTP, which
-    /// sends no Digest challenge).
-    pub digest: Option<auth::DigestChallenge<'a>>,
-    pub now: std::time::Instant,
+    policies: BTreeMap<String, Arc<Policy>>,
 }
 
 /// What a reload changed, for the log.
@@ -77,12 +52,6 @@ enum Command {
 #[derive(Clone)]
 pub struct RouterHandle {
     snapshot: Arc<RwLock<Snapshot>>,
-    /// Who may connect to the server at all.
-    server_access: Arc<RwLock<AccessList>>,
-    users: Arc<RwLock<Users>>,
-    /// Who may use the API; empty: anyone.
-    admins: Arc<RwLock<Vec<String>>>,
-    logins: Arc<std::sync::Mutex<auth::LoginThrottle>>,
     commands: mpsc::Sender<Command>,
 }
 
@@ -102,14 +71,7 @@ impl RouterHandle {
             budget,
         };
         tokio::spawn(actor.run(inbox));
-        RouterHandle {
-            snapshot,
-            server_access: Arc::default(),
-            users: Arc::default(),
-            admins: Arc::default(),
-            logins: Arc::default(),
-            commands,
-        }
+        RouterHandle { snapshot, commands }
     }
 
     /// The hub of route `name`, if it exists.
@@ -122,134 +84,26 @@ impl RouterHandle {
         self.read().feeds.get(name).cloned()
     }
 
-    /// Replaces the server-wide access list.
-    pub fn set_server_access(&self, access: AccessList) {
-        *self
-            .server_access
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = access;
+    /// The rules of route `name` (who may connect, read, publish), if it exists.
+    pub fn policy(&self, name: &str) -> Option<Arc<Policy>> {
+        self.read().policies.get(name).cloned()
     }
 
-    /// Whether `ip` may connect at all (`route` is `None`), or use `route`.
-    pub fn permits(&self, route: Option<&str>, ip: IpAddr) -> bool {
-        let server = self
-            .server_access
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .permits(ip);
-        server
-            && route.is_none_or(|route| {
-                self.read()
-                    .policies
-                    .get(route)
-                    .is_none_or(|p| p.access.permits(ip))
-            })
+    /// The plugins running on `route`, with their counters.
+    pub fn plugins(&self, route: &str) -> Vec<PluginStatus> {
+        self.read()
+            .stages
+            .get(route)
+            .map(Stage::status)
+            .unwrap_or_default()
     }
 
-    /// Replaces the users who may log in.
-    pub fn set_users(&self, users: Users) {
-        *self.users.write().unwrap_or_else(|p| p.into_inner()) = users;
-    }
-
-    /// Replaces the users who may use the API.
-    pub fn set_admins(&self, admins: Vec<String>) {
-        *self.admins.write().unwrap_or_else(|p| p.into_inner()) = admins;
-    }
-
-    /// Whether the server names any admins.
-    pub fn has_admins(&self) -> bool {
-        !self
-            .admins
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty()
-    }
-
-    /// Checks the credentials of an API request (HTTP Basic or a bearer token): `Ok(None)` when the
-    /// server names no admins.
-    pub fn authorize_admin(&self, login: &Login<'_>) -> Result<Option<String>, AuthError> {
-        let admins = self
-            .admins
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if admins.is_empty() {
-            return Ok(None);
-        }
-        self.throttled(login, |users| {
-            auth::check(
-                login.header,
-                users,
-                &admins,
-                login.method,
-                login.digest.as_ref(),
-            )
-        })
-    }
-
-    /// Runs a credentials `check` for `peer` unless it failed too often lately, and counts how it
-    /// went.
-    fn throttled(
-        &self,
-        login: &Login<'_>,
-        check: impl FnOnce(&Users) -> Result<String, AuthError>,
-    ) -> Result<Option<String>, AuthError> {
-        let (peer, now) = (login.peer, login.now);
-        let lock = || self.logins.lock().unwrap_or_else(|p| p.into_inner());
-        if lock().blocked(peer, now) {
-            return Err(AuthError::Throttled);
-        }
-        let outcome = check(&self.users.read().unwrap_or_else(|p| p.into_inner()));
-        match outcome {
-            Ok(user) => {
-                lock().succeeded(peer);
-                Ok(Some(user))
-            }
-            Err(
-                err @ (AuthError::Wrong(_)
-                | AuthError::NotAllowed(_)
-                | AuthError::Malformed
-                | AuthError::OtherUri(_)
-                | AuthError::Replayed(_)),
-            ) => {
-                lock().failed(peer, now);
-                Err(err)
-            }
-            Err(err) => Err(err),
-        }
-    }
-
-    /// Checks the credentials of a request to read (or `publish` to) `route`: `Ok(None)` when the
-    /// route asks for none, the user when they are right (see [`auth::check`]).
-    pub fn authorize(
-        &self,
-        route: &str,
-        publish: bool,
-        login: &Login<'_>,
-    ) -> Result<Option<String>, AuthError> {
-        let snapshot = self.read();
-        let Some(policy) = snapshot.policies.get(route) else {
-            return Ok(None);
-        };
-        let allowed = if publish {
-            &policy.publish
-        } else {
-            &policy.read
-        };
-        if allowed.is_empty() {
-            return Ok(None);
-        }
-        let allowed = allowed.clone();
-        drop(snapshot);
-        self.throttled(login, |users| {
-            auth::check(
-                login.header,
-                users,
-                &allowed,
-                login.method,
-                login.digest.as_ref(),
-            )
-        })
+    /// Counters of `route`'s frame path, once it has a pipeline.
+    pub fn transcode_stats(&self, route: &str) -> Option<Arc<TranscodeStats>> {
+        self.read()
+            .stages
+            .get(route)
+            .map(|s| Arc::clone(s.transcode_stats()))
     }
 
     /// Every route, by name.
@@ -294,6 +148,8 @@ struct RunningRoute {
     /// The plugins its chain runs, in order.
     chain: Vec<Arc<LoadedPlugin>>,
     stream: Arc<Stream>,
+    /// From the first time the route has plugins or re-encodes.
+    stage: Option<Stage>,
     /// Dropping it stops the source.
     _source: RunningSource,
 }
@@ -345,9 +201,7 @@ impl Actor {
                         || route.config.transcode != config.transcode;
                     if chain_changed {
                         // Swapped between two units: readers stay, no unit is lost.
-                        route
-                            .stream
-                            .set_processing(&chain, config.transcode.clone());
+                        set_processing(route, &chain, config.transcode.clone());
                         route.chain = chain;
                     }
                     if route.config.publish != config.publish {
@@ -369,7 +223,12 @@ impl Actor {
         for (name, config) in wanted {
             let stream = Stream::with_budget(&name, self.budget);
             let chain = chain_of(&config, plugins);
-            stream.set_processing(&chain, config.transcode.clone());
+            // The pipeline comes first, so that the source's first unit goes through it.
+            let stage = (!chain.is_empty() || config.transcode.is_some()).then(|| {
+                let stage = Stage::attach(&stream);
+                stage.set_processing(&chain, config.transcode.clone());
+                stage
+            });
             let source = sources::start(&config.source, Arc::clone(&stream));
             self.routes.insert(
                 name.clone(),
@@ -377,6 +236,7 @@ impl Actor {
                     config,
                     chain,
                     stream,
+                    stage,
                     _source: source,
                 },
             );
@@ -386,14 +246,12 @@ impl Actor {
         let mut routes = BTreeMap::new();
         for (name, route) in &self.routes {
             routes.insert(name.clone(), Arc::clone(&route.stream));
-            snapshot.policies.insert(
-                name.clone(),
-                RoutePolicy {
-                    access: route.config.access.clone(),
-                    read: route.config.read.clone(),
-                    publish: route.config.publish.clone(),
-                },
-            );
+            if let Some(stage) = &route.stage {
+                snapshot.stages.insert(name.clone(), stage.clone());
+            }
+            snapshot
+                .policies
+                .insert(name.clone(), Arc::new(Policy::of(&route.config)));
             if let SourceConfig::Push { feed } = &route.config.source {
                 snapshot
                     .feeds
@@ -404,6 +262,22 @@ impl Actor {
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = snapshot;
         changes
     }
+}
+
+/// Gives `route` its `chain` and `transcode` settings, attaching a pipeline the first time it has
+/// something to do.
+fn set_processing(
+    route: &mut RunningRoute,
+    chain: &[Arc<LoadedPlugin>],
+    transcode: Option<crate::config::TranscodeConfig>,
+) {
+    if chain.is_empty() && transcode.is_none() && route.stage.is_none() {
+        return;
+    }
+    route
+        .stage
+        .get_or_insert_with(|| Stage::attach(&route.stream))
+        .set_processing(chain, transcode);
 }
 
 /// The plugins `config`'s chain names, in order (a name not in `plugins` was refused by validation).

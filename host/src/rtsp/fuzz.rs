@@ -19,6 +19,7 @@ use crate::sessions::ClientLimit;
 struct World {
     runtime: tokio::runtime::Runtime,
     router: RouterHandle,
+    auth: crate::auth::Auth,
     clients: Arc<ClientLimit>,
 }
 
@@ -47,6 +48,7 @@ fn world() -> &'static World {
         World {
             runtime,
             router,
+            auth: crate::auth::Auth::default(),
             clients: ClientLimit::new(8, u64::MAX),
         }
     })
@@ -59,6 +61,7 @@ pub fn connection(data: &[u8]) {
     let peer: SocketAddr = ([127, 0, 0, 1], 50000).into();
     let ctx = Context {
         router: &world.router,
+        auth: &world.auth,
         clients: &world.clients,
         udp_ports: (30000, 30001),
         peer,

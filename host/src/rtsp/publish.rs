@@ -10,8 +10,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 
 use super::session::TrackTransport;
+use crate::hub::{PublishClaim, Revocation, Stream};
 use crate::media::{AAC_SAMPLE_RATES, AccessUnit, Codec, OPUS_CLOCK_RATE, VIDEO_CLOCK_RATE};
-use crate::router::{PublishClaim, Revocation, Stream};
 use crate::rtp::{DepacketizeError, Depacketizer, PayloadFormat};
 use crate::sources::{LivePublisher, OverBudget, PublishRate, TooSlow, TrackKind};
 

@@ -9,8 +9,8 @@ use std::net::IpAddr;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
+use crate::hub::TrackRtp;
 use crate::media::{Codec, StreamDescription};
-use crate::router::TrackRtp;
 
 /// The SDP of a stream as served to RTSP readers.
 pub fn describe(
@@ -119,8 +119,8 @@ mod tests {
                 },
             ],
         };
-        let stream = crate::router::Stream::new("x");
-        let timeline = crate::router::Timeline {
+        let stream = crate::hub::Stream::new("x");
+        let timeline = crate::hub::Timeline {
             anchor: std::time::Instant::now(),
             anchor_nanos: 0,
         };

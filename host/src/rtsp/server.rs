@@ -19,9 +19,11 @@ use tokio_util::codec::FramedRead;
 use super::Error;
 use super::codec::{CodecError, Incoming, RtspDecoder};
 use super::session::{Action, Connection, Context, Play, TrackTransport, bad_request, route_name};
+use crate::auth::Auth;
 use crate::config::ServerConfig;
+use crate::hub::{Reader, Revocation, Unit};
 use crate::listen::{ConnectionGate, Listener, Rebind, keep_alive};
-use crate::router::{Reader, Revocation, RouterHandle, Unit};
+use crate::router::RouterHandle;
 use crate::rtp::rtcp::{self, SenderReport};
 use crate::sessions::{ClientLimit, Registration, SessionKind, Sessions};
 
@@ -48,6 +50,7 @@ pub struct RtspServer {
 
 struct Shared {
     router: RouterHandle,
+    auth: Auth,
     sessions: Sessions,
     clients: Arc<ClientLimit>,
     udp: Arc<UdpSockets>,
@@ -59,6 +62,7 @@ impl RtspServer {
     pub async fn bind(
         config: &ServerConfig,
         router: RouterHandle,
+        auth: Auth,
         sessions: Sessions,
         clients: Arc<ClientLimit>,
         gate: Arc<ConnectionGate>,
@@ -77,6 +81,7 @@ impl RtspServer {
             rebind,
             shared: Arc::new(Shared {
                 router,
+                auth,
                 sessions,
                 clients,
                 udp,
@@ -107,7 +112,7 @@ impl RtspServer {
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
-                    Ok((socket, peer)) if !self.shared.router.permits(None, peer.ip()) => {
+                    Ok((socket, peer)) if !self.shared.auth.permits(peer.ip(), None) => {
                         tracing::info!(%peer, "RTSP connection refused by the server's access list");
                         drop(socket);
                     }
@@ -276,6 +281,7 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<Share
     let mut revocation: Option<Revocation> = None;
     let ctx = Context {
         router: &shared.router,
+        auth: &shared.auth,
         clients: &shared.clients,
         udp_ports: shared.udp.ports,
         peer,

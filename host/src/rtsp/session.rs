@@ -14,8 +14,9 @@ use rtsp_types::{Method, Request, Response, StatusCode, Url, Version};
 
 use super::publish::{PublishError, Publishing};
 use super::sdp;
-use crate::auth::{self, AuthError};
-use crate::router::{Login, MediaInfo, Reader, Revocation, RouterHandle, SourceState, Stream};
+use crate::auth::{self, Auth, AuthError, Login};
+use crate::hub::{MediaInfo, Reader, Revocation, SourceState, Stream};
+use crate::router::RouterHandle;
 use crate::sessions::{ClientLimit, ClientSlot};
 
 /// The session timeout we enforce on sessions without keep-alives or RTCP (TCP readers that are
@@ -34,6 +35,7 @@ const SERVER: &str = concat!("wasmcast/", env!("CARGO_PKG_VERSION"));
 /// What the server shares with every connection.
 pub struct Context<'a> {
     pub router: &'a RouterHandle,
+    pub auth: &'a Auth,
     pub clients: &'a Arc<ClientLimit>,
     /// The server's RTP and RTCP ports for UDP transport.
     pub udp_ports: (u16, u16),
@@ -398,7 +400,8 @@ impl Connection {
             }),
             now,
         };
-        let outcome = ctx.router.authorize(stream.name(), publish, &login);
+        let policy = ctx.router.policy(stream.name());
+        let outcome = ctx.auth.authorize(policy.as_deref(), publish, &login);
         self.stale = matches!(outcome, Err(AuthError::Stale)) && header.is_some();
         match outcome {
             Ok(user) => Ok(user),
@@ -773,7 +776,10 @@ fn cseq(request: &Request<Vec<u8>>) -> Option<String> {
 
 /// The route, if `peer` may use it: a route it may not use gets 403.
 fn permitted(ctx: &Context<'_>, stream: Arc<Stream>) -> Result<Arc<Stream>, Refusal> {
-    if ctx.router.permits(Some(stream.name()), ctx.peer.ip()) {
+    if ctx
+        .auth
+        .permits(ctx.peer.ip(), ctx.router.policy(stream.name()).as_deref())
+    {
         Ok(stream)
     } else {
         tracing::info!(peer = %ctx.peer, route = stream.name(), "RTSP request refused by the access list");

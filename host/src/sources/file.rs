@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use super::mp4::MAX_SAMPLE_SIZE;
 use super::{Error, Mp4Media};
+use crate::hub::{PublishClaim, SourceState, Stream, Timeline};
 use crate::media::{AccessUnit, StreamDescription};
-use crate::router::{PublishClaim, SourceState, Stream, Timeline};
 
 /// Corrupt samples are logged, at most this many per pass, then only counted.
 const LOGGED_SAMPLE_ERRORS_PER_PASS: u32 = 3;

@@ -9,10 +9,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::hub::{PublishClaim, Publisher, Stream, Timeline};
 use crate::media::{
     AccessUnit, Codec, StreamDescription, Track, inspect_video_unit, with_parameter_sets,
 };
-use crate::router::{PublishClaim, Publisher, Stream, Timeline};
 
 /// How long to wait for a track's codec parameters before starting without it.
 pub const TRACK_DISCOVERY: Duration = Duration::from_secs(3);

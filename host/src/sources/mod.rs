@@ -1,7 +1,7 @@
 //! Sources: where each route's media comes from.
 //!
 //! In: a route's [`SourceConfig`]. Out: access units published into the route's [`Stream`], and the
-//! stream's [`SourceState`](crate::router::SourceState) kept true (a source that cannot run says why
+//! stream's [`SourceState`](crate::hub::SourceState) kept true (a source that cannot run says why
 //! there, and other routes are not affected).
 
 mod file;
@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::SourceConfig;
-use crate::router::Stream;
+use crate::hub::Stream;
 
 pub use live::{LivePublisher, MAX_UNITS_OVER_BUDGET, OverBudget, PublishRate, TooSlow, TrackKind};
 pub use mp4::{Mp4Media, SampleRef};

@@ -11,8 +11,8 @@ use bytes::Bytes;
 
 use super::live::{LivePublisher, OverBudget, TrackKind};
 use super::ts::{Pes, StreamKind, TsDemuxer, TsError};
+use crate::hub::{PublishClaim, Stream};
 use crate::media::{AAC_SAMPLE_RATES, AccessUnit, Codec, OPUS_CLOCK_RATE};
-use crate::router::{PublishClaim, Stream};
 
 /// TS bytes after which a stream without one track we can carry is refused.
 const MAX_BYTES_WITHOUT_PROGRAM: u64 = 2 << 20;

@@ -12,8 +12,8 @@ use retina::codec::{CodecItem, FrameFormat, ParametersRef, VideoParametersCodec}
 use url::Url;
 
 use super::live::{LivePublisher, TrackKind};
+use crate::hub::Stream;
 use crate::media::{AccessUnit, Codec};
-use crate::router::Stream;
 
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 const MAX_RETRY: Duration = Duration::from_secs(10);
@@ -26,7 +26,7 @@ enum PullError {
     #[error(transparent)]
     Retina(#[from] retina::Error),
     #[error("{0}")]
-    Busy(#[from] crate::router::Busy),
+    Busy(#[from] crate::hub::Busy),
     #[error("the origin offers no track we carry (H.264, H.265, AAC)")]
     NoTracks,
     #[error("the origin ended the stream")]

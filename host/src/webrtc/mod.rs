@@ -38,8 +38,9 @@ use rtc::rtp_transceiver::rtp_sender::{
 use rtc::shared::marshal::Unmarshal;
 
 use crate::config::ServerConfig;
+use crate::hub::{SourceState, Stream};
 use crate::media::Codec;
-use crate::router::{RouterHandle, SourceState, Stream};
+use crate::router::RouterHandle;
 use crate::sessions::{ClientLimit, ClientSlot, Registration, SessionKind, Sessions};
 
 pub use network::NoFreePort;

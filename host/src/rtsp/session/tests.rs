@@ -9,6 +9,7 @@ use crate::sessions::ClientLimit;
 
 struct Fixture {
     router: RouterHandle,
+    auth: crate::auth::Auth,
     clients: Arc<ClientLimit>,
 }
 
@@ -44,6 +45,7 @@ impl Fixture {
         }
         Fixture {
             router,
+            auth: crate::auth::Auth::default(),
             clients: ClientLimit::new(max_clients, u64::MAX),
         }
     }
@@ -51,6 +53,7 @@ impl Fixture {
     fn ctx(&self) -> Context<'_> {
         Context {
             router: &self.router,
+            auth: &self.auth,
             clients: &self.clients,
             udp_ports: (30000, 30001),
             peer: "127.0.0.1:50000".parse().unwrap(),

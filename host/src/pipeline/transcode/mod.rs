@@ -23,8 +23,8 @@ use openh264::encoder::{
 use openh264::formats::{YUVSlices, YUVSource};
 
 use crate::config::TranscodeConfig;
-use crate::media::{AccessUnit, Codec, StreamDescription, Track, inspect_video_unit};
-use crate::plugins::{Chain, Picture};
+use crate::media::{AccessUnit, Codec, Picture, StreamDescription, Track, inspect_video_unit};
+use crate::plugins::Chain;
 
 pub use scale::scale;
 

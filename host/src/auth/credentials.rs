@@ -11,83 +11,8 @@ use std::collections::BTreeMap;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use md5::{Digest, Md5};
-use sha2::Sha256;
 
-use crate::listen::AddressKey;
-
-/// The realm every challenge names; HA1 values depend on it.
-pub const REALM: &str = "wasmcast";
-
-/// A stored credential: the Digest HA1 of a user's password.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PasswordHash([u8; 16]);
-
-impl PasswordHash {
-    /// The hash of `password` for `user`.
-    pub fn of(user: &str, password: &str) -> PasswordHash {
-        PasswordHash(Md5::digest(format!("{user}:{REALM}:{password}")).into())
-    }
-
-    /// Parses the `md5:HEX` form the config stores.
-    pub fn parse(text: &str) -> Result<PasswordHash, String> {
-        let hex = text.strip_prefix("md5:").ok_or_else(|| {
-            "a password must be stored hashed as \"md5:…\"; run `wasmcast hash-password USER`"
-                .to_owned()
-        })?;
-        let bytes = parse_hex::<16>(hex)
-            .ok_or_else(|| "the hash after \"md5:\" must be 32 hex digits".to_owned())?;
-        Ok(PasswordHash(bytes))
-    }
-
-    /// The `md5:HEX` form.
-    pub fn to_config(&self) -> String {
-        format!("md5:{}", hex(&self.0))
-    }
-}
-
-/// A stored bearer token: its SHA-256.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TokenHash([u8; 32]);
-
-impl TokenHash {
-    pub fn of(token: &str) -> TokenHash {
-        TokenHash(Sha256::digest(token.as_bytes()).into())
-    }
-
-    /// Parses the `sha256:HEX` form the config stores.
-    pub fn parse(text: &str) -> Result<TokenHash, String> {
-        let hex = text.strip_prefix("sha256:").ok_or_else(|| {
-            "a token must be stored hashed as \"sha256:…\"; run `wasmcast new-token USER`"
-                .to_owned()
-        })?;
-        let bytes = parse_hex::<32>(hex)
-            .ok_or_else(|| "the hash after \"sha256:\" must be 64 hex digits".to_owned())?;
-        Ok(TokenHash(bytes))
-    }
-
-    pub fn to_config(&self) -> String {
-        format!("sha256:{}", hex(&self.0))
-    }
-}
-
-/// What a user can log in with.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Credentials {
-    pub password: Option<PasswordHash>,
-    pub token: Option<TokenHash>,
-}
-
-impl From<PasswordHash> for Credentials {
-    fn from(password: PasswordHash) -> Credentials {
-        Credentials {
-            password: Some(password),
-            token: None,
-        }
-    }
-}
-
-/// Users by name.
-pub type Users = BTreeMap<String, Credentials>;
+use crate::config::{PasswordHash, REALM, TokenHash, Users};
 
 /// What a Digest answer is checked against: the challenge's nonce, the URI of the request it
 /// comes with, and the highest nonce count (`nc`) accepted with this nonce so far, so that a
@@ -118,8 +43,8 @@ pub fn check(
         let decoded = String::from_utf8(decoded).map_err(|_| AuthError::Malformed)?;
         let (user, password) = decoded.split_once(':').ok_or(AuthError::Malformed)?;
         let stored = users.get(user).and_then(|c| c.password.as_ref());
-        let expected = stored.map(|h| h.0).unwrap_or([0; 16]);
-        let verified = constant_time_eq(&PasswordHash::of(user, password).0, &expected);
+        let expected = stored.map(|h| *h.bytes()).unwrap_or([0; 16]);
+        let verified = constant_time_eq(PasswordHash::of(user, password).bytes(), &expected);
         (user.to_owned(), verified && stored.is_some())
     } else if scheme.eq_ignore_ascii_case("bearer") {
         let presented = TokenHash::of(rest.trim());
@@ -127,7 +52,7 @@ pub fn check(
         let mut found = None;
         for (user, credentials) in users {
             if let Some(token) = &credentials.token
-                && constant_time_eq(&token.0, &presented.0)
+                && constant_time_eq(token.bytes(), presented.bytes())
             {
                 found = Some(user.clone());
             }
@@ -155,7 +80,7 @@ pub fn check(
             return Err(AuthError::OtherUri(user.to_owned()));
         }
         let stored = users.get(user).and_then(|c| c.password.as_ref());
-        let ha1 = stored.map(|h| hex(&h.0)).unwrap_or_default();
+        let ha1 = stored.map(|h| hex(h.bytes())).unwrap_or_default();
         let ha2 = hex(&Md5::digest(format!("{method}:{}", get("uri")?)));
         let (expected, nc) = match params.get("qop").map(String::as_str) {
             Some("auth") => {
@@ -233,73 +158,6 @@ pub enum AuthError {
     Throttled,
 }
 
-/// Failed logins from one address, across connections and protocols, after which its attempts are
-/// refused unchecked for the rest of the window: guessing passwords costs a minute per few tries.
-pub const MAX_FAILED_LOGINS: u32 = 10;
-pub const FAILED_LOGIN_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
-/// Addresses remembered at most; beyond, expired entries are forgotten first.
-const MAX_REMEMBERED_ADDRESSES: usize = 10_000;
-
-/// Counts failed logins per address (an IPv6 client by its /64, which it can fill with addresses
-/// at will). Time is passed in.
-///
-/// Bounded and cheap under attack: at [`MAX_REMEMBERED_ADDRESSES`] the address whose window
-/// started longest ago is forgotten, one per new address, found through a queue in window order
-/// (O(1) amortized, never a scan of the table).
-#[derive(Debug, Default)]
-pub struct LoginThrottle {
-    failures: std::collections::HashMap<AddressKey, (u32, std::time::Instant)>,
-    /// Addresses by when their window started, oldest first; an entry whose window restarted
-    /// since is stale and skipped.
-    order: std::collections::VecDeque<(AddressKey, std::time::Instant)>,
-}
-
-impl LoginThrottle {
-    /// Whether `ip` is refused now.
-    pub fn blocked(&self, ip: std::net::IpAddr, now: std::time::Instant) -> bool {
-        self.failures
-            .get(&AddressKey::of(ip))
-            .is_some_and(|(count, since)| {
-                *count >= MAX_FAILED_LOGINS && now.duration_since(*since) < FAILED_LOGIN_WINDOW
-            })
-    }
-
-    pub fn failed(&mut self, ip: std::net::IpAddr, now: std::time::Instant) {
-        let key = AddressKey::of(ip);
-        if !self.failures.contains_key(&key) {
-            while self.failures.len() >= MAX_REMEMBERED_ADDRESSES {
-                let Some((oldest, since)) = self.order.pop_front() else {
-                    break;
-                };
-                if self.failures.get(&oldest).is_some_and(|e| e.1 == since) {
-                    self.failures.remove(&oldest);
-                }
-            }
-        }
-        let entry = self.failures.entry(key).or_insert((0, now));
-        if entry.0 == 0 || now.duration_since(entry.1) >= FAILED_LOGIN_WINDOW {
-            *entry = (0, now);
-            self.order.push_back((key, now));
-        }
-        entry.0 += 1;
-        // Stale queue entries (windows that restarted) are dropped once they are the bulk of it.
-        if self.order.len() > 2 * MAX_REMEMBERED_ADDRESSES {
-            let failures = &self.failures;
-            self.order
-                .retain(|(key, since)| failures.get(key).is_some_and(|e| e.1 == *since));
-        }
-    }
-
-    pub fn succeeded(&mut self, ip: std::net::IpAddr) {
-        self.failures.remove(&AddressKey::of(ip));
-    }
-
-    /// Addresses remembered now.
-    pub fn remembered(&self) -> usize {
-        self.failures.len()
-    }
-}
-
 fn digest_params(text: &str) -> BTreeMap<String, String> {
     let mut params = BTreeMap::new();
     let mut rest = text.trim();
@@ -327,18 +185,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Exactly `N` bytes written as `2 * N` hex digits.
-fn parse_hex<const N: usize>(hex: &str) -> Option<[u8; N]> {
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| {
-            hex.get(i..i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        })
-        .collect::<Option<Vec<u8>>>()
-        .and_then(|b| <[u8; N]>::try_from(b).ok())
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -346,6 +192,7 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Credentials, PasswordHash, TokenHash};
 
     fn users() -> Users {
         BTreeMap::from([
@@ -361,22 +208,6 @@ mod tests {
                 },
             ),
         ])
-    }
-
-    #[test]
-    fn an_address_is_throttled_after_repeated_failures_for_a_while() {
-        let mut throttle = LoginThrottle::default();
-        let (ip, other) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        let t0 = std::time::Instant::now();
-        for _ in 0..MAX_FAILED_LOGINS {
-            assert!(!throttle.blocked(ip, t0));
-            throttle.failed(ip, t0);
-        }
-        assert!(throttle.blocked(ip, t0));
-        assert!(!throttle.blocked(other, t0));
-        assert!(!throttle.blocked(ip, t0 + FAILED_LOGIN_WINDOW));
-        throttle.succeeded(ip);
-        assert!(!throttle.blocked(ip, t0));
     }
 
     #[test]
@@ -421,7 +252,7 @@ mod tests {
 
     #[test]
     fn digest_as_rfc_2617_computes_it() {
-        let ha1 = hex(&PasswordHash::of("alice", "secret").0);
+        let ha1 = hex(PasswordHash::of("alice", "secret").bytes());
         let ha2 = hex(&Md5::digest("DESCRIBE:rtsp://h/cam"));
         let response = hex(&Md5::digest(format!("{ha1}:abc:{ha2}")));
         let header = format!(
@@ -471,7 +302,7 @@ mod tests {
 
     #[test]
     fn digest_with_qop_refuses_a_nonce_count_it_saw() {
-        let ha1 = hex(&PasswordHash::of("alice", "secret").0);
+        let ha1 = hex(PasswordHash::of("alice", "secret").bytes());
         let ha2 = hex(&Md5::digest("SETUP:/cam/trackID=0"));
         let answer = |nc: &str| {
             let response = hex(&Md5::digest(format!("{ha1}:abc:{nc}:xyz:auth:{ha2}")));
@@ -501,34 +332,5 @@ mod tests {
             Err(AuthError::Replayed("alice".into()))
         );
         assert_eq!(check_nc("00000002"), Ok("alice".into()));
-    }
-
-    #[test]
-    fn the_failed_login_table_stays_bounded_under_a_flood_of_addresses() {
-        let mut throttle = LoginThrottle::default();
-        let t0 = std::time::Instant::now();
-        let attacker: std::net::IpAddr = "10.9.9.9".parse().unwrap();
-        for _ in 0..MAX_FAILED_LOGINS {
-            throttle.failed(attacker, t0);
-        }
-        for i in 0..(3 * MAX_REMEMBERED_ADDRESSES as u32) {
-            let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0b00_0000 + i));
-            throttle.failed(ip, t0 + std::time::Duration::from_millis(1));
-        }
-        assert!(throttle.remembered() <= MAX_REMEMBERED_ADDRESSES);
-        // Every address of one IPv6 /64 is one entry.
-        for i in 0..20u128 {
-            let ip = std::net::IpAddr::V6(std::net::Ipv6Addr::from((0x2001_0db8u128 << 96) | i));
-            throttle.failed(ip, t0);
-        }
-        assert!(throttle.blocked("2001:db8::ffff".parse().unwrap(), t0));
-    }
-
-    #[test]
-    fn stored_form_round_trips() {
-        let hash = PasswordHash::of("alice", "secret");
-        assert_eq!(PasswordHash::parse(&hash.to_config()), Ok(hash));
-        assert!(PasswordHash::parse("secret").is_err());
-        assert!(PasswordHash::parse("md5:12").is_err());
     }
 }

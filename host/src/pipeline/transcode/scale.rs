@@ -1,6 +1,6 @@
 //! I420 scaling, plane by plane, bilinear in 16.16 fixed point.
 
-use crate::plugins::Picture;
+use crate::media::Picture;
 
 /// `picture` scaled to `width` x `height` (both even).
 pub fn scale(picture: &Picture, width: u32, height: u32) -> Picture {

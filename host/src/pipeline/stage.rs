@@ -1,6 +1,6 @@
-//! The processing stage of a route: a thread between the route's publisher and its hub, running
-//! its packet plugins and, when the route re-encodes, its frame path (decode, frame plugins,
-//! encode; see [`crate::transcode`]).
+//! The stage of a route: a thread between the route's publisher and its hub, running its packet
+//! plugins and, when the route re-encodes, its frame path (decode, frame plugins, encode; see
+//! [`super::transcode`]).
 //!
 //! Plugins and codecs are CPU work of unknown cost, so they never run on the async runtime nor on a source's
 //! own thread: the publisher queues each unit for the stage (a bounded number of them; past that,
@@ -14,12 +14,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
-use super::SourceState;
-use super::stream::{Core, Stream, Timeline};
+use super::transcode::{TranscodeStats, Transcoder};
 use crate::config::{DEFAULT_TRANSCODE_KBPS, TranscodeConfig};
+use crate::hub::{Outlet, Processor, Sink, Stream, Timeline};
 use crate::media::{AccessUnit, StreamDescription};
-use crate::plugins::{Chain, LoadedPlugin, PluginStatus};
-use crate::transcode::{TranscodeStats, Transcoder};
+use crate::plugins::{Chain, Kind, LoadedPlugin, PluginStatus};
 
 /// Units waiting for the stage at most: about two seconds of 30 fps video with its audio. Their
 /// bytes are capped too, by the route's `route_buffer_mb`.
@@ -51,31 +50,33 @@ enum Message {
         description: StreamDescription,
         timeline: Timeline,
     },
-    /// A publisher that was publishing directly hands its core over.
-    Adopt(Core),
+    /// A publisher that was publishing directly hands its outlet over.
+    Adopt(Outlet),
     Unit(AccessUnit),
     End,
     Stop,
 }
 
 /// What a stage does to the units that pass through it.
-pub(super) struct Processing {
+struct Processing {
     packets: Chain,
     frames: Chain,
     /// Re-encode (with the frame plugins in between) when set, or when there are frame plugins.
     transcode: Option<TranscodeConfig>,
 }
 
-/// The stage of one stream, held by the stream.
-pub(super) struct Stage {
+/// The stage of one route, held by the router; the route's hub holds its input.
+#[derive(Clone)]
+pub struct Stage {
+    route: String,
     input: StageInput,
     status: Arc<Mutex<Vec<PluginStatus>>>,
     transcode_stats: Arc<TranscodeStats>,
 }
 
-/// The way into a stage, held by the stream's publisher.
+/// The way into a stage, held by the route's hub and its publisher.
 #[derive(Clone)]
-pub(super) struct StageInput {
+struct StageInput {
     messages: mpsc::Sender<Message>,
     queued: Arc<Queued>,
     /// The route's `route_buffer_mb`, in bytes.
@@ -83,13 +84,13 @@ pub(super) struct StageInput {
 }
 
 impl Stage {
-    /// Starts the stage thread of `stream`.
-    pub(super) fn spawn(stream: &Arc<Stream>) -> Stage {
+    /// Starts the stage thread of `stream`, which sends its publishers' units here from now on.
+    pub fn attach(stream: &Arc<Stream>) -> Stage {
         let (messages, inbox) = mpsc::channel();
         let queued = Arc::new(Queued::default());
         let transcode_stats = Arc::new(TranscodeStats::default());
         let worker = Worker {
-            stream: Arc::clone(stream),
+            sink: stream.sink(),
             queued: Arc::clone(&queued),
             packets: Chain::new(stream.name(), &[], &[]),
             frames: Some(Chain::new(stream.name(), &[], &[])),
@@ -97,7 +98,7 @@ impl Stage {
             transcoder: None,
             transcode_stats: Arc::clone(&transcode_stats),
             input: None,
-            core: None,
+            outlet: None,
             out: Vec::new(),
             staged: Vec::new(),
         };
@@ -110,36 +111,39 @@ impl Stage {
                 route = stream.name(),
                 "cannot start the plugin thread: {err}"
             );
-            stream.set_state(super::SourceState::Failed(format!(
-                "cannot start the plugin thread: {err}"
-            )));
+            stream
+                .sink()
+                .fail(format!("cannot start the plugin thread: {err}"));
         }
+        let input = StageInput {
+            messages,
+            queued,
+            max_bytes: stream.budget().route_buffer_bytes,
+        };
+        stream.attach(Arc::new(input.clone()));
         Stage {
-            input: StageInput {
-                messages,
-                queued,
-                max_bytes: stream.budget().route_buffer_bytes,
-            },
+            route: stream.name().to_owned(),
+            input,
             status: Arc::default(),
             transcode_stats,
         }
     }
 
-    pub(super) fn input(&self) -> StageInput {
-        self.input.clone()
-    }
-
-    /// Swaps in `packets` and `frames` plugins and the transcode settings.
-    pub(super) fn set_processing(
+    /// Runs `plugins` on every unit published from now on (swapped in between two units, with no
+    /// unit lost), and re-encodes the video when `transcode` is set or frame plugins are among
+    /// them.
+    pub fn set_processing(
         &self,
-        route: &str,
-        packets: &[Arc<LoadedPlugin>],
-        frames: &[Arc<LoadedPlugin>],
+        plugins: &[Arc<LoadedPlugin>],
         transcode: Option<TranscodeConfig>,
     ) {
+        let (frames, packets): (Vec<_>, Vec<_>) = plugins
+            .iter()
+            .cloned()
+            .partition(|p| p.kind() == Kind::Frame);
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        let packets = Chain::new(route, packets, &status);
-        let frames = Chain::new(route, frames, &status);
+        let packets = Chain::new(&self.route, &packets, &status);
+        let frames = Chain::new(&self.route, &frames, &status);
         *status = packets
             .status()
             .into_iter()
@@ -153,44 +157,40 @@ impl Stage {
         }));
     }
 
-    pub(super) fn transcode_stats(&self) -> &Arc<TranscodeStats> {
+    /// Counters of the route's frame path.
+    pub fn transcode_stats(&self) -> &Arc<TranscodeStats> {
         &self.transcode_stats
     }
 
-    pub(super) fn status(&self) -> Vec<PluginStatus> {
+    /// The plugins running on the route, with their counters.
+    pub fn status(&self) -> Vec<PluginStatus> {
         self.status
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
-
-    pub(super) fn stop(&self) {
-        let _ = self.input.messages.send(Message::Stop);
-    }
 }
 
-impl StageInput {
-    pub(super) fn start(&self, description: StreamDescription, timeline: Timeline) {
+impl Processor for StageInput {
+    fn start(&self, description: StreamDescription, timeline: Timeline) {
         let _ = self.messages.send(Message::Start {
             description,
             timeline,
         });
     }
 
-    pub(super) fn adopt(&self, core: Core) {
-        let _ = self.messages.send(Message::Adopt(core));
+    fn adopt(&self, outlet: Outlet) {
+        let _ = self.messages.send(Message::Adopt(outlet));
     }
 
-    /// Whether the stage has no room for another unit of `bytes`.
-    pub(super) fn is_full(&self, bytes: usize) -> bool {
-        self.queued.units.load(Ordering::Relaxed) >= MAX_QUEUED_UNITS
-            || self.queued.bytes.load(Ordering::Relaxed) + bytes > self.max_bytes
+    fn has_room(&self, bytes: usize) -> bool {
+        self.queued.units.load(Ordering::Relaxed) < MAX_QUEUED_UNITS
+            && self.queued.bytes.load(Ordering::Relaxed) + bytes <= self.max_bytes
     }
 
-    /// Queues `unit`; false if the stage is too far behind to take it.
-    pub(super) fn unit(&self, unit: AccessUnit) -> bool {
+    fn queue(&self, unit: AccessUnit) -> bool {
         let bytes = unit.data.len();
-        if self.is_full(bytes) {
+        if !self.has_room(bytes) {
             return false;
         }
         self.queued.add(bytes);
@@ -201,13 +201,17 @@ impl StageInput {
         true
     }
 
-    pub(super) fn end(&self) {
+    fn end(&self) {
         let _ = self.messages.send(Message::End);
+    }
+
+    fn stop(&self) {
+        let _ = self.messages.send(Message::Stop);
     }
 }
 
 struct Worker {
-    stream: Arc<Stream>,
+    sink: Sink,
     queued: Arc<Queued>,
     packets: Chain,
     /// The frame plugins, while no transcoder holds them.
@@ -219,7 +223,7 @@ struct Worker {
     /// transcoder starts from them.
     input: Option<(StreamDescription, Timeline)>,
     /// Publishes into the hub; with a transcoder, made at its first keyframe.
-    core: Option<Core>,
+    outlet: Option<Outlet>,
     out: Vec<AccessUnit>,
     staged: Vec<AccessUnit>,
 }
@@ -237,18 +241,15 @@ impl Worker {
                     self.input = Some((description, timeline));
                     self.start();
                 }
-                Message::Adopt(core) => {
+                Message::Adopt(outlet) => {
                     self.retire();
-                    self.input = self
-                        .stream
-                        .media()
-                        .map(|m| (m.description.clone(), core.timeline()));
+                    self.input = Some((outlet.description().clone(), outlet.timeline()));
                     if self.transcoding() {
-                        // The publisher's own core cannot carry re-encoded video: start anew.
-                        drop(core);
+                        // The publisher's own outlet cannot carry re-encoded video: start anew.
+                        drop(outlet);
                         self.start();
                     } else {
-                        self.core = Some(core);
+                        self.outlet = Some(outlet);
                     }
                 }
                 Message::Unit(unit) => {
@@ -276,7 +277,7 @@ impl Worker {
         let wants_transcoder = self.transcode.is_some()
             || self.frames.as_ref().is_some_and(|f| !f.status().is_empty());
         if !wants_transcoder {
-            self.core = Some(self.stream.start_core(description, timeline));
+            self.outlet = Some(self.sink.start(description, timeline));
             return;
         }
         let settings = self.transcode.clone().unwrap_or(TranscodeConfig {
@@ -290,9 +291,9 @@ impl Worker {
         let frames = self
             .frames
             .take()
-            .unwrap_or_else(|| Chain::new(self.stream.name(), &[], &[]));
+            .unwrap_or_else(|| Chain::new(self.sink.route(), &[], &[]));
         match Transcoder::new(
-            self.stream.name(),
+            self.sink.route(),
             &settings,
             &description,
             frames,
@@ -300,9 +301,8 @@ impl Worker {
         ) {
             Ok(transcoder) => self.transcoder = Some(transcoder),
             Err(err) => {
-                tracing::error!(route = self.stream.name(), "cannot transcode: {err}");
-                self.stream
-                    .set_state(SourceState::Failed(format!("cannot transcode: {err}")));
+                tracing::error!(route = self.sink.route(), "cannot transcode: {err}");
+                self.sink.fail(format!("cannot transcode: {err}"));
             }
         }
     }
@@ -343,12 +343,12 @@ impl Worker {
         self.packets
             .process(unit, &description.tracks, &mut self.out);
         if let Some(transcoder) = &mut self.transcoder {
-            let keyframe_wanted = self.stream.take_keyframe_request();
+            let keyframe_wanted = self.sink.take_keyframe_request();
             for unit in self.out.drain(..) {
                 transcoder.process(unit, keyframe_wanted, &mut self.staged);
             }
             for unit in self.staged.drain(..) {
-                if self.core.is_none() {
+                if self.outlet.is_none() {
                     // The re-encoded stream starts at its first keyframe, which carries the
                     // encoder's parameter sets: only then can it be described.
                     let Some(output) = (unit.track == 0 && unit.keyframe)
@@ -360,15 +360,15 @@ impl Worker {
                     let Some((_, timeline)) = &self.input else {
                         continue;
                     };
-                    self.core = Some(self.stream.start_core(output, *timeline));
+                    self.outlet = Some(self.sink.start(output, *timeline));
                 }
-                if let Some(core) = &mut self.core {
-                    core.send(unit);
+                if let Some(outlet) = &mut self.outlet {
+                    outlet.send(unit);
                 }
             }
-        } else if let Some(core) = &mut self.core {
+        } else if let Some(outlet) = &mut self.outlet {
             for unit in self.out.drain(..) {
-                core.send(unit);
+                outlet.send(unit);
             }
         } else {
             self.out.clear();
@@ -376,8 +376,8 @@ impl Worker {
     }
 
     fn retire(&mut self) {
-        if let Some(mut core) = self.core.take() {
-            core.retire(false);
+        if let Some(mut outlet) = self.outlet.take() {
+            outlet.retire();
         }
         if let Some(transcoder) = self.transcoder.take() {
             self.frames = Some(transcoder.into_frames());

@@ -12,12 +12,14 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use notify::{RecursiveMode, Watcher};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-use super::Config;
+use crate::auth::Auth;
+use crate::config::{self, Config, ServerConfig, WasmSource};
+use crate::control::{ConfigStatus, ReloadHandle, ReloadOutcome, ReloadRequest};
 use crate::listen::Rebind;
 use crate::plugins::{Loader, Plugins};
-use crate::router::{Changes, RouterHandle};
+use crate::router::RouterHandle;
 
 /// Quiet time after the last file event before reloading: editors write in several steps.
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -28,99 +30,41 @@ pub struct Listeners {
     pub http: Rebind,
 }
 
-/// What the API shows of the running config.
-#[derive(Clone, Debug)]
-pub struct ConfigStatus {
-    pub path: PathBuf,
-    /// Counts applied configs, starting at 1 for the one the server started with.
-    pub version: u64,
-    pub loaded_at: SystemTime,
-    pub routes: Vec<String>,
-    /// Why the last reload was refused, if it was.
-    pub last_error: Option<String>,
-    pub reloads: u64,
-}
-
-/// How one reload went.
-#[derive(Debug)]
-pub enum ReloadOutcome {
-    Applied(Changes),
-    /// The file says what is already running.
-    Unchanged,
-    Refused(String),
-}
-
-struct Request {
-    trigger: &'static str,
-    done: Option<oneshot::Sender<ReloadOutcome>>,
-}
-
-/// The way to ask for reloads and to read the running config's status.
-#[derive(Clone)]
-pub struct ReloadHandle {
-    requests: mpsc::Sender<Request>,
-    status: Arc<RwLock<ConfigStatus>>,
-}
-
-impl ReloadHandle {
-    /// Starts the reload task for `path`, whose routes `running` the router already serves, and
-    /// the file watcher and SIGHUP listener that feed it.
-    pub fn start(
-        path: &Path,
-        running: Config,
-        (loader, plugins): (Loader, Plugins),
-        router: RouterHandle,
-        listeners: Listeners,
-    ) -> ReloadHandle {
-        let status = Arc::new(RwLock::new(ConfigStatus {
-            path: path.to_owned(),
-            version: 1,
-            loaded_at: SystemTime::now(),
-            routes: running.routes.keys().cloned().collect(),
-            last_error: None,
-            reloads: 0,
-        }));
-        let (requests, inbox) = mpsc::channel(16);
-        let watch = watch_files(path, requests.clone());
-        if let Some(watch) = &watch {
-            watch.follow(plugin_files(&running));
-        }
-        let reloader = Reloader {
-            path: path.to_owned(),
-            running,
-            loader,
-            plugins,
-            watch,
-            router,
-            listeners,
-            status: Arc::clone(&status),
-        };
-        tokio::spawn(reloader.run(inbox));
-        listen_for_sighup(requests.clone());
-        ReloadHandle { requests, status }
+/// Starts the reload task for `path`, whose routes `running` the router already serves, and the
+/// file watcher and SIGHUP listener that feed it.
+pub fn start(
+    path: &Path,
+    running: Config,
+    (loader, plugins): (Loader, Plugins),
+    (router, auth): (RouterHandle, Auth),
+    listeners: Listeners,
+) -> ReloadHandle {
+    let (handle, inbox, status) = ReloadHandle::new(ConfigStatus {
+        path: path.to_owned(),
+        version: 1,
+        loaded_at: SystemTime::now(),
+        routes: running.routes.keys().cloned().collect(),
+        last_error: None,
+        reloads: 0,
+    });
+    let watch = watch_files(path, handle.requests());
+    if let Some(watch) = &watch {
+        watch.follow(plugin_files(&running));
     }
-
-    /// Reloads now and says how it went.
-    pub async fn reload(&self, trigger: &'static str) -> ReloadOutcome {
-        let (done, outcome) = oneshot::channel();
-        let request = Request {
-            trigger,
-            done: Some(done),
-        };
-        if self.requests.send(request).await.is_err() {
-            return ReloadOutcome::Refused("the server is shutting down".into());
-        }
-        outcome
-            .await
-            .unwrap_or_else(|_| ReloadOutcome::Refused("the server is shutting down".into()))
-    }
-
-    pub fn status(&self) -> ConfigStatus {
-        self.status
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
+    let reloader = Reloader {
+        path: path.to_owned(),
+        running,
+        loader,
+        plugins,
+        watch,
+        router,
+        auth,
+        listeners,
+        status,
+    };
+    tokio::spawn(reloader.run(inbox));
+    listen_for_sighup(handle.requests());
+    handle
 }
 
 struct Reloader {
@@ -130,12 +74,13 @@ struct Reloader {
     plugins: Plugins,
     watch: Option<Watch>,
     router: RouterHandle,
+    auth: Auth,
     listeners: Listeners,
     status: Arc<RwLock<ConfigStatus>>,
 }
 
 impl Reloader {
-    async fn run(mut self, mut inbox: mpsc::Receiver<Request>) {
+    async fn run(mut self, mut inbox: mpsc::Receiver<ReloadRequest>) {
         while let Some(request) = inbox.recv().await {
             let outcome = self.reload(request.trigger).await;
             if let Some(done) = request.done {
@@ -153,7 +98,7 @@ impl Reloader {
             let config = Config::load(&path).map_err(|err| err.to_string())?;
             let plugins = loader
                 .load_all(&config, &running)
-                .map_err(|problems| super::display_problems(&problems))?;
+                .map_err(|problems| config::display_problems(&problems))?;
             Ok::<_, String>((config, plugins))
         })
         .await;
@@ -174,9 +119,11 @@ impl Reloader {
             return ReloadOutcome::Unchanged;
         }
         self.move_listeners(&mut config).await;
-        self.router.set_server_access(config.server.access.clone());
-        self.router.set_users(config.users.clone());
-        self.router.set_admins(config.server.admins.clone());
+        self.auth.update(
+            config.server.access.clone(),
+            config.users.clone(),
+            config.server.admins.clone(),
+        );
         let changes = self
             .router
             .apply(config.routes.clone(), plugins.clone())
@@ -236,7 +183,7 @@ impl Reloader {
             }
         }
         let (old, new) = (&self.running.server, &mut config.server);
-        let restart_only = |s: &super::ServerConfig| {
+        let restart_only = |s: &ServerConfig| {
             (
                 s.rtp_ports,
                 s.webrtc_udp,
@@ -285,8 +232,8 @@ fn plugin_files(config: &Config) -> Vec<PathBuf> {
         .plugins
         .values()
         .filter_map(|plugin| match &plugin.wasm {
-            super::WasmSource::File(path) => Some(path.clone()),
-            super::WasmSource::Builtin(_) => None,
+            WasmSource::File(path) => Some(path.clone()),
+            WasmSource::Builtin(_) => None,
         })
         .collect()
 }
@@ -341,7 +288,7 @@ fn directory_of(path: &Path) -> PathBuf {
 }
 
 /// Starts watching the config file; a reload is asked for once events about a followed file stop.
-fn watch_files(path: &Path, requests: mpsc::Sender<Request>) -> Option<Watch> {
+fn watch_files(path: &Path, requests: mpsc::Sender<ReloadRequest>) -> Option<Watch> {
     let names: Arc<RwLock<HashSet<OsString>>> = Arc::default();
     let (events, mut inbox) = mpsc::unbounded_channel();
     let followed = Arc::clone(&names);
@@ -372,7 +319,7 @@ fn watch_files(path: &Path, requests: mpsc::Sender<Request>) -> Option<Watch> {
     tokio::spawn(async move {
         while inbox.recv().await.is_some() {
             while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, inbox.recv()).await {}
-            let request = Request {
+            let request = ReloadRequest {
                 trigger: "file",
                 done: None,
             };
@@ -384,14 +331,14 @@ fn watch_files(path: &Path, requests: mpsc::Sender<Request>) -> Option<Watch> {
     Some(watch)
 }
 
-fn listen_for_sighup(requests: mpsc::Sender<Request>) {
+fn listen_for_sighup(requests: mpsc::Sender<ReloadRequest>) {
     let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
     else {
         return;
     };
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
-            let request = Request {
+            let request = ReloadRequest {
                 trigger: "SIGHUP",
                 done: None,
             };
