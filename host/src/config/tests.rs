@@ -1,3 +1,4 @@
+use super::check::parse_port_range;
 use super::*;
 
 fn parse(text: &str) -> Result<Config, Vec<Problem>> {

@@ -35,8 +35,8 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{}: {why}", path.display())]
-    Plugin { path: PathBuf, why: String },
+    #[error("{}: {source}", path.display())]
+    Plugin { path: PathBuf, source: super::Error },
     #[error("{}: {source}", path.display())]
     Input {
         path: PathBuf,
@@ -260,9 +260,9 @@ impl std::fmt::Display for TrialReport {
 
 /// Runs the plugin over every access unit of one pass through an MP4 file, as fast as it goes.
 pub fn run_trial(trial: &Trial) -> Result<TrialReport, Error> {
-    let plugin_error = |why: String| Error::Plugin {
+    let plugin_error = |source: super::Error| Error::Plugin {
         path: trial.wasm.clone(),
-        why,
+        source,
     };
     let bytes = std::fs::read(&trial.wasm).map_err(|source| Error::Read {
         path: trial.wasm.clone(),
@@ -290,7 +290,7 @@ pub fn run_trial(trial: &Trial) -> Result<TrialReport, Error> {
     });
     plugin
         .instantiate("trial")
-        .map_err(|fault| plugin_error(fault.to_string()))?;
+        .map_err(|fault| plugin_error(fault.into()))?;
     let (description, units) =
         crate::sources::mp4_units(&trial.input).map_err(|source| Error::Input {
             path: trial.input.clone(),

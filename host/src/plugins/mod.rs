@@ -11,6 +11,7 @@ mod runtime;
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crate::config::{Config, PluginConfig, Problem, WasmSource};
@@ -33,6 +34,40 @@ pub fn builtin(name: &str) -> Option<&'static [u8]> {
 /// The names of the built-in plugins.
 pub fn builtin_names() -> Vec<&'static str> {
     BUILTINS.iter().map(|(name, _)| *name).collect()
+}
+
+/// Why a plugin cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// wasmtime or the plugins' clock cannot be set up: no plugin can run.
+    #[error("{0}")]
+    Setup(String),
+    #[error("no built-in plugin named `{0}`; the built-in plugins are {list}", list = builtin_names().join(", "))]
+    NoBuiltin(String),
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("not a WebAssembly component ({0}); build it for wasm32-wasip2")]
+    NotAComponent(String),
+    #[error(
+        "exports neither `{}` nor `{}` (it exports: {exports}); build it against \
+         wit/plugin.wit, world `packet-plugin` or `frame-plugin`",
+        runtime::PACKET_EXPORT,
+        runtime::FRAME_EXPORT
+    )]
+    NotAPlugin { exports: String },
+    #[error("cannot be linked: {0}")]
+    Link(String),
+    #[error("does not fit world `{0}`: {1}")]
+    World(&'static str, String),
+    /// The trial instance failed (its `init` refused the config, a grant is missing, …).
+    #[error(transparent)]
+    Trial(#[from] Fault),
+    /// What went wrong with the component named here.
+    #[error("{wasm}: {source}")]
+    In { wasm: String, source: Box<Error> },
 }
 
 /// A plugin compiled and checked, ready to be instantiated on routes.
@@ -95,7 +130,11 @@ impl Loader {
                 Ok(loaded) => {
                     plugins.insert(name.clone(), loaded);
                 }
-                Err(why) => problems.push(plugin.origin.problem(format!("plugins.{name}"), why)),
+                Err(err) => problems.push(
+                    plugin
+                        .origin
+                        .problem(format!("plugins.{name}"), err.to_string()),
+                ),
             }
         }
         let in_use: Vec<u64> = plugins.values().map(|p| p.digest).collect();
@@ -112,14 +151,22 @@ impl Loader {
         name: &str,
         config: &PluginConfig,
         running: Option<&Arc<LoadedPlugin>>,
-    ) -> Result<Arc<LoadedPlugin>, String> {
-        let bytes = match &config.wasm {
-            WasmSource::Builtin(builtin_name) => builtin(builtin_name)
-                .map(std::borrow::Cow::Borrowed)
-                .ok_or_else(|| format!("no built-in plugin named `{builtin_name}`"))?,
-            WasmSource::File(path) => std::fs::read(path)
-                .map(std::borrow::Cow::Owned)
-                .map_err(|err| format!("cannot read {}: {err}", path.display()))?,
+    ) -> Result<Arc<LoadedPlugin>, Error> {
+        let bytes =
+            match &config.wasm {
+                WasmSource::Builtin(builtin_name) => builtin(builtin_name)
+                    .map(std::borrow::Cow::Borrowed)
+                    .ok_or_else(|| Error::NoBuiltin(builtin_name.clone()))?,
+                WasmSource::File(path) => std::fs::read(path)
+                    .map(std::borrow::Cow::Owned)
+                    .map_err(|source| Error::Read {
+                        path: path.clone(),
+                        source,
+                    })?,
+            };
+        let within = |err: Error| Error::In {
+            wasm: config.wasm.to_string(),
+            source: Box::new(err),
         };
         let digest = digest(&bytes);
         if let Some(running) = running
@@ -132,9 +179,7 @@ impl Loader {
         let compiled = match cached {
             Some(compiled) => compiled,
             None => {
-                let compiled = Arc::new(
-                    Compiled::new(&bytes).map_err(|why| format!("{}: {why}", config.wasm))?,
-                );
+                let compiled = Arc::new(Compiled::new(&bytes).map_err(within)?);
                 self.lock().insert(digest, Arc::clone(&compiled));
                 compiled
             }
@@ -148,7 +193,7 @@ impl Loader {
         // A trial instance catches a bad config (the plugin's `init` says why) and missing grants.
         plugin
             .instantiate("(check)")
-            .map_err(|fault| format!("{}: {fault}", config.wasm))?;
+            .map_err(|fault| within(fault.into()))?;
         Ok(Arc::new(plugin))
     }
 

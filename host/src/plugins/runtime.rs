@@ -17,6 +17,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use super::Error;
 use crate::config::PluginConfig;
 use crate::media::{AccessUnit, Codec, Picture, Track};
 
@@ -83,7 +84,7 @@ pub enum Fault {
 
 /// The process-wide engine, with its epoch ticking; an error when wasmtime cannot be set up with
 /// epoch interruption or the clock cannot run, since plugins would then run without time limits.
-pub fn engine() -> Result<&'static Engine, String> {
+pub fn engine() -> Result<&'static Engine, Error> {
     static ENGINE: OnceLock<Result<Engine, String>> = OnceLock::new();
     ENGINE
         .get_or_init(|| {
@@ -108,15 +109,15 @@ pub fn engine() -> Result<&'static Engine, String> {
             Ok(engine)
         })
         .as_ref()
-        .map_err(Clone::clone)
+        .map_err(|why| Error::Setup(why.clone()))
 }
 
 /// The linker with WASI and the `host` interface; shared by every instance.
-fn linker() -> Result<&'static Linker<PluginState>, String> {
+fn linker() -> Result<&'static Linker<PluginState>, Error> {
     static LINKER: OnceLock<Result<Linker<PluginState>, String>> = OnceLock::new();
     LINKER
         .get_or_init(|| {
-            let mut linker = Linker::new(engine()?);
+            let mut linker = Linker::new(engine().map_err(|err| err.to_string())?);
             wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
                 .and_then(|()| {
                     // The blocking calls again, over wasmtime-wasi's, held to the call's deadline.
@@ -139,7 +140,7 @@ fn linker() -> Result<&'static Linker<PluginState>, String> {
             Ok(linker)
         })
         .as_ref()
-        .map_err(Clone::clone)
+        .map_err(|why| Error::Setup(why.clone()))
 }
 
 /// Which world a component exports.
@@ -171,11 +172,10 @@ enum Pre {
 
 impl Compiled {
     /// Compiles `bytes` and checks that it is a plugin whose imports the host provides.
-    pub fn new(bytes: &[u8]) -> Result<Compiled, String> {
+    pub fn new(bytes: &[u8]) -> Result<Compiled, Error> {
         let engine = engine()?;
-        let component = Component::new(engine, bytes).map_err(|err| {
-            format!("not a WebAssembly component ({err:#}); build it for wasm32-wasip2")
-        })?;
+        let component = Component::new(engine, bytes)
+            .map_err(|err| Error::NotAComponent(format!("{err:#}")))?;
         let exports: Vec<String> = component
             .component_type()
             .exports(engine)
@@ -186,27 +186,25 @@ impl Compiled {
         } else if exports.iter().any(|e| e == FRAME_EXPORT) {
             Kind::Frame
         } else {
-            return Err(format!(
-                "exports neither `{PACKET_EXPORT}` nor `{FRAME_EXPORT}` (it exports: {}); build it \
-                 against wit/plugin.wit, world `packet-plugin` or `frame-plugin`",
-                if exports.is_empty() {
+            return Err(Error::NotAPlugin {
+                exports: if exports.is_empty() {
                     "nothing".to_owned()
                 } else {
                     exports.join(", ")
-                }
-            ));
+                },
+            });
         };
         let pre = linker()?
             .instantiate_pre(&component)
-            .map_err(|err| format!("cannot be linked: {err:#}"))?;
+            .map_err(|err| Error::Link(format!("{err:#}")))?;
         let pre = match kind {
             Kind::Packet => Pre::Packet(
                 packet_world::PacketPluginPre::new(pre)
-                    .map_err(|err| format!("does not fit world `packet-plugin`: {err:#}"))?,
+                    .map_err(|err| Error::World("packet-plugin", format!("{err:#}")))?,
             ),
             Kind::Frame => Pre::Frame(
                 frame_world::FramePluginPre::new(pre)
-                    .map_err(|err| format!("does not fit world `frame-plugin`: {err:#}"))?,
+                    .map_err(|err| Error::World("frame-plugin", format!("{err:#}")))?,
             ),
         };
         Ok(Compiled { kind, pre })
@@ -535,7 +533,7 @@ impl Instance {
             log,
             deadline: Instant::now(),
         };
-        let engine = engine().map_err(Fault::Invalid)?;
+        let engine = engine().map_err(|err| Fault::Invalid(err.to_string()))?;
         let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.limits);
         store.epoch_deadline_trap();

@@ -6,12 +6,15 @@
 //! sockets, no clock), `sdp` describes streams, `server` is the tokio edge.
 
 mod codec;
+mod egress;
 #[cfg(any(fuzzing, test))]
 pub mod fuzz;
 mod publish;
 mod sdp;
 mod server;
 mod session;
+mod transport;
+mod udp;
 
 use std::net::SocketAddr;
 

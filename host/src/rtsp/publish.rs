@@ -9,7 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 
-use super::session::TrackTransport;
+use super::transport::TrackTransport;
 use crate::hub::{PublishClaim, Revocation, Stream};
 use crate::media::{AAC_SAMPLE_RATES, AccessUnit, Codec, OPUS_CLOCK_RATE, VIDEO_CLOCK_RATE};
 use crate::rtp::{DepacketizeError, Depacketizer, PayloadFormat};

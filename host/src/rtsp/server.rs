@@ -1,39 +1,33 @@
-//! The tokio edge of the RTSP server: the accept loop, one task per control connection that runs
-//! the protocol core, one egress task per connection that sends its responses and media, and the
-//! shared UDP sockets.
+//! The tokio edge of the RTSP server: the accept loop and one task per control connection that runs
+//! the protocol core; each connection's egress task is in [`super::egress`], the shared UDP sockets
+//! in [`super::udp`].
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
 use super::Error;
 use super::codec::{CodecError, Incoming, RtspDecoder};
-use super::session::{Action, Connection, Context, Play, TrackTransport, bad_request, route_name};
+use super::egress::{Egress, Sent, run_egress};
+use super::session::{Action, Connection, Context, bad_request, route_name};
+use super::udp::{UdpSockets, receive_rtcp, receive_rtp, register_publisher, register_rtcp};
 use crate::auth::Auth;
 use crate::config::ServerConfig;
-use crate::hub::{Reader, Revocation, Unit};
+use crate::hub::Revocation;
 use crate::listen::{ConnectionGate, Listener, Rebind, keep_alive};
 use crate::router::RouterHandle;
-use crate::rtp::rtcp::{self, SenderReport};
+use crate::rtp::rtcp;
 use crate::sessions::{ClientLimit, Registration, SessionKind, Sessions};
 
-/// How often each reader gets RTCP sender reports.
-const SENDER_REPORT_INTERVAL: Duration = Duration::from_secs(5);
-/// A TCP reader that accepts no bytes for this long is taken as gone.
-const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a connection checks its session's liveness.
 const LIVENESS_CHECK_INTERVAL: Duration = Duration::from_secs(5);
-const EGRESS_BUFFER: usize = 16 * 1024;
 /// A connection without a session is closed after this long without a request.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A request must arrive whole within this long of its first bytes (checked every few seconds).
@@ -142,121 +136,6 @@ impl RtspServer {
             }
         }
     }
-}
-
-/// Where a publisher's UDP packets go: its connection's inbox, and the track they belong to.
-type RtpSource = (mpsc::Sender<(usize, Bytes)>, usize);
-
-/// The server's UDP sockets, shared by every UDP session: readers are told apart by address.
-struct UdpSockets {
-    rtp: UdpSocket,
-    rtcp: UdpSocket,
-    ports: (u16, u16),
-    /// Liveness flags of playing sessions, by the address their RTCP comes from.
-    rtcp_peers: Mutex<HashMap<SocketAddr, Arc<AtomicBool>>>,
-    /// Publishers' RTP over UDP, by the address it comes from: to their connection, with the track.
-    rtp_sources: Mutex<HashMap<SocketAddr, RtpSource>>,
-}
-
-impl UdpSockets {
-    async fn bind(ip: IpAddr, (first, last): (u16, u16)) -> Result<Arc<UdpSockets>, Error> {
-        let mut port = first;
-        while port < last {
-            if let (Ok(rtp), Ok(rtcp)) = (
-                UdpSocket::bind((ip, port)).await,
-                UdpSocket::bind((ip, port + 1)).await,
-            ) {
-                return Ok(Arc::new(UdpSockets {
-                    rtp,
-                    rtcp,
-                    ports: (port, port + 1),
-                    rtcp_peers: Mutex::default(),
-                    rtp_sources: Mutex::default(),
-                }));
-            }
-            port = port.saturating_add(2);
-        }
-        Err(Error::NoUdpPorts { first, last })
-    }
-
-    fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Arc<AtomicBool>>> {
-        self.rtcp_peers.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn sources(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, RtpSource>> {
-        self.rtp_sources.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// Removes a session's addresses from the shared maps when the session stops playing or
-/// publishing.
-struct RtcpRegistration {
-    udp: Arc<UdpSockets>,
-    addrs: Vec<SocketAddr>,
-    rtp_sources: Vec<SocketAddr>,
-}
-
-impl Drop for RtcpRegistration {
-    fn drop(&mut self) {
-        let mut peers = self.udp.peers();
-        for addr in &self.addrs {
-            peers.remove(addr);
-        }
-        drop(peers);
-        let mut sources = self.udp.sources();
-        for addr in &self.rtp_sources {
-            sources.remove(addr);
-        }
-    }
-}
-
-async fn receive_rtcp(udp: Arc<UdpSockets>) {
-    let mut buf = vec![0u8; 2048];
-    loop {
-        let Ok((len, from)) = udp.rtcp.recv_from(&mut buf).await else {
-            continue;
-        };
-        let flag = udp.peers().get(&from).cloned();
-        let Some(flag) = flag else { continue };
-        match rtcp::parse_reception_reports(&buf[..len]) {
-            Ok(reports) => {
-                flag.store(true, Ordering::Relaxed);
-                for report in reports {
-                    tracing::trace!(%from, ?report, "RTCP receiver report");
-                }
-            }
-            Err(err) => tracing::debug!(%from, "ignoring RTCP packet: {err}"),
-        }
-    }
-}
-
-/// Publishers' RTP goes to their connection; anything else (readers punching NAT holes) is dropped.
-async fn receive_rtp(udp: Arc<UdpSockets>) {
-    let mut buf = vec![0u8; 2048];
-    loop {
-        let Ok((len, from)) = udp.rtp.recv_from(&mut buf).await else {
-            continue;
-        };
-        let target = udp.sources().get(&from).cloned();
-        if let Some((connection, track)) = target {
-            // A connection that cannot keep up loses packets, as a network would.
-            let _ = connection.try_send((track, Bytes::copy_from_slice(&buf[..len])));
-        }
-    }
-}
-
-/// What the control task hands the egress task, in order.
-enum Egress {
-    Response(Vec<u8>),
-    Play(Play, Option<RtcpRegistration>),
-    Stop,
-}
-
-/// What one connection sent, for the access log.
-#[derive(Debug, Default)]
-struct Sent {
-    packets: u64,
-    bytes: u64,
 }
 
 async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
@@ -434,253 +313,6 @@ async fn wait_for_source(router: &RouterHandle, request: &rtsp_types::Request<Ve
     if let Some(stream) = stream {
         stream.wait_while_waiting(SOURCE_START_TIMEOUT).await;
     }
-}
-
-fn register_publisher(
-    udp: &Arc<UdpSockets>,
-    sources: &[(SocketAddr, SocketAddr, usize)],
-    media: &mpsc::Sender<(usize, Bytes)>,
-    flag: &Arc<AtomicBool>,
-) -> RtcpRegistration {
-    let mut registered = udp.sources();
-    for (rtp, _, track) in sources {
-        registered.insert(*rtp, (media.clone(), *track));
-    }
-    drop(registered);
-    let mut peers = udp.peers();
-    for (_, rtcp, _) in sources {
-        peers.insert(*rtcp, Arc::clone(flag));
-    }
-    drop(peers);
-    RtcpRegistration {
-        udp: Arc::clone(udp),
-        addrs: sources.iter().map(|(_, rtcp, _)| *rtcp).collect(),
-        rtp_sources: sources.iter().map(|(rtp, _, _)| *rtp).collect(),
-    }
-}
-
-fn register_rtcp(
-    udp: &Arc<UdpSockets>,
-    play: &Play,
-    flag: &Arc<AtomicBool>,
-) -> Option<RtcpRegistration> {
-    let addrs: Vec<SocketAddr> = play
-        .tracks
-        .iter()
-        .flatten()
-        .filter_map(|t| match t {
-            TrackTransport::Udp { rtcp, .. } => Some(*rtcp),
-            TrackTransport::Tcp { .. } => None,
-        })
-        .collect();
-    if addrs.is_empty() {
-        return None;
-    }
-    let mut peers = udp.peers();
-    for addr in &addrs {
-        peers.insert(*addr, Arc::clone(flag));
-    }
-    drop(peers);
-    Some(RtcpRegistration {
-        udp: Arc::clone(udp),
-        addrs,
-        rtp_sources: Vec::new(),
-    })
-}
-
-/// A reader being sent to, with the per-track counts its sender reports carry.
-struct Playback {
-    reader: Reader,
-    tracks: Vec<Option<TrackTransport>>,
-    counts: Vec<TrackCount>,
-    _rtcp: Option<RtcpRegistration>,
-}
-
-#[derive(Clone, Copy, Default)]
-struct TrackCount {
-    packets: u32,
-    octets: u32,
-    reported: bool,
-}
-
-async fn next_unit(playback: &mut Option<Playback>) -> Option<Arc<Unit>> {
-    match playback {
-        Some(playback) => playback.reader.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Sends responses and media of one connection, in order. Ends when the control task lets go, the
-/// stream closes, or the peer stops accepting bytes.
-async fn run_egress(
-    write: OwnedWriteHalf,
-    mut commands: mpsc::Receiver<Egress>,
-    udp: Arc<UdpSockets>,
-) -> Sent {
-    let mut out = BufWriter::with_capacity(EGRESS_BUFFER, write);
-    let mut playback: Option<Playback> = None;
-    let mut sent = Sent::default();
-    let mut reports = tokio::time::interval(SENDER_REPORT_INTERVAL);
-    loop {
-        let result = tokio::select! {
-            biased;
-            command = commands.recv() => match command {
-                None => break,
-                Some(Egress::Response(bytes)) => {
-                    with_deadline(async {
-                        out.write_all(&bytes).await?;
-                        out.flush().await
-                    })
-                    .await
-                }
-                Some(Egress::Play(play, registration)) => {
-                    let counts = vec![TrackCount::default(); play.tracks.len()];
-                    playback = Some(Playback {
-                        reader: play.reader,
-                        tracks: play.tracks,
-                        counts,
-                        _rtcp: registration,
-                    });
-                    Ok(())
-                }
-                Some(Egress::Stop) => {
-                    playback = None;
-                    Ok(())
-                }
-            },
-            unit = next_unit(&mut playback) => match (unit, &mut playback) {
-                (Some(unit), Some(playback)) => {
-                    with_deadline(send_unit(&unit, playback, &mut out, &udp, &mut sent)).await
-                }
-                // The route was removed: the session ends.
-                _ => break,
-            },
-            _ = reports.tick(), if playback.is_some() => match &mut playback {
-                Some(playback) => with_deadline(send_reports(playback, &mut out, &udp, None)).await,
-                None => Ok(()),
-            },
-        };
-        if result.is_err() {
-            break;
-        }
-    }
-    let _ = out.flush().await;
-    sent
-}
-
-async fn with_deadline(
-    write: impl std::future::Future<Output = std::io::Result<()>>,
-) -> std::io::Result<()> {
-    tokio::time::timeout(WRITE_STALL_TIMEOUT, write)
-        .await
-        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
-}
-
-async fn send_unit(
-    unit: &Unit,
-    playback: &mut Playback,
-    out: &mut BufWriter<OwnedWriteHalf>,
-    udp: &UdpSockets,
-    sent: &mut Sent,
-) -> std::io::Result<()> {
-    let track = unit.au.track;
-    let Some(Some(transport)) = playback.tracks.get(track).copied() else {
-        return Ok(());
-    };
-    let stats = playback.reader.stats();
-    let bytes: usize = unit.rtp.packets.iter().map(|p| p.len()).sum();
-    stats
-        .packets_out
-        .fetch_add(unit.rtp.packets.len() as u64, Ordering::Relaxed);
-    stats.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
-    for packet in &unit.rtp.packets {
-        match transport {
-            TrackTransport::Tcp { rtp_channel, .. } => {
-                write_interleaved(out, rtp_channel, packet).await?
-            }
-            TrackTransport::Udp { rtp, .. } => {
-                // A lost datagram is RTP's normal business; the reader's RTCP reports it.
-                let _ = udp.rtp.send_to(packet, rtp).await;
-            }
-        }
-        sent.packets += 1;
-        sent.bytes += packet.len() as u64;
-    }
-    let count = &mut playback.counts[track];
-    let payload: usize = unit
-        .rtp
-        .packets
-        .iter()
-        .map(|p| p.len().saturating_sub(12))
-        .sum();
-    count.packets = count.packets.wrapping_add(unit.rtp.packets.len() as u32);
-    count.octets = count.octets.wrapping_add(payload as u32);
-    if !count.reported {
-        // The first sender report right after the first packet lets players sync at once.
-        send_reports(playback, out, udp, Some(track)).await?;
-    }
-    if matches!(transport, TrackTransport::Tcp { .. }) {
-        out.flush().await?;
-    }
-    Ok(())
-}
-
-/// Sends a sender report for `only` one track, or for every track that has sent media.
-async fn send_reports(
-    playback: &mut Playback,
-    out: &mut BufWriter<OwnedWriteHalf>,
-    udp: &UdpSockets,
-    only: Option<usize>,
-) -> std::io::Result<()> {
-    let now = Instant::now();
-    let ntp = rtcp::ntp_timestamp(SystemTime::now());
-    let media = Arc::clone(playback.reader.media());
-    for (track, transport) in playback.tracks.iter().enumerate() {
-        let Some(transport) = transport else { continue };
-        if only.is_some_and(|only| only != track) {
-            continue;
-        }
-        let count = &mut playback.counts[track];
-        if count.packets == 0 {
-            continue;
-        }
-        let (Some(rtp_timestamp), Some(info)) =
-            (media.rtp_timestamp_at(track, now), media.tracks.get(track))
-        else {
-            continue;
-        };
-        count.reported = true;
-        let report = SenderReport {
-            ssrc: info.ssrc,
-            ntp,
-            rtp_timestamp,
-            packet_count: count.packets,
-            octet_count: count.octets,
-        }
-        .write();
-        match *transport {
-            TrackTransport::Tcp { rtcp_channel, .. } => {
-                write_interleaved(out, rtcp_channel, &report).await?
-            }
-            TrackTransport::Udp { rtcp, .. } => {
-                let _ = udp.rtcp.send_to(&report, rtcp).await;
-            }
-        }
-    }
-    Ok(())
-}
-
-async fn write_interleaved(
-    out: &mut BufWriter<OwnedWriteHalf>,
-    channel: u8,
-    packet: &[u8],
-) -> std::io::Result<()> {
-    let Ok(len) = u16::try_from(packet.len()) else {
-        return Ok(());
-    };
-    let [hi, lo] = len.to_be_bytes();
-    out.write_all(&[b'$', channel, hi, lo]).await?;
-    out.write_all(packet).await
 }
 
 /// The one access-log line a client session leaves.

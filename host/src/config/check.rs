@@ -1,0 +1,577 @@
+//! The checker: from the file as serde read it ([`raw`](super::raw)) to a typed [`Config`], with
+//! every problem found in one pass.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::{
+    AccessList, Config, Credentials, DEFAULT_MEMORY_LIMIT_MB, DEFAULT_TIME_LIMIT_MS,
+    DEFAULT_TRANSCODE_KBPS, IpNet, MemoryBudget, OnError, Origin, PasswordHash, PluginConfig,
+    Problem, RESERVED_NAMES, RouteConfig, ServerConfig, SourceConfig, TokenHash, TranscodeConfig,
+    Users, WasmSource, raw,
+};
+
+/// Collects every problem in one pass, so a user fixes them all at once.
+pub(super) struct Checker<'a> {
+    file: &'a Path,
+    text: &'a str,
+    pub(super) problems: Vec<Problem>,
+}
+
+impl<'a> Checker<'a> {
+    pub(super) fn new(file: &'a Path, text: &'a str) -> Checker<'a> {
+        Checker {
+            file,
+            text,
+            problems: Vec::new(),
+        }
+    }
+
+    pub(super) fn position(&self, offset: usize) -> (usize, usize) {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        (line, column)
+    }
+
+    fn problem<T>(&mut self, at: &Spanned<T>, key: String, message: String) {
+        let position = Some(self.position(at.span().start));
+        self.problems.push(Problem {
+            file: self.file.to_owned(),
+            position,
+            key,
+            message,
+        });
+    }
+
+    pub(super) fn config(&mut self, raw: raw::File, base_dir: &Path) -> Config {
+        let mut users = Users::new();
+        for (name, user) in raw.users {
+            let mut credentials = Credentials::default();
+            if let Some(password) = &user.password {
+                match PasswordHash::parse(password.get_ref()) {
+                    Ok(hash) => credentials.password = Some(hash),
+                    Err(why) => self.problem(password, format!("users.{name}.password"), why),
+                }
+            }
+            if let Some(token) = &user.token {
+                match TokenHash::parse(token.get_ref()) {
+                    Ok(hash) => credentials.token = Some(hash),
+                    Err(why) => self.problem(token, format!("users.{name}.token"), why),
+                }
+            }
+            if user.password.is_none() && user.token.is_none() {
+                self.problems.push(Problem {
+                    file: self.file.to_owned(),
+                    position: None,
+                    key: format!("users.{name}"),
+                    message:
+                        "give a password (wasmcast hash-password) or a token (wasmcast new-token)"
+                            .into(),
+                });
+            }
+            users.insert(name, credentials);
+        }
+        let server = self.server(raw.server, &users);
+        // Names of every plugin table, valid or not: a route naming a broken one is not wrong too.
+        let plugin_names: Vec<String> = raw.plugins.keys().map(|n| n.get_ref().clone()).collect();
+        let mut plugins = BTreeMap::new();
+        for (name, plugin) in raw.plugins {
+            if let Some(plugin) = self.plugin(&name, plugin, base_dir) {
+                plugins.insert(name.into_inner(), plugin);
+            }
+        }
+        let mut routes = BTreeMap::new();
+        let mut feeds = BTreeMap::new();
+        for (name, route) in raw.routes {
+            let key = format!("routes.{}", name.get_ref());
+            if let Err(why) = check_path_segment(name.get_ref()) {
+                self.problem(&name, key.clone(), why);
+            }
+            for plugin in &route.plugins {
+                if !plugins.contains_key(plugin.get_ref())
+                    && !plugin_names.contains(plugin.get_ref())
+                {
+                    self.problem(
+                        plugin,
+                        format!("{key}.plugins"),
+                        format!(
+                            "no plugin named `{}`; define it in a [plugins.{}] table",
+                            plugin.get_ref(),
+                            plugin.get_ref()
+                        ),
+                    );
+                }
+            }
+            let transcode = route
+                .transcode
+                .as_ref()
+                .map(|t| self.transcode(t.get_ref(), t, &format!("{key}.transcode")));
+            let looping = route.looping.as_ref().is_none_or(|l| *l.get_ref());
+            let source =
+                match parse_source(name.get_ref(), route.source.get_ref(), looping, base_dir) {
+                    Ok(source) => source,
+                    Err(why) => {
+                        self.problem(&route.source, format!("{key}.source"), why);
+                        continue;
+                    }
+                };
+            if let SourceConfig::Push { feed } = &source {
+                match feeds.insert(feed.clone(), name.get_ref().clone()) {
+                    Some(other) => self.problem(
+                        &route.source,
+                        format!("{key}.source"),
+                        format!("route `{other}` already takes the feed `{feed}`; give each push route its own feed"),
+                    ),
+                    None if route.looping.is_some() => self.problem(
+                        &route.source,
+                        format!("{key}.loop"),
+                        "`loop` applies only to `file:` sources; remove it".into(),
+                    ),
+                    None => {}
+                }
+            }
+            routes.insert(
+                name.into_inner(),
+                RouteConfig {
+                    source,
+                    plugins: route.plugins.into_iter().map(Spanned::into_inner).collect(),
+                    access: self.access(&route.allow, &route.deny, &key),
+                    read: self.user_list(&route.read, &users, &format!("{key}.read")),
+                    publish: self.user_list(&route.publish, &users, &format!("{key}.publish")),
+                    transcode,
+                },
+            );
+        }
+        Config {
+            server,
+            routes,
+            plugins,
+            users,
+        }
+    }
+
+    fn plugin(
+        &mut self,
+        name: &Spanned<String>,
+        raw: raw::Plugin,
+        base_dir: &Path,
+    ) -> Option<PluginConfig> {
+        let key = format!("plugins.{}", name.get_ref());
+        let problems = self.problems.len();
+        if let Err(why) = check_path_segment(name.get_ref()) {
+            self.problem(name, key.clone(), why.replace("route name", "plugin name"));
+        }
+        let wasm = match raw.wasm.get_ref().strip_prefix("builtin:") {
+            // Whether such a built-in exists is the plugin loader's to say.
+            Some(builtin) => WasmSource::Builtin(builtin.to_owned()),
+            None if raw.wasm.get_ref().is_empty() => {
+                self.problem(
+                    &raw.wasm,
+                    format!("{key}.wasm"),
+                    "give a path to a .wasm component or \"builtin:NAME\"".into(),
+                );
+                WasmSource::File(PathBuf::new())
+            }
+            None => WasmSource::File(base_dir.join(raw.wasm.get_ref())),
+        };
+        let on_error = match raw.on_error.as_ref().map(|v| v.get_ref().as_str()) {
+            None | Some("bypass") => OnError::Bypass,
+            Some("drop") => OnError::Drop,
+            Some(other) => {
+                if let Some(value) = &raw.on_error {
+                    self.problem(
+                        value,
+                        format!("{key}.on_error"),
+                        format!("`{other}` is not a policy: use \"bypass\" or \"drop\""),
+                    );
+                }
+                OnError::Bypass
+            }
+        };
+        let time_limit_ms = raw
+            .time_limit_ms
+            .as_ref()
+            .map_or(DEFAULT_TIME_LIMIT_MS, |v| *v.get_ref());
+        if let Some(value) = raw
+            .time_limit_ms
+            .as_ref()
+            .filter(|v| !(1..=60_000).contains(v.get_ref()))
+        {
+            self.problem(
+                value,
+                format!("{key}.time_limit_ms"),
+                "give 1 to 60000 milliseconds".into(),
+            );
+        }
+        let memory_limit_mb = raw
+            .memory_limit_mb
+            .as_ref()
+            .map_or(DEFAULT_MEMORY_LIMIT_MB, |v| *v.get_ref());
+        if let Some(value) = raw
+            .memory_limit_mb
+            .as_ref()
+            .filter(|v| !(1..=4096).contains(v.get_ref()))
+        {
+            self.problem(
+                value,
+                format!("{key}.memory_limit_mb"),
+                "give 1 to 4096 MiB".into(),
+            );
+        }
+        let mut dirs = BTreeMap::new();
+        for (guest, host) in raw.dirs {
+            let path = base_dir.join(host.get_ref());
+            if !path.is_dir() {
+                self.problem(
+                    &host,
+                    format!("{key}.dirs"),
+                    format!("`{}` is not a directory", path.display()),
+                );
+            }
+            dirs.insert(guest, path);
+        }
+        let config = match serde_json::to_string(&raw.config) {
+            Ok(json) => json,
+            Err(err) => {
+                self.problem(
+                    name,
+                    format!("{key}.config"),
+                    format!("cannot hand this table to a plugin: {err}"),
+                );
+                String::from("{}")
+            }
+        };
+        if self.problems.len() > problems {
+            return None;
+        }
+        Some(PluginConfig {
+            wasm,
+            config,
+            on_error,
+            time_limit: Duration::from_millis(time_limit_ms),
+            memory_limit: usize::try_from(memory_limit_mb << 20).unwrap_or(usize::MAX),
+            env: raw.env,
+            dirs,
+            network: raw.network,
+            origin: Origin {
+                file: self.file.to_owned(),
+                position: Some(self.position(name.span().start)),
+            },
+        })
+    }
+
+    /// A problem at `table.name` unless `value` (when given) is in `range`.
+    fn within<T: PartialOrd>(
+        &mut self,
+        value: &Option<Spanned<T>>,
+        range: RangeInclusive<T>,
+        table: &str,
+        name: &str,
+        advice: &str,
+    ) {
+        if let Some(value) = value
+            && !range.contains(value.get_ref())
+        {
+            self.problem(value, format!("{table}.{name}"), advice.into());
+        }
+    }
+
+    fn transcode<T>(
+        &mut self,
+        raw: &raw::Transcode,
+        at: &Spanned<T>,
+        key: &str,
+    ) -> TranscodeConfig {
+        for (value, name) in [(&raw.width, "width"), (&raw.height, "height")] {
+            if let Some(value) = value
+                && (!(16..=4096).contains(value.get_ref()) || value.get_ref() % 2 != 0)
+            {
+                self.problem(
+                    value,
+                    format!("{key}.{name}"),
+                    "give an even number of pixels from 16 to 4096".into(),
+                );
+            }
+        }
+        self.within(
+            &raw.fps,
+            1.0..=120.0,
+            key,
+            "fps",
+            "give 1 to 120 frames per second",
+        );
+        self.within(
+            &raw.bitrate_kbps,
+            10..=100_000,
+            key,
+            "bitrate_kbps",
+            "give 10 to 100000 kbit/s",
+        );
+        self.within(
+            &raw.keyframe_interval,
+            1..=1000,
+            key,
+            "keyframe_interval",
+            "give 1 to 1000 pictures",
+        );
+        if raw.width.is_some() != raw.height.is_some() {
+            self.problem(
+                at,
+                key.to_owned(),
+                "give both width and height, or neither (to keep the source's size)".into(),
+            );
+        }
+        TranscodeConfig {
+            width: raw.width.as_ref().map(|v| *v.get_ref()),
+            height: raw.height.as_ref().map(|v| *v.get_ref()),
+            fps: raw.fps.as_ref().map(|v| *v.get_ref()),
+            bitrate_kbps: raw
+                .bitrate_kbps
+                .as_ref()
+                .map_or(DEFAULT_TRANSCODE_KBPS, |v| *v.get_ref()),
+            keyframe_interval: raw.keyframe_interval.as_ref().map(|v| *v.get_ref()),
+            audio: raw.audio.unwrap_or(true),
+        }
+    }
+
+    fn server(&mut self, raw: raw::Server, users: &Users) -> ServerConfig {
+        let defaults = raw::Server::default();
+        let rtsp = self.socket_addr(&raw.rtsp, "server.rtsp");
+        let http = self.socket_addr(&raw.http, "server.http");
+        let webrtc_udp = self.socket_addr(&raw.webrtc_udp, "server.webrtc_udp");
+        let rtp_ports = match parse_port_range(raw.rtp_ports.get_ref()) {
+            Ok(range) => range,
+            Err(why) => {
+                self.problem(&raw.rtp_ports, "server.rtp_ports".into(), why);
+                (30000, 30999)
+            }
+        };
+        if *raw.webrtc_udp_ports.get_ref() == 0 {
+            self.problem(
+                &raw.webrtc_udp_ports,
+                "server.webrtc_udp_ports".into(),
+                "must be at least 1 (one port per WebRTC viewer)".into(),
+            );
+        }
+        let webrtc_public_ip =
+            raw.webrtc_public_ip
+                .as_ref()
+                .and_then(|ip| match ip.get_ref().parse::<IpAddr>() {
+                    Ok(parsed) if !parsed.is_unspecified() => Some(parsed),
+                    _ => {
+                        self.problem(
+                            ip,
+                            "server.webrtc_public_ip".into(),
+                            format!("`{}` is not an IP address browsers can reach", ip.get_ref()),
+                        );
+                        None
+                    }
+                });
+        if *raw.max_clients.get_ref() == 0 {
+            self.problem(
+                &raw.max_clients,
+                "server.max_clients".into(),
+                "must be at least 1".into(),
+            );
+        }
+        for (value, key) in [
+            (&raw.max_connections, "server.max_connections"),
+            (
+                &raw.max_connections_per_address,
+                "server.max_connections_per_address",
+            ),
+        ] {
+            if *value.get_ref() == 0 {
+                self.problem(value, key.into(), "must be at least 1".into());
+            }
+        }
+        let mut megabytes =
+            |value: &Spanned<usize>, key: &str, range: std::ops::RangeInclusive<usize>| {
+                if range.contains(value.get_ref()) {
+                    *value.get_ref() << 20
+                } else {
+                    self.problem(
+                        value,
+                        key.into(),
+                        format!("must be from {} to {} (MiB)", range.start(), range.end()),
+                    );
+                    *range.start() << 20
+                }
+            };
+        let max_unit_bytes = megabytes(&raw.max_unit_mb, "server.max_unit_mb", 1..=256);
+        let route_buffer_bytes =
+            megabytes(&raw.route_buffer_mb, "server.route_buffer_mb", 4..=4096);
+        if route_buffer_bytes < max_unit_bytes {
+            self.problem(
+                &raw.route_buffer_mb,
+                "server.route_buffer_mb".into(),
+                "must be at least server.max_unit_mb: a route must hold one unit of the largest size".into(),
+            );
+        }
+        ServerConfig {
+            rtsp: rtsp.unwrap_or_else(|| socket_default(&defaults.rtsp)),
+            http: http.unwrap_or_else(|| socket_default(&defaults.http)),
+            rtp_ports,
+            webrtc_udp: webrtc_udp.unwrap_or_else(|| socket_default(&defaults.webrtc_udp)),
+            webrtc_udp_ports: *raw.webrtc_udp_ports.get_ref(),
+            webrtc_public_ip,
+            max_clients: *raw.max_clients.get_ref(),
+            max_bandwidth_kbps: *raw.max_bandwidth_kbps.get_ref(),
+            max_connections: *raw.max_connections.get_ref(),
+            max_connections_per_address: *raw.max_connections_per_address.get_ref(),
+            budget: MemoryBudget {
+                max_unit_bytes,
+                route_buffer_bytes,
+            },
+            access: self.access(&raw.allow, &raw.deny, "server"),
+            admins: self.user_list(&raw.admins, users, "server.admins"),
+        }
+    }
+
+    fn user_list(&mut self, names: &[Spanned<String>], users: &Users, key: &str) -> Vec<String> {
+        for name in names {
+            if !users.contains_key(name.get_ref()) {
+                self.problem(
+                    name,
+                    key.to_owned(),
+                    format!(
+                        "no user named `{0}`; add a [users.{0}] table with password = \"md5:…\" from `wasmcast hash-password {0}`",
+                        name.get_ref()
+                    ),
+                );
+            }
+        }
+        names.iter().map(|n| n.get_ref().clone()).collect()
+    }
+
+    fn access(
+        &mut self,
+        allow: &[Spanned<String>],
+        deny: &[Spanned<String>],
+        key: &str,
+    ) -> AccessList {
+        let mut list = AccessList::default();
+        for (entries, name, out) in [
+            (allow, "allow", &mut list.allow),
+            (deny, "deny", &mut list.deny),
+        ] {
+            for entry in entries {
+                match IpNet::parse(entry.get_ref()) {
+                    Ok(net) => out.push(net),
+                    Err(why) => self.problem(entry, format!("{key}.{name}"), why),
+                }
+            }
+        }
+        list
+    }
+
+    fn socket_addr(&mut self, value: &Spanned<String>, key: &str) -> Option<SocketAddr> {
+        match value.get_ref().parse() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.problem(
+                    value,
+                    key.into(),
+                    format!(
+                        "`{}` is not an IP address and port, e.g. \"0.0.0.0:8554\" or \"[::]:8554\"",
+                        value.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+}
+
+fn socket_default(value: &Spanned<String>) -> SocketAddr {
+    value
+        .get_ref()
+        .parse()
+        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+/// Route and feed names are single URL path segments that do not collide with the HTTP API.
+fn check_path_segment(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        || name.starts_with('.')
+    {
+        return Err(format!(
+            "`{name}` is not a valid route name: use letters, digits, `-`, `_` and `.` (it becomes a URL path segment)"
+        ));
+    }
+    if RESERVED_NAMES.contains(&name) {
+        return Err(format!(
+            "`{name}` is reserved for the HTTP server ({}); choose another name",
+            RESERVED_NAMES.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+fn parse_source(
+    route: &str,
+    source: &str,
+    looping: bool,
+    base_dir: &Path,
+) -> Result<SourceConfig, String> {
+    if let Some(path) = source.strip_prefix("file:") {
+        if path.is_empty() {
+            return Err("`file:` needs a path, e.g. \"file:../media/sample.mp4\"".into());
+        }
+        return Ok(SourceConfig::File {
+            path: base_dir.join(path),
+            looping,
+        });
+    }
+    if source == "push" {
+        return Ok(SourceConfig::Push {
+            feed: route.to_owned(),
+        });
+    }
+    if let Some(feed) = source.strip_prefix("push:") {
+        check_path_segment(feed).map_err(|why| format!("feed name: {why}"))?;
+        return Ok(SourceConfig::Push {
+            feed: feed.to_owned(),
+        });
+    }
+    if source.starts_with("rtsp://") {
+        let url =
+            url::Url::parse(source).map_err(|err| format!("`{source}` is not a URL: {err}"))?;
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(format!("`{source}` names no host"));
+        }
+        return Ok(SourceConfig::RtspPull { url });
+    }
+
+    Err(format!(
+        "`{source}` is not a source: use \"file:PATH\", \"push\", \"push:FEED\" or \"rtsp://HOST/PATH\""
+    ))
+}
+
+pub(super) fn parse_port_range(range: &str) -> Result<(u16, u16), String> {
+    let usage = "give an even first port and a range of at least two ports, e.g. \"30000-30999\"";
+    let (first, last) = range
+        .split_once('-')
+        .ok_or_else(|| format!("`{range}` is not a port range; {usage}"))?;
+    let first: u16 = first
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{first}` is not a port number; {usage}"))?;
+    let last: u16 = last
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{last}` is not a port number; {usage}"))?;
+    if first == 0 || !first.is_multiple_of(2) || last <= first {
+        return Err(format!("`{range}` cannot hold RTP/RTCP pairs; {usage}"));
+    }
+    Ok((first, last))
+}

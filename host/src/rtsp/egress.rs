@@ -1,0 +1,232 @@
+//! The egress of one RTSP connection: a task that writes its responses in order and, once it
+//! plays, the route's RTP (interleaved in the TCP connection, or to the client's UDP ports) and
+//! RTCP sender reports, each write held to a deadline.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::mpsc;
+
+use super::session::Play;
+use super::transport::TrackTransport;
+use super::udp::{RtcpRegistration, UdpSockets};
+use crate::hub::{Reader, Unit};
+use crate::rtp::rtcp::{self, SenderReport};
+
+/// How often each reader gets RTCP sender reports.
+const SENDER_REPORT_INTERVAL: Duration = Duration::from_secs(5);
+/// A TCP reader that accepts no bytes for this long is taken as gone.
+const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+const EGRESS_BUFFER: usize = 16 * 1024;
+
+/// What the control task hands the egress task, in order.
+pub(super) enum Egress {
+    Response(Vec<u8>),
+    Play(Play, Option<RtcpRegistration>),
+    Stop,
+}
+
+/// What one connection sent, for the access log.
+#[derive(Debug, Default)]
+pub(super) struct Sent {
+    pub(super) packets: u64,
+    pub(super) bytes: u64,
+}
+
+/// A reader being sent to, with the per-track counts its sender reports carry.
+pub(super) struct Playback {
+    reader: Reader,
+    tracks: Vec<Option<TrackTransport>>,
+    counts: Vec<TrackCount>,
+    _rtcp: Option<RtcpRegistration>,
+}
+
+#[derive(Clone, Copy, Default)]
+pub(super) struct TrackCount {
+    packets: u32,
+    octets: u32,
+    reported: bool,
+}
+
+pub(super) async fn next_unit(playback: &mut Option<Playback>) -> Option<Arc<Unit>> {
+    match playback {
+        Some(playback) => playback.reader.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends responses and media of one connection, in order. Ends when the control task lets go, the
+/// stream closes, or the peer stops accepting bytes.
+pub(super) async fn run_egress(
+    write: OwnedWriteHalf,
+    mut commands: mpsc::Receiver<Egress>,
+    udp: Arc<UdpSockets>,
+) -> Sent {
+    let mut out = BufWriter::with_capacity(EGRESS_BUFFER, write);
+    let mut playback: Option<Playback> = None;
+    let mut sent = Sent::default();
+    let mut reports = tokio::time::interval(SENDER_REPORT_INTERVAL);
+    loop {
+        let result = tokio::select! {
+            biased;
+            command = commands.recv() => match command {
+                None => break,
+                Some(Egress::Response(bytes)) => {
+                    with_deadline(async {
+                        out.write_all(&bytes).await?;
+                        out.flush().await
+                    })
+                    .await
+                }
+                Some(Egress::Play(play, registration)) => {
+                    let counts = vec![TrackCount::default(); play.tracks.len()];
+                    playback = Some(Playback {
+                        reader: play.reader,
+                        tracks: play.tracks,
+                        counts,
+                        _rtcp: registration,
+                    });
+                    Ok(())
+                }
+                Some(Egress::Stop) => {
+                    playback = None;
+                    Ok(())
+                }
+            },
+            unit = next_unit(&mut playback) => match (unit, &mut playback) {
+                (Some(unit), Some(playback)) => {
+                    with_deadline(send_unit(&unit, playback, &mut out, &udp, &mut sent)).await
+                }
+                // The route was removed: the session ends.
+                _ => break,
+            },
+            _ = reports.tick(), if playback.is_some() => match &mut playback {
+                Some(playback) => with_deadline(send_reports(playback, &mut out, &udp, None)).await,
+                None => Ok(()),
+            },
+        };
+        if result.is_err() {
+            break;
+        }
+    }
+    let _ = out.flush().await;
+    sent
+}
+
+pub(super) async fn with_deadline(
+    write: impl std::future::Future<Output = std::io::Result<()>>,
+) -> std::io::Result<()> {
+    tokio::time::timeout(WRITE_STALL_TIMEOUT, write)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
+pub(super) async fn send_unit(
+    unit: &Unit,
+    playback: &mut Playback,
+    out: &mut BufWriter<OwnedWriteHalf>,
+    udp: &UdpSockets,
+    sent: &mut Sent,
+) -> std::io::Result<()> {
+    let track = unit.au.track;
+    let Some(Some(transport)) = playback.tracks.get(track).copied() else {
+        return Ok(());
+    };
+    let stats = playback.reader.stats();
+    let bytes: usize = unit.rtp.packets.iter().map(|p| p.len()).sum();
+    stats
+        .packets_out
+        .fetch_add(unit.rtp.packets.len() as u64, Ordering::Relaxed);
+    stats.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+    for packet in &unit.rtp.packets {
+        match transport {
+            TrackTransport::Tcp { rtp_channel, .. } => {
+                write_interleaved(out, rtp_channel, packet).await?
+            }
+            TrackTransport::Udp { rtp, .. } => {
+                // A lost datagram is RTP's normal business; the reader's RTCP reports it.
+                let _ = udp.rtp.send_to(packet, rtp).await;
+            }
+        }
+        sent.packets += 1;
+        sent.bytes += packet.len() as u64;
+    }
+    let count = &mut playback.counts[track];
+    let payload: usize = unit
+        .rtp
+        .packets
+        .iter()
+        .map(|p| p.len().saturating_sub(12))
+        .sum();
+    count.packets = count.packets.wrapping_add(unit.rtp.packets.len() as u32);
+    count.octets = count.octets.wrapping_add(payload as u32);
+    if !count.reported {
+        // The first sender report right after the first packet lets players sync at once.
+        send_reports(playback, out, udp, Some(track)).await?;
+    }
+    if matches!(transport, TrackTransport::Tcp { .. }) {
+        out.flush().await?;
+    }
+    Ok(())
+}
+
+/// Sends a sender report for `only` one track, or for every track that has sent media.
+pub(super) async fn send_reports(
+    playback: &mut Playback,
+    out: &mut BufWriter<OwnedWriteHalf>,
+    udp: &UdpSockets,
+    only: Option<usize>,
+) -> std::io::Result<()> {
+    let now = Instant::now();
+    let ntp = rtcp::ntp_timestamp(SystemTime::now());
+    let media = Arc::clone(playback.reader.media());
+    for (track, transport) in playback.tracks.iter().enumerate() {
+        let Some(transport) = transport else { continue };
+        if only.is_some_and(|only| only != track) {
+            continue;
+        }
+        let count = &mut playback.counts[track];
+        if count.packets == 0 {
+            continue;
+        }
+        let (Some(rtp_timestamp), Some(info)) =
+            (media.rtp_timestamp_at(track, now), media.tracks.get(track))
+        else {
+            continue;
+        };
+        count.reported = true;
+        let report = SenderReport {
+            ssrc: info.ssrc,
+            ntp,
+            rtp_timestamp,
+            packet_count: count.packets,
+            octet_count: count.octets,
+        }
+        .write();
+        match *transport {
+            TrackTransport::Tcp { rtcp_channel, .. } => {
+                write_interleaved(out, rtcp_channel, &report).await?
+            }
+            TrackTransport::Udp { rtcp, .. } => {
+                let _ = udp.rtcp.send_to(&report, rtcp).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn write_interleaved(
+    out: &mut BufWriter<OwnedWriteHalf>,
+    channel: u8,
+    packet: &[u8],
+) -> std::io::Result<()> {
+    let Ok(len) = u16::try_from(packet.len()) else {
+        return Ok(());
+    };
+    let [hi, lo] = len.to_be_bytes();
+    out.write_all(&[b'$', channel, hi, lo]).await?;
+    out.write_all(packet).await
+}

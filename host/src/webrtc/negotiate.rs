@@ -1,0 +1,244 @@
+//! Negotiation: from a browser's offer to a connected peer — which of the route's tracks it can
+//! take ([`plan`]), the peer connection and its answer, and the wait for ICE to connect.
+
+use super::*;
+
+impl WebRtc {
+    /// A peer connection for `plan` with its socket bound to `bind`.
+    pub(super) async fn connect(
+        &self,
+        plan: &Plan,
+        bind: SocketAddr,
+    ) -> Result<(Arc<dyn PeerConnection>, Events), WhepError> {
+        let (events, handler) = Events::new();
+        let mut media_engine = MediaEngine::default();
+        media_engine
+            .register_codec(plan.video.clone(), RtpCodecKind::Video)
+            .map_err(internal)?;
+        if let Some((_, audio)) = &plan.audio {
+            media_engine
+                .register_codec(audio.clone(), RtpCodecKind::Audio)
+                .map_err(internal)?;
+        }
+        let registry =
+            register_default_interceptors(Registry::new(), &mut media_engine).map_err(internal)?;
+        // ICE lite, as servers with known addresses are: the browser's checks find the path and
+        // media goes back where they came from, which behind a NAT is the only way that works.
+        let settings: SettingEngine = SettingEngineBuilder::new()
+            .with_lite(true)
+            .with_ice_timeouts(
+                Some(ICE_DISCONNECTED),
+                Some(ICE_FAILED),
+                Some(ICE_KEEPALIVE),
+            )
+            .build();
+        let pc = PeerConnectionBuilder::new()
+            .with_media_engine(media_engine)
+            .with_setting_engine(settings)
+            .with_interceptor_registry(registry)
+            .with_handler(handler)
+            .with_udp_addrs(vec![bind])
+            .build()
+            .await
+            .map_err(internal)?;
+        Ok((Arc::new(pc), events))
+    }
+
+    /// Adds the viewer's tracks to `pc` and answers `offer`, waiting for our candidates.
+    pub(super) async fn negotiate(
+        pc: &Arc<dyn PeerConnection>,
+        plan: &Plan,
+        offer: &str,
+        events: &Events,
+    ) -> Result<Negotiated, WhepError> {
+        let video = Outgoing::new(&plan.video, RtpCodecKind::Video);
+        let video_sender = pc
+            .add_track(Arc::clone(&video.track) as Arc<dyn TrackLocal>)
+            .await
+            .map_err(internal)?;
+        let audio = match &plan.audio {
+            Some((track, codec)) => {
+                let outgoing = Outgoing::new(codec, RtpCodecKind::Audio);
+                pc.add_track(Arc::clone(&outgoing.track) as Arc<dyn TrackLocal>)
+                    .await
+                    .map_err(internal)?;
+                Some((*track, outgoing))
+            }
+            None => None,
+        };
+
+        let description = RTCSessionDescription::offer(offer.to_owned())
+            .map_err(|err| WhepError::BadOffer(err.to_string()))?;
+        pc.set_remote_description(description)
+            .await
+            .map_err(|err| WhepError::BadOffer(err.to_string()))?;
+        let answer = pc.create_answer(None).await.map_err(internal)?;
+        pc.set_local_description(answer).await.map_err(internal)?;
+        events.gathered(GATHERING_TIMEOUT).await;
+        let sdp = pc
+            .local_description()
+            .await
+            .map(|d| d.sdp)
+            .ok_or_else(|| WhepError::Internal("no local description".into()))?;
+        Ok(Negotiated {
+            video,
+            video_sender,
+            audio,
+            sdp,
+        })
+    }
+}
+
+/// What a viewer of a route gets, decided from the route's media and the browser's offer.
+pub(super) struct Plan {
+    pub(super) video_track: usize,
+    pub(super) video: RTCRtpCodecParameters,
+    /// The Opus track and its codec, when the route has one and the browser takes it.
+    pub(super) audio: Option<(usize, RTCRtpCodecParameters)>,
+}
+
+pub(super) fn plan(stream: &Stream, offered: &OfferedVideo) -> Result<Plan, WhepError> {
+    let route = stream.name();
+    let media = match (stream.state(), stream.media()) {
+        (SourceState::Live, Some(media)) => media,
+        (state, _) => {
+            let why = match state {
+                SourceState::Failed(why) => why,
+                SourceState::Ended => "the source ended".into(),
+                _ => "waiting for the source".into(),
+            };
+            return Err(WhepError::NotLive(route.to_owned(), why));
+        }
+    };
+    let tracks = &media.description.tracks;
+    let video_track = media
+        .description
+        .video_track()
+        .ok_or_else(|| WhepError::Unplayable(format!("route `{route}` has no video")))?;
+    let sps = match &tracks[video_track].codec {
+        Codec::H264 { sps, .. } => sps,
+        other => {
+            return Err(WhepError::Unplayable(format!(
+                "route `{route}` carries {} video, which browsers cannot play over WebRTC; give the \
+                 route a [routes.{route}.transcode] table to re-encode it as H.264",
+                other.name()
+            )));
+        }
+    };
+    if stream.stats.video_reordered.load(Ordering::Relaxed) {
+        return Err(WhepError::Unplayable(format!(
+            "route `{route}` has B-frames (pictures out of order), which browsers do not play over \
+             WebRTC; encode without B-frames (x264: -bf 0) or give the route a transcode table"
+        )));
+    }
+    let profile = sps.get(1..4).ok_or_else(|| {
+        WhepError::Unplayable(format!("route `{route}` has an unreadable H.264 SPS"))
+    })?;
+    let payload_type = offered.h264_payload_type(profile[0]).ok_or_else(|| {
+        WhepError::Unplayable(format!(
+            "route `{route}` is H.264 {} (profile-level-id {:02x}{:02x}{:02x}), which this browser \
+             does not offer; give the route a transcode table (constrained baseline)",
+            offer::profile_name(profile[0]),
+            profile[0],
+            profile[1],
+            profile[2]
+        ))
+    })?;
+    let video = RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: "video/H264".into(),
+            clock_rate: 90_000,
+            channels: 0,
+            sdp_fmtp_line: format!(
+                "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id={:02x}{:02x}{:02x}",
+                profile[0], profile[1], profile[2]
+            ),
+            rtcp_feedback: ["nack", "nack pli", "ccm fir"]
+                .iter()
+                .map(|fb| {
+                    let (typ, parameter) = fb.split_once(' ').unwrap_or((fb, ""));
+                    RTCPFeedback {
+                        typ: typ.into(),
+                        parameter: parameter.into(),
+                    }
+                })
+                .collect(),
+        },
+        payload_type,
+    };
+    let audio = tracks
+        .iter()
+        .position(|t| matches!(t.codec, Codec::Opus { .. }))
+        .zip(offered.opus_payload_type)
+        .map(|(track, payload_type)| {
+            (
+                track,
+                RTCRtpCodecParameters {
+                    rtp_codec: RTCRtpCodec {
+                        mime_type: "audio/opus".into(),
+                        clock_rate: 48_000,
+                        channels: 2,
+                        sdp_fmtp_line: "minptime=10;useinbandfec=1".into(),
+                        rtcp_feedback: Vec::new(),
+                    },
+                    payload_type,
+                },
+            )
+        });
+    Ok(Plan {
+        video_track,
+        video,
+        audio,
+    })
+}
+
+/// What the peer connection tells us, as watch channels.
+pub(super) struct Events {
+    pub(super) gathering: watch::Receiver<bool>,
+    pub(super) state: watch::Receiver<RTCPeerConnectionState>,
+}
+
+pub(super) struct Handler {
+    pub(super) gathering: watch::Sender<bool>,
+    pub(super) state: watch::Sender<RTCPeerConnectionState>,
+}
+
+impl Events {
+    pub(super) fn new() -> (Events, Arc<Handler>) {
+        let (gathering_tx, gathering) = watch::channel(false);
+        let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
+        (
+            Events { gathering, state },
+            Arc::new(Handler {
+                gathering: gathering_tx,
+                state: state_tx,
+            }),
+        )
+    }
+
+    pub(super) async fn gathered(&self, limit: Duration) {
+        let mut gathering = self.gathering.clone();
+        let _ = tokio::time::timeout(limit, gathering.wait_for(|done| *done)).await;
+    }
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.gathering.send(true);
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let _ = self.state.send(state);
+    }
+}
+
+/// A viewer's tracks and the answer, once the offer is accepted.
+pub(super) struct Negotiated {
+    pub(super) video: Outgoing,
+    pub(super) video_sender: Arc<dyn RtpSender>,
+    pub(super) audio: Option<(usize, Outgoing)>,
+    pub(super) sdp: String,
+}

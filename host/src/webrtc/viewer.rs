@@ -1,0 +1,208 @@
+//! One browser watching one route: the route's RTP packets, with SSRC and payload type rewritten,
+//! sent until the peer goes, the route ends or the session is kicked; a keyframe request (PLI/FIR)
+//! makes the viewer wait for the next keyframe.
+
+use super::*;
+
+/// One track we send, with the SSRC every packet must carry.
+pub(super) struct Outgoing {
+    pub(super) track: Arc<TrackLocalStaticRTP>,
+    pub(super) ssrc: u32,
+    pub(super) payload_type: u8,
+}
+
+impl Outgoing {
+    pub(super) fn new(codec: &RTCRtpCodecParameters, kind: RtpCodecKind) -> Outgoing {
+        let ssrc = rand::random();
+        let name = match kind {
+            RtpCodecKind::Audio => "audio",
+            _ => "video",
+        };
+        let track = TrackLocalStaticRTP::new(MediaStreamTrack::new(
+            "wasmcast".into(),
+            name.into(),
+            name.into(),
+            kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: codec.rtp_codec.clone(),
+                ..Default::default()
+            }],
+        ));
+        Outgoing {
+            track: Arc::new(track),
+            ssrc,
+            payload_type: codec.payload_type,
+        }
+    }
+
+    /// Sends the hub's RTP packets with this viewer's SSRC and payload type; bytes sent.
+    pub(super) async fn send(&self, packets: &[Bytes]) -> Result<usize, webrtc::error::Error> {
+        let mut bytes = 0;
+        for packet in packets {
+            let mut buffer = packet.clone();
+            let Ok(mut rtp) = rtc::rtp::Packet::unmarshal(&mut buffer) else {
+                continue;
+            };
+            rtp.header.ssrc = self.ssrc;
+            rtp.header.payload_type = self.payload_type;
+            bytes += packet.len();
+            self.track.write_rtp(rtp).await?;
+        }
+        Ok(bytes)
+    }
+}
+
+/// One browser watching one route.
+pub(super) struct Viewer {
+    pub(super) id: String,
+    pub(super) route: String,
+    pub(super) peer: SocketAddr,
+    pub(super) stream: Arc<Stream>,
+    pub(super) pc: Arc<dyn PeerConnection>,
+    pub(super) events: Events,
+    pub(super) video_track: usize,
+    pub(super) video: Outgoing,
+    pub(super) video_sender: Arc<dyn RtpSender>,
+    pub(super) audio: Option<(usize, Outgoing)>,
+    pub(super) registration: Registration,
+    pub(super) _slot: ClientSlot,
+    pub(super) _port: PortLease,
+    pub(super) peers: Peers,
+}
+
+/// Why a viewer's session ended, for the access log.
+#[derive(Debug)]
+pub(super) enum Ending {
+    NeverConnected,
+    Closed,
+    RouteEnded,
+    Kicked,
+    SendFailed,
+}
+
+impl Viewer {
+    pub(super) async fn run(self) {
+        let started = Instant::now();
+        let (ending, packets, bytes) = self.serve().await;
+        if let Err(err) = self.pc.close().await {
+            tracing::debug!(session = %self.id, "closing a peer connection: {err}");
+        }
+        self.peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+        tracing::info!(
+            target: "wasmcast::access",
+            peer = %self.peer,
+            route = %self.route,
+            session = %self.id,
+            ended = ?ending,
+            seconds = started.elapsed().as_secs_f32(),
+            packets,
+            bytes,
+            "webrtc"
+        );
+    }
+
+    pub(super) async fn serve(&self) -> (Ending, u64, u64) {
+        let mut state = self.events.state.clone();
+        let connected = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            state.wait_for(|s| {
+                matches!(
+                    s,
+                    RTCPeerConnectionState::Connected
+                        | RTCPeerConnectionState::Failed
+                        | RTCPeerConnectionState::Closed
+                )
+            }),
+        );
+        let connected = tokio::select! {
+            result = connected => matches!(result, Ok(Ok(s)) if *s == RTCPeerConnectionState::Connected),
+            () = self.registration.kicked() => return (Ending::Kicked, 0, 0),
+        };
+        if !connected {
+            return (Ending::NeverConnected, 0, 0);
+        }
+        // The browser may have answered with another payload type number than it offered.
+        let mut video = &self.video;
+        let negotiated;
+        if let Ok(parameters) = self.video_sender.get_parameters().await
+            && let Some(codec) = parameters.rtp_parameters.codecs.first()
+            && codec.payload_type != self.video.payload_type
+        {
+            negotiated = Outgoing {
+                track: Arc::clone(&self.video.track),
+                ssrc: self.video.ssrc,
+                payload_type: codec.payload_type,
+            };
+            video = &negotiated;
+        }
+        let Some(mut reader) = self.stream.subscribe() else {
+            return (Ending::RouteEnded, 0, 0);
+        };
+        self.stream.request_keyframe();
+        let stats = &self.stream.stats;
+        let (mut packets, mut bytes) = (0u64, 0u64);
+        let mut waiting_for_keyframe = false;
+        loop {
+            tokio::select! {
+                unit = reader.next() => {
+                    let Some(unit) = unit else { return (Ending::RouteEnded, packets, bytes) };
+                    let outgoing = if unit.au.track == self.video_track {
+                        if waiting_for_keyframe && !unit.au.keyframe {
+                            continue;
+                        }
+                        waiting_for_keyframe = false;
+                        video
+                    } else {
+                        match &self.audio {
+                            Some((track, audio)) if *track == unit.au.track => audio,
+                            _ => continue,
+                        }
+                    };
+                    match outgoing.send(&unit.rtp.packets).await {
+                        Ok(sent) => {
+                            let count = unit.rtp.packets.len() as u64;
+                            packets += count;
+                            bytes += sent as u64;
+                            stats.packets_out.fetch_add(count, Ordering::Relaxed);
+                            stats.bytes_out.fetch_add(sent as u64, Ordering::Relaxed);
+                        }
+                        Err(_) => return (Ending::SendFailed, packets, bytes),
+                    }
+                }
+                event = self.video.track.poll() => {
+                    if let Some(TrackLocalEvent::OnRtcpPacket(rtcp)) = event
+                        && rtcp.iter().any(|p| is_keyframe_request(p.as_ref()))
+                    {
+                        // A re-encoding route makes one at once; passed-through video cannot,
+                        // so the viewer skips to the next one rather than decode garbage.
+                        self.stream.request_keyframe();
+                        waiting_for_keyframe = true;
+                    }
+                }
+                changed = state.changed() => {
+                    let closed = changed.is_err() || matches!(
+                        *state.borrow(),
+                        RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
+                    );
+                    if closed {
+                        return (Ending::Closed, packets, bytes);
+                    }
+                }
+                () = self.registration.kicked() => return (Ending::Kicked, packets, bytes),
+            }
+        }
+    }
+}
+
+pub(super) fn is_keyframe_request(packet: &dyn rtc::rtcp::Packet) -> bool {
+    let any = packet.as_any();
+    any.is::<rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication>()
+        || any.is::<rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest>()
+}
