@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use wasmcast::router::Stream;
+use wasmcast::hub::Stream;
 use wasmcast::sources::TsIngest;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {

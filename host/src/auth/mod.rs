@@ -14,7 +14,7 @@ use std::time::Instant;
 use crate::config::{AccessList, RouteConfig, Users};
 
 pub use credentials::{AuthError, DigestChallenge, challenge, check};
-pub use throttle::{FAILED_LOGIN_WINDOW, LoginThrottle, MAX_FAILED_LOGINS};
+use throttle::LoginThrottle;
 
 /// One route's rules: who may connect to it, and which users may read and publish it (empty:
 /// anyone).

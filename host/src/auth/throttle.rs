@@ -68,7 +68,8 @@ impl LoginThrottle {
     }
 
     /// Addresses remembered now.
-    pub fn remembered(&self) -> usize {
+    #[cfg(test)]
+    fn remembered(&self) -> usize {
         self.failures.len()
     }
 }

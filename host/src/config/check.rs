@@ -1,5 +1,8 @@
 //! The checker: from the file as serde read it ([`raw`](super::raw)) to a typed [`Config`], with
 //! every problem found in one pass.
+//!
+//! Longer than most files on purpose: it is one pass over one file, section by section, and each
+//! section's checks read best next to the others they mirror (names, addresses, limits).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};

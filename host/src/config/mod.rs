@@ -1,8 +1,9 @@
-//! The configuration file: TOML parsed with serde, then validated into typed settings.
+//! The configuration file: TOML parsed with serde, then checked into typed settings.
 //!
 //! In: the path of a `wasmcast.toml`. Out: a [`Config`] whose every value has been checked, or a
-//! list of [`Problem`]s that each name the file, line, key and what to do about it; and, while the
-//! server runs, reloads of the file as it changes ([`ReloadHandle`]).
+//! list of [`Problem`]s that each name the file, line, key and what to do about it. The model and
+//! its checker only: plugins are known here by name, loading them is the plugin loader's job, and
+//! following the file while the server runs is the server's.
 
 mod access;
 mod check;

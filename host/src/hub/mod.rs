@@ -1,12 +1,12 @@
 //! The stream hub of each route: what a route's publisher (or pipeline) publishes, packetized into
 //! RTP once and shared by every reader.
 //!
-//! - [`stream`]: the hub itself ([`Stream`]): source state, the kept GOP, the ring, counters.
-//! - [`publish`]: the claim a publisher holds, the [`Publisher`], and the [`Outlet`] that
+//! - `stream`: the hub itself ([`Stream`]): source state, the kept GOP, the ring, counters.
+//! - `publish`: the claim a publisher holds, the [`Publisher`], and the [`Outlet`] that
 //!   packetizes; a route's pipeline plugs in as a [`Processor`] and publishes through a [`Sink`].
-//! - [`reader`]: one reader's paced view ([`Reader`]).
-//! - [`ring`]: the ring readers share, bounded in units and in bytes.
-//! - [`timeline`]: the RTP identity that outlives publishers, and source time to wall-clock time.
+//! - `reader`: one reader's paced view ([`Reader`]).
+//! - `ring`: the ring readers share, bounded in units and in bytes.
+//! - `timeline`: the RTP identity that outlives publishers, and source time to wall-clock time.
 
 mod publish;
 mod reader;

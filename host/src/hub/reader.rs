@@ -68,7 +68,7 @@ impl Reader {
     /// The next unit to send, or `None` once the stream is closed.
     ///
     /// The kept GOP is handed out faster than real time but not in one burst: its keyframe at once,
-    /// the rest at [`CATCH_UP_SPEED`] times its own pace, so a UDP reader's socket buffer is not
+    /// the rest at `CATCH_UP_SPEED` times its own pace, so a UDP reader's socket buffer is not
     /// flooded. Cancel-safe: a unit is taken only when it is returned.
     pub async fn next(&mut self) -> Option<Arc<Unit>> {
         loop {

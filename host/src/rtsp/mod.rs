@@ -1,9 +1,14 @@
 //! The RTSP server: players (VLC, ffmpeg/OpenCV, GStreamer) read routes at `rtsp://host:port/ROUTE`.
 //!
-//! In: requests on TCP; the route hubs of the [`RouterHandle`](crate::router::RouterHandle). Out:
-//! responses, and each route's shared RTP packets over UDP or interleaved in the TCP connection,
-//! with RTCP sender reports. `codec` frames the connection, `session` is the protocol core (no
-//! sockets, no clock), `sdp` describes streams, `server` is the tokio edge.
+//! In: requests on TCP; the route hubs of the router (`RouterHandle`). Out: responses, and each
+//! route's shared RTP packets over UDP or interleaved in the TCP connection, with RTCP sender
+//! reports. Publishers (ANNOUNCE/RECORD) come in the same way.
+//!
+//! The protocol core has no sockets and reads no clock: `codec` frames the connection, `session`
+//! handles requests (its `play` and `record` halves), `transport` chooses a track's transport,
+//! `publish` turns a publisher's RTP into access units, `sdp` describes streams. The tokio edge:
+//! `server` (accept loop, one task per connection), `egress` (one writer task per connection),
+//! `udp` (the shared RTP and RTCP sockets).
 
 mod codec;
 mod egress;

@@ -1,7 +1,7 @@
 //! Start-up and reload: the server as a whole, wiring the modules together.
 //!
 //! [`Server::start`] loads the plugins, starts the router with the config's routes, binds the RTSP
-//! and HTTP listeners and, with a config file, starts the reload task ([`reload`]) that applies the
+//! and HTTP listeners and, with a config file, starts the reload task (`reload`) that applies the
 //! file's changes to the router, the access rules and the listeners.
 
 mod reload;

@@ -35,7 +35,7 @@ pub const MIN_PUBLISH_BYTES_PER_SECOND: u64 = 500;
 /// The window the rate is measured over; a publisher gets one whole window to start.
 pub const PUBLISH_RATE_WINDOW: Duration = Duration::from_secs(10);
 
-/// The publisher sent less than [`MIN_PUBLISH_BYTES_PER_SECOND`] over a whole window.
+/// The publisher sent less than `MIN_PUBLISH_BYTES_PER_SECOND` over a whole window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error(
     "{bytes} bytes in {seconds} s: under the floor of {MIN_PUBLISH_BYTES_PER_SECOND} bytes/s for a publisher",

@@ -6,6 +6,10 @@
 //! toward `max_clients`, appears in the session registry (so it can be listed and kicked), starts on
 //! a keyframe, waits for the next keyframe when the browser asks for one (PLI/FIR), and is reaped by
 //! ICE timeouts when its network dies or when its route goes away.
+//!
+//! Here: the registry of sessions ([`WebRtc`]: offer, trickle, end); `negotiate` turns an offer
+//! into a connected peer, `viewer` sends to it, `offer` reads what the browser can take,
+//! `network` leases the UDP ports.
 
 #[cfg(any(fuzzing, test))]
 pub mod fuzz;

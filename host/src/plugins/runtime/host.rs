@@ -1,0 +1,228 @@
+//! The host side of a plugin instance: the state its store holds, the `host` interface it imports
+//! (`log`, `config`), and its stdout and stderr, all held to one log budget a second.
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use wasmtime::StoreLimits;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::{Level, blocking, host_api};
+
+/// Log lines a plugin instance may write per second (`log`, stdout and stderr together); the rest
+/// are counted and reported.
+const LOG_LINES_PER_SECOND: u32 = 50;
+/// Log bytes a plugin instance may write per second, likewise.
+const LOG_BYTES_PER_SECOND: usize = 16 * 1024;
+/// What a plugin instance's store holds.
+pub(super) struct PluginState {
+    pub(super) wasi: WasiCtx,
+    pub(super) table: ResourceTable,
+    pub(super) limits: StoreLimits,
+    pub(super) names: Arc<Names>,
+    pub(super) config: Arc<str>,
+    pub(super) log: Arc<Mutex<LogBudget>>,
+    /// When the call under way must end, for blocking WASI calls.
+    pub(super) deadline: Instant,
+}
+
+impl PluginState {
+    pub(super) fn deadlined(&mut self) -> blocking::Deadlined<'_> {
+        blocking::Deadlined {
+            table: &mut self.table,
+            deadline: self.deadline,
+        }
+    }
+}
+
+/// What an instance may still log this second, shared by `log`, stdout and stderr.
+#[derive(Debug)]
+pub(super) struct LogBudget {
+    names: Arc<Names>,
+    window_start: Instant,
+    lines: u32,
+    bytes: usize,
+    suppressed: u64,
+}
+
+impl LogBudget {
+    pub(super) fn new(names: Arc<Names>) -> LogBudget {
+        LogBudget {
+            names,
+            window_start: Instant::now(),
+            lines: 0,
+            bytes: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Writes `message` to the log if this second's budget allows it; counts it otherwise.
+    fn write(&mut self, level: Level, message: &str) {
+        let now = Instant::now();
+        if now.duration_since(self.window_start) >= Duration::from_secs(1) {
+            if self.suppressed > 0 {
+                tracing::warn!(
+                    plugin = %self.names.plugin,
+                    route = %self.names.route,
+                    "{} plugin log lines suppressed (over {LOG_LINES_PER_SECOND} lines or {LOG_BYTES_PER_SECOND} bytes a second)",
+                    self.suppressed
+                );
+                self.suppressed = 0;
+            }
+            self.window_start = now;
+            self.lines = 0;
+            self.bytes = 0;
+        }
+        if self.lines >= LOG_LINES_PER_SECOND || self.bytes + message.len() > LOG_BYTES_PER_SECOND {
+            self.suppressed += 1;
+            return;
+        }
+        self.lines += 1;
+        self.bytes += message.len();
+        log_line(&self.names, level, message);
+    }
+}
+
+/// Who an instance is, for its log lines.
+#[derive(Debug)]
+pub struct Names {
+    pub plugin: String,
+    pub route: String,
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl host_api::Host for PluginState {
+    fn log(&mut self, level: Level, message: String) {
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .write(level, &message);
+    }
+
+    fn monotonic_micros(&mut self) -> u64 {
+        static START: OnceLock<Instant> = OnceLock::new();
+        let start = *START.get_or_init(Instant::now);
+        u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    fn wall_clock_micros(&mut self) -> u64 {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+    }
+
+    fn config(&mut self) -> String {
+        self.config.to_string()
+    }
+
+    fn route(&mut self) -> String {
+        self.names.route.clone()
+    }
+}
+
+fn log_line(names: &Names, level: Level, message: &str) {
+    let (plugin, route) = (&names.plugin, &names.route);
+    match level {
+        Level::Trace => tracing::trace!(target: "wasmcast::plugin", plugin, route, "{message}"),
+        Level::Debug => tracing::debug!(target: "wasmcast::plugin", plugin, route, "{message}"),
+        Level::Info => tracing::info!(target: "wasmcast::plugin", plugin, route, "{message}"),
+        Level::Warn => tracing::warn!(target: "wasmcast::plugin", plugin, route, "{message}"),
+        Level::Error => tracing::error!(target: "wasmcast::plugin", plugin, route, "{message}"),
+    }
+}
+
+/// A plugin's stdout or stderr: whole lines go to the log under its name, within its budget.
+#[derive(Clone)]
+pub(super) struct LogStream {
+    pub(super) budget: Arc<Mutex<LogBudget>>,
+    pub(super) level: Level,
+}
+
+impl IsTerminal for LogStream {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for LogStream {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(LineWriter {
+            stream: self.clone(),
+            line: Vec::new(),
+        })
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        // Only the WASI 0.2 stream is used: plugins are WASI 0.2 components.
+        Box::new(tokio::io::sink())
+    }
+}
+
+/// Longest line kept before it is written out anyway.
+const MAX_LINE: usize = 4096;
+
+struct LineWriter {
+    stream: LogStream,
+    line: Vec<u8>,
+}
+
+impl LineWriter {
+    fn emit(&mut self) {
+        let text = String::from_utf8_lossy(&self.line);
+        let text = text.trim_end();
+        if !text.is_empty() {
+            self.stream
+                .budget
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .write(self.stream.level, text);
+        }
+        self.line.clear();
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for LineWriter {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for LineWriter {
+    fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
+        for &byte in &bytes {
+            if byte == b'\n' || self.line.len() >= MAX_LINE {
+                self.emit();
+                if byte == b'\n' {
+                    continue;
+                }
+            }
+            self.line.push(byte);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StreamError> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> Result<usize, StreamError> {
+        Ok(64 * 1024)
+    }
+}
+
+impl Drop for LineWriter {
+    fn drop(&mut self) {
+        self.emit();
+    }
+}
