@@ -50,6 +50,39 @@ fn code_lines(text: &str) -> Vec<&str> {
     lines
 }
 
+/// The top-level names a path after `crate::` starts with: one (`router::RouterHandle`), or each
+/// of a group (`{listen, plugins::Loader}`).
+fn named_modules(path: &str) -> Vec<String> {
+    let name = |text: &str| -> String {
+        text.trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let Some(group) = path.strip_prefix('{') else {
+        return vec![name(path)];
+    };
+    let mut names = Vec::new();
+    let mut depth = 0;
+    let mut start = 0;
+    for (at, c) in group.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => {
+                names.push(name(&group[start..at]));
+                break;
+            }
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                names.push(name(&group[start..at]));
+                start = at + 1;
+            }
+            _ => {}
+        }
+    }
+    names
+}
+
 fn dependencies() -> BTreeMap<String, BTreeSet<String>> {
     let root = src();
     let mut files = Vec::new();
@@ -62,15 +95,14 @@ fn dependencies() -> BTreeMap<String, BTreeSet<String>> {
         };
         let text = std::fs::read_to_string(file).expect("a readable source file");
         let edges = graph.entry(module.clone()).or_default();
-        for line in text.lines() {
-            if line.trim_start().starts_with("//") {
-                continue;
-            }
-            for (at, _) in line.match_indices("crate::") {
-                let name: String = line[at + "crate::".len()..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
+        let code: Vec<&str> = text
+            .lines()
+            .filter(|line| !line.trim_start().starts_with("//"))
+            .collect();
+        // Whole, so that a group spread over lines is read as one.
+        let code = code.join("\n");
+        for (at, _) in code.match_indices("crate::") {
+            for name in named_modules(&code[at + "crate::".len()..]) {
                 if name != module && modules.contains(&name) {
                     edges.insert(name);
                 }
@@ -140,6 +172,15 @@ fn the_checker_finds_a_circle() {
     assert_eq!(
         circle.map(|c| c.join(" -> ")).as_deref(),
         Some("a -> b -> c -> a")
+    );
+}
+
+#[test]
+fn grouped_imports_name_each_module() {
+    assert_eq!(named_modules("router::RouterHandle;"), ["router"]);
+    assert_eq!(
+        named_modules("{listen, plugins::{Chain, Loader},\n    rtsp};"),
+        ["listen", "plugins", "rtsp"]
     );
 }
 
