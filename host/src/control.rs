@@ -17,6 +17,8 @@ pub struct ConfigStatus {
     pub version: u64,
     pub loaded_at: SystemTime,
     pub routes: Vec<String>,
+    /// The route patterns (`cam-*`), whose routes are made on demand.
+    pub patterns: Vec<String>,
     /// Why the last reload was refused, if it was.
     pub last_error: Option<String>,
     pub reloads: u64,

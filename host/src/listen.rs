@@ -13,19 +13,23 @@ use tokio::sync::watch;
 
 /// The accepting side.
 pub struct Listener {
-    current: watch::Receiver<Arc<TcpListener>>,
+    current: watch::Receiver<Option<Arc<TcpListener>>>,
 }
 
-/// The way to move a [`Listener`] to another address.
+/// The way to move a [`Listener`] to another address, or to close it.
 #[derive(Clone)]
 pub struct Rebind {
-    sender: Arc<watch::Sender<Arc<TcpListener>>>,
+    sender: Arc<watch::Sender<Option<Arc<TcpListener>>>>,
+}
+
+fn closed() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::NotConnected, "the listener is closed")
 }
 
 impl Listener {
     pub async fn bind(addr: SocketAddr) -> std::io::Result<(Listener, Rebind)> {
         let listener = TcpListener::bind(addr).await?;
-        let (sender, current) = watch::channel(Arc::new(listener));
+        let (sender, current) = watch::channel(Some(Arc::new(listener)));
         Ok((
             Listener { current },
             Rebind {
@@ -35,13 +39,25 @@ impl Listener {
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.current.borrow().local_addr()
+        self.current
+            .borrow()
+            .as_ref()
+            .ok_or_else(closed)?
+            .local_addr()
     }
 
-    /// The next connection, on whichever address is current. Cancel-safe.
+    /// The next connection, on whichever address is current; none once the listener is closed.
+    /// Cancel-safe.
     pub async fn accept(&mut self) -> std::io::Result<(TcpStream, SocketAddr)> {
         loop {
-            let listener = Arc::clone(&self.current.borrow_and_update());
+            let listener = self.current.borrow_and_update().clone();
+            let Some(listener) = listener else {
+                // Closed: wait for good (or for a rebind, which closing rules out).
+                if self.current.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+                continue;
+            };
             tokio::select! {
                 accepted = listener.accept() => return accepted,
                 changed = self.current.changed() => {
@@ -57,15 +73,24 @@ impl Listener {
 impl Rebind {
     /// The address listened on now.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.sender.borrow().local_addr()
+        self.sender
+            .borrow()
+            .as_ref()
+            .ok_or_else(closed)?
+            .local_addr()
     }
 
     /// Binds `addr` and moves the listener there; on error the old address stays.
     pub async fn to(&self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
         let listener = TcpListener::bind(addr).await?;
         let bound = listener.local_addr()?;
-        self.sender.send_replace(Arc::new(listener));
+        self.sender.send_replace(Some(Arc::new(listener)));
         Ok(bound)
+    }
+
+    /// Closes the listening socket: new connections are refused from now on.
+    pub fn close(&self) {
+        self.sender.send_replace(None);
     }
 }
 

@@ -202,9 +202,10 @@ fn check(path: &Path) -> ExitCode {
     match loaded {
         Ok(config) => {
             println!(
-                "{}: OK ({} routes, {} plugins)",
+                "{}: OK ({} routes, {} route patterns, {} plugins)",
                 path.display(),
                 config.routes.len(),
+                config.patterns.len(),
                 config.plugins.len()
             );
             ExitCode::SUCCESS

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -22,6 +22,11 @@ pub enum SessionKind {
 }
 
 impl SessionKind {
+    /// Whether the session sends media in rather than reading it.
+    pub fn is_publisher(self) -> bool {
+        matches!(self, SessionKind::RtspPublisher | SessionKind::HttpPush)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             SessionKind::RtspReader => "rtsp-reader",
@@ -126,6 +131,8 @@ pub struct ClientLimit {
     max_kbps: u64,
     /// What the server sends now, in kbit/s, as the bandwidth meter last measured.
     sending_kbps: AtomicU64,
+    /// The server is shutting down: no new session.
+    draining: AtomicBool,
 }
 
 /// Why a session was not admitted.
@@ -135,6 +142,8 @@ pub enum Full {
     Clients(usize),
     #[error("max_bandwidth_kbps reached: {sending} of {max} kbit/s in use")]
     Bandwidth { sending: u64, max: u64 },
+    #[error("the server is shutting down")]
+    Draining,
 }
 
 impl ClientLimit {
@@ -144,11 +153,15 @@ impl ClientLimit {
             max,
             max_kbps,
             sending_kbps: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
         })
     }
 
     /// A place for one more session, or why there is none.
     pub fn acquire(self: &Arc<Self>) -> Result<ClientSlot, Full> {
+        if self.draining() {
+            return Err(Full::Draining);
+        }
         let sending = self.sending_kbps.load(Ordering::Relaxed);
         if sending >= self.max_kbps {
             return Err(Full::Bandwidth {
@@ -162,6 +175,15 @@ impl ClientLimit {
             })
             .map_err(|_| Full::Clients(self.max))?;
         Ok(ClientSlot(Arc::clone(self)))
+    }
+
+    /// Admits no new session from now on: the server is shutting down.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// Records what the server sends now.

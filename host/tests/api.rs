@@ -5,20 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Server, exchange, file_route, play, push_route, short_clip, wait_live};
+use common::{Server, file_route, http, play, push_route, short_clip, wait_live};
 use futures::StreamExt;
 use retina::client::{TcpTransportOptions, Transport};
-
-async fn http(server: &Server, method: &str, path: &str) -> (u16, String) {
-    let request = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-    let reply = exchange(server.http, request.as_bytes(), Duration::from_secs(5)).await;
-    let status = reply.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = reply
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_owned();
-    (status, body)
-}
 
 /// Every sample line of a Prometheus text exposition, as (name with labels, value).
 fn samples(text: &str) -> Vec<(String, f64)> {

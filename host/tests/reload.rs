@@ -300,3 +300,75 @@ async fn exchange_if_up(addr: std::net::SocketAddr, request: &str) -> String {
     }
     exchange(addr, request.as_bytes(), Duration::from_millis(300)).await
 }
+
+/// Writes `files` the way the kubelet updates a mounted ConfigMap: into a new timestamped
+/// directory, then renames a new `..data` link over the old one; the files themselves are links
+/// through `..data`, made once.
+fn kubelet_update(dir: &std::path::Path, version: u32, files: &[(&str, Vec<u8>)]) {
+    let data = format!("..2026_11_30_00_00_{version:02}.{version:09}");
+    std::fs::create_dir(dir.join(&data)).expect("a version directory");
+    for (name, contents) in files {
+        std::fs::write(dir.join(&data).join(name), contents).expect("a file");
+    }
+    let old = std::fs::read_link(dir.join("..data")).ok();
+    std::os::unix::fs::symlink(&data, dir.join("..data_tmp")).expect("a new ..data link");
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).expect("the swap");
+    for (name, _) in files {
+        let link = dir.join(name);
+        if link.symlink_metadata().is_err() {
+            std::os::unix::fs::symlink(format!("..data/{name}"), link).expect("a file link");
+        }
+    }
+    if let Some(old) = old {
+        std::fs::remove_dir_all(dir.join(old)).expect("the old version goes");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubernetes_configmap_update_reloads_the_config_and_its_plugins() {
+    let plugin = |name: &str| {
+        std::fs::read(std::path::Path::new(env!("WASMCAST_PLUGIN_DIR")).join(name))
+            .expect("a built plugin")
+    };
+    let server_keys =
+        "rtsp = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nrtp_ports = \"31000-31999\"\n";
+    let config = |routes: &str| {
+        format!("[server]\n{server_keys}\n{routes}[plugins.p]\nwasm = \"p.wasm\"\n",).into_bytes()
+    };
+    let dir = common::TempDir::new();
+    let one = file_route("one", &short_clip());
+    kubelet_update(
+        dir.path(),
+        1,
+        &[
+            ("wasmcast.toml", config(&one)),
+            ("p.wasm", plugin("passthrough.wasm")),
+        ],
+    );
+    let path = dir.path().join("wasmcast.toml");
+    let server = Server::start_at(&path, server_keys, dir);
+    wait_live(&server, "one").await;
+
+    let two = file_route("two", &short_clip());
+    kubelet_update(
+        server.config_dir(),
+        2,
+        &[
+            ("wasmcast.toml", config(&format!("{one}{two}"))),
+            ("p.wasm", plugin("grayscale.wasm")),
+        ],
+    );
+    until_status(&server, "two", "RTSP/1.0 200", Duration::from_secs(5)).await;
+    let reloaded = server
+        .log()
+        .into_iter()
+        .find(|line| line.contains("config reloaded"))
+        .expect("a reload");
+    assert!(
+        reloaded
+            .split("plugins_replaced")
+            .nth(1)
+            .is_some_and(|rest| rest.contains("[\"p\"]")),
+        "the plugin behind the swapped link was reloaded: {reloaded}"
+    );
+}

@@ -26,7 +26,7 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub fn of(route: &RouteConfig) -> Policy {
+    pub fn of<Source>(route: &RouteConfig<Source>) -> Policy {
         Policy {
             access: route.access.clone(),
             read: route.read.clone(),

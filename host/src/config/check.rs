@@ -13,10 +13,10 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::{
-    AccessList, Config, Credentials, DEFAULT_MEMORY_LIMIT_MB, DEFAULT_TIME_LIMIT_MS,
-    DEFAULT_TRANSCODE_KBPS, IpNet, MemoryBudget, OnError, Origin, PasswordHash, PluginConfig,
-    Problem, RESERVED_NAMES, RouteConfig, ServerConfig, SourceConfig, TokenHash, TranscodeConfig,
-    Users, WasmSource, raw,
+    AccessList, Config, Credentials, DEFAULT_MEMORY_LIMIT_MB, DEFAULT_ON_DEMAND_CLOSE_AFTER,
+    DEFAULT_TIME_LIMIT_MS, DEFAULT_TRANSCODE_KBPS, IpNet, MemoryBudget, OnError, Origin,
+    PasswordHash, PluginConfig, Problem, RESERVED_NAMES, RouteConfig, ServerConfig, SourceConfig,
+    SourceTemplate, TokenHash, TranscodeConfig, Users, WasmSource, raw,
 };
 
 /// Collects every problem in one pass, so a user fixes them all at once.
@@ -90,10 +90,13 @@ impl<'a> Checker<'a> {
             }
         }
         let mut routes = BTreeMap::new();
+        let mut patterns = BTreeMap::new();
         let mut feeds = BTreeMap::new();
         for (name, route) in raw.routes {
             let key = format!("routes.{}", name.get_ref());
-            if let Err(why) = check_path_segment(name.get_ref()) {
+            let is_pattern = name.get_ref().contains('*');
+            // A pattern is checked as the names it matches would be.
+            if let Err(why) = check_path_segment(&name.get_ref().replace('*', "x")) {
                 self.problem(&name, key.clone(), why);
             }
             for plugin in &route.plugins {
@@ -116,14 +119,62 @@ impl<'a> Checker<'a> {
                 .as_ref()
                 .map(|t| self.transcode(t.get_ref(), t, &format!("{key}.transcode")));
             let looping = route.looping.as_ref().is_none_or(|l| *l.get_ref());
-            let source =
-                match parse_source(name.get_ref(), route.source.get_ref(), looping, base_dir) {
-                    Ok(source) => source,
-                    Err(why) => {
-                        self.problem(&route.source, format!("{key}.source"), why);
-                        continue;
+            let on_demand = self.on_demand(&route, is_pattern, &key);
+            let settings = RouteConfig {
+                source: (),
+                plugins: route.plugins.iter().map(|p| p.get_ref().clone()).collect(),
+                access: self.access(&route.allow, &route.deny, &key),
+                read: self.user_list(&route.read, &users, &format!("{key}.read")),
+                publish: self.user_list(&route.publish, &users, &format!("{key}.publish")),
+                transcode,
+                on_demand,
+            };
+            if is_pattern {
+                let template = SourceTemplate {
+                    text: route.source.get_ref().clone(),
+                    looping,
+                    base_dir: base_dir.to_owned(),
+                };
+                // Each name the pattern matches must make a source; a sample name shows whether it
+                // does.
+                let problem = if !template.text.contains("{name}") {
+                    Some("a pattern's source names each route with `{name}`, e.g. \"rtsp://origin:8554/{name}\"".to_owned())
+                } else {
+                    match template.for_route("name") {
+                        Ok(SourceConfig::Push { .. }) => Some(
+                            "a pattern's source is pulled on demand: use \"rtsp://HOST/{name}\" or \"file:PATH\"".to_owned(),
+                        ),
+                        Ok(_) => None,
+                        Err(why) => Some(why),
                     }
                 };
+                match problem {
+                    Some(why) => self.problem(&route.source, format!("{key}.source"), why),
+                    None => {
+                        patterns.insert(name.into_inner(), settings.with_source(template));
+                    }
+                }
+                continue;
+            }
+            let source = match parse_source(
+                name.get_ref(),
+                &route.source.get_ref().replace("{name}", name.get_ref()),
+                looping,
+                base_dir,
+            ) {
+                Ok(source) => source,
+                Err(why) => {
+                    self.problem(&route.source, format!("{key}.source"), why);
+                    continue;
+                }
+            };
+            if on_demand.is_some() && matches!(source, SourceConfig::Push { .. }) {
+                self.problem(
+                    &route.source,
+                    format!("{key}.on_demand"),
+                    "a push route has no source to start on demand; remove `on_demand`".into(),
+                );
+            }
             if let SourceConfig::Push { feed } = &source {
                 match feeds.insert(feed.clone(), name.get_ref().clone()) {
                     Some(other) => self.problem(
@@ -139,24 +190,54 @@ impl<'a> Checker<'a> {
                     None => {}
                 }
             }
-            routes.insert(
-                name.into_inner(),
-                RouteConfig {
-                    source,
-                    plugins: route.plugins.into_iter().map(Spanned::into_inner).collect(),
-                    access: self.access(&route.allow, &route.deny, &key),
-                    read: self.user_list(&route.read, &users, &format!("{key}.read")),
-                    publish: self.user_list(&route.publish, &users, &format!("{key}.publish")),
-                    transcode,
-                },
-            );
+            routes.insert(name.into_inner(), settings.with_source(source));
         }
         Config {
             server,
             routes,
+            patterns,
             plugins,
             users,
         }
+    }
+
+    /// How long an on-demand route's source outlives its last reader; patterns are always on
+    /// demand.
+    fn on_demand(&mut self, route: &raw::Route, is_pattern: bool, key: &str) -> Option<Duration> {
+        let on_demand = match &route.on_demand {
+            Some(flag) if !flag.get_ref() && is_pattern => {
+                self.problem(
+                    flag,
+                    format!("{key}.on_demand"),
+                    "a pattern's routes are always pulled on demand; remove `on_demand = false`"
+                        .into(),
+                );
+                true
+            }
+            Some(flag) => *flag.get_ref(),
+            None => is_pattern,
+        };
+        let close_after = match &route.on_demand_close_after_s {
+            Some(seconds) if !on_demand => {
+                self.problem(
+                    seconds,
+                    format!("{key}.on_demand_close_after_s"),
+                    "applies only to on-demand routes; add `on_demand = true` or remove it".into(),
+                );
+                return None;
+            }
+            Some(seconds) if !(1..=86_400).contains(seconds.get_ref()) => {
+                self.problem(
+                    seconds,
+                    format!("{key}.on_demand_close_after_s"),
+                    "must be between 1 and 86400 seconds".into(),
+                );
+                DEFAULT_ON_DEMAND_CLOSE_AFTER
+            }
+            Some(seconds) => Duration::from_secs(*seconds.get_ref()),
+            None => DEFAULT_ON_DEMAND_CLOSE_AFTER,
+        };
+        on_demand.then_some(close_after)
     }
 
     fn plugin(
@@ -410,6 +491,13 @@ impl<'a> Checker<'a> {
         let max_unit_bytes = megabytes(&raw.max_unit_mb, "server.max_unit_mb", 1..=256);
         let route_buffer_bytes =
             megabytes(&raw.route_buffer_mb, "server.route_buffer_mb", 4..=4096);
+        if *raw.drain_grace_s.get_ref() > MAX_DRAIN_GRACE_S {
+            self.problem(
+                &raw.drain_grace_s,
+                "server.drain_grace_s".into(),
+                format!("must be at most {MAX_DRAIN_GRACE_S} seconds"),
+            );
+        }
         if route_buffer_bytes < max_unit_bytes {
             self.problem(
                 &raw.route_buffer_mb,
@@ -428,6 +516,7 @@ impl<'a> Checker<'a> {
             max_bandwidth_kbps: *raw.max_bandwidth_kbps.get_ref(),
             max_connections: *raw.max_connections.get_ref(),
             max_connections_per_address: *raw.max_connections_per_address.get_ref(),
+            drain_grace: Duration::from_secs((*raw.drain_grace_s.get_ref()).min(MAX_DRAIN_GRACE_S)),
             budget: MemoryBudget {
                 max_unit_bytes,
                 route_buffer_bytes,
@@ -500,7 +589,10 @@ fn socket_default(value: &Spanned<String>) -> SocketAddr {
 }
 
 /// Route and feed names are single URL path segments that do not collide with the HTTP API.
-fn check_path_segment(name: &str) -> Result<(), String> {
+/// The longest a shutdown waits for sessions to end on their own.
+const MAX_DRAIN_GRACE_S: u64 = 3600;
+
+pub(super) fn check_path_segment(name: &str) -> Result<(), String> {
     if name.is_empty()
         || !name
             .bytes()
@@ -520,7 +612,7 @@ fn check_path_segment(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn parse_source(
+pub(super) fn parse_source(
     route: &str,
     source: &str,
     looping: bool,

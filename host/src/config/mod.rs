@@ -21,13 +21,16 @@ use check::Checker;
 pub use users::{Credentials, PasswordHash, REALM, TokenHash, Users};
 
 /// Names a route or feed may not take: they are URL paths of the HTTP server.
-const RESERVED_NAMES: [&str; 4] = ["api", "metrics", "healthz", "static"];
+const RESERVED_NAMES: [&str; 5] = ["api", "metrics", "healthz", "readyz", "static"];
 
 /// A whole, validated configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub server: ServerConfig,
     pub routes: BTreeMap<String, RouteConfig>,
+    /// `[routes."PATTERN"]` tables (names with `*`): any route whose name matches, made when a reader
+    /// asks for it and pulled on demand.
+    pub patterns: BTreeMap<String, PatternConfig>,
     pub plugins: BTreeMap<String, PluginConfig>,
     /// `[users.NAME]`: who may log in, with their password hashes.
     pub users: Users,
@@ -52,6 +55,8 @@ pub struct ServerConfig {
     /// IPv6 client by its /64).
     pub max_connections: usize,
     pub max_connections_per_address: usize,
+    /// On SIGTERM, how long sessions may go on before they are ended (no new ones are admitted).
+    pub drain_grace: Duration,
     /// What one route's publishers may make the server hold.
     pub budget: MemoryBudget,
     /// Who may connect to the server at all.
@@ -78,10 +83,10 @@ impl Default for MemoryBudget {
     }
 }
 
-/// One `[routes.NAME]` table.
+/// One `[routes.NAME]` table; with a [`SourceTemplate`], a pattern's ([`PatternConfig`]).
 #[derive(Clone, Debug, PartialEq)]
-pub struct RouteConfig {
-    pub source: SourceConfig,
+pub struct RouteConfig<Source = SourceConfig> {
+    pub source: Source,
     pub plugins: Vec<String>,
     /// Who may read from and publish to this route (on top of the server's list).
     pub access: AccessList,
@@ -91,6 +96,113 @@ pub struct RouteConfig {
     pub publish: Vec<String>,
     /// Re-encode the video, like an ffserver `<Stream>`.
     pub transcode: Option<TranscodeConfig>,
+    /// On demand: the source runs only while someone reads the route, and stops this long after
+    /// the last reader leaves. `None`: always on.
+    pub on_demand: Option<Duration>,
+}
+
+impl RouteConfig<()> {
+    /// These settings with their source.
+    fn with_source<Source>(self, source: Source) -> RouteConfig<Source> {
+        RouteConfig {
+            source,
+            plugins: self.plugins,
+            access: self.access,
+            read: self.read,
+            publish: self.publish,
+            transcode: self.transcode,
+            on_demand: self.on_demand,
+        }
+    }
+}
+
+/// How long an on-demand route's source outlives its last reader unless the route sets
+/// `on_demand_close_after_s` (MediaMTX's `sourceOnDemandCloseAfter` is 10 s too).
+pub const DEFAULT_ON_DEMAND_CLOSE_AFTER: Duration = Duration::from_secs(10);
+
+/// A route pattern's settings: every route whose name matches gets them, with its source made from
+/// the template.
+pub type PatternConfig = RouteConfig<SourceTemplate>;
+
+impl PatternConfig {
+    /// The route `name` (which the pattern matches) becomes.
+    pub fn route(&self, name: &str) -> Result<RouteConfig, String> {
+        let source = self.source.for_route(name)?;
+        Ok(RouteConfig {
+            source: (),
+            plugins: self.plugins.clone(),
+            access: self.access.clone(),
+            read: self.read.clone(),
+            publish: self.publish.clone(),
+            transcode: self.transcode.clone(),
+            on_demand: self.on_demand,
+        }
+        .with_source(source))
+    }
+}
+
+/// A pattern's source, with `{name}` where each route's name goes: `rtsp://origin:8554/{name}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceTemplate {
+    text: String,
+    looping: bool,
+    base_dir: PathBuf,
+}
+
+impl SourceTemplate {
+    /// The source of route `name`.
+    pub fn for_route(&self, name: &str) -> Result<SourceConfig, String> {
+        check::parse_source(
+            name,
+            &self.text.replace("{name}", name),
+            self.looping,
+            &self.base_dir,
+        )
+    }
+}
+
+/// Whether `name` can be a route's name: one URL path segment that is not reserved.
+pub fn check_route_name(name: &str) -> Result<(), String> {
+    check::check_path_segment(name)
+}
+
+/// Whether route `name` matches `pattern`, where each `*` stands for any run of characters (none
+/// included) and the rest must be equal.
+pub fn pattern_matches(pattern: &str, name: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        // No `*`: the whole name.
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// Of the patterns that match `name`, the most specific (the most characters besides `*`; then the
+/// first by name), so that `cam-*` wins over `*`.
+pub fn best_pattern<'a, T>(
+    patterns: impl IntoIterator<Item = (&'a String, T)>,
+    name: &str,
+) -> Option<(&'a String, T)> {
+    patterns
+        .into_iter()
+        .filter(|(pattern, _)| pattern_matches(pattern, name))
+        .max_by_key(|(pattern, _)| {
+            (
+                pattern.chars().filter(|c| *c != '*').count(),
+                std::cmp::Reverse(pattern.as_str()),
+            )
+        })
 }
 
 /// A `[routes.NAME.transcode]` table: what the route's video is re-encoded to (H.264 constrained

@@ -40,6 +40,7 @@ pub(super) struct Server {
     pub max_connections_per_address: Spanned<usize>,
     pub max_unit_mb: Spanned<usize>,
     pub route_buffer_mb: Spanned<usize>,
+    pub drain_grace_s: Spanned<u64>,
     pub allow: Vec<Spanned<String>>,
     pub deny: Vec<Spanned<String>>,
     pub admins: Vec<Spanned<String>>,
@@ -60,6 +61,7 @@ impl Default for Server {
             max_connections_per_address: Spanned::new(0..0, 128),
             max_unit_mb: Spanned::new(0..0, 8),
             route_buffer_mb: Spanned::new(0..0, 64),
+            drain_grace_s: Spanned::new(0..0, 20),
             allow: Vec::new(),
             deny: Vec::new(),
             admins: Vec::new(),
@@ -84,6 +86,8 @@ pub(super) struct Route {
     pub read: Vec<Spanned<String>>,
     #[serde(default)]
     pub publish: Vec<Spanned<String>>,
+    pub on_demand: Option<Spanned<bool>>,
+    pub on_demand_close_after_s: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]

@@ -235,3 +235,98 @@ fn access_lists_parse_and_bad_ranges_are_named() {
         "{problems:?}"
     );
 }
+
+#[test]
+fn patterns_match_by_their_stars() {
+    assert!(pattern_matches("*", "cam1"));
+    assert!(pattern_matches("cam-*", "cam-7"));
+    assert!(pattern_matches("cam-*", "cam-"));
+    assert!(!pattern_matches("cam-*", "cam7"));
+    assert!(pattern_matches("*-hd", "door-hd"));
+    assert!(!pattern_matches("*-hd", "door-sd"));
+    assert!(pattern_matches("site-*-cam-*", "site-3-cam-12"));
+    assert!(!pattern_matches("site-*-cam-*", "site-3-door-12"));
+    assert!(
+        !pattern_matches("a*a", "a"),
+        "the two ends cannot share a character"
+    );
+    let patterns = BTreeMap::from([("*".to_owned(), 1), ("cam-*".to_owned(), 2)]);
+    assert_eq!(best_pattern(&patterns, "cam-1").map(|(_, n)| *n), Some(2));
+    assert_eq!(best_pattern(&patterns, "door").map(|(_, n)| *n), Some(1));
+}
+
+#[test]
+fn a_pattern_route_is_pulled_on_demand_from_its_template() {
+    let config = parse(
+        r#"
+[routes."*"]
+source = "rtsp://origin:8554/{name}"
+on_demand_close_after_s = 3
+
+[routes.lobby]
+source = "rtsp://origin:8554/lobby"
+on_demand = true
+"#,
+    )
+    .expect("valid config");
+    assert!(config.routes.keys().eq(["lobby"]));
+    assert_eq!(
+        config.routes["lobby"].on_demand,
+        Some(DEFAULT_ON_DEMAND_CLOSE_AFTER)
+    );
+    let pattern = &config.patterns["*"];
+    assert_eq!(pattern.on_demand, Some(Duration::from_secs(3)));
+    let route = pattern.route("cam-2").expect("a source for cam-2");
+    assert_eq!(
+        route.source,
+        SourceConfig::RtspPull {
+            url: url::Url::parse("rtsp://origin:8554/cam-2").unwrap()
+        }
+    );
+    assert_eq!(route.on_demand, Some(Duration::from_secs(3)));
+}
+
+#[test]
+fn bad_patterns_and_on_demand_keys_are_refused() {
+    let problems = parse(
+        r#"
+[routes."cam-*"]
+source = "rtsp://origin:8554/fixed"
+
+[routes."feed-*"]
+source = "push"
+
+[routes."door-*"]
+source = "rtsp://origin:8554/{name}"
+on_demand = false
+
+[routes.pushed]
+source = "push"
+on_demand = true
+
+[routes.always]
+source = "file:a.mp4"
+on_demand_close_after_s = 5
+"#,
+    )
+    .expect_err("invalid");
+    let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    let expected = [
+        "routes.always.on_demand_close_after_s: applies only to on-demand routes",
+        "routes.cam-*.source: a pattern's source names each route with `{name}`",
+        "routes.door-*.on_demand: a pattern's routes are always pulled on demand",
+        "routes.feed-*.source: a pattern's source names each route with `{name}`",
+        "routes.pushed.on_demand: a push route has no source to start on demand",
+    ];
+    assert_eq!(text.len(), expected.len(), "{text:?}");
+    for (problem, expected) in text.iter().zip(expected) {
+        assert!(problem.contains(expected), "{problem} ∌ {expected}");
+    }
+    let problems = parse("[routes.\"feed-*\"]\nsource = \"push:{name}\"\n").expect_err("invalid");
+    assert!(
+        problems[0]
+            .to_string()
+            .contains("a pattern's source is pulled on demand"),
+        "{problems:?}"
+    );
+}

@@ -97,8 +97,16 @@ fn routes(state: &State) -> Reply {
                     "skipped": t.skipped.load(Ordering::Relaxed),
                 })
             });
+            let on_demand = state.router.demand(name).map(|demand| {
+                serde_json::json!({
+                    "pattern": demand.pattern,
+                    "running": demand.running(),
+                    "close_after_s": demand.close_after.as_secs(),
+                })
+            });
             serde_json::json!({
                 "name": name,
+                "on_demand": on_demand,
                 "plugins": plugins,
                 "transcode": transcode,
                 "plugin_queue_drops": stats.plugin_queue_drops.load(Ordering::Relaxed),
@@ -362,6 +370,7 @@ fn config_status(reload: &ReloadHandle) -> Reply {
             "loaded_at_unix": loaded_at,
             "reloads": status.reloads,
             "routes": status.routes,
+            "patterns": status.patterns,
             "error": status.last_error,
         }),
     )

@@ -25,7 +25,7 @@ use crate::auth::{Auth, AuthError, Login};
 use crate::control::ReloadHandle;
 use crate::listen::{ConnectionGate, Listener, Rebind, keep_alive};
 use crate::router::RouterHandle;
-use crate::sessions::{SessionKind, Sessions};
+use crate::sessions::{ClientLimit, SessionKind, Sessions};
 use crate::sources::{IngestError, PublishRate, TooSlow, TsIngest};
 use crate::webrtc::WebRtc;
 
@@ -49,45 +49,31 @@ pub struct HttpServer {
     state: Arc<State>,
 }
 
-/// What request handlers reach.
-struct State {
-    router: RouterHandle,
-    auth: Auth,
-    sessions: Sessions,
+/// What request handlers reach: the server's parts the HTTP side uses.
+pub struct State {
+    pub router: RouterHandle,
+    pub auth: Auth,
+    pub sessions: Sessions,
+    /// Admission under `max_clients`, and whether the server drains.
+    pub clients: Arc<ClientLimit>,
     /// The RTSP listener, whose port the status page shows.
-    rtsp: Rebind,
+    pub rtsp: Rebind,
     /// Set once the reload task runs (it needs this server's [`Rebind`] first).
-    reload: Arc<OnceLock<ReloadHandle>>,
-    webrtc: WebRtc,
+    pub reload: Arc<OnceLock<ReloadHandle>>,
+    pub webrtc: WebRtc,
     /// The caps on open connections, shared with the RTSP server (their counters are metrics).
-    gate: Arc<ConnectionGate>,
+    pub gate: Arc<ConnectionGate>,
 }
 
 impl HttpServer {
-    pub async fn bind(
-        addr: SocketAddr,
-        (router, auth): (RouterHandle, Auth),
-        sessions: Sessions,
-        rtsp: Rebind,
-        reload: Arc<OnceLock<ReloadHandle>>,
-        webrtc: WebRtc,
-        gate: Arc<ConnectionGate>,
-    ) -> Result<HttpServer, Error> {
+    pub async fn bind(addr: SocketAddr, state: State) -> Result<HttpServer, Error> {
         let (listener, rebind) = Listener::bind(addr)
             .await
             .map_err(|source| Error { addr, source })?;
         Ok(HttpServer {
             listener,
             rebind,
-            state: Arc::new(State {
-                router,
-                auth,
-                sessions,
-                rtsp,
-                reload,
-                webrtc,
-                gate,
-            }),
+            state: Arc::new(state),
         })
     }
 
@@ -215,6 +201,12 @@ async fn handle(
     }
     match (&method, path.as_str()) {
         (&Method::GET | &Method::HEAD, "healthz") => text(StatusCode::OK, "ok"),
+        // Ready once the server has started its routes and bound its listeners (before that it
+        // does not answer); not ready while it drains, so that load balancers send no one new.
+        (&Method::GET | &Method::HEAD, "readyz") if state.clients.draining() => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "draining")
+        }
+        (&Method::GET | &Method::HEAD, "readyz") => text(StatusCode::OK, "ready"),
         (&Method::GET, player) if player.ends_with('/') && player.matches('/').count() == 1 => {
             whep::player(state, player.trim_end_matches('/'), peer)
         }
@@ -310,6 +302,12 @@ async fn push(
     mut body: Incoming,
     peer: SocketAddr,
 ) -> Reply {
+    if state.clients.draining() {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down; push to another instance",
+        );
+    }
     let Some(stream) = state.router.feed(feed) else {
         tracing::info!(%peer, feed, "push refused: no such feed");
         return text(

@@ -47,7 +47,7 @@ pub(super) async fn handle(
             HeaderValue::from_static("content-type, authorization, if-match"),
         );
         reply
-    } else if state.router.stream(route).is_none() {
+    } else if !state.router.knows(route) {
         text(StatusCode::NOT_FOUND, format!("no route `{route}`"))
     } else if !state
         .auth
@@ -224,7 +224,7 @@ fn error_reply(err: &WhepError) -> Reply {
 /// `GET /ROUTE/`: the player page, for clients the route's access list lets in (the page itself
 /// asks for credentials when the route wants them).
 pub(super) fn player(state: &State, route: &str, peer: SocketAddr) -> Reply {
-    if state.router.stream(route).is_none() {
+    if !state.router.knows(route) {
         return text(StatusCode::NOT_FOUND, format!("no route `{route}`"));
     }
     if !state

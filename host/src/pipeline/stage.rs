@@ -54,6 +54,8 @@ enum Message {
     Adopt(Outlet),
     Unit(AccessUnit),
     End,
+    /// Answered once everything queued before it has been published.
+    Flush(tokio::sync::oneshot::Sender<()>),
     Stop,
 }
 
@@ -157,6 +159,15 @@ impl Stage {
         }));
     }
 
+    /// Completes once every unit queued now has gone through the pipeline into the hub (or the
+    /// stage is gone).
+    pub async fn flush(&self) {
+        let (done, flushed) = tokio::sync::oneshot::channel();
+        if self.input.messages.send(Message::Flush(done)).is_ok() {
+            let _ = flushed.await;
+        }
+    }
+
     /// Counters of the route's frame path.
     pub fn transcode_stats(&self) -> &Arc<TranscodeStats> {
         &self.transcode_stats
@@ -257,6 +268,9 @@ impl Worker {
                     self.process(unit);
                 }
                 Message::End => self.retire(),
+                Message::Flush(done) => {
+                    let _ = done.send(());
+                }
                 Message::Stop => break,
             }
         }

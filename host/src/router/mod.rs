@@ -1,20 +1,29 @@
 //! The route map: for each route, its source, its pipeline and its hub, wired together.
 //!
-//! One actor task owns the map of routes and their running sources; a cloneable [`RouterHandle`]
-//! applies new route sets to it and looks routes up. Lookups read a snapshot the actor publishes, so
-//! the RTSP and HTTP servers never wait on the actor.
+//! One actor task ([`actor`]) owns the map of routes and their running sources; a cloneable
+//! [`RouterHandle`] applies new route sets to it and looks routes up. Lookups read a snapshot the
+//! actor publishes, so the RTSP and HTTP servers never wait on the actor — but for the first reader
+//! of an on-demand route, whose source the actor starts ([`RouterHandle::open`]).
+//!
+//! On demand: a route with `on_demand` runs its source only while someone reads it, and a route
+//! pattern (`[routes."cam-*"]`) becomes a route when a reader first asks for a name it matches.
+//! Either stops its source when it has had no reader for its `on_demand_close_after_s`; a route
+//! made from a pattern is then removed.
+
+mod actor;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::Policy;
-use crate::config::{MemoryBudget, RouteConfig, SourceConfig};
+use crate::config::{self, MemoryBudget, PatternConfig, RouteConfig};
 use crate::hub::Stream;
 use crate::pipeline::{Stage, TranscodeStats};
-use crate::plugins::{LoadedPlugin, PluginStatus, Plugins};
-use crate::sources::{self, RunningSource};
+use crate::plugins::{PluginStatus, Plugins};
 
 type RouteMap = Arc<BTreeMap<String, Arc<Stream>>>;
 
@@ -27,6 +36,52 @@ struct Snapshot {
     stages: BTreeMap<String, Stage>,
     /// Each route's own access list and the users who may read and publish it.
     policies: BTreeMap<String, Arc<Policy>>,
+    /// The on-demand routes: when they were last asked for, whether their source runs.
+    demands: BTreeMap<String, Arc<Demand>>,
+    /// The route patterns, with the rules the routes they make will have.
+    patterns: BTreeMap<String, Arc<Policy>>,
+}
+
+/// An on-demand route's demand: readers that ask for it keep its source running.
+#[derive(Debug)]
+pub struct Demand {
+    /// The pattern the route was made from, if it was.
+    pub pattern: Option<String>,
+    /// How long the source outlives the last reader.
+    pub close_after: Duration,
+    last_asked: Mutex<Instant>,
+    running: AtomicBool,
+}
+
+impl Demand {
+    fn new(pattern: Option<String>, close_after: Duration) -> Demand {
+        Demand {
+            pattern,
+            close_after,
+            last_asked: Mutex::new(Instant::now()),
+            running: AtomicBool::new(false),
+        }
+    }
+
+    /// Someone asked for the route now.
+    fn ask(&self) {
+        *self.last_asked.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    /// Whether nobody asked for `close_after` (readers that stay count apart).
+    fn idle(&self, now: Instant) -> bool {
+        now.saturating_duration_since(*self.last_asked.lock().unwrap_or_else(|p| p.into_inner()))
+            >= self.close_after
+    }
+
+    /// Whether the source runs now.
+    pub fn running(&self) -> bool {
+        self.running.load(Ordering::Relaxed)
+    }
+
+    fn set_running(&self, running: bool) {
+        self.running.store(running, Ordering::Relaxed);
+    }
 }
 
 /// What a reload changed, for the log.
@@ -40,8 +95,14 @@ pub struct Changes {
 enum Command {
     Apply {
         routes: BTreeMap<String, RouteConfig>,
+        patterns: BTreeMap<String, PatternConfig>,
         plugins: Plugins,
         done: oneshot::Sender<Changes>,
+    },
+    /// A reader asks for a route: start its source on demand, or make it from a pattern.
+    Open {
+        name: String,
+        done: oneshot::Sender<Option<Arc<Stream>>>,
     },
     Shutdown {
         done: oneshot::Sender<()>,
@@ -65,12 +126,7 @@ impl RouterHandle {
     pub fn start_with(budget: MemoryBudget) -> RouterHandle {
         let snapshot: Arc<RwLock<Snapshot>> = Arc::default();
         let (commands, inbox) = mpsc::channel(16);
-        let actor = Actor {
-            routes: BTreeMap::new(),
-            snapshot: Arc::clone(&snapshot),
-            budget,
-        };
-        tokio::spawn(actor.run(inbox));
+        tokio::spawn(actor::Actor::new(Arc::clone(&snapshot), budget).run(inbox));
         RouterHandle { snapshot, commands }
     }
 
@@ -84,9 +140,55 @@ impl RouterHandle {
         self.read().feeds.get(name).cloned()
     }
 
-    /// The rules of route `name` (who may connect, read, publish), if it exists.
+    /// The rules of route `name` (who may connect, read, publish), if it exists or a pattern
+    /// would make it.
     pub fn policy(&self, name: &str) -> Option<Arc<Policy>> {
-        self.read().policies.get(name).cloned()
+        let snapshot = self.read();
+        match snapshot.policies.get(name) {
+            Some(policy) => Some(Arc::clone(policy)),
+            None => config::best_pattern(&snapshot.patterns, name).map(|(_, p)| Arc::clone(p)),
+        }
+    }
+
+    /// Whether route `name` exists or a pattern would make it.
+    pub fn knows(&self, name: &str) -> bool {
+        let snapshot = self.read();
+        snapshot.routes.contains_key(name)
+            || (config::check_route_name(name).is_ok()
+                && config::best_pattern(&snapshot.patterns, name).is_some())
+    }
+
+    /// The demand of on-demand route `name`, if it is one.
+    pub fn demand(&self, name: &str) -> Option<Arc<Demand>> {
+        self.read().demands.get(name).cloned()
+    }
+
+    /// The hub of route `name` for a reader about to read it: an on-demand route's source starts
+    /// (or keeps running), and a name that only a pattern matches becomes a route. `None` when
+    /// there is no such route and no pattern makes one.
+    pub async fn open(&self, name: &str) -> Option<Arc<Stream>> {
+        {
+            let snapshot = self.read();
+            let stream = snapshot.routes.get(name);
+            match (stream, snapshot.demands.get(name)) {
+                (Some(stream), None) => return Some(Arc::clone(stream)),
+                (Some(stream), Some(demand)) if demand.running() => {
+                    demand.ask();
+                    return Some(Arc::clone(stream));
+                }
+                (None, _) if config::best_pattern(&snapshot.patterns, name).is_none() => {
+                    return None;
+                }
+                _ => {}
+            }
+        }
+        let (done, reply) = oneshot::channel();
+        let open = Command::Open {
+            name: name.to_owned(),
+            done,
+        };
+        self.commands.send(open).await.ok()?;
+        reply.await.ok().flatten()
     }
 
     /// The plugins running on `route`, with their counters.
@@ -115,14 +217,20 @@ impl RouterHandle {
         self.snapshot.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Makes the running routes match `routes`, whose chains name `plugins`, touching only those
-    /// that differ.
-    pub async fn apply(&self, routes: BTreeMap<String, RouteConfig>, plugins: Plugins) -> Changes {
+    /// Makes the running routes match `routes` and `patterns`, whose chains name `plugins`,
+    /// touching only those that differ.
+    pub async fn apply(
+        &self,
+        routes: BTreeMap<String, RouteConfig>,
+        patterns: BTreeMap<String, PatternConfig>,
+        plugins: Plugins,
+    ) -> Changes {
         let (done, reply) = oneshot::channel();
         if self
             .commands
             .send(Command::Apply {
                 routes,
+                patterns,
                 plugins,
                 done,
             })
@@ -141,154 +249,4 @@ impl RouterHandle {
             let _ = reply.await;
         }
     }
-}
-
-struct RunningRoute {
-    config: RouteConfig,
-    /// The plugins its chain runs, in order.
-    chain: Vec<Arc<LoadedPlugin>>,
-    stream: Arc<Stream>,
-    /// From the first time the route has plugins or re-encodes.
-    stage: Option<Stage>,
-    /// Dropping it stops the source.
-    _source: RunningSource,
-}
-
-struct Actor {
-    routes: BTreeMap<String, RunningRoute>,
-    snapshot: Arc<RwLock<Snapshot>>,
-    budget: MemoryBudget,
-}
-
-impl Actor {
-    async fn run(mut self, mut inbox: mpsc::Receiver<Command>) {
-        while let Some(command) = inbox.recv().await {
-            match command {
-                Command::Apply {
-                    routes,
-                    plugins,
-                    done,
-                } => {
-                    let changes = self.apply(routes, &plugins);
-                    let _ = done.send(changes);
-                }
-                Command::Shutdown { done } => {
-                    self.apply(BTreeMap::new(), &Plugins::new());
-                    let _ = done.send(());
-                    return;
-                }
-            }
-        }
-    }
-
-    fn apply(&mut self, mut wanted: BTreeMap<String, RouteConfig>, plugins: &Plugins) -> Changes {
-        let mut changes = Changes::default();
-        let names: Vec<String> = self.routes.keys().cloned().collect();
-        for name in names {
-            match wanted.remove(&name) {
-                None => {
-                    if let Some(route) = self.routes.remove(&name) {
-                        route.stream.close();
-                    }
-                    changes.removed.push(name);
-                }
-                Some(config) => {
-                    let Some(route) = self.routes.get_mut(&name) else {
-                        continue;
-                    };
-                    let chain = chain_of(&config, plugins);
-                    let chain_changed = !same_chain(&route.chain, &chain)
-                        || route.config.transcode != config.transcode;
-                    if chain_changed {
-                        // Swapped between two units: readers stay, no unit is lost.
-                        set_processing(route, &chain, config.transcode.clone());
-                        route.chain = chain;
-                    }
-                    if route.config.publish != config.publish {
-                        route.stream.revoke_publisher_unless(&config.publish);
-                    }
-                    if route.config != config || chain_changed {
-                        if route.config.source != config.source {
-                            // The hub stays, so readers stay connected; the new source publishes
-                            // into it.
-                            route._source =
-                                sources::start(&config.source, Arc::clone(&route.stream));
-                        }
-                        route.config = config;
-                        changes.changed.push(name);
-                    }
-                }
-            }
-        }
-        for (name, config) in wanted {
-            let stream = Stream::with_budget(&name, self.budget);
-            let chain = chain_of(&config, plugins);
-            // The pipeline comes first, so that the source's first unit goes through it.
-            let stage = (!chain.is_empty() || config.transcode.is_some()).then(|| {
-                let stage = Stage::attach(&stream);
-                stage.set_processing(&chain, config.transcode.clone());
-                stage
-            });
-            let source = sources::start(&config.source, Arc::clone(&stream));
-            self.routes.insert(
-                name.clone(),
-                RunningRoute {
-                    config,
-                    chain,
-                    stream,
-                    stage,
-                    _source: source,
-                },
-            );
-            changes.added.push(name);
-        }
-        let mut snapshot = Snapshot::default();
-        let mut routes = BTreeMap::new();
-        for (name, route) in &self.routes {
-            routes.insert(name.clone(), Arc::clone(&route.stream));
-            if let Some(stage) = &route.stage {
-                snapshot.stages.insert(name.clone(), stage.clone());
-            }
-            snapshot
-                .policies
-                .insert(name.clone(), Arc::new(Policy::of(&route.config)));
-            if let SourceConfig::Push { feed } = &route.config.source {
-                snapshot
-                    .feeds
-                    .insert(feed.clone(), Arc::clone(&route.stream));
-            }
-        }
-        snapshot.routes = Arc::new(routes);
-        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = snapshot;
-        changes
-    }
-}
-
-/// Gives `route` its `chain` and `transcode` settings, attaching a pipeline the first time it has
-/// something to do.
-fn set_processing(
-    route: &mut RunningRoute,
-    chain: &[Arc<LoadedPlugin>],
-    transcode: Option<crate::config::TranscodeConfig>,
-) {
-    if chain.is_empty() && transcode.is_none() && route.stage.is_none() {
-        return;
-    }
-    route
-        .stage
-        .get_or_insert_with(|| Stage::attach(&route.stream))
-        .set_processing(chain, transcode);
-}
-
-/// The plugins `config`'s chain names, in order (a name not in `plugins` was refused by validation).
-fn chain_of(config: &RouteConfig, plugins: &Plugins) -> Vec<Arc<LoadedPlugin>> {
-    config
-        .plugins
-        .iter()
-        .filter_map(|name| plugins.get(name).cloned())
-        .collect()
-}
-
-fn same_chain(a: &[Arc<LoadedPlugin>], b: &[Arc<LoadedPlugin>]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(a, b)| a.same_as(b))
 }

@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 const PT_SR: u8 = 200;
 const PT_RR: u8 = 201;
 const PT_SDES: u8 = 202;
+const PT_BYE: u8 = 203;
 const SDES_CNAME: u8 = 1;
 const CNAME: &[u8] = b"wasmcast";
 
@@ -27,6 +28,20 @@ pub struct SenderReport {
     pub rtp_timestamp: u32,
     pub packet_count: u32,
     pub octet_count: u32,
+}
+
+/// Size of a BYE for one source.
+pub const GOODBYE_SIZE: usize = 8;
+
+/// A BYE for `ssrc` (RFC 3550 6.6): the source leaves, and players end its stream. It goes at the
+/// end of a compound packet.
+pub fn goodbye(ssrc: u32) -> [u8; GOODBYE_SIZE] {
+    let mut out = [0u8; GOODBYE_SIZE];
+    out[0] = 0x81;
+    out[1] = PT_BYE;
+    out[2..4].copy_from_slice(&1u16.to_be_bytes());
+    out[4..8].copy_from_slice(&ssrc.to_be_bytes());
+    out
 }
 
 /// Size of the compound packet [`SenderReport::write`] produces.

@@ -14,7 +14,7 @@ use super::session::Play;
 use super::transport::TrackTransport;
 use super::udp::{RtcpRegistration, UdpSockets};
 use crate::hub::{Reader, Unit};
-use crate::rtp::rtcp::{self, SenderReport};
+use crate::rtp::rtcp::{self, GOODBYE_SIZE, SENDER_REPORT_SIZE, SenderReport};
 
 /// How often each reader gets RTCP sender reports.
 const SENDER_REPORT_INTERVAL: Duration = Duration::from_secs(5);
@@ -100,11 +100,18 @@ pub(super) async fn run_egress(
                 (Some(unit), Some(playback)) => {
                     with_deadline(send_unit(&unit, playback, &mut out, &udp, &mut sent)).await
                 }
-                // The route was removed: the session ends.
+                // The route was removed (or the server drains): the session ends, and players hear
+                // so from a BYE on every track rather than from silence.
+                (None, Some(playback)) => {
+                    let _ = with_deadline(send_reports(playback, &mut out, &udp, None, true)).await;
+                    break;
+                }
                 _ => break,
             },
             _ = reports.tick(), if playback.is_some() => match &mut playback {
-                Some(playback) => with_deadline(send_reports(playback, &mut out, &udp, None)).await,
+                Some(playback) => {
+                    with_deadline(send_reports(playback, &mut out, &udp, None, false)).await
+                }
                 None => Ok(()),
             },
         };
@@ -165,7 +172,7 @@ pub(super) async fn send_unit(
     count.octets = count.octets.wrapping_add(payload as u32);
     if !count.reported {
         // The first sender report right after the first packet lets players sync at once.
-        send_reports(playback, out, udp, Some(track)).await?;
+        send_reports(playback, out, udp, Some(track), false).await?;
     }
     if matches!(transport, TrackTransport::Tcp { .. }) {
         out.flush().await?;
@@ -173,12 +180,14 @@ pub(super) async fn send_unit(
     Ok(())
 }
 
-/// Sends a sender report for `only` one track, or for every track that has sent media.
+/// Sends a sender report for `only` one track, or for every track that has sent media; with
+/// `goodbye`, each followed by a BYE in the same compound packet.
 pub(super) async fn send_reports(
     playback: &mut Playback,
     out: &mut BufWriter<OwnedWriteHalf>,
     udp: &UdpSockets,
     only: Option<usize>,
+    goodbye: bool,
 ) -> std::io::Result<()> {
     let now = Instant::now();
     let ntp = rtcp::ntp_timestamp(SystemTime::now());
@@ -198,20 +207,29 @@ pub(super) async fn send_reports(
             continue;
         };
         count.reported = true;
-        let report = SenderReport {
-            ssrc: info.ssrc,
-            ntp,
-            rtp_timestamp,
-            packet_count: count.packets,
-            octet_count: count.octets,
-        }
-        .write();
+        let mut compound = [0u8; SENDER_REPORT_SIZE + GOODBYE_SIZE];
+        compound[..SENDER_REPORT_SIZE].copy_from_slice(
+            &SenderReport {
+                ssrc: info.ssrc,
+                ntp,
+                rtp_timestamp,
+                packet_count: count.packets,
+                octet_count: count.octets,
+            }
+            .write(),
+        );
+        compound[SENDER_REPORT_SIZE..].copy_from_slice(&rtcp::goodbye(info.ssrc));
+        let report = if goodbye {
+            &compound[..]
+        } else {
+            &compound[..SENDER_REPORT_SIZE]
+        };
         match *transport {
             TrackTransport::Tcp { rtcp_channel, .. } => {
-                write_interleaved(out, rtcp_channel, &report).await?
+                write_interleaved(out, rtcp_channel, report).await?
             }
             TrackTransport::Udp { rtcp, .. } => {
-                let _ = udp.rtcp.send_to(&report, rtcp).await;
+                let _ = udp.rtcp.send_to(report, rtcp).await;
             }
         }
     }

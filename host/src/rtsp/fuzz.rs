@@ -39,9 +39,14 @@ fn world() -> &'static World {
                 read: Vec::new(),
                 publish: Vec::new(),
                 transcode: None,
+                on_demand: None,
             };
             router
-                .apply(BTreeMap::from([("cam".to_owned(), route)]), BTreeMap::new())
+                .apply(
+                    BTreeMap::from([("cam".to_owned(), route)]),
+                    BTreeMap::new(),
+                    BTreeMap::new(),
+                )
                 .await;
             router
         });

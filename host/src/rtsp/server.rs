@@ -200,7 +200,7 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<Share
                     Some(Ok(Incoming::Response)) => continue,
                 };
                 if connection.publishing().is_none() {
-                    wait_for_source(&shared.router, &request).await;
+                    wait_for_source(&shared, peer, &request).await;
                 }
                 last_request = Instant::now();
                 partial_since = None;
@@ -298,19 +298,28 @@ async fn revoked(revocation: Option<&Revocation>) {
     }
 }
 
-/// A reader that arrives while its route's source is still starting gets the stream, not an error.
-async fn wait_for_source(router: &RouterHandle, request: &rtsp_types::Request<Vec<u8>>) {
+/// A reader that arrives while its route's source is still starting gets the stream, not an error;
+/// an on-demand route's source starts for it (a route pattern makes the route), unless the route's
+/// access list keeps the reader out anyway.
+async fn wait_for_source(
+    shared: &Shared,
+    peer: SocketAddr,
+    request: &rtsp_types::Request<Vec<u8>>,
+) {
     if !matches!(
         request.method(),
         rtsp_types::Method::Describe | rtsp_types::Method::Setup
     ) {
         return;
     }
-    let stream = request
-        .request_uri()
-        .and_then(route_name)
-        .and_then(|name| router.stream(name));
-    if let Some(stream) = stream {
+    let Some(name) = request.request_uri().and_then(route_name) else {
+        return;
+    };
+    let policy = shared.router.policy(name);
+    if !shared.auth.permits(peer.ip(), policy.as_deref()) {
+        return;
+    }
+    if let Some(stream) = shared.router.open(name).await {
         stream.wait_while_waiting(SOURCE_START_TIMEOUT).await;
     }
 }

@@ -16,7 +16,7 @@ use super::transport::{TrackTransport, choose_record_transport, choose_transport
 use crate::auth::{self, Auth, AuthError, Login};
 use crate::hub::{MediaInfo, Reader, Revocation, SourceState, Stream};
 use crate::router::RouterHandle;
-use crate::sessions::{ClientLimit, ClientSlot};
+use crate::sessions::{ClientLimit, ClientSlot, Full};
 
 /// The session timeout we enforce on sessions without keep-alives or RTCP (TCP readers that are
 /// playing show life by taking the bytes sent to them, which the egress holds to a deadline).
@@ -234,7 +234,7 @@ impl Connection {
             Method::Setup => self.setup(request, ctx, &cseq, now),
             Method::Announce => self.announce(request, ctx, &cseq, now),
             Method::Record => self.record(&cseq, now),
-            Method::Play => self.play(ctx, &cseq),
+            Method::Play => self.play(ctx, &cseq, now),
             Method::Pause => self.pause(&cseq),
             Method::Teardown => {
                 let response = self.ok(&cseq).build(Vec::new());

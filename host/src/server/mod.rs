@@ -53,11 +53,26 @@ async fn meter_bandwidth(router: RouterHandle, clients: Arc<sessions::ClientLimi
     }
 }
 
+/// How long ending publishers, flushing pipelines and saying goodbye to readers may take, each,
+/// once a drain's grace period is over.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Waits until `done` or for `limit`, whichever comes first.
+async fn until(limit: std::time::Duration, done: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !done() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// A server with its listeners bound and its routes started, ready to run.
 pub struct Server {
     router: RouterHandle,
     rtsp: RtspServer,
     http: HttpServer,
+    sessions: Sessions,
+    clients: Arc<sessions::ClientLimit>,
+    drain_grace: std::time::Duration,
 }
 
 impl Server {
@@ -99,17 +114,32 @@ impl Server {
             Arc::clone(&gate),
         )
         .await?;
-        let changes = router.apply(config.routes.clone(), plugins.clone()).await;
+        let changes = router
+            .apply(
+                config.routes.clone(),
+                config.patterns.clone(),
+                plugins.clone(),
+            )
+            .await;
         tracing::info!(routes = ?changes.added, "routes started");
         let reload = Arc::new(OnceLock::new());
         let http = HttpServer::bind(
             config.server.http,
-            (router.clone(), auth.clone()),
-            sessions.clone(),
-            rtsp.rebind(),
-            Arc::clone(&reload),
-            webrtc::WebRtc::new(router.clone(), sessions.clone(), clients, &config.server),
-            gate,
+            crate::http::State {
+                router: router.clone(),
+                auth: auth.clone(),
+                sessions: sessions.clone(),
+                clients: Arc::clone(&clients),
+                rtsp: rtsp.rebind(),
+                reload: Arc::clone(&reload),
+                webrtc: webrtc::WebRtc::new(
+                    router.clone(),
+                    sessions.clone(),
+                    Arc::clone(&clients),
+                    &config.server,
+                ),
+                gate,
+            },
         )
         .await?;
         if let Some(path) = path {
@@ -126,7 +156,14 @@ impl Server {
             );
             let _ = reload.set(handle);
         }
-        Ok(Server { router, rtsp, http })
+        Ok(Server {
+            router,
+            rtsp,
+            http,
+            sessions,
+            clients,
+            drain_grace: config.server.drain_grace,
+        })
     }
 
     /// Where the RTSP server listens.
@@ -144,7 +181,11 @@ impl Server {
         self.rtsp.udp_ports()
     }
 
-    /// Serves until `shutdown` completes, then stops every route.
+    /// Serves until `shutdown` completes, then drains: the RTSP listener closes, `/readyz` says
+    /// not ready and no new session is admitted; sessions have `drain_grace_s` to end on their
+    /// own; then publishers are ended, what they sent is flushed through the pipelines, and every
+    /// route closes, which ends its readers with an RTCP BYE (RTSP) or a closed peer connection
+    /// (WebRTC).
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let http_stopped = {
@@ -153,11 +194,35 @@ impl Server {
                 let _ = stopped.wait_for(|s| *s).await;
             }
         };
+        // HTTP keeps answering while the server drains: probes, the API and metrics.
         let http = tokio::spawn(self.http.run(http_stopped));
+        let rtsp_listener = self.rtsp.rebind();
         self.rtsp.run(shutdown).await;
+        rtsp_listener.close();
+        self.clients.drain();
+        let open = self.sessions.list().len();
+        tracing::info!(
+            sessions = open,
+            grace = ?self.drain_grace,
+            "draining: no new sessions; waiting for the open ones to end"
+        );
+        let sessions = &self.sessions;
+        until(self.drain_grace, || sessions.list().is_empty()).await;
+        // Publishers go first, so that what they already sent reaches the readers.
+        for session in sessions.list() {
+            if session.kind.is_publisher() {
+                sessions.kick(&session.id);
+            }
+        }
+        until(CLOSE_TIMEOUT, || {
+            !sessions.list().iter().any(|s| s.kind.is_publisher())
+        })
+        .await;
+        self.router.shutdown().await;
+        // The readers of the closed routes say goodbye.
+        until(CLOSE_TIMEOUT, || sessions.list().is_empty()).await;
         let _ = stop.send(true);
         let _ = http.await;
         drop(stopped);
-        self.router.shutdown().await;
     }
 }

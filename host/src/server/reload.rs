@@ -44,6 +44,7 @@ pub fn start(
         version: 1,
         loaded_at: SystemTime::now(),
         routes: running.routes.keys().cloned().collect(),
+        patterns: running.patterns.keys().cloned().collect(),
         last_error: None,
         reloads: 0,
     });
@@ -126,7 +127,11 @@ impl Reloader {
         );
         let changes = self
             .router
-            .apply(config.routes.clone(), plugins.clone())
+            .apply(
+                config.routes.clone(),
+                config.patterns.clone(),
+                plugins.clone(),
+            )
             .await;
         let swapped: Vec<&str> = plugins
             .iter()
@@ -142,6 +147,7 @@ impl Reloader {
         status.reloads += 1;
         status.loaded_at = SystemTime::now();
         status.routes = config.routes.keys().cloned().collect();
+        status.patterns = config.patterns.keys().cloned().collect();
         status.last_error = None;
         drop(status);
         tracing::info!(
@@ -254,10 +260,18 @@ impl Watch {
             let Some(name) = file.file_name() else {
                 continue;
             };
-            self.names
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(name.to_owned());
+            let mut names = self.names.write().unwrap_or_else(|p| p.into_inner());
+            names.insert(name.to_owned());
+            // A file reached through a link in its own directory changes when that link is
+            // swapped, not the file: a Kubernetes ConfigMap mounts `NAME -> ..data/NAME`, and
+            // updates it by renaming a new `..data` link over the old one.
+            if let Ok(target) = std::fs::read_link(&file)
+                && target.is_relative()
+                && let Some(std::path::Component::Normal(first)) = target.components().next()
+            {
+                names.insert(first.to_owned());
+            }
+            drop(names);
             self.watch_directory(&directory_of(&file));
         }
     }

@@ -55,6 +55,8 @@ use network::{IceNetwork, PortLease};
 pub use offer::OfferedVideo;
 use viewer::{Outgoing, Viewer};
 
+/// How long an offer waits for an on-demand route whose source has not produced media yet.
+const SOURCE_START_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long gathering our (host) candidates may take before the answer goes out as it is.
 const GATHERING_TIMEOUT: Duration = Duration::from_secs(3);
 /// A viewer that does not connect within this time after its answer is dropped.
@@ -142,10 +144,15 @@ impl WebRtc {
         peer: SocketAddr,
     ) -> Result<Answer, WhepError> {
         let offered = offer::parse(offer)?;
+        // An on-demand route's source starts for the viewer, who gets the stream once it runs.
         let stream = self
             .router
-            .stream(route)
+            .open(route)
+            .await
             .ok_or_else(|| WhepError::NoRoute(route.to_owned()))?;
+        if self.router.demand(route).is_some() {
+            stream.wait_while_waiting(SOURCE_START_TIMEOUT).await;
+        }
         let plan = plan(&stream, &offered)?;
         let slot = self.clients.acquire()?;
 

@@ -100,8 +100,19 @@ impl Server {
         let dir = TempDir::new();
         let config = dir.path().join("wasmcast.toml");
         std::fs::write(&config, format!("[server]\n{server}\n{routes}")).expect("write config");
-        // Canonical, so that notify's paths match.
-        let config = config.canonicalize().expect("config path");
+        Server::start_at(&config, server, dir)
+    }
+
+    /// Starts the binary with the config file at `config` (in `dir`, removed with the server),
+    /// whose `[server]` table holds `server`.
+    pub fn start_at(config: &Path, server: &str, dir: TempDir) -> Server {
+        // The directory canonical, so that notify's paths match; the file itself may be a link.
+        let config = config
+            .parent()
+            .expect("a directory")
+            .canonicalize()
+            .expect("config directory")
+            .join(config.file_name().expect("a file name"));
         let mut child = Command::new(env!("CARGO_BIN_EXE_wasmcast"))
             .args(["--log-level", "info", "serve", "--config"])
             .arg(&config)
@@ -169,6 +180,11 @@ impl Server {
         std::fs::write(&self.config, text).expect("write config");
     }
 
+    /// The directory the config file is in.
+    pub fn config_dir(&self) -> &Path {
+        self.config.parent().expect("a directory")
+    }
+
     pub fn url(&self, route: &str) -> String {
         format!("rtsp://{}/{route}", self.rtsp)
     }
@@ -197,6 +213,27 @@ impl Server {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends the process `signal` (`"TERM"`, `"HUP"`, …).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args(["-s", signal, &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -s {signal} failed");
+    }
+
+    /// Waits up to `timeout` for the process to exit; its status if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 }
 
@@ -424,4 +461,16 @@ pub fn ffprobe_streams(url: &str) -> String {
     );
     assert!(ok, "ffprobe: {err}");
     out
+}
+
+/// One HTTP/1.1 request to `server` without a body: the status and the body.
+pub async fn http(server: &Server, method: &str, path: &str) -> (u16, String) {
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let reply = exchange(server.http, request.as_bytes(), Duration::from_secs(5)).await;
+    let status = reply.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = reply
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
 }

@@ -139,7 +139,12 @@ impl Connection {
             .into_reply())
     }
 
-    pub(super) fn play(&mut self, ctx: &Context<'_>, cseq: &str) -> Result<Reply, Refusal> {
+    pub(super) fn play(
+        &mut self,
+        ctx: &Context<'_>,
+        cseq: &str,
+        now: Instant,
+    ) -> Result<Reply, Refusal> {
         let Some(session) = &mut self.session else {
             return Err(Refusal::new(
                 StatusCode::SessionNotFound,
@@ -155,11 +160,15 @@ impl Connection {
         // The slot under max_clients is taken here, not at SETUP: a client that never plays holds
         // none (and is ended after SESSION_START_TIMEOUT).
         if session.slot.is_none() {
-            session.slot = Some(ctx.clients.acquire().map_err(|full| {
-                Refusal::new(
+            session.slot = Some(ctx.clients.acquire().map_err(|full| match full {
+                Full::Draining => Refusal::new(
+                    StatusCode::ServiceUnavailable,
+                    format!("Service Unavailable ({full})"),
+                ),
+                _ => Refusal::new(
                     StatusCode::NotEnoughBandwidth,
                     format!("Not Enough Bandwidth ({full})"),
-                )
+                ),
             })?);
         }
         let reader = session
@@ -169,7 +178,9 @@ impl Connection {
         session.setup_at = None;
         // A re-encoding route starts a fresh GOP for the newcomer (others ignore this).
         session.stream.request_keyframe();
-        // RTP-Info names the first packet this reader will really get on each track.
+        // RTP-Info names the first packet this reader will really get on each track. A track
+        // with nothing kept yet (a route that just started) gets the RTP time of now, where its
+        // next packet will be: clients that map every track's clock from PLAY need one.
         let mut rtp_info = Vec::new();
         for (index, track) in session.tracks.iter().enumerate() {
             let Some(track) = track else { continue };
@@ -179,7 +190,10 @@ impl Connection {
                     "url={};seq={};rtptime={}",
                     track.url, unit.rtp.first_seq, unit.rtp.timestamp
                 ),
-                None => format!("url={}", track.url),
+                None => match reader.media().rtp_timestamp_at(index, now) {
+                    Some(rtptime) => format!("url={};rtptime={rtptime}", track.url),
+                    None => format!("url={}", track.url),
+                },
             });
         }
         session.playing = true;

@@ -30,9 +30,12 @@ impl Fixture {
                 read: Vec::new(),
                 publish: Vec::new(),
                 transcode: None,
+                on_demand: None,
             },
         )]);
-        router.apply(routes, Default::default()).await;
+        router
+            .apply(routes, Default::default(), Default::default())
+            .await;
         for _ in 0..200 {
             let has_keyframe = router
                 .stream("cam")

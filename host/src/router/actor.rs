@@ -1,0 +1,397 @@
+//! The router actor: the one owner of the running routes. It applies route sets, starts on-demand
+//! sources when readers ask, stops them when nobody has read them for a while, and publishes the
+//! snapshot lookups read.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::{Changes, Command, Demand, Snapshot};
+use crate::auth::Policy;
+use crate::config::{self, MemoryBudget, PatternConfig, RouteConfig, SourceConfig};
+use crate::hub::Stream;
+use crate::pipeline::Stage;
+use crate::plugins::{LoadedPlugin, Plugins};
+use crate::sources::{self, RunningSource};
+
+/// How often on-demand routes are checked for readers.
+const DEMAND_CHECK_PERIOD: Duration = Duration::from_secs(1);
+/// How long a shutdown waits for the pipelines to publish what they hold.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Routes made from patterns at once, at most: each is a pull from the origin, and any name a
+/// pattern matches makes one, so a client asking for random names must not make the server pull
+/// without end. Past it, new names are refused until idle ones close.
+const MAX_PATTERN_ROUTES: usize = 1024;
+
+struct RunningRoute {
+    config: RouteConfig,
+    /// The plugins its chain runs, in order.
+    chain: Vec<Arc<LoadedPlugin>>,
+    stream: Arc<Stream>,
+    /// From the first time the route has plugins or re-encodes.
+    stage: Option<Stage>,
+    /// Dropping it stops the source; `None` while an on-demand route has no reader.
+    source: Option<RunningSource>,
+    /// For on-demand routes.
+    demand: Option<Arc<Demand>>,
+}
+
+impl RunningRoute {
+    /// A route with its hub and pipeline; its source starts now unless it waits for demand.
+    fn start(
+        name: &str,
+        config: RouteConfig,
+        pattern: Option<&str>,
+        plugins: &Plugins,
+        budget: MemoryBudget,
+    ) -> RunningRoute {
+        let stream = Stream::with_budget(name, budget);
+        let chain = chain_of(&config, plugins);
+        // The pipeline comes first, so that the source's first unit goes through it.
+        let stage = (!chain.is_empty() || config.transcode.is_some()).then(|| {
+            let stage = Stage::attach(&stream);
+            stage.set_processing(&chain, config.transcode.clone());
+            stage
+        });
+        let demand = config
+            .on_demand
+            .map(|close_after| Arc::new(Demand::new(pattern.map(str::to_owned), close_after)));
+        let mut route = RunningRoute {
+            config,
+            chain,
+            stream,
+            stage,
+            source: None,
+            demand,
+        };
+        if route.demand.is_none() {
+            route.start_source();
+        }
+        route
+    }
+
+    fn start_source(&mut self) {
+        self.source = Some(sources::start(
+            &self.config.source,
+            Arc::clone(&self.stream),
+        ));
+        if let Some(demand) = &self.demand {
+            demand.ask();
+            demand.set_running(true);
+        }
+    }
+
+    /// Whether an on-demand route's source has run without a reader for its close-after time.
+    fn idle(&self, now: Instant) -> bool {
+        let Some(demand) = &self.demand else {
+            return false;
+        };
+        let readers = self
+            .stream
+            .stats
+            .readers
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if readers > 0 {
+            // Readers that stay are demand too: the clock starts when the last one leaves.
+            demand.ask();
+            return false;
+        }
+        self.source.is_some() && demand.idle(now)
+    }
+
+    fn pattern(&self) -> Option<&str> {
+        self.demand.as_ref()?.pattern.as_deref()
+    }
+}
+
+pub(super) struct Actor {
+    routes: BTreeMap<String, RunningRoute>,
+    patterns: BTreeMap<String, PatternConfig>,
+    /// The plugins of the last route set, for the routes patterns make later.
+    plugins: Plugins,
+    snapshot: Arc<RwLock<Snapshot>>,
+    budget: MemoryBudget,
+}
+
+impl Actor {
+    pub(super) fn new(snapshot: Arc<RwLock<Snapshot>>, budget: MemoryBudget) -> Actor {
+        Actor {
+            routes: BTreeMap::new(),
+            patterns: BTreeMap::new(),
+            plugins: Plugins::new(),
+            snapshot,
+            budget,
+        }
+    }
+
+    pub(super) async fn run(mut self, mut inbox: mpsc::Receiver<Command>) {
+        let mut demand_check = tokio::time::interval(DEMAND_CHECK_PERIOD);
+        loop {
+            let command = tokio::select! {
+                command = inbox.recv() => command,
+                _ = demand_check.tick() => {
+                    self.close_idle(Instant::now());
+                    continue;
+                }
+            };
+            let Some(command) = command else {
+                return;
+            };
+            match command {
+                Command::Apply {
+                    routes,
+                    patterns,
+                    plugins,
+                    done,
+                } => {
+                    let changes = self.apply(routes, patterns, plugins);
+                    let _ = done.send(changes);
+                }
+                Command::Open { name, done } => {
+                    let _ = done.send(self.open(&name));
+                }
+                Command::Shutdown { done } => {
+                    // What publishers sent goes through the pipelines before the routes close.
+                    let flushes = self
+                        .routes
+                        .values()
+                        .filter_map(|route| route.stage.as_ref())
+                        .map(Stage::flush);
+                    let _ = tokio::time::timeout(FLUSH_TIMEOUT, futures::future::join_all(flushes))
+                        .await;
+                    self.apply(BTreeMap::new(), BTreeMap::new(), Plugins::new());
+                    let _ = done.send(());
+                    return;
+                }
+            }
+        }
+    }
+
+    fn apply(
+        &mut self,
+        mut wanted: BTreeMap<String, RouteConfig>,
+        patterns: BTreeMap<String, PatternConfig>,
+        plugins: Plugins,
+    ) -> Changes {
+        let mut changes = Changes::default();
+        let names: Vec<String> = self.routes.keys().cloned().collect();
+        for name in names {
+            let Some(route) = self.routes.get_mut(&name) else {
+                continue;
+            };
+            if let Some(pattern) = route.pattern() {
+                // A route a pattern made stays while nothing about it changed; its readers then
+                // ask again and get the new settings.
+                let unchanged = !wanted.contains_key(&name)
+                    && patterns.get(pattern) == self.patterns.get(pattern)
+                    && same_chain(&route.chain, &chain_of(&route.config, &plugins));
+                if !unchanged && let Some(route) = self.routes.remove(&name) {
+                    route.stream.close();
+                }
+                continue;
+            }
+            match wanted.remove(&name) {
+                None => {
+                    if let Some(route) = self.routes.remove(&name) {
+                        route.stream.close();
+                    }
+                    changes.removed.push(name);
+                }
+                Some(config) => {
+                    if update(route, config, &plugins) {
+                        changes.changed.push(name);
+                    }
+                }
+            }
+        }
+        for (name, config) in wanted {
+            let route = RunningRoute::start(&name, config, None, &plugins, self.budget);
+            self.routes.insert(name.clone(), route);
+            changes.added.push(name);
+        }
+        self.patterns = patterns;
+        self.plugins = plugins;
+        self.publish();
+        changes
+    }
+
+    /// Starts route `name`'s source if it waits for demand, or makes the route from the pattern
+    /// that matches it best.
+    fn open(&mut self, name: &str) -> Option<Arc<Stream>> {
+        if let Some(route) = self.routes.get_mut(name) {
+            if route.source.is_none() {
+                tracing::info!(route = name, "on-demand source started for a reader");
+                route.start_source();
+            }
+            if let Some(demand) = &route.demand {
+                demand.ask();
+            }
+            return Some(Arc::clone(&route.stream));
+        }
+        config::check_route_name(name).ok()?;
+        let (pattern, settings) = config::best_pattern(&self.patterns, name)?;
+        let made = self
+            .routes
+            .values()
+            .filter(|r| r.pattern().is_some())
+            .count();
+        if made >= MAX_PATTERN_ROUTES {
+            tracing::warn!(
+                route = name,
+                pattern = pattern.as_str(),
+                "refused: {MAX_PATTERN_ROUTES} routes made from patterns already run"
+            );
+            return None;
+        }
+        let config = match settings.route(name) {
+            Ok(config) => config,
+            Err(why) => {
+                tracing::info!(route = name, pattern = pattern.as_str(), "refused: {why}");
+                return None;
+            }
+        };
+        tracing::info!(
+            route = name,
+            pattern = pattern.as_str(),
+            "route made from a pattern for a reader"
+        );
+        let mut route =
+            RunningRoute::start(name, config, Some(pattern), &self.plugins, self.budget);
+        route.start_source();
+        let stream = Arc::clone(&route.stream);
+        self.routes.insert(name.to_owned(), route);
+        self.publish();
+        Some(stream)
+    }
+
+    /// Stops the sources of on-demand routes nobody has read for their close-after time, and
+    /// removes the routes patterns made.
+    fn close_idle(&mut self, now: Instant) {
+        let idle: Vec<String> = self
+            .routes
+            .iter()
+            .filter(|(_, route)| route.idle(now))
+            .map(|(name, _)| name.clone())
+            .collect();
+        if idle.is_empty() {
+            return;
+        }
+        for name in idle {
+            let Some(route) = self.routes.get_mut(&name) else {
+                continue;
+            };
+            tracing::info!(route = name, "on-demand source stopped: no reader");
+            route.source = None;
+            if let Some(demand) = &route.demand {
+                demand.set_running(false);
+            }
+            if route.pattern().is_some()
+                && let Some(route) = self.routes.remove(&name)
+            {
+                route.stream.close();
+            }
+        }
+        self.publish();
+    }
+
+    /// Publishes what lookups read.
+    fn publish(&self) {
+        let mut snapshot = Snapshot::default();
+        let mut routes = BTreeMap::new();
+        for (name, route) in &self.routes {
+            routes.insert(name.clone(), Arc::clone(&route.stream));
+            if let Some(stage) = &route.stage {
+                snapshot.stages.insert(name.clone(), stage.clone());
+            }
+            if let Some(demand) = &route.demand {
+                snapshot.demands.insert(name.clone(), Arc::clone(demand));
+            }
+            snapshot
+                .policies
+                .insert(name.clone(), Arc::new(Policy::of(&route.config)));
+            if let SourceConfig::Push { feed } = &route.config.source {
+                snapshot
+                    .feeds
+                    .insert(feed.clone(), Arc::clone(&route.stream));
+            }
+        }
+        snapshot.routes = Arc::new(routes);
+        snapshot.patterns = self
+            .patterns
+            .iter()
+            .map(|(pattern, config)| (pattern.clone(), Arc::new(Policy::of(config))))
+            .collect();
+        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = snapshot;
+    }
+}
+
+/// Brings a configured route to `config`; whether anything changed.
+fn update(route: &mut RunningRoute, config: RouteConfig, plugins: &Plugins) -> bool {
+    let chain = chain_of(&config, plugins);
+    let chain_changed =
+        !same_chain(&route.chain, &chain) || route.config.transcode != config.transcode;
+    if chain_changed {
+        // Swapped between two units: readers stay, no unit is lost.
+        set_processing(route, &chain, config.transcode.clone());
+        route.chain = chain;
+    }
+    if route.config.publish != config.publish {
+        route.stream.revoke_publisher_unless(&config.publish);
+    }
+    if route.config == config && !chain_changed {
+        return false;
+    }
+    let source_changed = route.config.source != config.source;
+    let on_demand_changed = route.config.on_demand != config.on_demand;
+    route.config = config;
+    if on_demand_changed {
+        let demand = route
+            .config
+            .on_demand
+            .map(|close_after| Arc::new(Demand::new(None, close_after)));
+        if let Some(demand) = &demand {
+            // A source that runs keeps running until it has had no reader for a while.
+            demand.ask();
+            demand.set_running(route.source.is_some());
+        }
+        route.demand = demand;
+    }
+    if source_changed && route.source.is_some() {
+        // The hub stays, so readers stay connected; the new source publishes into it.
+        route.start_source();
+    } else if route.source.is_none() && route.demand.is_none() {
+        route.start_source();
+    }
+    true
+}
+
+/// Gives `route` its `chain` and `transcode` settings, attaching a pipeline the first time it has
+/// something to do.
+fn set_processing(
+    route: &mut RunningRoute,
+    chain: &[Arc<LoadedPlugin>],
+    transcode: Option<config::TranscodeConfig>,
+) {
+    if chain.is_empty() && transcode.is_none() && route.stage.is_none() {
+        return;
+    }
+    route
+        .stage
+        .get_or_insert_with(|| Stage::attach(&route.stream))
+        .set_processing(chain, transcode);
+}
+
+/// The plugins `config`'s chain names, in order (a name not in `plugins` was refused by validation).
+fn chain_of(config: &RouteConfig, plugins: &Plugins) -> Vec<Arc<LoadedPlugin>> {
+    config
+        .plugins
+        .iter()
+        .filter_map(|name| plugins.get(name).cloned())
+        .collect()
+}
+
+fn same_chain(a: &[Arc<LoadedPlugin>], b: &[Arc<LoadedPlugin>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(a, b)| a.same_as(b))
+}

@@ -1,0 +1,182 @@
+//! On-demand edges: edges serve any route their origin has through a route pattern, pulling each
+//! only while someone reads it.
+
+mod common;
+#[path = "common/whep.rs"]
+mod whep_client;
+
+use std::time::Duration;
+
+use common::{Server, file_route, free_port, http, play, short_clip};
+use futures::StreamExt;
+use retina::client::{TcpTransportOptions, Transport};
+use retina::codec::CodecItem;
+
+const CLOSE_AFTER_S: u64 = 2;
+
+fn edge(origin: &Server) -> Server {
+    Server::start(&format!(
+        "[routes.\"*\"]\nsource = \"rtsp://{}/{{name}}\"\non_demand_close_after_s = {CLOSE_AFTER_S}\n",
+        origin.rtsp
+    ))
+}
+
+/// The origin's RTSP sessions reading `route`, from its API.
+async fn origin_sessions(origin: &Server, route: &str) -> usize {
+    let (status, body) = http(origin, "GET", "/api/v1/sessions").await;
+    assert_eq!(status, 200, "{body}");
+    let sessions: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    sessions
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter(|s| s["route"] == route && s["kind"] == "rtsp-reader")
+        .count()
+}
+
+/// Video frames a reader of `url` gets in `seconds`, and how many of them in the last second.
+async fn watch(url: String, seconds: u64) -> (usize, usize) {
+    let mut playing = play(&url, Transport::Tcp(TcpTransportOptions::default()), true).await;
+    let start = tokio::time::Instant::now();
+    let deadline = start + Duration::from_secs(seconds);
+    let (mut video, mut last_second) = (0, 0);
+    while let Ok(Some(item)) = tokio::time::timeout_at(deadline, playing.next()).await {
+        if let CodecItem::VideoFrame(_) = item.expect("media") {
+            video += 1;
+            if start.elapsed() > Duration::from_secs(seconds - 1) {
+                last_second += 1;
+            }
+        }
+    }
+    (video, last_second)
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{what} did not happen within {timeout:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edges_pull_a_route_nobody_lists_once_each_while_it_is_read() {
+    let origin = Server::start_with(
+        &format!(
+            "rtsp = \"127.0.0.1:{}\"\nhttp = \"127.0.0.1:0\"\nrtp_ports = \"33000-33999\"\n",
+            free_port()
+        ),
+        &format!(
+            "{}{}",
+            file_route("cam1", &short_clip()),
+            file_route("cam2", &short_clip())
+        ),
+    );
+    let mut edges = [edge(&origin), edge(&origin), edge(&origin)];
+    assert_eq!(
+        origin_sessions(&origin, "cam1").await,
+        0,
+        "nothing pulled yet"
+    );
+    let (_, routes) = http(&edges[0], "GET", "/api/v1/routes").await;
+    assert_eq!(routes.trim(), "[]", "no route exists before a reader asks");
+
+    // Three readers on each edge; the first of each starts the edge's one pull.
+    const READERS: usize = 3;
+    let mut readers = Vec::new();
+    for edge in &edges {
+        for _ in 0..READERS {
+            readers.push(tokio::spawn(watch(edge.url("cam1"), 8)));
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        origin_sessions(&origin, "cam1").await,
+        edges.len(),
+        "one pull per edge, whatever its readers"
+    );
+    let (_, routes) = http(&edges[1], "GET", "/api/v1/routes").await;
+    let routes: serde_json::Value = serde_json::from_str(&routes).expect("JSON");
+    assert_eq!(routes[0]["name"], "cam1");
+    assert_eq!(routes[0]["on_demand"]["pattern"], "*");
+    assert_eq!(routes[0]["on_demand"]["running"], true);
+    assert_eq!(routes[0]["readers"], READERS);
+
+    // One edge dies; the others' readers play on.
+    drop(std::mem::replace(&mut edges[0], edge(&origin)));
+    for (index, reader) in readers.into_iter().enumerate() {
+        let outcome = reader.await;
+        if index < READERS {
+            continue;
+        }
+        let (video, last_second) = outcome.expect("a reader of a live edge");
+        assert!(video >= 150, "reader {index}: {video} frames in 8 s");
+        assert!(
+            last_second >= 15,
+            "reader {index}: {last_second} frames in the last second"
+        );
+    }
+
+    // With no reader left, each edge stops its pull after the close-after time and forgets the
+    // route it made.
+    wait_until(
+        "the pulls to stop",
+        Duration::from_secs(CLOSE_AFTER_S + 8),
+        async || origin_sessions(&origin, "cam1").await == 0,
+    )
+    .await;
+    for edge in &edges[1..] {
+        assert!(
+            edge.log()
+                .iter()
+                .any(|l| l.contains("on-demand source stopped")),
+            "{:#?}",
+            edge.log()
+        );
+        let (_, routes) = http(edge, "GET", "/api/v1/routes").await;
+        assert_eq!(routes.trim(), "[]");
+    }
+
+    // A browser starts a pull too, and ffprobe reads what the edge relays.
+    let viewer = whep_client::Viewer::connect(edges[1].http, "cam2")
+        .await
+        .expect("a WHEP viewer of an on-demand route");
+    assert!(
+        viewer.location.starts_with("/cam2/whep/"),
+        "{}",
+        viewer.location
+    );
+    assert!(viewer.answer.contains("H264"), "{}", viewer.answer);
+    wait_until("WebRTC packets", Duration::from_secs(10), async || {
+        viewer.packets.load(std::sync::atomic::Ordering::Relaxed) > 100
+    })
+    .await;
+    assert_eq!(origin_sessions(&origin, "cam2").await, 1);
+    let streams = common::ffprobe_streams(&edges[2].url("cam2"));
+    assert!(streams.contains("h264"), "{streams}");
+    viewer.close().await;
+
+    // A name the origin does not have is refused, and what the edge made for it goes away.
+    let (ok, _) = common::publish_once(&edges[2].url("nope"));
+    assert!(!ok, "a push to a pulled route is refused");
+    let describe = format!(
+        "DESCRIBE {} RTSP/1.0\r\nCSeq: 1\r\n\r\n",
+        edges[2].url("nope")
+    );
+    let reply = common::exchange(edges[2].rtsp, describe.as_bytes(), Duration::from_secs(8)).await;
+    assert!(!reply.starts_with("RTSP/1.0 200"), "{reply}");
+    wait_until(
+        "the failed route to go",
+        Duration::from_secs(CLOSE_AFTER_S + 8),
+        async || {
+            !http(&edges[2], "GET", "/api/v1/routes")
+                .await
+                .1
+                .contains("nope")
+        },
+    )
+    .await;
+}
