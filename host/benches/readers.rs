@@ -1,45 +1,117 @@
-//! Fan-out benchmark: N readers (half UDP, half TCP interleaved) on a ~2 Mbps route.
+//! Fan-out benchmark: N readers of a 2 Mbit/s 720p route with AAC audio, all over UDP or all over
+//! TCP, against wasmcast and, in the same run with the same readers, gst-rtsp-server (GStreamer's
+//! RTSP server through python3-gi, shared media, the same file).
 //!
-//! Reports the server's CPU and memory per reader, packet loss, and the time from DESCRIBE to the
-//! end of the first frame on a new reader. Run with `cargo bench --bench readers`; set
-//! `WASMCAST_BENCH_READERS` (default `100,500`) and `WASMCAST_BENCH_SECONDS` (default 10).
+//! Reports for each server the packets a reader gets a second, the server's CPU (all its threads,
+//! from /proc) in all and per packet sent, its memory per reader, packet loss, and the time from
+//! DESCRIBE to the end of a reader's first frame; then wasmcast's CPU per packet over gst's. Run
+//! with `cargo bench --bench readers`; set `WASMCAST_BENCH_READERS` (default `100,300`; `1000`
+//! too if the machine has the cores for the readers themselves), `WASMCAST_BENCH_TRANSPORTS`
+//! (default `udp,tcp`), `WASMCAST_BENCH_SECONDS` (default 10) and `WASMCAST_BENCH_PEER=none` to
+//! skip gst-rtsp-server (Debian: `apt install python3-gi gir1.2-gst-rtsp-server-1.0`).
 //!
-//! The readers are minimal RTSP clients written here, cheap enough that 500 of them and the server
-//! share this machine; the players the server is proven against live in the test suite.
+//! The readers are minimal RTSP clients written here (they set up every track the SDP offers, by
+//! its `a=control`, and count RTP sequence numbers), cheap enough that hundreds of them and the
+//! server share this machine; the players the server is proven against live in the test suite.
 
 mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::BenchServer;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpStream, UdpSocket};
 
 const TARGET_LOSS: f64 = 0.001;
 const TARGET_MEMORY_PER_READER: f64 = 64.0 * 1024.0;
 const TARGET_FIRST_FRAME: Duration = Duration::from_millis(300);
+/// wasmcast's CPU per packet over gst-rtsp-server's, at most.
+const TARGET_RATIO: f64 = 0.5;
+
+/// gst-rtsp-server with one shared media: the file, demuxed, its H.264 and AAC packetized once for
+/// every client, as GStreamer's own examples serve a file.
+const GST_SERVER: &str = r#"
+import sys, gi
+gi.require_version("Gst", "1.0")
+gi.require_version("GstRtspServer", "1.0")
+from gi.repository import Gst, GstRtspServer, GLib
+Gst.init(None)
+port, path = sys.argv[1], sys.argv[2]
+server = GstRtspServer.RTSPServer()
+server.set_address("127.0.0.1")
+server.set_service(port)
+factory = GstRtspServer.RTSPMediaFactory()
+factory.set_launch(
+    f'( filesrc location="{path}" ! qtdemux name=d '
+    "d.video_0 ! queue ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=-1 "
+    "d.audio_0 ! queue ! aacparse ! rtpmp4gpay name=pay1 pt=97 )")
+factory.set_shared(True)
+server.get_mount_points().add_factory("/bench", factory)
+server.attach(None)
+print("ready", flush=True)
+GLib.MainLoop().run()
+"#;
 
 fn main() {
-    let counts = common::counts("WASMCAST_BENCH_READERS", "10", "100,500");
+    let counts = common::counts("WASMCAST_BENCH_READERS", "10", "100,300");
+    let transports: Vec<String> = std::env::var("WASMCAST_BENCH_TRANSPORTS")
+        .unwrap_or_else(|_| "udp,tcp".into())
+        .split(',')
+        .map(|t| t.trim().to_owned())
+        .filter(|t| t == "udp" || t == "tcp")
+        .collect();
+    let with_peer = std::env::var("WASMCAST_BENCH_PEER").map_or(!common::quick(), |p| p != "none");
     let seconds = common::seconds(2, 10);
-    let clip = common::clip_2mbps();
+    let clip = common::clip_2mbps_with_audio();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     println!(
-        "readers  transport-mix  server-cpu  cpu/reader  mem/reader  loss       first-frame p50/max"
+        "server      readers  pkt/s/reader  server-cpu  µs/packet  mem/reader  loss       first-frame p50/max"
     );
-    for count in counts {
-        let server = start_server(&clip, count + 10);
-        let result = runtime.block_on(measure(&server, count, Duration::from_secs(seconds)));
-        drop(server);
-        result.print(count);
+    for transport in &transports {
+        for &count in &counts {
+            let ours = {
+                let server = start_wasmcast(&clip, count + 10);
+                let target = Target {
+                    rtsp: server.rtsp,
+                    pid: server.pid(),
+                };
+                runtime.block_on(measure(&target, transport, count, seconds))
+            };
+            ours.print("wasmcast", transport, count);
+            ours.verdict(count);
+            if !with_peer {
+                continue;
+            }
+            match GstServer::start(&clip) {
+                Ok(gst) => {
+                    let target = Target {
+                        rtsp: gst.rtsp,
+                        pid: gst.child.id(),
+                    };
+                    let theirs = runtime.block_on(measure(&target, transport, count, seconds));
+                    theirs.print("gst-rtsp", transport, count);
+                    let ratio = ours.cpu_per_packet() / theirs.cpu_per_packet();
+                    println!(
+                        "         wasmcast / gst-rtsp-server CPU per packet: {ratio:.2}x (target <= {TARGET_RATIO}x: {})",
+                        if ratio <= TARGET_RATIO {
+                            "ok"
+                        } else {
+                            "MISSED"
+                        }
+                    );
+                }
+                Err(why) => println!("         gst-rtsp-server skipped: {why}"),
+            }
+        }
     }
 }
 
-fn start_server(clip: &Path, max_clients: usize) -> BenchServer {
+fn start_wasmcast(clip: &Path, max_clients: usize) -> BenchServer {
     BenchServer::start(
         "readers",
         &format!(
@@ -49,6 +121,61 @@ fn start_server(clip: &Path, max_clients: usize) -> BenchServer {
         ),
         &format!("[routes.bench]\nsource = \"file:{}\"\n", clip.display()),
     )
+}
+
+/// gst-rtsp-server in a python3 process, killed on drop.
+struct GstServer {
+    child: Child,
+    rtsp: SocketAddr,
+}
+
+impl GstServer {
+    fn start(clip: &Path) -> Result<GstServer, String> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|err| err.to_string())?
+            .port();
+        // Its warnings go to a file: a pipe nobody reads would stall it once full.
+        let log = std::env::temp_dir().join(format!("wasmcast-bench-gst-{port}.log"));
+        let stderr = std::fs::File::create(&log).map_err(|err| err.to_string())?;
+        // Debian's python3-gi is for the system interpreter.
+        let mut child = Command::new("/usr/bin/python3")
+            .args(["-c", GST_SERVER, &port.to_string()])
+            .arg(clip)
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|err| format!("cannot run /usr/bin/python3: {err}"))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+        if line.trim() != "ready" {
+            let _ = child.kill();
+            let _ = child.wait();
+            let errors = std::fs::read_to_string(&log).unwrap_or_default();
+            return Err(format!(
+                "it did not start (apt install python3-gi gir1.2-gst-rtsp-server-1.0): {}",
+                errors.lines().last().unwrap_or("")
+            ));
+        }
+        Ok(GstServer {
+            child,
+            rtsp: SocketAddr::from(([127, 0, 0, 1], port)),
+        })
+    }
+}
+
+impl Drop for GstServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A server under measurement: where it listens, and its process.
+struct Target {
+    rtsp: SocketAddr,
+    pid: u32,
 }
 
 #[derive(Default)]
@@ -90,216 +217,348 @@ impl SeqCounter {
 }
 
 struct Measured {
-    cpu_fraction: f64,
+    cpu: Duration,
+    wall: Duration,
     memory_per_reader: f64,
-    loss: f64,
+    received: u64,
+    expected: u64,
     first_frames: Vec<Duration>,
     connected: usize,
 }
 
 impl Measured {
-    fn print(&self, count: usize) {
+    fn cpu_fraction(&self) -> f64 {
+        self.cpu.as_secs_f64() / self.wall.as_secs_f64()
+    }
+
+    /// Server CPU seconds per packet sent to a reader (received or, by the sequence numbers,
+    /// lost on the way).
+    fn cpu_per_packet(&self) -> f64 {
+        self.cpu.as_secs_f64() / self.expected.max(self.received).max(1) as f64
+    }
+
+    fn loss(&self) -> f64 {
+        if self.expected == 0 {
+            1.0
+        } else {
+            1.0 - self.received as f64 / self.expected as f64
+        }
+    }
+
+    fn first_frame(&self) -> (Duration, Duration) {
         let p50 = self
             .first_frames
             .get(self.first_frames.len() / 2)
             .copied()
             .unwrap_or_default();
-        let max = self.first_frames.last().copied().unwrap_or_default();
+        (p50, self.first_frames.last().copied().unwrap_or_default())
+    }
+
+    fn print(&self, server: &str, transport: &str, count: usize) {
+        let (p50, max) = self.first_frame();
+        let rate = self.received as f64 / self.wall.as_secs_f64() / count.max(1) as f64;
         println!(
-            "{count:>7}  {:>13}  {:>9.1}%  {:>9.3}%  {:>7.1} KB  {:>8.4}%  {:>6.0} ms / {:.0} ms",
-            "50% udp/tcp",
-            self.cpu_fraction * 100.0,
-            self.cpu_fraction * 100.0 / count as f64,
+            "{server:<9} {count:>5} {transport}  {rate:>12.0}  {:>9.1}%  {:>9.2}  {:>7.1} KB  {:>8.4}%  {:>6.0} ms / {:.0} ms",
+            self.cpu_fraction() * 100.0,
+            self.cpu_per_packet() * 1e6,
             self.memory_per_reader / 1024.0,
-            self.loss * 100.0,
+            self.loss() * 100.0,
             p50.as_secs_f64() * 1000.0,
             max.as_secs_f64() * 1000.0
         );
+    }
+
+    fn verdict(&self, count: usize) {
         let verdict = |ok: bool| if ok { "ok" } else { "MISSED" };
+        let (_, max) = self.first_frame();
         println!(
             "         targets: connected {}/{count} {}, loss < 0.1% {}, under one core {}, <= 64 KB/reader {}, first frame <= 300 ms {}",
             self.connected,
             verdict(self.connected == count),
-            verdict(self.loss < TARGET_LOSS),
-            verdict(self.cpu_fraction < 1.0),
+            verdict(self.loss() < TARGET_LOSS),
+            verdict(self.cpu_fraction() < 1.0),
             verdict(self.memory_per_reader <= TARGET_MEMORY_PER_READER),
             verdict(max <= TARGET_FIRST_FRAME)
         );
     }
 }
 
-async fn measure(server: &BenchServer, count: usize, duration: Duration) -> Measured {
+async fn measure(target: &Target, transport: &str, count: usize, seconds: u64) -> Measured {
     // Let the source start and memory settle before the baseline.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let rss_before = server.rss();
+    let rss_before = common::rss_of(target.pid);
     let stop = Arc::new(AtomicBool::new(false));
     let mut readers = Vec::with_capacity(count);
     for i in 0..count {
         let stop = Arc::clone(&stop);
-        let addr = server.rtsp;
+        let addr = target.rtsp;
+        let udp = transport == "udp";
         readers.push(tokio::spawn(async move {
-            let result = if i % 2 == 0 {
+            let result = if udp {
                 read_udp(addr, &stop).await
             } else {
                 read_tcp(addr, &stop).await
             };
-            result.unwrap_or_default()
+            result.unwrap_or_else(|err| {
+                eprintln!("a reader failed: {err}");
+                ReaderStats::default()
+            })
         }));
-        // Connecting 500 clients in one burst measures the accept queue, not the fan-out.
+        // Connecting hundreds of clients in one burst measures the accept queue, not the fan-out.
         if i % 50 == 49 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_after = server.rss();
-    let cpu_start = server.cpu_time();
+    let rss_after = common::rss_of(target.pid);
+    let cpu_start = common::cpu_time_of(target.pid);
     let wall_start = Instant::now();
-    tokio::time::sleep(duration).await;
-    let cpu = server.cpu_time().saturating_sub(cpu_start);
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let cpu = common::cpu_time_of(target.pid).saturating_sub(cpu_start);
     let wall = wall_start.elapsed();
     stop.store(true, Ordering::Relaxed);
-    let mut received = 0;
-    let mut expected = 0;
-    let mut first_frames = Vec::new();
-    let mut connected = 0;
+    let mut measured = Measured {
+        cpu,
+        wall,
+        memory_per_reader: rss_after.saturating_sub(rss_before) as f64 / count as f64,
+        received: 0,
+        expected: 0,
+        first_frames: Vec::new(),
+        connected: 0,
+    };
     for reader in readers {
         let stats = reader.await.unwrap_or_default();
-        received += stats.received;
-        expected += stats.expected;
+        measured.received += stats.received;
+        measured.expected += stats.expected;
         if let Some(first) = stats.first_frame {
-            first_frames.push(first);
-            connected += 1;
+            measured.first_frames.push(first);
+            measured.connected += 1;
         }
     }
-    first_frames.sort();
-    Measured {
-        cpu_fraction: cpu.as_secs_f64() / wall.as_secs_f64(),
-        memory_per_reader: rss_after.saturating_sub(rss_before) as f64 / count as f64,
-        loss: if expected == 0 {
-            1.0
-        } else {
-            1.0 - received as f64 / expected as f64
-        },
-        first_frames,
-        connected,
-    }
+    // The readers counted from their PLAY to the stop; scale to the measured window for the
+    // per-packet figures (the readers' first second is outside it).
+    let counted = wall + Duration::from_secs(1);
+    measured.received =
+        (measured.received as f64 * wall.as_secs_f64() / counted.as_secs_f64()) as u64;
+    measured.expected =
+        (measured.expected as f64 * wall.as_secs_f64() / counted.as_secs_f64()) as u64;
+    measured.first_frames.sort();
+    measured
 }
 
-/// Sends one request and reads its response headers; returns the Session id if any.
+/// Sends one request and reads its response; returns the headers and the body.
 async fn request<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     stream: &mut BufReader<S>,
     text: String,
-) -> std::io::Result<Option<String>> {
+) -> std::io::Result<(String, Vec<u8>)> {
     stream.get_mut().write_all(text.as_bytes()).await?;
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        head.push(stream.read_u8().await?);
+    let mut head = String::new();
+    loop {
+        // Interleaved media can come before the response: skip it.
+        if stream.fill_buf().await?.first() == Some(&b'$') {
+            let mut frame = [0u8; 4];
+            stream.read_exact(&mut frame).await?;
+            let mut skipped = vec![0u8; usize::from(u16::from_be_bytes([frame[2], frame[3]]))];
+            stream.read_exact(&mut skipped).await?;
+            continue;
+        }
+        let mut line = Vec::new();
+        if stream.read_until(b'\n', &mut line).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if line == b"\r\n" && !head.is_empty() {
+            break;
+        }
+        head.push_str(&String::from_utf8_lossy(&line));
     }
-    let head = String::from_utf8_lossy(&head);
     if !head.starts_with("RTSP/1.0 200") {
-        return Err(std::io::Error::other(
-            head.lines().next().unwrap_or("").to_owned(),
-        ));
+        return Err(std::io::Error::other(format!(
+            "{} answered {}",
+            text.lines().next().unwrap_or(""),
+            head.lines().next().unwrap_or("")
+        )));
     }
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("Content-Length: "))
-        .and_then(|v| v.trim().parse().ok())
+    let length: usize = header(&head, "Content-Length")
+        .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     let mut body = vec![0; length];
     stream.read_exact(&mut body).await?;
-    Ok(head
-        .lines()
-        .find_map(|l| l.strip_prefix("Session: "))
-        .map(|s| s.split(';').next().unwrap_or("").to_owned()))
+    Ok((head, body))
 }
 
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.eq_ignore_ascii_case(name).then(|| value.trim())
+    })
+}
+
+/// A session that does not start in this long counts as not connected.
+const SESSION_START_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn with_timeout<T>(
+    start: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    tokio::time::timeout(SESSION_START_TIMEOUT, start)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
+/// DESCRIBE, a SETUP per track (`transports` gives each its Transport header), PLAY.
 async fn start_session<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     stream: &mut BufReader<S>,
     addr: SocketAddr,
-    transport: &str,
-) -> std::io::Result<()> {
+    transports: &(dyn Fn(usize) -> String + Sync),
+) -> std::io::Result<usize> {
     let url = format!("rtsp://{addr}/bench");
-    request(
+    let (head, sdp) = request(
         stream,
-        format!("DESCRIBE {url} RTSP/1.0\r\nCSeq: 1\r\n\r\n"),
+        format!("DESCRIBE {url} RTSP/1.0\r\nCSeq: 1\r\nAccept: application/sdp\r\n\r\n"),
     )
     .await?;
-    let session = request(
-        stream,
-        format!("SETUP {url}/trackID=0 RTSP/1.0\r\nCSeq: 2\r\nTransport: {transport}\r\n\r\n"),
-    )
-    .await?
-    .unwrap_or_default();
+    let base = header(&head, "Content-Base").unwrap_or(&url).to_owned();
+    let sdp = String::from_utf8_lossy(&sdp).into_owned();
+    let controls: Vec<String> = sdp
+        .split("\nm=")
+        .skip(1)
+        .filter_map(|media| {
+            media
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("a=control:"))
+                .map(|c| {
+                    if c.starts_with("rtsp://") {
+                        c.to_owned()
+                    } else {
+                        format!("{}/{c}", base.trim_end_matches('/'))
+                    }
+                })
+        })
+        .collect();
+    let mut session = String::new();
+    for (index, control) in controls.iter().enumerate() {
+        let with_session = if session.is_empty() {
+            String::new()
+        } else {
+            format!("Session: {session}\r\n")
+        };
+        let (head, _) = request(
+            stream,
+            format!(
+                "SETUP {control} RTSP/1.0\r\nCSeq: {}\r\n{with_session}Transport: {}\r\n\r\n",
+                index + 2,
+                transports(index)
+            ),
+        )
+        .await?;
+        if let Some(id) = header(&head, "Session") {
+            session = id.split(';').next().unwrap_or("").to_owned();
+        }
+    }
     request(
         stream,
-        format!("PLAY {url} RTSP/1.0\r\nCSeq: 3\r\nSession: {session}\r\n\r\n"),
+        format!(
+            "PLAY {url} RTSP/1.0\r\nCSeq: {}\r\nSession: {session}\r\nRange: npt=0.000-\r\n\r\n",
+            controls.len() + 2
+        ),
     )
     .await?;
-    Ok(())
+    Ok(controls.len())
 }
 
 async fn read_tcp(addr: SocketAddr, stop: &AtomicBool) -> std::io::Result<ReaderStats> {
     let started = Instant::now();
     let mut stream = BufReader::with_capacity(64 * 1024, TcpStream::connect(addr).await?);
-    start_session(&mut stream, addr, "RTP/AVP/TCP;unicast;interleaved=0-1").await?;
-    let mut counter = SeqCounter::default();
+    let tracks = with_timeout(start_session(&mut stream, addr, &|i| {
+        format!("RTP/AVP/TCP;unicast;interleaved={}-{}", 2 * i, 2 * i + 1)
+    }))
+    .await?;
+    let mut counters: Vec<SeqCounter> = (0..tracks).map(|_| SeqCounter::default()).collect();
     let mut first_frame = None;
-    let mut packet = vec![0u8; 2048];
+    let mut packet = vec![0u8; 65536];
     while !stop.load(Ordering::Relaxed) {
         let mut header = [0u8; 4];
-        stream.read_exact(&mut header).await?;
-        let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
-        packet.resize(len, 0);
-        stream.read_exact(&mut packet).await?;
-        if header[0] != b'$' || header[1] != 0 || len < 12 {
+        // A server that stops sending must not keep the reader from seeing `stop`.
+        match tokio::time::timeout(Duration::from_millis(500), stream.read_exact(&mut header)).await
+        {
+            Ok(read) => read?,
+            Err(_) => continue,
+        };
+        if header[0] != b'$' {
+            // An RTSP message (a keep-alive answer): skip to its end.
+            let mut line = Vec::new();
+            while stream.read_until(b'\n', &mut line).await? > 0 && line != b"\r\n" {
+                line.clear();
+            }
             continue;
         }
-        counter.packet(u16::from_be_bytes([packet[2], packet[3]]));
-        if first_frame.is_none() && packet[1] & 0x80 != 0 {
+        let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
+        stream.read_exact(&mut packet[..len]).await?;
+        let channel = usize::from(header[1]);
+        if channel % 2 != 0 || len < 12 {
+            continue;
+        }
+        if let Some(counter) = counters.get_mut(channel / 2) {
+            counter.packet(u16::from_be_bytes([packet[2], packet[3]]));
+        }
+        if first_frame.is_none() && channel == 0 && packet[1] & 0x80 != 0 {
             first_frame = Some(started.elapsed());
         }
     }
     Ok(ReaderStats {
-        received: counter.received,
-        expected: counter.expected(),
+        received: counters.iter().map(|c| c.received).sum(),
+        expected: counters.iter().map(SeqCounter::expected).sum(),
         first_frame,
     })
 }
 
 async fn read_udp(addr: SocketAddr, stop: &AtomicBool) -> std::io::Result<ReaderStats> {
     let started = Instant::now();
-    let rtp = UdpSocket::bind("127.0.0.1:0").await?;
-    let rtcp = UdpSocket::bind("127.0.0.1:0").await?;
-    let ports = (rtp.local_addr()?.port(), rtcp.local_addr()?.port());
+    // An RTP and an RTCP socket for each of (at most) two tracks.
+    let mut sockets = Vec::new();
+    for _ in 0..4 {
+        sockets.push(UdpSocket::bind("127.0.0.1:0").await?);
+    }
+    let ports: Vec<u16> = sockets
+        .iter()
+        .map(|s| s.local_addr().map(|a| a.port()))
+        .collect::<std::io::Result<_>>()?;
     let mut control = BufReader::new(TcpStream::connect(addr).await?);
-    start_session(
-        &mut control,
-        addr,
-        &format!("RTP/AVP;unicast;client_port={}-{}", ports.0, ports.1),
-    )
-    .await?;
-    let mut counter = SeqCounter::default();
+    let tracks = with_timeout(start_session(&mut control, addr, &|i| {
+        format!(
+            "RTP/AVP;unicast;client_port={}-{}",
+            ports[2 * i],
+            ports[2 * i + 1]
+        )
+    }))
+    .await?
+    .min(2);
+    let mut counters: Vec<SeqCounter> = (0..tracks).map(|_| SeqCounter::default()).collect();
     let mut first_frame = None;
-    let mut packet = vec![0u8; 2048];
+    let (mut video, mut audio) = (vec![0u8; 2048], vec![0u8; 2048]);
     while !stop.load(Ordering::Relaxed) {
-        let Ok(Ok(len)) =
-            tokio::time::timeout(Duration::from_millis(200), rtp.recv(&mut packet)).await
-        else {
+        let received = tokio::time::timeout(Duration::from_millis(200), async {
+            tokio::select! {
+                len = sockets[0].recv(&mut video) => len.map(|len| (0, len)),
+                len = sockets[2].recv(&mut audio), if tracks > 1 => len.map(|len| (1, len)),
+            }
+        })
+        .await;
+        let Ok(Ok((track, len))) = received else {
             continue;
         };
+        let packet = if track == 0 { &video } else { &audio };
         if len < 12 {
             continue;
         }
-        counter.packet(u16::from_be_bytes([packet[2], packet[3]]));
-        if first_frame.is_none() && packet[1] & 0x80 != 0 {
+        counters[track].packet(u16::from_be_bytes([packet[2], packet[3]]));
+        if first_frame.is_none() && track == 0 && packet[1] & 0x80 != 0 {
             first_frame = Some(started.elapsed());
         }
     }
     drop(control);
     Ok(ReaderStats {
-        received: counter.received,
-        expected: counter.expected(),
+        received: counters.iter().map(|c| c.received).sum(),
+        expected: counters.iter().map(SeqCounter::expected).sum(),
         first_frame,
     })
 }

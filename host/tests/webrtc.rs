@@ -461,8 +461,15 @@ async fn removing_a_route_closes_its_webrtc_viewers() {
     let viewer = whep_client::Viewer::connect(server.http, "goes")
         .await
         .expect("a viewer");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(viewer.packets.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    // ICE and DTLS first: on a loaded machine that takes a few seconds.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while viewer.packets.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no packet reached the viewer"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     server.write_routes(&file_route("stays", &sample_clip()), true);
     wait_no_webrtc_viewer(&server, "the viewer of the removed route is closed").await;
     assert!(

@@ -116,19 +116,7 @@ impl BenchServer {
 
     /// User plus system CPU time of the server so far.
     pub fn cpu_time(&self) -> Duration {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        let fields: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        let ticks: u64 = fields
-            .get(11..13)
-            .map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
-        // Linux reports CPU time in clock ticks of 1/100 s.
-        Duration::from_millis(ticks * 10)
+        cpu_time_of(self.child.id())
     }
 
     /// Open file descriptors of the server.
@@ -157,6 +145,22 @@ impl Drop for BenchServer {
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.config);
     }
+}
+
+/// User and system CPU time process `pid` has used, all its threads together.
+pub fn cpu_time_of(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid)).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields
+        .get(11..13)
+        .map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
+    // Linux reports CPU time in clock ticks of 1/100 s.
+    Duration::from_millis(ticks * 10)
 }
 
 /// Resident memory of process `pid`, in bytes.
@@ -196,6 +200,51 @@ pub fn clip_2mbps() -> PathBuf {
             "25",
             "-pix_fmt",
             "yuv420p",
+        ],
+    )
+}
+
+/// A minute of 1280x720 at 25 fps that really takes 2 Mbit/s (moving noise over the test pattern
+/// defeats the encoder, as a camera's picture does), with AAC stereo at 48 kHz: what a reader of
+/// a real camera gets, ~240 RTP packets a second.
+pub fn clip_2mbps_with_audio() -> PathBuf {
+    clip(
+        "720p-2mbps-aac-60s.mp4",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1280x720:rate=25:duration=60",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000:duration=60",
+            "-vf",
+            "noise=alls=20:allf=t",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-profile:v",
+            "main",
+            "-bf",
+            "0",
+            "-b:v",
+            "2M",
+            "-maxrate",
+            "2M",
+            "-bufsize",
+            "1M",
+            "-g",
+            "25",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-ac",
+            "2",
+            "-b:a",
+            "128k",
         ],
     )
 }

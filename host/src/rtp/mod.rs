@@ -9,7 +9,7 @@ mod packetize;
 pub mod rtcp;
 
 pub use depacketize::{DepacketizeError, Depacketized, Depacketizer, PayloadFormat};
-pub use packetize::{MAX_PACKET_SIZE, Packetizer, RtpUnit};
+pub use packetize::{MAX_PACKET_SIZE, Packetizer, RtpUnit, Run};
 
 /// Payload type the SDP announces for track `index`: dynamic types start at 96.
 pub fn payload_type(index: usize) -> u8 {

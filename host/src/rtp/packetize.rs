@@ -19,10 +19,55 @@ const H265_FU: u8 = 49;
 /// One access unit's RTP packets, ready to send.
 #[derive(Clone, Debug)]
 pub struct RtpUnit {
-    /// Each packet is a slice of one shared buffer.
+    /// Each packet is a slice of `wire`.
     pub packets: Vec<Bytes>,
+    /// The packets back to back.
+    pub wire: Bytes,
+    /// The packets in runs a segmenting send (UDP GSO) can carry at once, in order.
+    pub runs: Vec<Run>,
     pub timestamp: u32,
     pub first_seq: u16,
+}
+
+/// Consecutive packets of which all but the last have `segment` bytes, and the last no more: what
+/// one UDP GSO send splits into datagrams by itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Run {
+    /// Where the run is in [`RtpUnit::wire`].
+    pub bytes: std::ops::Range<usize>,
+    pub segment: usize,
+}
+
+impl Run {
+    /// How many packets the run holds.
+    pub fn packets(&self) -> usize {
+        self.bytes.len().div_ceil(self.segment)
+    }
+}
+
+/// Groups packets of the given lengths, back to back, into [`Run`]s.
+fn runs(lengths: impl Iterator<Item = usize>) -> Vec<Run> {
+    let mut runs: Vec<Run> = Vec::new();
+    let mut at = 0;
+    // Whether the current run has taken a shorter packet, which must be its last.
+    let mut closed = true;
+    for length in lengths {
+        match runs.last_mut() {
+            Some(run) if !closed && length <= run.segment => {
+                run.bytes.end += length;
+                closed = length < run.segment;
+            }
+            _ => {
+                runs.push(Run {
+                    bytes: at..at + length,
+                    segment: length.max(1),
+                });
+                closed = false;
+            }
+        }
+        at += length;
+    }
+    runs
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -105,8 +150,11 @@ impl Packetizer {
             Format::Opus => {}
         }
         self.next_seq = out.seq;
+        let (wire, packets) = out.finish();
         RtpUnit {
-            packets: out.finish(),
+            runs: runs(packets.iter().map(Bytes::len)),
+            packets,
+            wire,
             timestamp,
             first_seq,
         }
@@ -132,7 +180,7 @@ impl Writer {
         self.ends.push(self.buf.len());
     }
 
-    fn finish(mut self) -> Vec<Bytes> {
+    fn finish(mut self) -> (Bytes, Vec<Bytes>) {
         if !self.ends.is_empty() {
             let last_start = match self.ends.len() {
                 1 => 0,
@@ -142,14 +190,16 @@ impl Writer {
         }
         let buf = self.buf.freeze();
         let mut start = 0;
-        self.ends
+        let packets = self
+            .ends
             .iter()
             .map(|&end| {
                 let packet = buf.slice(start..end);
                 start = end;
                 packet
             })
-            .collect()
+            .collect();
+        (buf, packets)
     }
 }
 
@@ -292,5 +342,19 @@ mod tests {
         );
         assert_eq!(p.len(), 16 + 300);
         assert_eq!(p[1], 0x80 | 97);
+    }
+
+    #[test]
+    fn runs_group_equal_packets_with_a_shorter_last() {
+        let runs = super::runs([30, 10, 1400, 1400, 1400, 700, 1400, 1400].into_iter());
+        let spans: Vec<(std::ops::Range<usize>, usize, usize)> = runs
+            .iter()
+            .map(|r| (r.bytes.clone(), r.segment, r.packets()))
+            .collect();
+        assert_eq!(
+            spans,
+            vec![(0..40, 30, 2), (40..4940, 1400, 4), (4940..7740, 1400, 2),]
+        );
+        assert!(super::runs(std::iter::empty()).is_empty());
     }
 }

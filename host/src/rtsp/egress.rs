@@ -2,8 +2,11 @@
 //! plays, the route's RTP (interleaved in the TCP connection, or to the client's UDP ports) and
 //! RTCP sender reports, each write held to a deadline.
 
+use std::io::IoSlice;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::{AsyncWriteExt, BufWriter};
@@ -148,19 +151,20 @@ pub(super) async fn send_unit(
         .packets_out
         .fetch_add(unit.rtp.packets.len() as u64, Ordering::Relaxed);
     stats.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
-    for packet in &unit.rtp.packets {
-        match transport {
-            TrackTransport::Tcp { rtp_channel, .. } => {
-                write_interleaved(out, rtp_channel, packet).await?
-            }
-            TrackTransport::Udp { rtp, .. } => {
-                // A lost datagram is RTP's normal business; the reader's RTCP reports it.
-                let _ = udp.rtp.send_to(packet, rtp).await;
+    match transport {
+        TrackTransport::Tcp { rtp_channel, .. } => {
+            // Responses go first, in order; then the unit straight from the shared packets.
+            out.flush().await?;
+            write_interleaved_unit(out.get_mut(), rtp_channel, &unit.rtp.packets).await?;
+        }
+        TrackTransport::Udp { rtp, .. } => {
+            for run in &unit.rtp.runs {
+                udp.send_run(&unit.rtp.wire, run, rtp).await;
             }
         }
-        sent.packets += 1;
-        sent.bytes += packet.len() as u64;
     }
+    sent.packets += unit.rtp.packets.len() as u64;
+    sent.bytes += bytes as u64;
     let count = &mut playback.counts[track];
     let payload: usize = unit
         .rtp
@@ -231,6 +235,43 @@ pub(super) async fn send_reports(
             TrackTransport::Udp { rtcp, .. } => {
                 let _ = udp.rtcp.send_to(report, rtcp).await;
             }
+        }
+    }
+    Ok(())
+}
+
+/// Packets written to a TCP reader in one vectored write at most: each takes two slices (its
+/// `$`-framing and itself), and a kernel takes 1024 slices at most.
+const PACKETS_PER_WRITE: usize = 64;
+
+/// Writes `packets` interleaved on `channel`: a vectored write per [`PACKETS_PER_WRITE`] packets,
+/// the packets taken from the shared buffer as they are.
+async fn write_interleaved_unit(
+    out: &mut OwnedWriteHalf,
+    channel: u8,
+    packets: &[Bytes],
+) -> std::io::Result<()> {
+    let mut framing = [[0u8; 4]; PACKETS_PER_WRITE];
+    for chunk in packets.chunks(PACKETS_PER_WRITE) {
+        for (frame, packet) in framing.iter_mut().zip(chunk) {
+            let Ok(len) = u16::try_from(packet.len()) else {
+                return Err(std::io::ErrorKind::InvalidData.into());
+            };
+            let [hi, lo] = len.to_be_bytes();
+            *frame = [b'$', channel, hi, lo];
+        }
+        let mut slices = [IoSlice::new(&[]); 2 * PACKETS_PER_WRITE];
+        for (i, (frame, packet)) in framing.iter().zip(chunk).enumerate() {
+            slices[2 * i] = IoSlice::new(frame);
+            slices[2 * i + 1] = IoSlice::new(packet);
+        }
+        let mut remaining = &mut slices[..2 * chunk.len()];
+        while !remaining.is_empty() {
+            let written = out.write_vectored(remaining).await?;
+            if written == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            IoSlice::advance_slices(&mut remaining, written);
         }
     }
     Ok(())
