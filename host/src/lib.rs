@@ -38,6 +38,7 @@ pub mod rtp;
 pub mod rtsp;
 pub mod server;
 mod sessions;
+mod snapshot;
 pub mod sources;
 pub mod webrtc;
 

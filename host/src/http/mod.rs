@@ -26,6 +26,7 @@ use crate::control::ReloadHandle;
 use crate::listen::{ConnectionGate, Listener, Rebind, keep_alive};
 use crate::router::RouterHandle;
 use crate::sessions::{ClientLimit, SessionKind, Sessions};
+use crate::snapshot::{SnapshotError, Snapshots};
 use crate::sources::{IngestError, PublishRate, TooSlow, TsIngest};
 use crate::webrtc::WebRtc;
 
@@ -63,6 +64,7 @@ pub struct State {
     pub webrtc: WebRtc,
     /// The caps on open connections, shared with the RTSP server (their counters are metrics).
     pub gate: Arc<ConnectionGate>,
+    pub snapshots: Snapshots,
 }
 
 impl HttpServer {
@@ -217,6 +219,14 @@ async fn handle(
             let (route, session) = (route.to_owned(), session.map(str::to_owned));
             whep::handle(state, request, &route, session.as_deref(), local, peer).await
         }
+        (&Method::GET | &Method::HEAD, snapshot) if snapshot.ends_with("/snapshot.jpg") => {
+            let route = snapshot.trim_end_matches("/snapshot.jpg");
+            if route.is_empty() || route.contains('/') {
+                return text(StatusCode::NOT_FOUND, format!("nothing at /{path}"));
+            }
+            let route = route.to_owned();
+            self::snapshot(state, &route, &request, peer).await
+        }
         (&Method::GET, "") => status_page(state),
         (&Method::GET, "metrics") => api::metrics(state),
         (&Method::POST | &Method::PUT, feed) if !feed.is_empty() && !feed.contains('/') => {
@@ -235,6 +245,52 @@ async fn handle(
             .await
         }
         _ => text(StatusCode::NOT_FOUND, format!("nothing at /{path}")),
+    }
+}
+
+/// `GET /ROUTE/snapshot.jpg`: the route's latest keyframe as a JPEG picture, for whoever may read
+/// the route.
+async fn snapshot(
+    state: &State,
+    route: &str,
+    request: &Request<Incoming>,
+    peer: SocketAddr,
+) -> Reply {
+    let Some(stream) = state.router.stream(route) else {
+        return text(StatusCode::NOT_FOUND, format!("no route `{route}`"));
+    };
+    if !state
+        .auth
+        .permits(peer.ip(), state.router.policy(route).as_deref())
+    {
+        return text(
+            StatusCode::FORBIDDEN,
+            "forbidden by the route's access list",
+        );
+    }
+    if let Some(denied) = whep::authorize(state, route, request, peer) {
+        return denied;
+    }
+    match state.snapshots.jpeg(&stream).await {
+        Ok(jpeg) => {
+            let mut reply = respond(StatusCode::OK, "image/jpeg", jpeg);
+            // A new picture comes with the next keyframe, every second or two.
+            reply.headers_mut().insert(
+                hyper::header::CACHE_CONTROL,
+                hyper::header::HeaderValue::from_static("max-age=1"),
+            );
+            reply
+        }
+        Err(err) => {
+            let status = match &err {
+                SnapshotError::NoPicture(_) | SnapshotError::Busy => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                SnapshotError::Codec { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                SnapshotError::Decode { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            text(status, err.to_string())
+        }
     }
 }
 

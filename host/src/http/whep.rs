@@ -96,7 +96,7 @@ fn with_cors(mut reply: Reply) -> Reply {
 }
 
 /// The read credentials of `route` (HTTP Basic or a bearer token); `Some` is the refusal.
-fn authorize(
+pub(super) fn authorize(
     state: &State,
     route: &str,
     request: &Request<Incoming>,

@@ -344,6 +344,21 @@ impl Stream {
         }
     }
 
+    /// The latest video keyframe, with the media it belongs to and its publisher's generation (a
+    /// change of either is a new picture), while the route is live.
+    pub fn latest_keyframe(&self) -> Option<(Arc<Unit>, Arc<MediaInfo>, u64)> {
+        let shared = self.lock();
+        if shared.state != SourceState::Live {
+            return None;
+        }
+        let keyframe = shared.gop.first()?;
+        Some((
+            Arc::clone(keyframe),
+            Arc::clone(shared.media.as_ref()?),
+            shared.generation,
+        ))
+    }
+
     /// A reader that starts at the latest keyframe, or `None` while there is no media.
     pub fn subscribe(self: &Arc<Self>) -> Option<Reader> {
         let shared = self.lock();

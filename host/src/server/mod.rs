@@ -139,6 +139,7 @@ impl Server {
                     &config.server,
                 ),
                 gate,
+                snapshots: Default::default(),
             },
         )
         .await?;
