@@ -101,7 +101,10 @@ async fn a_snapshot_is_the_routes_latest_keyframe_as_a_jpeg() {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|value| value.parse().ok())
         .unwrap_or_else(|| panic!("no signalstats: {stats}"));
-    assert!(saturation > 20.0, "a colourful picture: SATAVG {saturation}");
+    assert!(
+        saturation > 20.0,
+        "a colourful picture: SATAVG {saturation}"
+    );
 
     let (status, head) = get(&server, "/sample/snapshot.jpg").await;
     assert_eq!(status, 200, "{head}");

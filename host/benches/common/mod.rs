@@ -173,78 +173,64 @@ pub fn rss_of(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// libx264 at 2 Mbit/s, 720p main profile without B-frames, a keyframe a second: a camera's stream.
+const X264_2MBPS: [&str; 16] = [
+    "-c:v",
+    "libx264",
+    "-preset",
+    "veryfast",
+    "-profile:v",
+    "main",
+    "-bf",
+    "0",
+    "-b:v",
+    "2M",
+    "-maxrate",
+    "2M",
+    "-bufsize",
+    "1M",
+    "-g",
+    "25",
+];
+
 /// Ten seconds of 1280x720 at 25 fps, constant 2 Mbps.
 pub fn clip_2mbps() -> PathBuf {
-    clip(
-        "720p-2mbps.mp4",
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=1280x720:rate=25:duration=10",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "veryfast",
-            "-profile:v",
-            "main",
-            "-bf",
-            "0",
-            "-b:v",
-            "2M",
-            "-maxrate",
-            "2M",
-            "-bufsize",
-            "1M",
-            "-g",
-            "25",
-            "-pix_fmt",
-            "yuv420p",
-        ],
-    )
+    let source = [
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=1280x720:rate=25:duration=10",
+    ];
+    let args: Vec<&str> = source
+        .into_iter()
+        .chain(X264_2MBPS)
+        .chain(["-pix_fmt", "yuv420p"])
+        .collect();
+    clip("720p-2mbps.mp4", &args)
 }
 
 /// A minute of 1280x720 at 25 fps that really takes 2 Mbit/s (moving noise over the test pattern
 /// defeats the encoder, as a camera's picture does), with AAC stereo at 48 kHz: what a reader of
 /// a real camera gets, ~240 RTP packets a second.
 pub fn clip_2mbps_with_audio() -> PathBuf {
-    clip(
-        "720p-2mbps-aac-60s.mp4",
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=1280x720:rate=25:duration=60",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=48000:duration=60",
-            "-vf",
-            "noise=alls=20:allf=t",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "veryfast",
-            "-profile:v",
-            "main",
-            "-bf",
-            "0",
-            "-b:v",
-            "2M",
-            "-maxrate",
-            "2M",
-            "-bufsize",
-            "1M",
-            "-g",
-            "25",
-            "-pix_fmt",
-            "yuv420p",
-            "-c:a",
-            "aac",
-            "-ac",
-            "2",
-            "-b:a",
-            "128k",
-        ],
-    )
+    let source = [
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=1280x720:rate=25:duration=60",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=48000:duration=60",
+        "-vf",
+        "noise=alls=20:allf=t",
+    ];
+    let args: Vec<&str> = source
+        .into_iter()
+        .chain(X264_2MBPS)
+        .chain([
+            "-pix_fmt", "yuv420p", "-c:a", "aac", "-ac", "2", "-b:a", "128k",
+        ])
+        .collect();
+    clip("720p-2mbps-aac-60s.mp4", &args)
 }

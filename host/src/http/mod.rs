@@ -259,14 +259,8 @@ async fn snapshot(
     let Some(stream) = state.router.stream(route) else {
         return text(StatusCode::NOT_FOUND, format!("no route `{route}`"));
     };
-    if !state
-        .auth
-        .permits(peer.ip(), state.router.policy(route).as_deref())
-    {
-        return text(
-            StatusCode::FORBIDDEN,
-            "forbidden by the route's access list",
-        );
+    if let Some(forbidden) = forbidden_by_route(state, route, peer) {
+        return forbidden;
     }
     if let Some(denied) = whep::authorize(state, route, request, peer) {
         return denied;
@@ -292,6 +286,17 @@ async fn snapshot(
             text(status, err.to_string())
         }
     }
+}
+
+/// The refusal of a client the access list of `route` (or the server's) keeps out, if it does.
+fn forbidden_by_route(state: &State, route: &str, peer: SocketAddr) -> Option<Reply> {
+    let policy = state.router.policy(route);
+    (!state.auth.permits(peer.ip(), policy.as_deref())).then(|| {
+        text(
+            StatusCode::FORBIDDEN,
+            "forbidden by the route's access list",
+        )
+    })
 }
 
 /// Guards what only operators may see or do (the API, `/metrics`): with `admins` named, their

@@ -49,14 +49,8 @@ pub(super) async fn handle(
         reply
     } else if !state.router.knows(route) {
         text(StatusCode::NOT_FOUND, format!("no route `{route}`"))
-    } else if !state
-        .auth
-        .permits(peer.ip(), state.router.policy(route).as_deref())
-    {
-        text(
-            StatusCode::FORBIDDEN,
-            "forbidden by the route's access list",
-        )
+    } else if let Some(forbidden) = super::forbidden_by_route(state, route, peer) {
+        forbidden
     } else if let Some(denied) = authorize(state, route, &request, peer) {
         denied
     } else {
@@ -227,14 +221,8 @@ pub(super) fn player(state: &State, route: &str, peer: SocketAddr) -> Reply {
     if !state.router.knows(route) {
         return text(StatusCode::NOT_FOUND, format!("no route `{route}`"));
     }
-    if !state
-        .auth
-        .permits(peer.ip(), state.router.policy(route).as_deref())
-    {
-        return text(
-            StatusCode::FORBIDDEN,
-            "forbidden by the route's access list",
-        );
+    if let Some(forbidden) = super::forbidden_by_route(state, route, peer) {
+        return forbidden;
     }
     // Route names are letters, digits, `-`, `_` and `.` (the config checks): safe in HTML and JS.
     let port = state.rtsp.local_addr().map_or(0, |a| a.port());
