@@ -180,3 +180,49 @@ async fn edges_pull_a_route_nobody_lists_once_each_while_it_is_read() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_asked_for_at_random_do_not_hold_routes() {
+    let origin = Server::start_with(
+        &format!(
+            "rtsp = \"127.0.0.1:{}\"\nhttp = \"127.0.0.1:0\"\nrtp_ports = \"33000-33999\"\n",
+            free_port()
+        ),
+        &file_route("cam1", &short_clip()),
+    );
+    // Routes that stay ten minutes after their last reader, unless they never play.
+    let edge = Server::start(&format!(
+        "[routes.\"*\"]\nsource = \"rtsp://{}/{{name}}\"\non_demand_close_after_s = 600\n",
+        origin.rtsp
+    ));
+    let honest = tokio::spawn(watch(edge.url("cam1"), 12));
+    let mut asked = Vec::new();
+    for i in 0..30 {
+        let describe = format!(
+            "DESCRIBE {} RTSP/1.0\r\nCSeq: 1\r\n\r\n",
+            edge.url(&format!("random-{i}"))
+        );
+        let rtsp = edge.rtsp;
+        asked.push(tokio::spawn(async move {
+            common::exchange(rtsp, describe.as_bytes(), Duration::from_secs(8)).await
+        }));
+    }
+    for reply in asked {
+        let reply = reply.await.expect("a DESCRIBE");
+        assert!(!reply.starts_with("RTSP/1.0 200"), "{reply}");
+    }
+    // Each made a route that pulls nothing; they go once their askers have given up, long before
+    // the close-after time, while the route with a reader stays.
+    wait_until(
+        "the routes of unknown names to go",
+        Duration::from_secs(10),
+        async || {
+            let (_, routes) = http(&edge, "GET", "/api/v1/routes").await;
+            !routes.contains("random-") && routes.contains("cam1")
+        },
+    )
+    .await;
+    let (video, last_second) = honest.await.expect("the honest reader");
+    assert!(video >= 250, "{video} frames in 12 s");
+    assert!(last_second >= 15, "{last_second} frames in the last second");
+}

@@ -18,6 +18,9 @@ use crate::sources::{self, RunningSource};
 
 /// How often on-demand routes are checked for readers.
 const DEMAND_CHECK_PERIOD: Duration = Duration::from_secs(1);
+/// How long an on-demand source that never produced anything runs after the last reader asked:
+/// a little longer than readers wait for a source to start.
+const NEVER_LIVE_CLOSE: Duration = Duration::from_secs(6);
 /// How long a shutdown waits for the pipelines to publish what they hold.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Routes made from patterns at once, at most: each is a pull from the origin, and any name a
@@ -98,7 +101,19 @@ impl RunningRoute {
             demand.ask();
             return false;
         }
-        self.source.is_some() && demand.idle(now)
+        if self.source.is_none() {
+            return false;
+        }
+        // A source that never produced anything (the origin has no such stream) serves nobody:
+        // it stops once the readers who asked have stopped waiting, not after the whole
+        // close-after time, so names asked for at random cannot hold routes for long.
+        let never_live = self
+            .stream
+            .stats
+            .publishers
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 0;
+        demand.idle(now) || (never_live && demand.unasked_for(now, NEVER_LIVE_CLOSE))
     }
 
     fn pattern(&self) -> Option<&str> {

@@ -70,8 +70,13 @@ impl Demand {
 
     /// Whether nobody asked for `close_after` (readers that stay count apart).
     fn idle(&self, now: Instant) -> bool {
+        self.unasked_for(now, self.close_after)
+    }
+
+    /// Whether nobody asked for `period`.
+    fn unasked_for(&self, now: Instant, period: Duration) -> bool {
         now.saturating_duration_since(*self.last_asked.lock().unwrap_or_else(|p| p.into_inner()))
-            >= self.close_after
+            >= period
     }
 
     /// Whether the source runs now.
