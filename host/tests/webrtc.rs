@@ -113,6 +113,31 @@ async fn chromium_plays_a_file_route_and_a_pushed_route_from_the_player_page() {
         .unwrap_or_else(|| panic!("a player link per route: {rows:?}"));
     assert_eq!(unicast[2], "live", "{unicast:?}");
     assert_eq!(unicast[5], "1", "one WebRTC viewer on unicast: {unicast:?}");
+
+    // Each live H.264 route shows its latest picture, and graphs fill as the page refreshes.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let seen = browser
+        .eval(
+            &status,
+            "(() => { const row = [...document.querySelectorAll('#routes tr')]                .find(tr => tr.querySelector('a').getAttribute('href') === '/unicast/');              const img = row.querySelector('img.thumbnail');              const r = img.getBoundingClientRect();              const points = row.querySelector('svg.graph polyline.out').getAttribute('points');              return [img.naturalWidth, points.split(' ').length,                      ...[r.x, r.y, r.width, r.height].map(Math.round)]; })()",
+        )
+        .await;
+    let seen: Vec<u32> = seen
+        .as_array()
+        .map(|a| a.iter().map(|n| n.as_u64().unwrap_or(0) as u32).collect())
+        .unwrap_or_default();
+    assert!(
+        seen.len() == 6 && seen[0] > 0,
+        "the thumbnail loaded: {seen:?}"
+    );
+    assert!(seen[1] >= 3, "the graph has a point per refresh: {seen:?}");
+    let screenshot = browser.screenshot(&status).await;
+    let thumbnail = (seen[2], seen[3], seen[4], seen[5]);
+    let saturation = mean_saturation(&screenshot, thumbnail);
+    assert!(
+        saturation > 20.0,
+        "the thumbnail shows the colour bars (saturation {saturation:.1} in {thumbnail:?})"
+    );
 }
 
 async fn http_get(server: &Server, path: &str) -> String {
