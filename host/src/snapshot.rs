@@ -102,6 +102,12 @@ impl Snapshots {
             .await
             .map_err(|_| SnapshotError::Busy)?
             .map_err(|_| SnapshotError::Busy)?;
+        // Requests that waited for their turn behind one making this very picture take it.
+        if let Some((cached, jpeg)) = self.lock().get(&route)
+            && *cached == made
+        {
+            return Ok(jpeg.clone());
+        }
         let encoded = tokio::task::spawn_blocking(move || {
             let _turn = turn;
             encode(&annex_b)
