@@ -112,25 +112,30 @@ fn ffmpeg_decodes_a_b_frame_file_in_presentation_order() {
     );
 }
 
-fn gstreamer_decodes(url: &str, protocols: &str) {
-    let (ok, _, err) = run(
+fn gstreamer_decodes(server: &Server, protocols: &str) {
+    let (_, out, err) = run(
         Command::new("gst-launch-1.0")
-            .args(["-q", "rtspsrc"])
-            .arg(format!("location={url}"))
+            .arg("rtspsrc")
+            .arg(format!("location={}", server.url("unicast")))
             .args(["latency=0", &format!("protocols={protocols}")])
             .args(["!", "rtph264depay", "!", "h264parse", "!", "avdec_h264"])
             .args(["!", "identity", "eos-after=75", "!", "fakesink"]),
         Duration::from_secs(30),
     );
+    // The EOS after 75 decoded frames is the proof. Not the exit status: GStreamer 1.22's rtspsrc
+    // races itself while gst-launch shuts down after EOS (its CLOSE flushes the connection under
+    // the PAUSE it is sending, and the PAUSE then reports "Could not send message (Received
+    // end-of-file)" without reaching the server), failing about one run in three.
     assert!(
-        ok,
-        "GStreamer over {protocols} did not decode 75 frames: {err}"
+        out.contains("Got EOS from element"),
+        "GStreamer over {protocols} did not decode 75 frames: {out}\n{err}\nserver log:\n{}",
+        server.log().join("\n")
     );
 }
 
 #[test]
 fn gstreamer_rtspsrc_decodes_over_udp_and_tcp() {
     let server = Server::start(&file_route("unicast", &sample_clip()));
-    gstreamer_decodes(&server.url("unicast"), "udp");
-    gstreamer_decodes(&server.url("unicast"), "tcp");
+    gstreamer_decodes(&server, "udp");
+    gstreamer_decodes(&server, "tcp");
 }
