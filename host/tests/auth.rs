@@ -91,9 +91,9 @@ async fn readers_log_in_with_digest_or_basic_and_wrong_credentials_are_refused()
         "Basic sent unasked is accepted: {accepted}"
     );
 
-    let (ok, _, err) = run(
+    let (_, out, err) = run(
         Command::new("gst-launch-1.0")
-            .args(["-q", "rtspsrc"])
+            .arg("rtspsrc")
             .arg(format!("location={}", server.url("cam")))
             .args([
                 "user-id=alice",
@@ -105,7 +105,12 @@ async fn readers_log_in_with_digest_or_basic_and_wrong_credentials_are_refused()
             .args(["!", "identity", "eos-after=25", "!", "fakesink"]),
         Duration::from_secs(20),
     );
-    assert!(ok, "GStreamer logs in and decodes: {err}");
+    // The EOS after 25 decoded frames is the proof, not the exit status (see the players test:
+    // GStreamer 1.22's rtspsrc can fail its own PAUSE while gst-launch shuts down after EOS).
+    assert!(
+        out.contains("Got EOS from element"),
+        "GStreamer logs in and decodes: {out}\n{err}"
+    );
 
     let credentials = Credentials {
         username: "alice".into(),
