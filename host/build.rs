@@ -9,13 +9,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Plugins built into the binary, by name (the crate's name).
-const BUILTINS: [&str; 6] = [
+const BUILTINS: [&str; 7] = [
     "passthrough",
     "keyframes",
     "sei-timestamp",
     "grayscale",
     "clock",
     "privacy-box",
+    "motion",
 ];
 
 /// Each run of the nested cargo: the packages it builds.
@@ -29,8 +30,10 @@ const RUNS: [&[&str]; 2] = [
         "trap-tenth",
         "wrong-world",
         "hostile",
+        "counter",
+        "world-0-1-0",
     ],
-    &["grayscale", "clock", "privacy-box"],
+    &["grayscale", "clock", "privacy-box", "motion"],
 ];
 
 const TARGET: &str = "wasm32-wasip2";

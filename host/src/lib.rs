@@ -27,6 +27,7 @@
 mod auth;
 pub mod config;
 mod control;
+pub mod events;
 mod http;
 pub mod hub;
 mod listen;

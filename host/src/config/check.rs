@@ -14,9 +14,10 @@ use toml::Spanned;
 
 use super::{
     AccessList, Config, Credentials, DEFAULT_MEMORY_LIMIT_MB, DEFAULT_ON_DEMAND_CLOSE_AFTER,
-    DEFAULT_TIME_LIMIT_MS, DEFAULT_TRANSCODE_KBPS, IpNet, MemoryBudget, OnError, Origin,
-    PasswordHash, PluginConfig, Problem, RESERVED_NAMES, RouteConfig, ServerConfig, SourceConfig,
-    SourceTemplate, TokenHash, TranscodeConfig, Users, WasmSource, raw,
+    DEFAULT_SNAPSHOT_EVERY_S, DEFAULT_TIME_LIMIT_MS, DEFAULT_TRANSCODE_KBPS, IpNet, MemoryBudget,
+    OnError, Origin, PasswordHash, PluginConfig, Problem, RESERVED_NAMES, RouteConfig,
+    ServerConfig, SourceConfig, SourceTemplate, TokenHash, TranscodeConfig, Users, WasmSource,
+    Webhooks, raw,
 };
 
 /// Collects every problem in one pass, so a user fixes them all at once.
@@ -84,7 +85,13 @@ impl<'a> Checker<'a> {
         // Names of every plugin table, valid or not: a route naming a broken one is not wrong too.
         let plugin_names: Vec<String> = raw.plugins.keys().map(|n| n.get_ref().clone()).collect();
         let mut plugins = BTreeMap::new();
+        let mut webhooks = Webhooks::default();
         for (name, plugin) in raw.plugins {
+            if let Some(url) = &plugin.webhook
+                && let Some(url) = self.webhook(url, &format!("plugins.{}.webhook", name.get_ref()))
+            {
+                webhooks.plugins.insert(name.get_ref().clone(), url);
+            }
             if let Some(plugin) = self.plugin(&name, plugin, base_dir) {
                 plugins.insert(name.into_inner(), plugin);
             }
@@ -95,6 +102,11 @@ impl<'a> Checker<'a> {
         for (name, route) in raw.routes {
             let key = format!("routes.{}", name.get_ref());
             let is_pattern = name.get_ref().contains('*');
+            if let Some(url) = &route.webhook
+                && let Some(url) = self.webhook(url, &format!("{key}.webhook"))
+            {
+                webhooks.routes.insert(name.get_ref().clone(), url);
+            }
             // A pattern is checked as the names it matches would be.
             if let Err(why) = check_path_segment(&name.get_ref().replace('*', "x")) {
                 self.problem(&name, key.clone(), why);
@@ -198,6 +210,30 @@ impl<'a> Checker<'a> {
             patterns,
             plugins,
             users,
+            webhooks,
+        }
+    }
+
+    /// A webhook's URL: plain `http://` (events are not secrets a plugin should send over the
+    /// Internet without TLS, and TLS would take a stack of its own: point it at a local relay).
+    fn webhook(&mut self, value: &Spanned<String>, key: &str) -> Option<url::Url> {
+        match url::Url::parse(value.get_ref()) {
+            Ok(url) if url.scheme() == "http" && url.host_str().is_some() => Some(url),
+            Ok(url) => {
+                self.problem(
+                    value,
+                    key.to_owned(),
+                    format!(
+                        "`{}` is not an http:// URL; webhooks are posted over plain HTTP (point an https one at a local relay)",
+                        url.scheme()
+                    ),
+                );
+                None
+            }
+            Err(err) => {
+                self.problem(value, key.to_owned(), format!("not a URL: {err}"));
+                None
+            }
         }
     }
 
@@ -308,6 +344,19 @@ impl<'a> Checker<'a> {
                 "give 1 to 4096 MiB".into(),
             );
         }
+        let snapshot_every = match &raw.snapshot_every_s {
+            None => Some(Duration::from_secs(DEFAULT_SNAPSHOT_EVERY_S)),
+            Some(value) if *value.get_ref() == 0 => None,
+            Some(value) if *value.get_ref() > 86_400 => {
+                self.problem(
+                    value,
+                    format!("{key}.snapshot_every_s"),
+                    "give 0 (only when the instance is replaced) to 86400 seconds".into(),
+                );
+                None
+            }
+            Some(value) => Some(Duration::from_secs(*value.get_ref())),
+        };
         let mut dirs = BTreeMap::new();
         for (guest, host) in raw.dirs {
             let path = base_dir.join(host.get_ref());
@@ -343,6 +392,7 @@ impl<'a> Checker<'a> {
             env: raw.env,
             dirs,
             network: raw.network,
+            snapshot_every,
             origin: Origin {
                 file: self.file.to_owned(),
                 position: Some(self.position(name.span().start)),

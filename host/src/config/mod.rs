@@ -34,6 +34,17 @@ pub struct Config {
     pub plugins: BTreeMap<String, PluginConfig>,
     /// `[users.NAME]`: who may log in, with their password hashes.
     pub users: Users,
+    /// Where the events of plugins and routes are POSTed (`webhook = "http://…"`). Kept apart
+    /// from the plugins and routes: changing a webhook restarts neither.
+    pub webhooks: Webhooks,
+}
+
+/// The `webhook` keys of plugins and routes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Webhooks {
+    pub plugins: BTreeMap<String, url::Url>,
+    /// By route name or pattern.
+    pub routes: BTreeMap<String, url::Url>,
 }
 
 /// The `[server]` table.
@@ -250,6 +261,9 @@ pub struct PluginConfig {
     pub dirs: BTreeMap<String, PathBuf>,
     /// Whether the plugin may open sockets and resolve names (not by default).
     pub network: bool,
+    /// How often a stateful plugin's state is saved, so that the instance after a trap starts from
+    /// it (`None`: only when the instance is replaced).
+    pub snapshot_every: Option<Duration>,
     /// Where the table is, for messages about loading it; not part of what the plugin is.
     pub origin: Origin,
 }
@@ -311,6 +325,8 @@ impl Origin {
 const DEFAULT_TIME_LIMIT_MS: u64 = 50;
 /// Memory limit of a plugin unless its table sets `memory_limit_mb`.
 const DEFAULT_MEMORY_LIMIT_MB: u64 = 64;
+/// How often a stateful plugin's state is saved unless its table sets `snapshot_every_s`.
+const DEFAULT_SNAPSHOT_EVERY_S: u64 = 5;
 
 /// One thing wrong with a configuration file.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -88,6 +88,7 @@ pub(super) struct Route {
     pub publish: Vec<Spanned<String>>,
     pub on_demand: Option<Spanned<bool>>,
     pub on_demand_close_after_s: Option<Spanned<u64>>,
+    pub webhook: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -105,6 +106,8 @@ pub(super) struct Plugin {
     pub dirs: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
     pub network: bool,
+    pub webhook: Option<Spanned<String>>,
+    pub snapshot_every_s: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]

@@ -4,6 +4,7 @@
 //!   refused; `POST /api/v1/reload` reloads now.
 //! - `GET /api/v1/routes`: each route's source state, codecs, readers, plugins and counters.
 //! - `GET /api/v1/sessions`: every client session; `DELETE /api/v1/sessions/ID` ends one.
+//! - `GET /api/v1/events`: plugins' events as they happen (Server-Sent Events, see `sse`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -84,6 +85,11 @@ fn routes(state: &State) -> Reply {
                         "dropped": stats.dropped.load(Ordering::Relaxed),
                         "call_seconds": stats.nanos.load(Ordering::Relaxed) as f64 / 1e9,
                         "last_error": *stats.last_error.lock().unwrap_or_else(|p| p.into_inner()),
+                        "events": stats.events.load(Ordering::Relaxed),
+                        "events_refused": stats.events_refused.load(Ordering::Relaxed),
+                        "snapshots": stats.snapshots.load(Ordering::Relaxed),
+                        "restores": stats.restores.load(Ordering::Relaxed),
+                        "metrics": *stats.metrics.lock().unwrap_or_else(|p| p.into_inner()),
                     })
                 })
                 .collect();
@@ -240,6 +246,7 @@ pub(super) fn metrics(state: &State) -> Reply {
         let _ = writeln!(out, "wasmcast_source_live{{route=\"{route}\"}} {live}");
     }
     plugin_metrics(&state.router, &streams, &mut out);
+    event_metrics(state, &mut out);
     let gate = &state.gate;
     let _ = writeln!(
         out,
@@ -309,7 +316,7 @@ fn plugin_metrics(
         .keys()
         .map(|route| (route, router.plugins(route)))
         .collect();
-    let metrics: [PluginMetric; 4] = [
+    let metrics: [PluginMetric; 8] = [
         (
             "wasmcast_plugin_calls_total",
             "counter",
@@ -334,6 +341,30 @@ fn plugin_metrics(
             "Units a plugin dropped.",
             |s| s.dropped.load(Ordering::Relaxed) as f64,
         ),
+        (
+            "wasmcast_plugin_events_total",
+            "counter",
+            "Events a plugin emitted.",
+            |s| s.events.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "wasmcast_plugin_events_refused_total",
+            "counter",
+            "Events refused: over the plugin's budget of events a second, or a bad name or payload.",
+            |s| s.events_refused.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "wasmcast_plugin_snapshots_total",
+            "counter",
+            "Snapshots of a plugin's state taken.",
+            |s| s.snapshots.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "wasmcast_plugin_restores_total",
+            "counter",
+            "Instances that started from a saved state.",
+            |s| s.restores.load(Ordering::Relaxed) as f64,
+        ),
     ];
     for (name, kind, help, value) in metrics {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -347,6 +378,57 @@ fn plugin_metrics(
                 );
             }
         }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP wasmcast_plugin_metric A plugin's own metric (set-metric, add-metric), by its name.\n# TYPE wasmcast_plugin_metric gauge"
+    );
+    for (route, chain) in &chains {
+        for plugin in chain {
+            let metrics = plugin
+                .stats
+                .metrics
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            for (name, value) in metrics {
+                let _ = writeln!(
+                    out,
+                    "wasmcast_plugin_metric{{route=\"{route}\",plugin=\"{}\",name=\"{name}\"}} {value}",
+                    plugin.name
+                );
+            }
+        }
+    }
+}
+
+/// The events' counters: published, streams open, webhook deliveries.
+fn event_metrics(state: &State, out: &mut String) {
+    let stats = state.events.stats();
+    let _ = writeln!(
+        out,
+        "# HELP wasmcast_events_total Events plugins published.\n# TYPE wasmcast_events_total counter\nwasmcast_events_total {}",
+        stats.published.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP wasmcast_event_streams Event streams open (GET /api/v1/events).\n# TYPE wasmcast_event_streams gauge\nwasmcast_event_streams {}",
+        state.event_streams.open()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP wasmcast_webhook_events_total Events for webhooks, by outcome (dropped: the webhook's queue was full).\n# TYPE wasmcast_webhook_events_total counter"
+    );
+    for (outcome, count) in [
+        ("delivered", &stats.webhook_delivered),
+        ("failed", &stats.webhook_failed),
+        ("dropped", &stats.webhook_dropped),
+    ] {
+        let _ = writeln!(
+            out,
+            "wasmcast_webhook_events_total{{outcome=\"{outcome}\"}} {}",
+            count.load(Ordering::Relaxed)
+        );
     }
 }
 

@@ -11,6 +11,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -19,19 +20,19 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 
 mod api;
+mod push;
+mod sse;
 mod whep;
 
 use crate::auth::{Auth, AuthError, Login};
 use crate::control::ReloadHandle;
+use crate::events::Events;
 use crate::listen::{ConnectionGate, Listener, Rebind, keep_alive};
 use crate::router::RouterHandle;
-use crate::sessions::{ClientLimit, SessionKind, Sessions};
+use crate::sessions::{ClientLimit, Sessions};
 use crate::snapshot::{SnapshotError, Snapshots};
-use crate::sources::{IngestError, PublishRate, TooSlow, TsIngest};
 use crate::webrtc::WebRtc;
 
-/// A publisher that sends nothing for this long is taken as gone.
-const PUSH_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a client has to send its request headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -65,6 +66,9 @@ pub struct State {
     /// The caps on open connections, shared with the RTSP server (their counters are metrics).
     pub gate: Arc<ConnectionGate>,
     pub snapshots: Snapshots,
+    pub events: Events,
+    /// The event streams open now (`GET /api/v1/events`).
+    pub event_streams: Arc<sse::StreamCount>,
 }
 
 impl HttpServer {
@@ -108,18 +112,29 @@ impl HttpServer {
                         let Ok(local) = socket.local_addr() else { continue };
                         tokio::spawn(async move {
                             let _permit = permit;
-                            let service = service_fn(move |request| {
-                                let state = Arc::clone(&state);
-                                async move {
-                                    Ok::<_, Infallible>(handle(&state, request, local, peer).await)
-                                }
-                            });
+                            // A long answer (an event stream) whose client stopped reading asks
+                            // for its connection to be closed.
+                            let closer = Arc::new(tokio::sync::Notify::new());
+                            let service = {
+                                let closer = Arc::clone(&closer);
+                                service_fn(move |request| {
+                                    let (state, closer) = (Arc::clone(&state), Arc::clone(&closer));
+                                    async move {
+                                        Ok::<_, Infallible>(handle(&state, request, local, peer, closer).await)
+                                    }
+                                })
+                            };
                             let connection = http1::Builder::new()
                                 .timer(TokioTimer::new())
                                 .header_read_timeout(HEADER_TIMEOUT)
                                 .serve_connection(TokioIo::new(socket), service);
-                            if let Err(err) = connection.await {
-                                tracing::debug!(%peer, "HTTP connection ended: {err}");
+                            tokio::select! {
+                                ended = connection => if let Err(err) = ended {
+                                    tracing::debug!(%peer, "HTTP connection ended: {err}");
+                                },
+                                () = closer.notified() => {
+                                    tracing::debug!(%peer, "HTTP connection closed: its client stopped reading");
+                                }
                             }
                         });
                     }
@@ -134,7 +149,8 @@ impl HttpServer {
     }
 }
 
-type Reply = Response<Full<Bytes>>;
+/// Every answer's body: whole (most) or streamed (events).
+type Reply = Response<UnsyncBoxBody<Bytes, Infallible>>;
 
 /// `GET /`: routes and sessions, refreshed in the browser from the JSON API.
 fn status_page(state: &State) -> Reply {
@@ -144,7 +160,7 @@ fn status_page(state: &State) -> Reply {
 }
 
 fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Reply {
-    let mut response = Response::new(Full::new(body.into()));
+    let mut response = Response::new(Full::new(body.into()).boxed_unsync());
     *response.status_mut() = status;
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -184,6 +200,7 @@ async fn handle(
     request: Request<Incoming>,
     local: SocketAddr,
     peer: SocketAddr,
+    closer: Arc<tokio::sync::Notify>,
 ) -> Reply {
     if !state.auth.permits(peer.ip(), None) {
         tracing::info!(%peer, "HTTP request refused by the server's access list");
@@ -197,6 +214,9 @@ async fn handle(
     let operator = path.starts_with("api/v1/") || path == "metrics";
     if operator && let Some(refusal) = refuse_operator(state, &request, peer, &path) {
         return refusal;
+    }
+    if path == "api/v1/events" && method == Method::GET {
+        return sse::stream(state, &request, closer);
     }
     if let Some(api_path) = path.strip_prefix("api/v1/") {
         return api::handle(state, &method, api_path).await;
@@ -235,7 +255,7 @@ async fn handle(
                 .get(hyper::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
-            push(
+            push::push(
                 state,
                 feed,
                 authorization.as_deref(),
@@ -353,142 +373,6 @@ fn whep_resource(path: &str) -> Option<(&str, Option<&str>)> {
         return None;
     }
     Some((route, session))
-}
-
-/// Takes one MPEG-TS push into the route that takes `feed`.
-async fn push(
-    state: &State,
-    feed: &str,
-    authorization: Option<&str>,
-    mut body: Incoming,
-    peer: SocketAddr,
-) -> Reply {
-    if state.clients.draining() {
-        return text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the server is shutting down; push to another instance",
-        );
-    }
-    let Some(stream) = state.router.feed(feed) else {
-        tracing::info!(%peer, feed, "push refused: no such feed");
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("no push route takes the feed `{feed}`"),
-        );
-    };
-    let policy = state.router.policy(stream.name());
-    if !state.auth.permits(peer.ip(), policy.as_deref()) {
-        tracing::info!(%peer, feed, "push refused by the route's access list");
-        return text(
-            StatusCode::FORBIDDEN,
-            "forbidden by the route's access list",
-        );
-    }
-    let login = Login {
-        peer: peer.ip(),
-        header: authorization,
-        method: "POST",
-        digest: None,
-        now: Instant::now(),
-    };
-    let user = match state.auth.authorize(policy.as_deref(), true, &login) {
-        Ok(user) => user,
-        Err(err) => {
-            tracing::info!(%peer, feed, "push refused: {err}");
-            return refused(&err, &format!("credentials needed to push to `{feed}`"));
-        }
-    };
-    let claim = match stream.claim_as(user) {
-        Ok(claim) => claim,
-        Err(busy) => {
-            tracing::info!(%peer, feed, "push refused: {busy}");
-            return text(
-                StatusCode::CONFLICT,
-                format!("{busy}; one publisher per feed"),
-            );
-        }
-    };
-    let started = Instant::now();
-    let registration = state
-        .sessions
-        .register(None, SessionKind::HttpPush, stream.name(), peer);
-    let revocation = claim.revocation();
-    let mut ingest = TsIngest::new(Arc::clone(&stream), claim);
-    let mut bytes = 0u64;
-    let mut rate = PublishRate::new(Instant::now());
-    let outcome = loop {
-        let frame = tokio::select! {
-            frame = tokio::time::timeout(PUSH_STALL_TIMEOUT, body.frame()) => frame,
-            () = registration.kicked() => break Outcome::Kicked,
-            () = revocation.revoked() => break Outcome::Revoked,
-        };
-        match frame {
-            Err(_) => break Outcome::Stalled,
-            Ok(None) => break Outcome::Ended,
-            // ffmpeg often closes the socket right after the last chunk: that is the end.
-            Ok(Some(Err(_))) => break Outcome::Ended,
-            Ok(Some(Ok(frame))) => {
-                let Some(data) = frame.data_ref() else {
-                    continue;
-                };
-                bytes += data.len() as u64;
-                rate.add(data.len());
-                let now = Instant::now();
-                if let Err(err) = ingest.push(data, now) {
-                    break Outcome::Refused(err);
-                }
-                if let Err(slow) = rate.check(now) {
-                    break Outcome::TooSlow(slow);
-                }
-            }
-        }
-    };
-    let outcome = match (outcome, ingest.finish(Instant::now())) {
-        (Outcome::Ended, Err(err)) if bytes > 0 => Outcome::Refused(err),
-        (outcome, _) => outcome,
-    };
-    let (status, message) = match &outcome {
-        Outcome::Ended => (StatusCode::OK, "push ended".to_owned()),
-        Outcome::Kicked => (StatusCode::GONE, "kicked by an operator".to_owned()),
-        Outcome::Stalled => (
-            StatusCode::REQUEST_TIMEOUT,
-            format!("no data for {} s", PUSH_STALL_TIMEOUT.as_secs()),
-        ),
-        Outcome::Refused(err @ IngestError::NotTs(_)) => (StatusCode::BAD_REQUEST, err.to_string()),
-        Outcome::Refused(err @ IngestError::NoSupportedStream(_)) => {
-            (StatusCode::UNSUPPORTED_MEDIA_TYPE, err.to_string())
-        }
-        Outcome::Refused(err @ IngestError::OverBudget(_)) => {
-            (StatusCode::PAYLOAD_TOO_LARGE, err.to_string())
-        }
-        Outcome::TooSlow(slow) => (StatusCode::REQUEST_TIMEOUT, slow.to_string()),
-        Outcome::Revoked => (
-            StatusCode::FORBIDDEN,
-            "no longer allowed to publish to this route (the config changed)".to_owned(),
-        ),
-    };
-    tracing::info!(
-        target: "wasmcast::access",
-        %peer,
-        feed,
-        route = stream.name(),
-        tracks = ingest.describe(),
-        status = status.as_u16(),
-        bytes,
-        units = ingest.units(),
-        seconds = started.elapsed().as_secs_f32(),
-        "push: {message}"
-    );
-    text(status, message)
-}
-
-enum Outcome {
-    Ended,
-    Kicked,
-    Stalled,
-    TooSlow(TooSlow),
-    Revoked,
-    Refused(IngestError),
 }
 
 #[cfg(test)]

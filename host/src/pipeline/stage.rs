@@ -18,7 +18,7 @@ use super::transcode::{TranscodeStats, Transcoder};
 use crate::config::{DEFAULT_TRANSCODE_KBPS, TranscodeConfig};
 use crate::hub::{Outlet, Processor, Sink, Stream, Timeline};
 use crate::media::{AccessUnit, StreamDescription};
-use crate::plugins::{Chain, Kind, LoadedPlugin, PluginStatus};
+use crate::plugins::{Chain, KeyframeRequest, Kind, LoadedPlugin, PluginStatus};
 
 /// Units waiting for the stage at most: about two seconds of 30 fps video with its audio. Their
 /// bytes are capped too, by the route's `route_buffer_mb`.
@@ -44,8 +44,8 @@ impl Queued {
 }
 
 enum Message {
-    /// New packet plugins, frame plugins and transcode settings.
-    Processing(Processing),
+    /// New packet plugins, frame plugins and transcode settings (boxed: rare, and large).
+    Processing(Box<Processing>),
     Start {
         description: StreamDescription,
         timeline: Timeline,
@@ -63,6 +63,8 @@ enum Message {
 struct Processing {
     packets: Chain,
     frames: Chain,
+    /// Packet plugins listed after a frame plugin: they run on the re-encoded output.
+    encoded: Chain,
     /// Re-encode (with the frame plugins in between) when set, or when there are frame plugins.
     transcode: Option<TranscodeConfig>,
 }
@@ -74,6 +76,8 @@ pub struct Stage {
     input: StageInput,
     status: Arc<Mutex<Vec<PluginStatus>>>,
     transcode_stats: Arc<TranscodeStats>,
+    /// What the plugins' `request-keyframe` does: asks the route's encoder or source.
+    request_keyframe: KeyframeRequest,
 }
 
 /// The way into a stage, held by the route's hub and its publisher.
@@ -95,6 +99,7 @@ impl Stage {
             sink: stream.sink(),
             queued: Arc::clone(&queued),
             packets: Chain::new(stream.name(), &[], &[]),
+            encoded: Chain::new(stream.name(), &[], &[]),
             frames: Some(Chain::new(stream.name(), &[], &[])),
             transcode: None,
             transcoder: None,
@@ -123,40 +128,62 @@ impl Stage {
             max_bytes: stream.budget().route_buffer_bytes,
         };
         stream.attach(Arc::new(input.clone()));
+        // Weak: the stream holds the stage's input, and so its chains.
+        let weak = Arc::downgrade(stream);
         Stage {
             route: stream.name().to_owned(),
             input,
             status: Arc::default(),
             transcode_stats,
+            request_keyframe: Arc::new(move || {
+                if let Some(stream) = weak.upgrade() {
+                    stream.request_keyframe();
+                }
+            }),
         }
     }
 
     /// Runs `plugins` on every unit published from now on (swapped in between two units, with no
-    /// unit lost), and re-encodes the video when `transcode` is set or frame plugins are among
-    /// them.
+    /// unit lost, the unchanged ones keeping their instances), and re-encodes the video when
+    /// `transcode` is set or frame plugins are among them. The list's order holds across kinds:
+    /// packet plugins before the first frame plugin see the units as published, frame plugins
+    /// the decoded pictures, and packet plugins after a frame plugin the re-encoded units.
     pub fn set_processing(
         &self,
         plugins: &[Arc<LoadedPlugin>],
         transcode: Option<TranscodeConfig>,
     ) {
-        let (frames, packets): (Vec<_>, Vec<_>) = plugins
+        let first_frame = plugins
+            .iter()
+            .position(|p| p.kind() == Kind::Frame)
+            .unwrap_or(plugins.len());
+        let (before, from_first_frame) = plugins.split_at(first_frame);
+        let (frames, encoded): (Vec<_>, Vec<_>) = from_first_frame
             .iter()
             .cloned()
             .partition(|p| p.kind() == Kind::Frame);
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        let packets = Chain::new(&self.route, &packets, &status);
-        let frames = Chain::new(&self.route, &frames, &status);
+        let chain = |plugins: &[Arc<LoadedPlugin>]| {
+            Chain::new(&self.route, plugins, &status)
+                .requesting_keyframes_with(Arc::clone(&self.request_keyframe))
+        };
+        let (packets, frames, encoded) = (chain(before), chain(&frames), chain(&encoded));
         *status = packets
             .status()
             .into_iter()
             .chain(frames.status())
+            .chain(encoded.status())
             .collect();
         drop(status);
-        let _ = self.input.messages.send(Message::Processing(Processing {
-            packets,
-            frames,
-            transcode,
-        }));
+        let _ = self
+            .input
+            .messages
+            .send(Message::Processing(Box::new(Processing {
+                packets,
+                frames,
+                encoded,
+                transcode,
+            })));
     }
 
     /// Completes once every unit queued now has gone through the pipeline into the hub (or the
@@ -225,6 +252,8 @@ struct Worker {
     sink: Sink,
     queued: Arc<Queued>,
     packets: Chain,
+    /// Packet plugins on the re-encoded output.
+    encoded: Chain,
     /// The frame plugins, while no transcoder holds them.
     frames: Option<Chain>,
     transcode: Option<TranscodeConfig>,
@@ -243,7 +272,7 @@ impl Worker {
     fn run(mut self, inbox: mpsc::Receiver<Message>) {
         while let Ok(message) = inbox.recv() {
             match message {
-                Message::Processing(processing) => self.set_processing(processing),
+                Message::Processing(processing) => self.set_processing(*processing),
                 Message::Start {
                     description,
                     timeline,
@@ -322,7 +351,18 @@ impl Worker {
     }
 
     fn set_processing(&mut self, mut processing: Processing) {
+        processing.packets.take_over(&mut self.packets);
         processing.packets.start();
+        processing.encoded.take_over(&mut self.encoded);
+        processing.encoded.start();
+        self.encoded = processing.encoded;
+        let running_frames = match (&mut self.transcoder, &mut self.frames) {
+            (Some(transcoder), _) => Some(transcoder.frames_mut()),
+            (None, frames) => frames.as_mut(),
+        };
+        if let Some(running) = running_frames {
+            processing.frames.take_over(running);
+        }
         processing.frames.start();
         self.packets = processing.packets;
         let settings_changed = processing.transcode != self.transcode
@@ -377,7 +417,11 @@ impl Worker {
                     self.outlet = Some(self.sink.start(output, *timeline));
                 }
                 if let Some(outlet) = &mut self.outlet {
-                    outlet.send(unit);
+                    self.encoded
+                        .process(unit, &outlet.description().tracks, &mut self.out);
+                    for unit in self.out.drain(..) {
+                        outlet.send(unit);
+                    }
                 }
             }
         } else if let Some(outlet) = &mut self.outlet {

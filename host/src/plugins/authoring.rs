@@ -283,10 +283,12 @@ pub fn run_trial(trial: &Trial) -> Result<TrialReport, Error> {
             env: Default::default(),
             dirs: Default::default(),
             network: false,
+            snapshot_every: None,
             origin: Origin::default(),
         },
         digest: digest(&bytes),
         compiled: Arc::new(compiled),
+        events: Default::default(),
     });
     plugin
         .instantiate("trial")

@@ -3,12 +3,17 @@
 //! A failing call (trap, time limit, memory limit, a unit the plugin made up for a track that does
 //! not exist) is logged with the plugin, the route and the reason, counted, and answered by the
 //! plugin's `on_error` policy; the instance is thrown away and a fresh one serves the next unit.
+//!
+//! State: a new chain takes over the old one's links ([`Chain::take_over`]): a plugin whose code
+//! and config did not change keeps its instance; one that changed gets a snapshot of the old
+//! instance's state. A fresh instance after a trap gets the last snapshot taken at the plugin's
+//! `snapshot_every_s`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::runtime::{FrameVerdict, Instance, Verdict};
+use super::runtime::{FrameVerdict, Instance, KeyframeRequest, PluginStats, Verdict};
 use super::{Fault, LoadedPlugin};
 use crate::config::OnError;
 use crate::media::Picture;
@@ -24,18 +29,6 @@ const FAULTS_BEFORE_SUSPENSION: u32 = 3;
 /// The first suspension; each further one in a row doubles, up to the longest.
 const FIRST_SUSPENSION: Duration = Duration::from_secs(1);
 const LONGEST_SUSPENSION: Duration = Duration::from_secs(30);
-
-/// Counters of one plugin on one route, for the API, the status page and metrics.
-#[derive(Debug, Default)]
-pub struct PluginStats {
-    pub calls: AtomicU64,
-    pub errors: AtomicU64,
-    /// Time spent in calls, in nanoseconds.
-    pub nanos: AtomicU64,
-    pub restarts: AtomicU64,
-    pub dropped: AtomicU64,
-    pub last_error: Mutex<Option<String>>,
-}
 
 /// A plugin of a route's chain, as the API shows it.
 #[derive(Clone, Debug)]
@@ -56,6 +49,10 @@ struct Link {
     last_fault_log: Option<Instant>,
     faults_unlogged: u64,
     faults_in_a_row: u32,
+    /// The last snapshot of the plugin's state, which the next instance starts from.
+    saved: Option<Vec<u8>>,
+    /// When the running instance's state is next saved.
+    next_snapshot: Option<Instant>,
 }
 
 /// The plugins of one route.
@@ -65,6 +62,7 @@ pub struct Chain {
     /// Buffers reused between units, so a unit costs no allocation here.
     current: Vec<AccessUnit>,
     next: Vec<AccessUnit>,
+    request_keyframe: KeyframeRequest,
 }
 
 impl Chain {
@@ -84,6 +82,8 @@ impl Chain {
                 last_fault_log: None,
                 faults_unlogged: 0,
                 faults_in_a_row: 0,
+                saved: None,
+                next_snapshot: None,
             })
             .collect();
         Chain {
@@ -91,9 +91,38 @@ impl Chain {
             links,
             current: Vec::new(),
             next: Vec::new(),
+            request_keyframe: Arc::new(|| {}),
         }
     }
 
+    /// The chain whose plugins' `request-keyframe` calls `request`.
+    pub fn requesting_keyframes_with(mut self, request: KeyframeRequest) -> Chain {
+        self.request_keyframe = request;
+        self
+    }
+
+    /// Takes over what `old` runs, before this chain starts: each plugin that is in both with the
+    /// same code and config keeps its instance (and its snapshot); one whose code or config
+    /// changed starts from a snapshot of the old instance's state.
+    pub fn take_over(&mut self, old: &mut Chain) {
+        for link in &mut self.links {
+            let Some(at) = old
+                .links
+                .iter()
+                .position(|o| o.plugin.name == link.plugin.name)
+            else {
+                continue;
+            };
+            let mut previous = old.links.remove(at);
+            if previous.plugin.same_as(&link.plugin) {
+                link.instance = previous.instance.take();
+                link.next_snapshot = previous.next_snapshot;
+            } else if previous.instance.is_some() {
+                previous.save_state(&old.route);
+            }
+            link.saved = previous.saved.take();
+        }
+    }
     /// What the API shows of this chain.
     pub fn status(&self) -> Vec<PluginStatus> {
         self.links
@@ -110,14 +139,14 @@ impl Chain {
     /// Starts every plugin's instance now rather than on the first unit.
     pub fn start(&mut self) {
         for link in &mut self.links {
-            link.ensure_instance(&self.route);
+            link.ensure_instance(&self.route, &self.request_keyframe);
         }
     }
 
     /// Runs the chain's frame plugins on `picture`, in order; false when one left it out.
     pub fn process_picture(&mut self, picture: &mut Picture) -> bool {
         for link in &mut self.links {
-            if !link.process_picture(picture, &self.route) {
+            if !link.process_picture(picture, &self.route, &self.request_keyframe) {
                 return false;
             }
         }
@@ -135,7 +164,13 @@ impl Chain {
         for link in &mut self.links {
             self.next.clear();
             for unit in self.current.drain(..) {
-                link.process(unit, tracks, &self.route, &mut self.next);
+                link.process(
+                    unit,
+                    tracks,
+                    &self.route,
+                    &self.request_keyframe,
+                    &mut self.next,
+                );
             }
             std::mem::swap(&mut self.current, &mut self.next);
         }
@@ -144,17 +179,41 @@ impl Chain {
 }
 
 impl Link {
-    fn ensure_instance(&mut self, route: &str) -> bool {
+    fn ensure_instance(&mut self, route: &str, request_keyframe: &KeyframeRequest) -> bool {
         if self.instance.is_some() {
             return true;
         }
         if self.retry_at.is_some_and(|at| Instant::now() < at) {
             return false;
         }
-        match self.plugin.instantiate(route) {
+        let started = self
+            .plugin
+            .instantiate_reporting(route, Arc::clone(&self.stats), Arc::clone(request_keyframe))
+            .and_then(|mut instance| {
+                if let Some(saved) = &self.saved {
+                    match instance.restore(saved)? {
+                        Ok(()) => {
+                            self.stats.restores.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(why) => tracing::warn!(
+                            plugin = %self.plugin.name,
+                            route,
+                            "plugin refused its saved state ({why}); it starts afresh"
+                        ),
+                    }
+                }
+                Ok(instance)
+            });
+        match started {
             Ok(instance) => {
                 self.instance = Some(instance);
                 self.retry_at = None;
+                self.next_snapshot = self
+                    .plugin
+                    .config
+                    .snapshot_every
+                    .filter(|_| self.plugin.stateful())
+                    .map(|every| Instant::now() + every);
                 true
             }
             Err(fault) => {
@@ -170,9 +229,10 @@ impl Link {
     fn invoke<T>(
         &mut self,
         route: &str,
+        request_keyframe: &KeyframeRequest,
         call: impl FnOnce(&mut Instance) -> Result<T, Fault>,
     ) -> Result<T, ()> {
-        if !self.ensure_instance(route) {
+        if !self.ensure_instance(route, request_keyframe) {
             return Err(());
         }
         let Some(instance) = self.instance.as_mut() else {
@@ -188,6 +248,9 @@ impl Link {
         match outcome {
             Ok(value) => {
                 self.faults_in_a_row = 0;
+                if self.next_snapshot.is_some_and(|at| started >= at) {
+                    self.save_state(route);
+                }
                 Ok(value)
             }
             Err(fault) => {
@@ -211,17 +274,48 @@ impl Link {
         }
     }
 
+    /// Saves the running instance's state as the one the next instance starts from; a failed
+    /// snapshot is the instance's fault (the last good one is kept).
+    fn save_state(&mut self, route: &str) {
+        let Some(instance) = self.instance.as_mut() else {
+            return;
+        };
+        self.next_snapshot = self
+            .plugin
+            .config
+            .snapshot_every
+            .map(|every| Instant::now() + every);
+        match instance.snapshot() {
+            Ok(Some(snapshot)) => {
+                self.stats.snapshots.fetch_add(1, Ordering::Relaxed);
+                self.saved = Some(snapshot);
+            }
+            Ok(None) => {}
+            Err(fault) => {
+                self.instance = None;
+                self.stats.restarts.fetch_add(1, Ordering::Relaxed);
+                self.fault(
+                    route,
+                    &fault,
+                    "failed to save its state",
+                    "instance restarted",
+                );
+            }
+        }
+    }
+
     fn process(
         &mut self,
         unit: AccessUnit,
         tracks: &[Track],
         route: &str,
+        request_keyframe: &KeyframeRequest,
         out: &mut Vec<AccessUnit>,
     ) {
         let Some(track) = tracks.get(unit.track) else {
             return;
         };
-        match self.invoke(route, |instance| {
+        match self.invoke(route, request_keyframe, |instance| {
             instance.process_unit(&unit, &track.codec, tracks)
         }) {
             Ok(Verdict::Pass) => out.push(unit),
@@ -238,8 +332,15 @@ impl Link {
     }
 
     /// Runs a frame plugin on `picture`; false when the picture is to be left out.
-    fn process_picture(&mut self, picture: &mut Picture, route: &str) -> bool {
-        match self.invoke(route, |instance| instance.process_picture(picture)) {
+    fn process_picture(
+        &mut self,
+        picture: &mut Picture,
+        route: &str,
+        request_keyframe: &KeyframeRequest,
+    ) -> bool {
+        match self.invoke(route, request_keyframe, |instance| {
+            instance.process_picture(picture)
+        }) {
             Ok(FrameVerdict::Pass) => true,
             Ok(FrameVerdict::Replace(data)) => {
                 picture.data = data;

@@ -15,11 +15,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crate::config::{Config, PluginConfig, Problem, WasmSource};
+use crate::events::Events;
 
-pub use chain::{Chain, PluginStats, PluginStatus};
-pub use runtime::{Fault, FrameVerdict, Instance, Kind};
+pub use chain::{Chain, PluginStatus};
+pub use runtime::{Fault, FrameVerdict, Instance, KeyframeRequest, Kind, PluginStats};
 
-use runtime::{Compiled, Names};
+use runtime::{Compiled, Names, Reporter};
 
 include!(concat!(env!("OUT_DIR"), "/builtins.rs"));
 
@@ -52,10 +53,11 @@ pub enum Error {
     #[error("not a WebAssembly component ({0}); build it for wasm32-wasip2")]
     NotAComponent(String),
     #[error(
-        "exports neither `{}` nor `{}` (it exports: {exports}); build it against \
-         wit/plugin.wit, world `packet-plugin` or `frame-plugin`",
+        "exports neither `{}@0.1.x` nor `{}@0.1.x` (it exports: {exports}); build it against \
+         wit/plugin.wit (wasmcast:plugin@{}), world `packet-plugin` or `frame-plugin`",
         runtime::PACKET_EXPORT,
-        runtime::FRAME_EXPORT
+        runtime::FRAME_EXPORT,
+        runtime::WORLD_VERSION
     )]
     NotAPlugin { exports: String },
     #[error("cannot be linked: {0}")]
@@ -77,6 +79,7 @@ pub struct LoadedPlugin {
     /// A hash of the component's bytes: a new build of the file is a new plugin.
     pub digest: u64,
     compiled: Arc<Compiled>,
+    events: Events,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -99,13 +102,35 @@ impl LoadedPlugin {
         self.name == other.name && self.digest == other.digest && self.config == other.config
     }
 
-    /// A new instance for `route`, with its `init` run.
+    /// Whether the plugin exports `state`, so that its state outlives its instances.
+    pub fn stateful(&self) -> bool {
+        self.compiled.stateful()
+    }
+
+    /// A new instance for `route`, with its `init` run; what it reports is counted nowhere and
+    /// its keyframe requests go nowhere (see [`Chain`] for instances on a route).
     pub fn instantiate(&self, route: &str) -> Result<Instance, Fault> {
+        self.instantiate_reporting(route, Arc::default(), Arc::new(|| {}))
+    }
+
+    /// A new instance for `route` that counts in `stats` and asks `request_keyframe` for
+    /// keyframes.
+    fn instantiate_reporting(
+        &self,
+        route: &str,
+        stats: Arc<PluginStats>,
+        request_keyframe: KeyframeRequest,
+    ) -> Result<Instance, Fault> {
         let names = Arc::new(Names {
             plugin: self.name.clone(),
             route: route.to_owned(),
         });
-        Instance::new(&self.compiled, &self.config, names)
+        let reporter = Reporter {
+            events: self.events.clone(),
+            stats,
+            request_keyframe,
+        };
+        Instance::new(&self.compiled, &self.config, names, reporter)
     }
 }
 
@@ -116,9 +141,24 @@ pub type Plugins = BTreeMap<String, Arc<LoadedPlugin>>;
 #[derive(Clone, Default)]
 pub struct Loader {
     compiled: Arc<Mutex<HashMap<u64, Arc<Compiled>>>>,
+    /// Where the plugins' events go.
+    events: Events,
 }
 
 impl Loader {
+    /// A loader whose plugins publish their events to `events`.
+    pub fn new(events: Events) -> Loader {
+        Loader {
+            compiled: Arc::default(),
+            events,
+        }
+    }
+
+    /// Where the plugins it loads publish their events.
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
     /// Loads every plugin `config` names and checks the routes' chains, reusing the plugins of
     /// `running` that did not change. Slow (compiling takes tens of milliseconds a component): call
     /// it off the async runtime.
@@ -189,6 +229,7 @@ impl Loader {
             config: config.clone(),
             digest,
             compiled,
+            events: self.events.clone(),
         };
         // A trial instance catches a bad config (the plugin's `init` says why) and missing grants.
         plugin

@@ -79,7 +79,9 @@ impl Server {
     /// Starts the routes of `config` and binds its listeners. With the path of the config file,
     /// the server follows the file as it changes (and reloads on SIGHUP and `POST /api/v1/reload`).
     pub async fn start(config: Config, path: Option<&Path>) -> Result<Server, StartError> {
-        let loader = plugins::Loader::default();
+        let events = crate::events::Events::default();
+        events.set_webhooks(&config);
+        let loader = plugins::Loader::new(events.clone());
         let plugins = {
             let (loader, config) = (loader.clone(), config.clone());
             tokio::task::spawn_blocking(move || loader.load_all(&config, &plugins::Plugins::new()))
@@ -140,6 +142,8 @@ impl Server {
                 ),
                 gate,
                 snapshots: Default::default(),
+                events,
+                event_streams: Default::default(),
             },
         )
         .await?;

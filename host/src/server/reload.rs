@@ -125,6 +125,7 @@ impl Reloader {
             config.users.clone(),
             config.server.admins.clone(),
         );
+        self.loader.events().set_webhooks(&config);
         let changes = self
             .router
             .apply(

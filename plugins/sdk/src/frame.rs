@@ -13,6 +13,16 @@ pub trait FramePlugin: Sized + 'static {
     /// Decides what becomes of `frame`: change `frame.data` in place and return
     /// [`FrameVerdict::Replace`], or [`FrameVerdict::Pass`] to keep the picture as it was.
     fn process(&mut self, frame: Frame) -> FrameVerdict;
+
+    /// As [`crate::PacketPlugin::snapshot`].
+    fn snapshot(&self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    /// As [`crate::PacketPlugin::restore`].
+    fn restore(&mut self, _snapshot: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 impl Frame {
@@ -63,6 +73,28 @@ macro_rules! export_frame_plugin {
                             $crate::FramePlugin::process(plugin, frame)
                         }
                         ::core::option::Option::None => $crate::FrameVerdict::Pass,
+                    })
+                }
+            }
+
+            impl $crate::bindings::frame::exports::wasmcast::plugin::state::Guest for Export {
+                fn snapshot() -> ::std::vec::Vec<u8> {
+                    STATE.with(|state| match state.borrow().as_ref() {
+                        ::core::option::Option::Some(plugin) => {
+                            $crate::FramePlugin::snapshot(plugin)
+                        }
+                        ::core::option::Option::None => ::std::vec::Vec::new(),
+                    })
+                }
+
+                fn restore(
+                    snapshot: ::std::vec::Vec<u8>,
+                ) -> ::core::result::Result<(), ::std::string::String> {
+                    STATE.with(|state| match state.borrow_mut().as_mut() {
+                        ::core::option::Option::Some(plugin) => {
+                            $crate::FramePlugin::restore(plugin, &snapshot)
+                        }
+                        ::core::option::Option::None => ::core::result::Result::Ok(()),
                     })
                 }
             }

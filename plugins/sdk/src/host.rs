@@ -32,6 +32,30 @@ pub fn route() -> String {
     imports::route()
 }
 
+/// Publishes the event `name` with `payload` (any serializable value, at most 4 KiB of JSON): the
+/// server's `/api/v1/events`, its status page and the webhooks of the config hear it. An instance
+/// may emit 20 events a second; the host counts the rest without sending them. The error says
+/// what is wrong with the name (1 to 64 of `a-z`, `0-9`, `-`, `_`, `.`) or the payload.
+pub fn emit(name: &str, payload: &impl serde::Serialize) -> Result<(), String> {
+    let payload = serde_json::to_string(payload).map_err(|err| err.to_string())?;
+    imports::emit(name, &payload)
+}
+
+/// Sets this plugin's metric `name` on its route (shown by `/metrics` and the API).
+pub fn set_metric(name: &str, value: f64) {
+    imports::set_metric(name, value);
+}
+
+/// Adds `delta` to this plugin's metric `name`.
+pub fn add_metric(name: &str, delta: f64) {
+    imports::add_metric(name, delta);
+}
+
+/// Asks the route for a keyframe: its encoder makes one at once when the route re-encodes.
+pub fn request_keyframe() {
+    imports::request_keyframe();
+}
+
 /// The plugin's `config` table from the server's configuration.
 #[derive(Clone, Debug, Default)]
 pub struct Config {

@@ -26,6 +26,11 @@
 //! The host makes one instance per route and calls it one unit at a time, so `&mut self` is the
 //! plugin's state. A panic traps the instance: the host logs it, applies the plugin's `on_error`
 //! policy to that unit and starts a fresh instance.
+//!
+//! State that should outlive an instance (a new build of the plugin, a change of its config, a
+//! trap) goes through `snapshot` and `restore`, which both traits have (by default: nothing to
+//! keep). Events ([`emit`]) and metrics ([`set_metric`], [`add_metric`]) tell the server what the
+//! plugin finds.
 
 // The generated bindings name this crate by its path, from inside it as from plugins.
 extern crate self as wasmcast_plugin_sdk;
@@ -42,7 +47,7 @@ pub mod bindings {
     pub mod packet {
         wit_bindgen::generate!({
             path: "../../wit",
-            world: "wasmcast:plugin/packet-plugin",
+            world: "wasmcast:plugin/stateful-packet-plugin",
             pub_export_macro: true,
             export_macro_name: "export_packet_world",
             default_bindings_module: "wasmcast_plugin_sdk::bindings::packet",
@@ -54,7 +59,7 @@ pub mod bindings {
     pub mod frame {
         wit_bindgen::generate!({
             path: "../../wit",
-            world: "wasmcast:plugin/frame-plugin",
+            world: "wasmcast:plugin/stateful-frame-plugin",
             pub_export_macro: true,
             export_macro_name: "export_frame_world",
             default_bindings_module: "wasmcast_plugin_sdk::bindings::frame",
@@ -74,4 +79,7 @@ mod frame;
 pub use frame::{Frame, FramePlugin, FrameVerdict};
 
 mod host;
-pub use host::{Config, Level, log, monotonic_micros, route, wall_clock_micros};
+pub use host::{
+    Config, Level, add_metric, emit, log, monotonic_micros, request_keyframe, route, set_metric,
+    wall_clock_micros,
+};

@@ -13,6 +13,18 @@ pub trait PacketPlugin: Sized + 'static {
     /// Decides what becomes of `unit`. [`Verdict::Pass`] forwards the host's own copy of the unit;
     /// return [`Verdict::Replace`] only when the unit changes.
     fn process(&mut self, unit: AccessUnit) -> Verdict;
+
+    /// The state the next instance should start from (empty: nothing to keep). The host asks
+    /// before it replaces this instance and at the cadence of the plugin's `snapshot_every_s`.
+    fn snapshot(&self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    /// Takes over the state of an earlier instance, right after [`PacketPlugin::new`]; an error
+    /// (a snapshot of another version, say) is logged and the instance runs as it is.
+    fn restore(&mut self, _snapshot: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Exports a [`PacketPlugin`] type as the plugin's implementation of the `packet-plugin` world.
@@ -44,6 +56,28 @@ macro_rules! export_packet_plugin {
                         }
                         // The host calls `init` first; without it there is nothing to run.
                         ::core::option::Option::None => $crate::Verdict::Pass,
+                    })
+                }
+            }
+
+            impl $crate::bindings::packet::exports::wasmcast::plugin::state::Guest for Export {
+                fn snapshot() -> ::std::vec::Vec<u8> {
+                    STATE.with(|state| match state.borrow().as_ref() {
+                        ::core::option::Option::Some(plugin) => {
+                            $crate::PacketPlugin::snapshot(plugin)
+                        }
+                        ::core::option::Option::None => ::std::vec::Vec::new(),
+                    })
+                }
+
+                fn restore(
+                    snapshot: ::std::vec::Vec<u8>,
+                ) -> ::core::result::Result<(), ::std::string::String> {
+                    STATE.with(|state| match state.borrow_mut().as_mut() {
+                        ::core::option::Option::Some(plugin) => {
+                            $crate::PacketPlugin::restore(plugin, &snapshot)
+                        }
+                        ::core::option::Option::None => ::core::result::Result::Ok(()),
                     })
                 }
             }

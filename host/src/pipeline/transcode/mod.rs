@@ -122,6 +122,11 @@ impl Transcoder {
     }
 
     /// Ends this transcoder, handing back its frame plugins.
+    /// The frame plugins running now.
+    pub fn frames_mut(&mut self) -> &mut Chain {
+        &mut self.frames
+    }
+
     pub fn into_frames(self) -> Chain {
         self.frames
     }

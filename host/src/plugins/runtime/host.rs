@@ -1,6 +1,9 @@
 //! The host side of a plugin instance: the state its store holds, the `host` interface it imports
-//! (`log`, `config`), and its stdout and stderr, all held to one log budget a second.
+//! (`log`, `config`, events, metrics, keyframe requests), and its stdout and stderr, all held to
+//! one log budget a second.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -12,12 +15,96 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::{Level, blocking, host_api};
+use crate::events::Events;
 
 /// Log lines a plugin instance may write per second (`log`, stdout and stderr together); the rest
 /// are counted and reported.
 const LOG_LINES_PER_SECOND: u32 = 50;
 /// Log bytes a plugin instance may write per second, likewise.
 const LOG_BYTES_PER_SECOND: usize = 16 * 1024;
+/// Events a plugin instance may emit per second; the rest are counted, not sent.
+const EVENTS_PER_SECOND: u32 = 20;
+/// The largest event payload, in bytes of JSON text.
+const MAX_EVENT_PAYLOAD: usize = 4096;
+/// Metric names one plugin may set on one route.
+const MAX_METRICS: usize = 32;
+/// The longest event or metric name.
+const MAX_NAME: usize = 64;
+
+/// Counters of one plugin on one route, for the API, the status page and metrics; the instances
+/// a link makes over time share them.
+#[derive(Debug, Default)]
+pub struct PluginStats {
+    pub calls: AtomicU64,
+    pub errors: AtomicU64,
+    /// Time spent in calls, in nanoseconds.
+    pub nanos: AtomicU64,
+    pub restarts: AtomicU64,
+    pub dropped: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+    /// Events sent, and those over the instance's budget (or refused: a bad name or payload).
+    pub events: AtomicU64,
+    pub events_refused: AtomicU64,
+    /// Snapshots taken, and restores an instance accepted.
+    pub snapshots: AtomicU64,
+    pub restores: AtomicU64,
+    /// The plugin's own metrics (`set-metric`, `add-metric`).
+    pub metrics: Mutex<BTreeMap<String, f64>>,
+}
+
+/// Asks the route for a keyframe.
+pub type KeyframeRequest = Arc<dyn Fn() + Send + Sync>;
+
+/// Where an instance reports what it finds: events, metrics, keyframe requests.
+#[derive(Clone)]
+pub struct Reporter {
+    pub events: Events,
+    pub stats: Arc<PluginStats>,
+    pub request_keyframe: KeyframeRequest,
+}
+
+/// What an instance may still emit this second.
+#[derive(Debug)]
+pub(super) struct EventBudget {
+    window_start: Instant,
+    sent: u32,
+}
+
+impl EventBudget {
+    pub(super) fn new() -> EventBudget {
+        EventBudget {
+            window_start: Instant::now(),
+            sent: 0,
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        if now.duration_since(self.window_start) >= Duration::from_secs(1) {
+            self.window_start = now;
+            self.sent = 0;
+        }
+        self.sent += 1;
+        self.sent <= EVENTS_PER_SECOND
+    }
+}
+
+/// Whether `name` can name an event or a metric: 1 to 64 of `a-z`, `0-9`, `-`, `_`, `.`.
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME {
+        return Err(format!("a name has 1 to {MAX_NAME} characters"));
+    }
+    match name
+        .chars()
+        .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '-' | '_' | '.'))
+    {
+        Some(c) => Err(format!(
+            "`{c}` cannot be in a name (use a-z, 0-9, -, _ and .)"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// What a plugin instance's store holds.
 pub(super) struct PluginState {
     pub(super) wasi: WasiCtx,
@@ -28,6 +115,8 @@ pub(super) struct PluginState {
     pub(super) log: Arc<Mutex<LogBudget>>,
     /// When the call under way must end, for blocking WASI calls.
     pub(super) deadline: Instant,
+    pub(super) reporter: Reporter,
+    pub(super) event_budget: EventBudget,
 }
 
 impl PluginState {
@@ -129,6 +218,85 @@ impl host_api::Host for PluginState {
 
     fn route(&mut self) -> String {
         self.names.route.clone()
+    }
+
+    fn emit(&mut self, name: String, payload: String) -> Result<(), String> {
+        let stats = &self.reporter.stats;
+        let refused = |why: String| {
+            stats.events_refused.fetch_add(1, Ordering::Relaxed);
+            Err(why)
+        };
+        if let Err(why) = check_name(&name) {
+            return refused(why);
+        }
+        if payload.len() > MAX_EVENT_PAYLOAD {
+            return refused(format!(
+                "the payload has {} bytes; at most {MAX_EVENT_PAYLOAD}",
+                payload.len()
+            ));
+        }
+        let payload: serde_json::Value = match serde_json::from_str(&payload) {
+            Ok(value) => value,
+            Err(err) => return refused(format!("the payload is not JSON: {err}")),
+        };
+        if !self.event_budget.take() {
+            stats.events_refused.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        stats.events.fetch_add(1, Ordering::Relaxed);
+        self.reporter
+            .events
+            .publish(&self.names.route, &self.names.plugin, &name, payload);
+        Ok(())
+    }
+
+    fn set_metric(&mut self, name: String, value: f64) {
+        self.update_metric(name, |_| value);
+    }
+
+    fn add_metric(&mut self, name: String, delta: f64) {
+        self.update_metric(name, |old| old + delta);
+    }
+
+    fn request_keyframe(&mut self) {
+        (self.reporter.request_keyframe)();
+    }
+}
+
+impl PluginState {
+    /// Sets metric `name` to `update(old value)`; a bad name, a value that is not finite or a
+    /// name past the plugin's first [`MAX_METRICS`] is left out (and logged, within the budget).
+    fn update_metric(&mut self, name: String, update: impl FnOnce(f64) -> f64) {
+        let refusal = {
+            let mut metrics = self
+                .reporter
+                .stats
+                .metrics
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let known = metrics.contains_key(&name);
+            match check_name(&name) {
+                Err(why) => Some(why),
+                Ok(()) if !known && metrics.len() >= MAX_METRICS => Some(format!(
+                    "a plugin may set at most {MAX_METRICS} metrics on a route"
+                )),
+                Ok(()) => {
+                    let value = update(metrics.get(&name).copied().unwrap_or(0.0));
+                    if value.is_finite() {
+                        metrics.insert(name.clone(), value);
+                        None
+                    } else {
+                        Some("its value is not a finite number".to_owned())
+                    }
+                }
+            }
+        };
+        if let Some(why) = refusal {
+            self.log
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .write(Level::Warn, &format!("metric `{name}` left out: {why}"));
+        }
     }
 }
 

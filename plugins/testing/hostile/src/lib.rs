@@ -3,20 +3,26 @@
 //! - `sleep-process`: sleeps an hour in every call (a blocking WASI call, not wasm code);
 //! - `sleep-init`: sleeps an hour in `init`;
 //! - `replace-flood`: answers every unit with a hundred thousand copies of it;
-//! - `log-flood`: writes a thousand log lines and a megabyte to stdout per unit.
+//! - `log-flood`: writes a thousand log lines and a megabyte to stdout per unit;
+//! - `event-flood`: emits a thousand events per unit (and some with a bad name or a payload too
+//!   big), sets a new metric name per unit, and hands over a 32 MiB snapshot.
 
 use std::time::Duration;
 
-use wasmcast_plugin_sdk::{AccessUnit, Config, Level, PacketPlugin, Verdict, log};
+use wasmcast_plugin_sdk::{
+    AccessUnit, Config, Level, PacketPlugin, Verdict, emit, log, set_metric,
+};
 
 enum Attack {
     SleepProcess,
     ReplaceFlood,
     LogFlood,
+    EventFlood,
 }
 
 struct Hostile {
     attack: Attack,
+    units: u64,
 }
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -31,12 +37,21 @@ impl PacketPlugin for Hostile {
             }
             Some("replace-flood") => Attack::ReplaceFlood,
             Some("log-flood") => Attack::LogFlood,
+            Some("event-flood") => Attack::EventFlood,
             other => return Err(format!("unknown attack {other:?}")),
         };
-        Ok(Hostile { attack })
+        Ok(Hostile { attack, units: 0 })
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        match self.attack {
+            Attack::EventFlood => vec![7; 32 << 20],
+            _ => Vec::new(),
+        }
     }
 
     fn process(&mut self, unit: AccessUnit) -> Verdict {
+        self.units += 1;
         match self.attack {
             Attack::SleepProcess => {
                 std::thread::sleep(HOUR);
@@ -57,6 +72,15 @@ impl PacketPlugin for Hostile {
                 for _ in 0..1024 {
                     println!("{line}");
                 }
+                Verdict::Pass
+            }
+            Attack::EventFlood => {
+                for i in 0..1000 {
+                    let _ = emit("flood", &i);
+                }
+                let _ = emit("Not A Name!", &0);
+                let _ = emit("too-big", &"x".repeat(5000));
+                set_metric(&format!("metric-{}", self.units), 1.0);
                 Verdict::Pass
             }
         }

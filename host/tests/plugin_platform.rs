@@ -1,0 +1,447 @@
+//! What plugins get from the platform beyond their verdicts: state that outlives instances,
+//! events (read by curl from `/api/v1/events`, by a webhook receiver and by the status page in
+//! Chromium), metrics, and plugins built against an earlier 0.1 interface.
+
+#[path = "common/browser.rs"]
+#[allow(
+    dead_code,
+    reason = "the browser helpers are shared with the WebRTC tests, which use all of them"
+)]
+mod browser;
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{Server, TempDir, clip, ffprobe_streams, file_route, http, sample_clip, wait_live};
+
+fn plugin_wasm(crate_name: &str) -> PathBuf {
+    Path::new(env!("WASMCAST_PLUGIN_DIR")).join(format!("{}.wasm", crate_name.replace('-', "_")))
+}
+
+/// The API's entry for `plugin` on `route`.
+async fn plugin_entry(server: &Server, route: &str, plugin: &str) -> serde_json::Value {
+    let (status, body) = http(server, "GET", "/api/v1/routes").await;
+    assert_eq!(status, 200, "{body}");
+    let routes: serde_json::Value = serde_json::from_str(&body).expect("routes JSON");
+    routes
+        .as_array()
+        .and_then(|routes| routes.iter().find(|r| r["name"] == route))
+        .and_then(|r| r["plugins"].as_array())
+        .and_then(|plugins| plugins.iter().find(|p| p["name"] == plugin))
+        .cloned()
+        .unwrap_or_else(|| panic!("no plugin {plugin} on {route}: {routes}"))
+}
+
+/// Polls the API until `ready` holds for `plugin`'s entry; returns that entry.
+async fn wait_for(
+    server: &Server,
+    plugin: &str,
+    what: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let entry = plugin_entry(server, "counted", plugin).await;
+        if ready(&entry) {
+            return entry;
+        }
+        assert!(Instant::now() < deadline, "{plugin}: {what}: {entry}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn metric(entry: &serde_json::Value, name: &str) -> f64 {
+    entry["metrics"][name].as_f64().unwrap_or(-1.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counter_keeps_counting_across_a_rebuild_a_config_edit_and_traps_beside_an_untouched_neighbour()
+ {
+    let dir = TempDir::new();
+    let (a, b) = (dir.path().join("a.wasm"), dir.path().join("b.wasm"));
+    let counter = std::fs::read(plugin_wasm("counter")).expect("counter plugin");
+    std::fs::write(&a, &counter).expect("write a");
+    std::fs::write(&b, &counter).expect("write b");
+    let routes = |a_config: &str| {
+        format!(
+            "{}plugins = [\"a\", \"b\"]\n\
+             [plugins.a]\nwasm = \"{}\"\nsnapshot_every_s = 1\nconfig = {{ {a_config} }}\n\
+             [plugins.b]\nwasm = \"{}\"\n",
+            file_route("counted", &sample_clip()),
+            a.display(),
+            b.display()
+        )
+    };
+    let server = Server::start(&routes("label = \"one\""));
+    wait_live(&server, "counted").await;
+    let first = wait_for(&server, "a", "counts 100 units", |e| {
+        metric(e, "count") >= 100.0
+    })
+    .await;
+    let neighbour = plugin_entry(&server, "counted", "b").await;
+    let neighbour_instance = metric(&neighbour, "instance");
+
+    // A new build of a.wasm (the same code with a custom section appended: other bytes).
+    let before = metric(&plugin_entry(&server, "counted", "a").await, "count");
+    let mut rebuilt = counter.clone();
+    rebuilt.extend_from_slice(&[0, 7, 6, b'r', b'e', b'b', b'u', b'i', b'l']);
+    std::fs::write(dir.path().join("a.wasm.new"), &rebuilt).expect("write build");
+    std::fs::rename(dir.path().join("a.wasm.new"), &a).expect("replace a.wasm");
+    let swapped = wait_for(&server, "a", "restored after the rebuild", |e| {
+        e["restores"].as_u64() >= Some(1)
+    })
+    .await;
+    assert_ne!(
+        metric(&swapped, "instance"),
+        metric(&first, "instance"),
+        "the rebuild made a new instance: {swapped}"
+    );
+    assert!(
+        metric(&swapped, "count") >= before,
+        "the new build went on from {before}: {swapped}"
+    );
+
+    // Its config edited.
+    let before = metric(&plugin_entry(&server, "counted", "a").await, "count");
+    server.write_routes(&routes("label = \"two\""), true);
+    let edited = wait_for(&server, "a", "restored after the config edit", |e| {
+        e["restores"].as_u64() >= Some(2)
+    })
+    .await;
+    assert!(
+        metric(&edited, "count") >= before,
+        "the edited plugin went on from {before}: {edited}"
+    );
+
+    // Each instance now traps after 150 units of its own; the next starts from the last
+    // snapshot (taken every second), so the count goes on past any one instance's 150.
+    let before = metric(&plugin_entry(&server, "counted", "a").await, "count");
+    server.write_routes(&routes("label = \"two\", trap_after = 150"), true);
+    let trapped = wait_for(&server, "a", "traps twice and counts on", |e| {
+        e["errors"].as_u64() >= Some(2) && metric(e, "count") > before + 200.0
+    })
+    .await;
+    // The rebuild, the two edits, and at least the instance after the first trap (the one after
+    // the latest trap starts with the next unit).
+    assert!(
+        trapped["restores"].as_u64() >= Some(4),
+        "each instance after a trap started from the saved state: {trapped}"
+    );
+
+    let neighbour = plugin_entry(&server, "counted", "b").await;
+    assert_eq!(
+        metric(&neighbour, "instance"),
+        neighbour_instance,
+        "b did not change, so it kept its instance through every swap of a: {neighbour}"
+    );
+    assert_eq!(neighbour["restores"], 0, "{neighbour}");
+    assert_eq!(neighbour["errors"], 0, "{neighbour}");
+    assert!(
+        metric(&neighbour, "count") > metric(&trapped, "count"),
+        "b counted every unit without a break: {neighbour} vs {trapped}"
+    );
+}
+
+/// Eight seconds of a grey picture in which a white square crosses from 3 s to 5 s.
+fn motion_clip() -> PathBuf {
+    clip(
+        "motion-square.mp4",
+        "-f lavfi -i color=c=gray:s=320x240:r=25:d=8 \
+         -f lavfi -i color=c=white:s=48x48:r=25:d=8 \
+         -filter_complex [0][1]overlay=x='if(between(t,3,5),(t-3)*120,-100)':y=96 \
+         -c:v libx264 -profile:v baseline -g 25 -pix_fmt yuv420p",
+    )
+}
+
+/// A webhook receiver: answers 200 to every POST and hands over its body.
+fn webhook_receiver() -> (u16, mpsc::Receiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind receiver");
+    let port = listener.local_addr().expect("address").port();
+    let (bodies, received) = mpsc::channel();
+    std::thread::spawn(move || {
+        for connection in listener.incoming() {
+            let Ok(mut connection) = connection else {
+                continue;
+            };
+            let mut reader = BufReader::new(connection.try_clone().expect("clone"));
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((name, value)) = line.split_once(':')
+                    && name.eq_ignore_ascii_case("content-length")
+                {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_err() {
+                continue;
+            }
+            let _ = connection.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+            if bodies
+                .send(String::from_utf8_lossy(&body).into_owned())
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    (port, received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_motion_plugin_reports_motion_to_curl_a_webhook_and_metrics_while_ffprobe_reads_on() {
+    let (hook_port, hooked) = webhook_receiver();
+    let server = Server::start(&format!(
+        "{}plugins = [\"motion\"]\n\
+         [plugins.motion]\nwasm = \"builtin:motion\"\nwebhook = \"http://127.0.0.1:{hook_port}/motion\"\n\
+         config = {{ sensitivity = 60, draw = true }}\n",
+        file_route("yard", &motion_clip())
+    ));
+    // curl follows the event stream from before the route goes live.
+    let curl = Command::new("curl")
+        .args(["-sN", "--max-time", "16"])
+        .arg(format!(
+            "http://{}/api/v1/events?route=yard&plugin=motion",
+            server.http
+        ))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl is installed");
+    wait_live(&server, "yard").await;
+    let streams = ffprobe_streams(&server.url("yard"));
+    assert!(streams.contains("h264"), "{streams}");
+    let output = tokio::task::spawn_blocking(move || curl.wait_with_output())
+        .await
+        .expect("join")
+        .expect("curl output");
+    let stream = String::from_utf8_lossy(&output.stdout);
+    let events: Vec<serde_json::Value> = stream
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .map(|data| serde_json::from_str(data).expect("event JSON"))
+        .collect();
+    let start = events
+        .iter()
+        .find(|e| e["name"] == "motion-start")
+        .unwrap_or_else(|| panic!("motion-start in the stream: {stream}"));
+    assert_eq!(start["route"], "yard");
+    assert_eq!(start["plugin"], "motion");
+    let bounds = start["payload"]["box"].as_array().expect("a box");
+    assert!(
+        bounds[1].as_u64().is_some_and(|y| (64..=112).contains(&y)),
+        "the box is where the square moves (y 96): {start}"
+    );
+    assert!(
+        events.iter().any(
+            |e| e["name"] == "motion-end" && e["payload"]["duration_ms"].as_u64() >= Some(1000)
+        ),
+        "motion-end after the square's two seconds: {stream}"
+    );
+    assert!(
+        !events.iter().any(|e| e["route"] != "yard"),
+        "the filter holds"
+    );
+
+    let hooked: Vec<serde_json::Value> = hooked
+        .try_iter()
+        .map(|body| serde_json::from_str(&body).expect("webhook JSON"))
+        .collect();
+    assert!(
+        hooked
+            .iter()
+            .any(|e| e["name"] == "motion-start" && e["route"] == "yard"),
+        "the webhook got motion-start: {hooked:?}"
+    );
+    let (_, metrics) = http(&server, "GET", "/metrics").await;
+    assert!(
+        metrics.lines().any(|l| l.starts_with(
+            "wasmcast_plugin_metric{route=\"yard\",plugin=\"motion\",name=\"motions\"}"
+        ) && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with("wasmcast_webhook_events_total{outcome=\"delivered\"}")
+            && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+
+    // A browser coming back with Last-Event-ID 0 (as `after=0`) gets the kept events first.
+    let (status, replay) = tokio::time::timeout(
+        Duration::from_secs(10),
+        common::exchange(
+            server.http,
+            b"GET /api/v1/events?after=0&name=motion-start HTTP/1.1\r\nHost: t\r\n\r\n",
+            Duration::from_secs(1),
+        ),
+    )
+    .await
+    .map(|reply| (reply.get(9..12).map(str::to_owned), reply))
+    .expect("replay");
+    assert_eq!(status.as_deref(), Some("200"), "{replay}");
+    assert!(
+        replay.contains("text/event-stream") && replay.contains("motion-start"),
+        "{replay}"
+    );
+    assert!(
+        !replay.contains("motion-end"),
+        "the name filter holds: {replay}"
+    );
+
+    // The status page lists them too, from its own event stream.
+    let mut chromium = browser::Browser::launch().await;
+    let page = chromium.open(&format!("http://{}/", server.http)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows = chromium
+            .eval(
+                &page,
+                "JSON.stringify([...document.querySelectorAll('#events tr')].map(tr => tr.textContent))",
+            )
+            .await;
+        let rows = rows.as_str().unwrap_or("[]").to_owned();
+        if rows.contains("yardmotionmotion-start") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the status page lists the motion events: {rows}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_events_metrics_and_a_huge_snapshot_is_held_to_its_limits() {
+    let server = Server::start(&format!(
+        "{}plugins = [\"flood\"]\n\
+         [plugins.flood]\nwasm = \"{}\"\nsnapshot_every_s = 1\ntime_limit_ms = 2000\nconfig = {{ attack = \"event-flood\" }}\n",
+        file_route("flooded", &sample_clip()),
+        plugin_wasm("hostile").display()
+    ));
+    wait_live(&server, "flooded").await;
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let entry = {
+        let (_, body) = http(&server, "GET", "/api/v1/routes").await;
+        let routes: serde_json::Value = serde_json::from_str(&body).expect("routes JSON");
+        routes[0]["plugins"][0].clone()
+    };
+    let seconds = started.elapsed().as_secs_f64() + 3.0;
+    let sent = entry["events"].as_u64().unwrap_or(0);
+    assert!(
+        sent > 0 && (sent as f64) <= 20.0 * seconds * 2.0,
+        "at most 20 events a second an instance (a trap makes a new one): {entry}"
+    );
+    assert!(
+        entry["events_refused"].as_u64().unwrap_or(0) > 1000,
+        "the rest were counted: {entry}"
+    );
+    assert!(
+        entry["metrics"].as_object().is_some_and(|m| m.len() <= 32),
+        "at most 32 metric names: {entry}"
+    );
+    assert!(
+        entry["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("snapshot of 33554432 bytes; at most 16777216")),
+        "the 32 MiB snapshot is refused: {entry}"
+    );
+    assert_eq!(entry["snapshots"], 0, "{entry}");
+    let (_, metrics) = http(&server, "GET", "/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("wasmcast_plugin_metric{"))
+            .count()
+            <= 32,
+        "{metrics}"
+    );
+    let streams = ffprobe_streams(&server.url("flooded"));
+    assert!(streams.contains("h264"), "the route plays on: {streams}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_built_against_the_0_1_0_interface_runs_on_this_host() {
+    let server = Server::start(&format!(
+        "{}plugins = [\"old\"]\n[plugins.old]\nwasm = \"{}\"\n",
+        file_route("old", &sample_clip()),
+        plugin_wasm("world-0-1-0").display()
+    ));
+    wait_live(&server, "old").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = http(&server, "GET", "/api/v1/routes").await;
+        let routes: serde_json::Value = serde_json::from_str(&body).expect("routes JSON");
+        let entry = &routes[0]["plugins"][0];
+        if entry["dropped"].as_u64() > Some(50) && entry["calls"].as_u64() > Some(100) {
+            assert_eq!(entry["errors"], 0, "{entry}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the 0.1.0 plugin runs: {entry}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        server
+            .log()
+            .iter()
+            .any(|l| l.contains("a plugin of wasmcast:plugin@0.1.0 runs")),
+        "{:#?}",
+        server.log()
+    );
+}
+
+/// Opens an event stream and returns its connection once the answer's head has come.
+async fn open_event_stream(server: &Server) -> (tokio::net::TcpStream, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(server.http)
+        .await
+        .expect("connect");
+    socket
+        .write_all(b"GET /api/v1/events HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .expect("request");
+    let mut head = vec![0; 512];
+    let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut head))
+        .await
+        .expect("an answer")
+        .expect("read");
+    (socket, String::from_utf8_lossy(&head[..n]).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_are_capped_and_a_closed_one_frees_its_place() {
+    let server = Server::start(&file_route("quiet", &sample_clip()));
+    let mut open = Vec::new();
+    for _ in 0..64 {
+        let (socket, head) = open_event_stream(&server).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        open.push(socket);
+    }
+    let (_, head) = open_event_stream(&server).await;
+    assert!(
+        head.starts_with("HTTP/1.1 503") && head.contains("64 event streams are open"),
+        "{head}"
+    );
+    let (_, metrics) = http(&server, "GET", "/metrics").await;
+    assert!(metrics.contains("wasmcast_event_streams 64"), "{metrics}");
+    drop(open.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, head) = open_event_stream(&server).await;
+        if head.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a place came free: {head}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
