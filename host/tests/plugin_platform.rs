@@ -445,3 +445,46 @@ async fn event_streams_are_capped_and_a_closed_one_frees_its_place() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn units_a_plugin_marks_falsely_as_keyframes_or_sends_back_in_time_are_refused() {
+    let hostile = |name: &str, attack: &str| {
+        format!(
+            "{}plugins = [\"{name}\"]\n[plugins.{name}]\nwasm = \"{}\"\nconfig = {{ attack = \"{attack}\" }}\n",
+            file_route(name, &sample_clip()),
+            plugin_wasm("hostile").display()
+        )
+    };
+    let server = Server::start(&format!(
+        "{}{}",
+        hostile("liar", "false-keyframes"),
+        hostile("traveller", "time-travel")
+    ));
+    for (route, reason) in [
+        ("liar", "marked keyframe that holds no IDR"),
+        ("traveller", "decode times only grow"),
+    ] {
+        wait_live(&server, route).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, body) = http(&server, "GET", "/api/v1/routes").await;
+            let routes: serde_json::Value = serde_json::from_str(&body).expect("routes JSON");
+            let entry = routes
+                .as_array()
+                .and_then(|r| r.iter().find(|r| r["name"] == route))
+                .map(|r| r["plugins"][0].clone())
+                .unwrap_or_default();
+            if entry["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains(reason))
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{route}: {entry}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // The refused units were bypassed as they came in: new readers start at true keyframes.
+        let streams = ffprobe_streams(&server.url(route));
+        assert!(streams.contains("h264"), "{route}: {streams}");
+    }
+}

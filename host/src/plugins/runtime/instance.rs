@@ -39,6 +39,9 @@ pub struct Instance {
     bindings: Bindings,
     state: Option<wit_state::Guest>,
     limits: Limits,
+    /// Per track, the decode time of the last unit out of this instance: what it hands back may
+    /// not go back in time.
+    last_dts: Vec<i64>,
 }
 
 #[derive(Clone, Copy)]
@@ -178,6 +181,7 @@ impl Instance {
                 bindings,
                 state,
                 limits,
+                last_dts: Vec::new(),
             }),
             Ok(Err(why)) => Err(Fault::Init(why)),
             Err(err) => Err(limits.fault(err)),
@@ -237,8 +241,15 @@ impl Instance {
             .wasmcast_plugin_packet_filter()
             .call_process(&mut self.store, input)
             .map_err(|err| self.limits.fault(err))?;
+        // The source's own times are right by definition; a publisher that starts over starts the
+        // check over.
+        let last = self.last_dts_mut(unit.track);
+        *last = unit.dts.min(*last);
         Ok(match verdict {
-            wit::Verdict::Pass => Verdict::Pass,
+            wit::Verdict::Pass => {
+                *self.last_dts_mut(unit.track) = unit.dts;
+                Verdict::Pass
+            }
             wit::Verdict::Drop => Verdict::Drop,
             wit::Verdict::Replace(units) => {
                 let bytes: usize = units.iter().map(|u| u.data.len()).sum();
@@ -262,6 +273,14 @@ impl Instance {
                             made.codec, made.track
                         )));
                     }
+                    self.check_timing(track, made.pts, made.dts)?;
+                    // A false keyframe would seed the GOP new readers start from.
+                    if made.keyframe && !starts_a_picture_sequence(made.codec, &made.data) {
+                        return Err(Fault::Invalid(format!(
+                            "returned a {:?} unit marked keyframe that holds no IDR/IRAP picture",
+                            made.codec
+                        )));
+                    }
                     out.push(AccessUnit {
                         track,
                         pts: made.pts,
@@ -273,6 +292,43 @@ impl Instance {
                 Verdict::Replace(out)
             }
         })
+    }
+}
+
+impl Instance {
+    fn last_dts_mut(&mut self, track: usize) -> &mut i64 {
+        if self.last_dts.len() <= track {
+            self.last_dts.resize(track + 1, i64::MIN);
+        }
+        &mut self.last_dts[track]
+    }
+
+    /// Refuses a unit whose decode time goes back on its track or comes after its presentation
+    /// time; notes it as the track's latest otherwise.
+    fn check_timing(&mut self, track: usize, pts: i64, dts: i64) -> Result<(), Fault> {
+        let last = self.last_dts_mut(track);
+        if dts < *last || pts < dts {
+            return Err(Fault::Invalid(format!(
+                "returned a unit of track {track} with dts {dts} and pts {pts} after dts {}: \
+                 decode times only grow, and a picture is shown no earlier than it is decoded",
+                *last
+            )));
+        }
+        *last = dts;
+        Ok(())
+    }
+}
+
+/// Whether `data` can start decoding: an H.264 IDR or H.265 IRAP picture (audio units always).
+fn starts_a_picture_sequence(codec: wit::Codec, data: &[u8]) -> bool {
+    match codec {
+        wit::Codec::H264 => crate::media::annex_b_nal_units(data)
+            .any(|nal| nal.first().is_some_and(|header| header & 0x1f == 5)),
+        wit::Codec::H265 => crate::media::annex_b_nal_units(data).any(|nal| {
+            nal.first()
+                .is_some_and(|header| (16..=21).contains(&((header >> 1) & 0x3f)))
+        }),
+        wit::Codec::Aac | wit::Codec::Opus => true,
     }
 }
 

@@ -4,13 +4,15 @@
 //! - `sleep-init`: sleeps an hour in `init`;
 //! - `replace-flood`: answers every unit with a hundred thousand copies of it;
 //! - `log-flood`: writes a thousand log lines and a megabyte to stdout per unit;
+//! - `false-keyframes`: marks every video unit a keyframe (what new readers would start from);
+//! - `time-travel`: hands each unit back a second earlier than the last it returned;
 //! - `event-flood`: emits a thousand events per unit (and some with a bad name or a payload too
 //!   big), sets a new metric name per unit, and hands over a 32 MiB snapshot.
 
 use std::time::Duration;
 
 use wasmcast_plugin_sdk::{
-    AccessUnit, Config, Level, PacketPlugin, Verdict, emit, log, set_metric,
+    AccessUnit, Codec, Config, Level, PacketPlugin, Verdict, emit, log, set_metric,
 };
 
 enum Attack {
@@ -18,6 +20,8 @@ enum Attack {
     ReplaceFlood,
     LogFlood,
     EventFlood,
+    FalseKeyframes,
+    TimeTravel,
 }
 
 struct Hostile {
@@ -38,6 +42,8 @@ impl PacketPlugin for Hostile {
             Some("replace-flood") => Attack::ReplaceFlood,
             Some("log-flood") => Attack::LogFlood,
             Some("event-flood") => Attack::EventFlood,
+            Some("false-keyframes") => Attack::FalseKeyframes,
+            Some("time-travel") => Attack::TimeTravel,
             other => return Err(format!("unknown attack {other:?}")),
         };
         Ok(Hostile { attack, units: 0 })
@@ -73,6 +79,21 @@ impl PacketPlugin for Hostile {
                     println!("{line}");
                 }
                 Verdict::Pass
+            }
+            Attack::FalseKeyframes => {
+                let video = matches!(unit.codec, Codec::H264 | Codec::H265);
+                Verdict::Replace(vec![AccessUnit {
+                    keyframe: unit.keyframe || video,
+                    ..unit
+                }])
+            }
+            Attack::TimeTravel => {
+                let back = i64::from(unit.clock_rate) * i64::try_from(self.units).unwrap_or(0);
+                Verdict::Replace(vec![AccessUnit {
+                    pts: unit.pts - back,
+                    dts: unit.dts - back,
+                    ..unit
+                }])
             }
             Attack::EventFlood => {
                 for i in 0..1000 {
