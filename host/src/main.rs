@@ -50,9 +50,13 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PluginCommand {
-    /// Make a new packet plugin project NAME in the current directory (or --dir).
+    /// Make a new plugin project NAME in the current directory (or --dir): a packet plugin, or a
+    /// frame plugin with --frame.
     New {
         name: String,
+        /// A frame plugin (decoded pictures) instead of a packet plugin (access units).
+        #[arg(long)]
+        frame: bool,
         /// Where to make the project.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
@@ -61,7 +65,8 @@ enum PluginCommand {
         #[arg(long)]
         sdk: Option<PathBuf>,
     },
-    /// Run a plugin over every access unit of an MP4 file, as fast as it goes, and report.
+    /// Run a plugin over one pass through an MP4 file, as fast as it goes, and report: a packet
+    /// plugin over every access unit, a frame plugin over every decoded picture (re-encoded).
     Run {
         /// The plugin component (.wasm).
         wasm: PathBuf,
@@ -71,7 +76,8 @@ enum PluginCommand {
         /// The plugin's config, as TOML (e.g. `every = 2`) or JSON.
         #[arg(long = "plugin-config", default_value = "")]
         plugin_config: String,
-        /// Write the video that comes out here (H.264/H.265 Annex B), for ffprobe or ffplay.
+        /// Write the video that comes out here (H.264/H.265 Annex B), for ffprobe or ffplay; a
+        /// frame plugin's output is the re-encoded H.264.
         #[arg(long)]
         video_out: Option<PathBuf>,
         /// Per-call time limit in milliseconds.
@@ -131,9 +137,19 @@ fn main() -> ExitCode {
 fn plugin(command: PluginCommand) -> anyhow::Result<()> {
     use wasmcast::plugins::authoring;
     match command {
-        PluginCommand::New { name, dir, sdk } => {
+        PluginCommand::New {
+            name,
+            frame,
+            dir,
+            sdk,
+        } => {
             let sdk = sdk.unwrap_or_else(authoring::default_sdk_path);
-            let project = authoring::new_project(&dir, &name, &sdk)?;
+            let kind = if frame {
+                wasmcast::plugins::Kind::Frame
+            } else {
+                wasmcast::plugins::Kind::Packet
+            };
+            let project = authoring::new_project(&dir, &name, &sdk, kind)?;
             println!(
                 "Made {}. Next:\n  cd {}\n  cargo build --release\n  wasmcast plugin run target/wasm32-wasip2/release/{}.wasm --input clip.mp4\nthen add the tables of wasmcast.example.toml to your config.",
                 project.display(),
@@ -151,7 +167,7 @@ fn plugin(command: PluginCommand) -> anyhow::Result<()> {
             memory_limit_mb,
         } => {
             let config = plugin_config_json(&plugin_config)?;
-            let report = authoring::run_trial(&authoring::Trial {
+            let report = wasmcast::pipeline::trial::run_trial(&wasmcast::pipeline::trial::Trial {
                 wasm,
                 config,
                 input,

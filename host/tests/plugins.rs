@@ -482,6 +482,76 @@ async fn a_new_plugin_project_builds_runs_on_a_file_and_on_a_route() {
     );
 }
 
+#[test]
+fn a_new_frame_plugin_project_builds_and_runs_on_a_file_with_its_events_and_video() {
+    let dir = TempDir::new();
+    let wasmcast = env!("CARGO_BIN_EXE_wasmcast");
+    let (ok, stdout, stderr) = run(
+        Command::new(wasmcast)
+            .args(["plugin", "new", "brightness", "--frame", "--dir"])
+            .arg(dir.path()),
+        Duration::from_secs(10),
+    );
+    assert!(ok, "plugin new --frame: {stdout}{stderr}");
+    let project = dir.path().join("brightness");
+    let (ok, _, stderr) = run(
+        Command::new("cargo")
+            .args(["build", "--release", "--offline"])
+            .current_dir(&project),
+        Duration::from_secs(300),
+    );
+    assert!(ok, "cargo build of the new frame plugin: {stderr}");
+    let wasm = project.join("target/wasm32-wasip2/release/brightness.wasm");
+    let video = dir.path().join("out.h264");
+    // The sample's pictures are mostly brighter than 40 and darker than 250: with the threshold
+    // at 250 every picture is "dark", so exactly one event.
+    let (ok, report, stderr) = run(
+        Command::new(wasmcast)
+            .args(["plugin", "run"])
+            .arg(&wasm)
+            .arg("--input")
+            .arg(sample_clip())
+            .args(["--plugin-config", "threshold = 250"])
+            .arg("--video-out")
+            .arg(&video),
+        Duration::from_secs(120),
+    );
+    assert!(ok, "plugin run: {report}{stderr}");
+    for expected in [
+        "frame plugin",
+        "pictures: 250 decoded, 0 left out by the plugin",
+        "calls: 250, time per call: mean",
+        "events: 1\n",
+        "\"name\":\"dark\"",
+        "metrics: brightness = ",
+        "errors: 0",
+    ] {
+        assert!(report.contains(expected), "`{expected}` in: {report}");
+    }
+    let (ok, frames, stderr) = run(
+        Command::new("ffprobe")
+            .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+            .args([
+                "-show_entries",
+                "stream=codec_name,nb_read_frames",
+                "-of",
+                "csv=p=0",
+            ])
+            .arg(&video),
+        Duration::from_secs(30),
+    );
+    assert!(ok, "ffprobe reads the re-encoded video: {stderr}");
+    assert!(
+        frames.trim().starts_with("h264,")
+            && frames
+                .trim()
+                .trim_start_matches("h264,")
+                .parse::<u32>()
+                .is_ok_and(|n| n >= 240),
+        "{frames}"
+    );
+}
+
 /// A `[plugins.NAME]` table running the `hostile` test plugin with `attack`.
 fn hostile_plugin(name: &str, attack: &str, extra: &str) -> String {
     format!(

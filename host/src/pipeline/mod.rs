@@ -8,6 +8,7 @@
 
 mod stage;
 pub mod transcode;
+pub mod trial;
 
 pub use stage::Stage;
 pub use transcode::{TranscodeStats, Transcoder};

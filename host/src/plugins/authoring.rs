@@ -1,15 +1,15 @@
-//! For people who write plugins: a new plugin project from a template (`wasmcast plugin new`) and a
-//! trial run of a component over a file, without a server (`wasmcast plugin run`).
+//! For people who write plugins: a new plugin project from a template (`wasmcast plugin new`) and
+//! a plugin loaded straight from its file for a trial run (`wasmcast plugin run`, which
+//! `pipeline::trial` carries out).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::runtime::Compiled;
-use super::{Chain, LoadedPlugin, digest};
+use super::{Kind, LoadedPlugin, digest};
 use crate::config::{OnError, Origin, PluginConfig, WasmSource};
-use crate::media::AccessUnit;
+use crate::events::Events;
 
 /// Why a project could not be made or a trial could not run.
 #[derive(Debug, thiserror::Error)]
@@ -37,11 +37,6 @@ pub enum Error {
     },
     #[error("{}: {source}", path.display())]
     Plugin { path: PathBuf, source: super::Error },
-    #[error("{}: {source}", path.display())]
-    Input {
-        path: PathBuf,
-        source: crate::sources::Error,
-    },
 }
 
 /// Where `wasmcast plugin new` finds the SDK unless told: the checkout this binary was built from.
@@ -49,9 +44,9 @@ pub fn default_sdk_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/sdk")
 }
 
-/// Makes a new packet plugin project `name` in `parent`, depending on the SDK at `sdk`; returns its
-/// directory.
-pub fn new_project(parent: &Path, name: &str, sdk: &Path) -> Result<PathBuf, Error> {
+/// Makes a new plugin project `name` of `kind` in `parent`, depending on the SDK at `sdk`; returns
+/// its directory.
+pub fn new_project(parent: &Path, name: &str, sdk: &Path, kind: Kind) -> Result<PathBuf, Error> {
     let valid = name.starts_with(|c: char| c.is_ascii_lowercase())
         && name
             .chars()
@@ -69,10 +64,17 @@ pub fn new_project(parent: &Path, name: &str, sdk: &Path) -> Result<PathBuf, Err
         return Err(Error::Exists(dir));
     }
     let files = [
-        ("Cargo.toml", cargo_toml(name, &sdk)),
+        ("Cargo.toml", cargo_toml(name, &sdk, kind)),
         (".cargo/config.toml", CARGO_CONFIG.to_owned()),
-        ("src/lib.rs", LIB_RS.to_owned()),
-        ("wasmcast.example.toml", example_config(name)),
+        (
+            "src/lib.rs",
+            match kind {
+                Kind::Packet => PACKET_LIB_RS,
+                Kind::Frame => FRAME_LIB_RS,
+            }
+            .to_owned(),
+        ),
+        ("wasmcast.example.toml", example_config(name, kind)),
         (".gitignore", "/target\n".to_owned()),
     ];
     for (file, contents) in files {
@@ -86,7 +88,7 @@ pub fn new_project(parent: &Path, name: &str, sdk: &Path) -> Result<PathBuf, Err
     Ok(dir)
 }
 
-fn cargo_toml(name: &str, sdk: &Path) -> String {
+fn cargo_toml(name: &str, sdk: &Path, kind: Kind) -> String {
     format!(
         r#"[package]
 name = "{name}"
@@ -99,7 +101,7 @@ publish = false
 crate-type = ["cdylib"]
 
 [dependencies]
-wasmcast-plugin-sdk = {{ path = "{sdk}", features = ["packet"] }}
+wasmcast-plugin-sdk = {{ path = "{sdk}", features = ["{feature}"] }}
 serde = {{ version = "1", features = ["derive"] }}
 
 [profile.release]
@@ -112,7 +114,8 @@ panic = "abort"
 # Its own workspace, wherever it is created.
 [workspace]
 "#,
-        sdk = sdk.display().to_string().replace('\\', "/")
+        sdk = sdk.display().to_string().replace('\\', "/"),
+        feature = kind.name()
     )
 }
 
@@ -125,7 +128,7 @@ target = "wasm32-wasip2"
 rustflags = ["-C", "target-feature=+simd128"]
 "#;
 
-const LIB_RS: &str = r#"//! A wasmcast packet plugin: it sees every access unit of the route it runs on.
+const PACKET_LIB_RS: &str = r#"//! A wasmcast packet plugin: it sees every access unit of the route it runs on.
 //!
 //! This one passes everything on and logs a line every `report_every` keyframes. Change `process`
 //! to change the stream: return `Verdict::Drop` to leave a unit out, or change `unit.data` and
@@ -183,13 +186,82 @@ impl PacketPlugin for Plugin {
 wasmcast_plugin_sdk::export_packet_plugin!(Plugin);
 "#;
 
-fn example_config(name: &str) -> String {
+const FRAME_LIB_RS: &str = r#"//! A wasmcast frame plugin: it sees every decoded picture (I420) of the route it runs on.
+//!
+//! This one measures each picture's mean brightness (the metric `brightness`, on /metrics) and
+//! emits a `dark` or `light` event when it crosses `threshold`. To change the picture, change
+//! `frame.data` (see `Frame::planes_mut`) and return `FrameVerdict::Replace(frame)`.
+
+use serde::Deserialize;
+use wasmcast_plugin_sdk::{Config, Frame, FramePlugin, FrameVerdict, Level, emit, log, set_metric};
+
+/// The plugin's `config` table in the server's config.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    #[serde(default = "default_threshold")]
+    threshold: f64,
+}
+
+fn default_threshold() -> f64 {
+    40.0
+}
+
+struct Plugin {
+    settings: Settings,
+    dark: Option<bool>,
+}
+
+impl FramePlugin for Plugin {
+    fn new(config: &Config) -> Result<Self, String> {
+        let settings: Settings = config.parse()?;
+        if !(0.0..=255.0).contains(&settings.threshold) {
+            return Err("config.threshold: give 0 to 255".into());
+        }
+        Ok(Plugin {
+            settings,
+            dark: None,
+        })
+    }
+
+    fn process(&mut self, frame: Frame) -> FrameVerdict {
+        // Every 4th pixel of every 4th row of the Y plane is plenty for a mean.
+        let (width, height, stride) = (frame.width as usize, frame.height as usize, frame.y_stride as usize);
+        let (mut sum, mut count) = (0u64, 0u64);
+        for row in (0..height).step_by(4) {
+            for &luma in frame.data[row * stride..][..width].iter().step_by(4) {
+                sum += u64::from(luma);
+                count += 1;
+            }
+        }
+        let brightness = sum as f64 / count.max(1) as f64;
+        set_metric("brightness", brightness);
+        let dark = brightness < self.settings.threshold;
+        if self.dark != Some(dark) {
+            self.dark = Some(dark);
+            let name = if dark { "dark" } else { "light" };
+            if let Err(why) = emit(name, &brightness) {
+                log(Level::Warn, &format!("cannot emit {name}: {why}"));
+            }
+        }
+        FrameVerdict::Pass
+    }
+}
+
+wasmcast_plugin_sdk::export_frame_plugin!(Plugin);
+"#;
+
+fn example_config(name: &str, kind: Kind) -> String {
     let crate_file = name.replace('-', "_");
+    let config = match kind {
+        Kind::Packet => "report_every = 10",
+        Kind::Frame => "threshold = 40",
+    };
     format!(
         r#"# Add these tables to your wasmcast.toml (paths are relative to that file).
 [plugins.{name}]
 wasm = "target/wasm32-wasip2/release/{crate_file}.wasm"
-config = {{ report_every = 10 }}
+config = {{ {config} }}
 # on_error = "bypass"     # or "drop": what becomes of a unit whose call failed
 # time_limit_ms = 50      # per call
 # memory_limit_mb = 64
@@ -201,85 +273,34 @@ plugins = ["{name}"]
     )
 }
 
-/// A trial run: what to run on what.
-pub struct Trial {
-    pub wasm: PathBuf,
-    /// The plugin's config, as JSON.
-    pub config: String,
-    pub input: PathBuf,
-    /// Where to write the video track that comes out (Annex B), if anywhere.
-    pub video_out: Option<PathBuf>,
-    pub time_limit: Duration,
-    pub memory_limit: usize,
-}
-
-/// What a trial run saw.
-#[derive(Debug, Default)]
-pub struct TrialReport {
-    /// Units in and out per track, by codec name.
-    pub tracks: Vec<(String, u64, u64)>,
-    pub errors: u64,
-    pub last_error: Option<String>,
-    /// Time per unit in the plugin, sorted.
-    call_times: Vec<Duration>,
-}
-
-impl TrialReport {
-    /// The time per call at `quantile` (0.5: the median).
-    pub fn call_time(&self, quantile: f64) -> Duration {
-        if self.call_times.is_empty() {
-            return Duration::ZERO;
-        }
-        let index = ((self.call_times.len() - 1) as f64 * quantile).round() as usize;
-        self.call_times[index.min(self.call_times.len() - 1)]
-    }
-}
-
-impl std::fmt::Display for TrialReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (index, (codec, units_in, units_out)) in self.tracks.iter().enumerate() {
-            writeln!(
-                f,
-                "track {index} ({codec}): {units_in} units in, {units_out} out"
-            )?;
-        }
-        writeln!(
-            f,
-            "time per unit: median {:?}, p99 {:?}, max {:?}",
-            self.call_time(0.5),
-            self.call_time(0.99),
-            self.call_time(1.0)
-        )?;
-        write!(f, "errors: {}", self.errors)?;
-        if let Some(error) = &self.last_error {
-            write!(f, " (last: {error})")?;
-        }
-        Ok(())
-    }
-}
-
-/// Runs the plugin over every access unit of one pass through an MP4 file, as fast as it goes.
-pub fn run_trial(trial: &Trial) -> Result<TrialReport, Error> {
+/// A plugin read from `wasm` for a trial run, with the given config (JSON) and limits, its events
+/// going to `events`; checked by instantiating it once.
+pub fn load_for_trial(
+    wasm: &Path,
+    config: &str,
+    time_limit: Duration,
+    memory_limit: usize,
+    events: &Events,
+) -> Result<Arc<LoadedPlugin>, Error> {
     let plugin_error = |source: super::Error| Error::Plugin {
-        path: trial.wasm.clone(),
+        path: wasm.to_owned(),
         source,
     };
-    let bytes = std::fs::read(&trial.wasm).map_err(|source| Error::Read {
-        path: trial.wasm.clone(),
+    let bytes = std::fs::read(wasm).map_err(|source| Error::Read {
+        path: wasm.to_owned(),
         source,
     })?;
     let compiled = Compiled::new(&bytes).map_err(plugin_error)?;
     let plugin = Arc::new(LoadedPlugin {
-        name: trial
-            .wasm
+        name: wasm
             .file_stem()
             .map_or_else(|| "plugin".into(), |s| s.to_string_lossy().into_owned()),
         config: PluginConfig {
-            wasm: WasmSource::File(trial.wasm.clone()),
-            config: trial.config.clone(),
+            wasm: WasmSource::File(wasm.to_owned()),
+            config: config.to_owned(),
             on_error: OnError::Bypass,
-            time_limit: trial.time_limit,
-            memory_limit: trial.memory_limit,
+            time_limit,
+            memory_limit,
             env: Default::default(),
             dirs: Default::default(),
             network: false,
@@ -288,64 +309,10 @@ pub fn run_trial(trial: &Trial) -> Result<TrialReport, Error> {
         },
         digest: digest(&bytes),
         compiled: Arc::new(compiled),
-        events: Default::default(),
+        events: events.clone(),
     });
     plugin
         .instantiate("trial")
         .map_err(|fault| plugin_error(fault.into()))?;
-    let (description, units) =
-        crate::sources::mp4_units(&trial.input).map_err(|source| Error::Input {
-            path: trial.input.clone(),
-            source,
-        })?;
-    let mut chain = Chain::new("trial", std::slice::from_ref(&plugin), &[]);
-    chain.start();
-    let mut report = TrialReport {
-        tracks: description
-            .tracks
-            .iter()
-            .map(|t| (t.codec.name().to_owned(), 0, 0))
-            .collect(),
-        ..TrialReport::default()
-    };
-    let video_track = description.video_track();
-    let mut video = Vec::new();
-    let mut out: Vec<AccessUnit> = Vec::new();
-    for unit in units {
-        let unit = unit.map_err(|source| Error::Input {
-            path: trial.input.clone(),
-            source,
-        })?;
-        if let Some(track) = report.tracks.get_mut(unit.track) {
-            track.1 += 1;
-        }
-        let started = Instant::now();
-        chain.process(unit, &description.tracks, &mut out);
-        report.call_times.push(started.elapsed());
-        for unit in out.drain(..) {
-            if let Some(track) = report.tracks.get_mut(unit.track) {
-                track.2 += 1;
-            }
-            if Some(unit.track) == video_track && trial.video_out.is_some() {
-                video.extend_from_slice(&unit.data);
-            }
-        }
-    }
-    report.call_times.sort();
-    if let Some(status) = chain.status().first() {
-        report.errors = status.stats.errors.load(Ordering::Relaxed);
-        report.last_error = status
-            .stats
-            .last_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-    }
-    if let Some(path) = &trial.video_out {
-        std::fs::write(path, &video).map_err(|source| Error::Write {
-            path: path.clone(),
-            source,
-        })?;
-    }
-    Ok(report)
+    Ok(plugin)
 }
