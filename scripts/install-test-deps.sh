@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages the test suite uses: the players it proves wasmcast against
 # (ffmpeg/ffprobe, GStreamer's rtspsrc with an H.264 decoder, headless Chromium for WebRTC) and nasm
-# for the codec builds.
+# for the codec builds; and componentize-py (PyPI) and componentize-js (npm), which build the Python
+# and JavaScript example plugins.
 # Debian/Ubuntu; run as root (CI does) or it uses sudo.
 set -euo pipefail
 
@@ -22,11 +23,20 @@ for package in "${packages[@]}"; do
 done
 if ((${#missing[@]} == 0)); then
   echo "install-test-deps: all packages present"
-  exit 0
+else
+  sudo=()
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo[@]}" apt-get update -qq
+  "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-sudo=()
-[ "$(id -u)" -eq 0 ] || sudo=(sudo)
-export DEBIAN_FRONTEND=noninteractive
-"${sudo[@]}" apt-get update -qq
-"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# componentize-py (PyPI) builds the Python example plugin; its wheel carries what it needs.
+if ! python3 -c 'import componentize_py' 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore componentize-py==0.25.1
+fi
+# componentize-js (npm, pinned by the lock file) builds the JavaScript example plugin.
+javascript="$(dirname "$0")/../plugins/javascript-grayscale"
+if [ ! -x "$javascript/node_modules/.bin/componentize-js" ]; then
+  (cd "$javascript" && npm ci --no-audit --no-fund --loglevel=error)
+fi

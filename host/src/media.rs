@@ -63,6 +63,20 @@ impl Codec {
             Codec::Opus { .. } => "Opus",
         }
     }
+
+    /// The picture size an H.264 track's SPS gives (h264-reader parses it); `None` for other
+    /// codecs and for an SPS it cannot read.
+    pub fn picture_size(&self) -> Option<(u32, u32)> {
+        let Codec::H264 { sps, .. } = self else {
+            return None;
+        };
+        let rbsp = h264_reader::rbsp::decode_nal(sps).ok()?;
+        let sps = h264_reader::nal::sps::SeqParameterSet::from_bits(
+            h264_reader::rbsp::BitReader::new(&*rbsp),
+        )
+        .ok()?;
+        sps.pixel_dimensions().ok()
+    }
 }
 
 /// One track of a stream.

@@ -488,3 +488,234 @@ async fn units_a_plugin_marks_falsely_as_keyframes_or_sends_back_in_time_are_ref
         assert!(streams.contains("h264"), "{route}: {streams}");
     }
 }
+
+/// The example plugin of `language` (`python` or `javascript`), built into `dir` with that
+/// language's componentizer (scripts/install-test-deps.sh installs both).
+fn build_example(language: &str, dir: &Path) -> PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let wasm = dir.join(format!("{language}.wasm"));
+    let mut command = match language {
+        "python" => {
+            // Its source copied, so that Python's caches stay out of the checkout.
+            let source = dir.join("python");
+            std::fs::create_dir_all(&source).expect("source directory");
+            std::fs::copy(
+                repo.join("plugins/python-grayscale/app.py"),
+                source.join("app.py"),
+            )
+            .expect("copy app.py");
+            let mut command = Command::new("python3");
+            command
+                .args([
+                    "-c",
+                    "import sys; from componentize_py import script; \
+                     sys.argv[0] = 'componentize-py'; sys.exit(script())",
+                ])
+                .arg("-d")
+                .arg(repo.join("wit"))
+                .args([
+                    "-w",
+                    "wasmcast:plugin/frame-plugin",
+                    "componentize",
+                    "app",
+                    "-o",
+                ])
+                .arg(&wasm)
+                .current_dir(&source);
+            command
+        }
+        _ => {
+            let project = repo.join("plugins/javascript-grayscale");
+            let mut command = Command::new(project.join("node_modules/.bin/componentize-js"));
+            command
+                .arg("--wit")
+                .arg(repo.join("wit"))
+                .args(["--world-name", "wasmcast:plugin/frame-plugin"])
+                .args(["--disable", "http", "fetch-event", "-o"])
+                .arg(&wasm)
+                .arg("app.js")
+                .current_dir(&project);
+            command
+        }
+    };
+    let (ok, out, err) = common::run(&mut command, Duration::from_secs(300));
+    assert!(ok, "building the {language} plugin: {out}{err}");
+    wasm
+}
+
+/// The mean saturation ffmpeg's signalstats measures over two seconds of `url`.
+fn mean_saturation(url: &str) -> f64 {
+    let (ok, out, err) = common::run(
+        Command::new("ffmpeg")
+            .args([
+                "-hide_banner",
+                "-rtsp_transport",
+                "tcp",
+                "-i",
+                url,
+                "-t",
+                "2",
+            ])
+            .args([
+                "-vf",
+                "signalstats,metadata=print:key=lavfi.signalstats.SATAVG",
+            ])
+            .args(["-f", "null", "-"]),
+        Duration::from_secs(60),
+    );
+    assert!(ok, "ffmpeg reads {url}: {err}");
+    let values: Vec<f64> = format!("{out}{err}")
+        .split("SATAVG=")
+        .skip(1)
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert!(values.len() >= 25, "signalstats of {url}: {err}");
+    values.iter().sum::<f64>() / values.len() as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_written_in_python_and_javascript_change_live_routes() {
+    let dir = TempDir::new();
+    let python = build_example("python", dir.path());
+    let javascript = build_example("javascript", dir.path());
+    let routes = |plugins: bool| {
+        let mut text = String::new();
+        for (language, wasm) in [("python", &python), ("javascript", &javascript)] {
+            text.push_str(&file_route(language, &sample_clip()));
+            if plugins {
+                text.push_str(&format!(
+                    "plugins = [\"{language}\"]\n[plugins.{language}]\nwasm = \"{}\"\n\
+                     time_limit_ms = 1000\nmemory_limit_mb = 256\n",
+                    wasm.display()
+                ));
+            }
+        }
+        text
+    };
+    // The plugins come with a reload: compiling a component of an interpreter takes seconds (a
+    // minute and more on a loaded 2-core machine).
+    let server = Server::start(&routes(false));
+    let colour = mean_saturation(&server.url("python"));
+    assert!(colour > 10.0, "the sample has colour: {colour}");
+    server.write_routes(&routes(true), true);
+    for language in ["python", "javascript"] {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let (_, body) = http(&server, "GET", "/api/v1/routes").await;
+            let routes: serde_json::Value = serde_json::from_str(&body).expect("routes JSON");
+            let entry = routes
+                .as_array()
+                .and_then(|r| r.iter().find(|r| r["name"] == language))
+                .map(|r| r["plugins"][0].clone())
+                .unwrap_or_default();
+            if entry["metrics"]["pictures"].as_f64() > Some(50.0) {
+                assert_eq!(entry["errors"], 0, "{language}: {entry}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{language}: the plugin runs: {entry}\n{:#?}",
+                server.log()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let saturation = mean_saturation(&server.url(language));
+        assert!(
+            saturation < 1.0,
+            "{language}: the plugin took the colour out: mean saturation {saturation}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_swaps_at_a_keyframe_starts_its_new_version_on_one() {
+    let dir = TempDir::new();
+    let wasm = dir.path().join("counter.wasm");
+    std::fs::copy(plugin_wasm("counter"), &wasm).expect("copy counter");
+    let routes = |label: &str| {
+        format!(
+            "{}plugins = [\"a\"]\n[plugins.a]\nwasm = \"{}\"\nswap = \"keyframe\"\n\
+             config = {{ label = \"{label}\" }}\n",
+            file_route("counted", &sample_clip()),
+            wasm.display()
+        )
+    };
+    let server = Server::start(&routes("one"));
+    wait_live(&server, "counted").await;
+    wait_for(&server, "a", "counts", |e| metric(e, "count") > 50.0).await;
+    // Several edits, at moments that fall anywhere in the sample's two-second GOPs.
+    for (round, label) in ["two", "three", "four"].into_iter().enumerate() {
+        server.write_routes(&routes(label), true);
+        let swapped = wait_for(&server, "a", "swapped", |e| {
+            e["restores"].as_u64() >= Some(round as u64 + 1)
+        })
+        .await;
+        // The new instance starts at -1 ("no unit yet"): wait for its first unit.
+        let swapped = if metric(&swapped, "first_unit_keyframe") < 0.0 {
+            wait_for(&server, "a", "a first unit", |e| {
+                metric(e, "first_unit_keyframe") >= 0.0
+            })
+            .await
+        } else {
+            swapped
+        };
+        assert_eq!(
+            metric(&swapped, "first_unit_keyframe"),
+            1.0,
+            "round {round}: the new version's first unit is a video keyframe: {swapped}"
+        );
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_reads_the_stream_it_runs_on_and_starts_again_with_its_state_when_it_changes() {
+    let routes = format!(
+        "{}plugins = [\"a\"]\n[plugins.a]\nwasm = \"{}\"\n",
+        common::push_route("cam", "cam.ts"),
+        plugin_wasm("counter").display()
+    );
+    let server = Server::start(&routes);
+    let url = format!("http://{}/cam.ts", server.http);
+    let small = common::Pusher::start(&common::short_clip(), &url, "-c copy");
+    let before = wait_for_route(&server, "cam", "a 320-pixel stream", |e| {
+        metric(e, "video_width") == 320.0 && metric(e, "count") > 50.0
+    })
+    .await;
+    drop(small);
+    // The same route, a new publisher with a larger picture.
+    let _large = common::Pusher::start(&sample_clip(), &url, "-c copy");
+    let after = wait_for_route(&server, "cam", "the 640-pixel stream", |e| {
+        metric(e, "video_width") == 640.0
+    })
+    .await;
+    assert!(
+        after["restores"].as_u64() >= Some(1)
+            && metric(&after, "count") >= metric(&before, "count"),
+        "the instance made for the new stream went on counting: {before} then {after}"
+    );
+}
+
+/// Polls the API until `ready` holds for plugin `a` of `route`; returns its entry.
+async fn wait_for_route(
+    server: &Server,
+    route: &str,
+    what: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = http(server, "GET", "/api/v1/routes").await;
+        let routes: serde_json::Value = serde_json::from_str(&body).expect("routes JSON");
+        let entry = routes
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["name"] == route))
+            .map(|r| r["plugins"][0].clone())
+            .unwrap_or_default();
+        if ready(&entry) {
+            return entry;
+        }
+        assert!(Instant::now() < deadline, "{route}: {what}: {entry}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -235,7 +235,13 @@ async fn hostile_plugins_are_stopped_by_their_limits_and_routes_keep_flowing() {
         plugin_route("bomb", &clip, &["bomb"]),
         plugin_route("trap", &clip, &["trap"]),
         plugin("spin", "spin", "time_limit_ms = 20\n"),
-        plugin("bomb", "memory-bomb", "memory_limit_mb = 40\n"),
+        // Time enough that only the memory limit can stop it, on a loaded machine too (a call
+        // fills 16 MiB).
+        plugin(
+            "bomb",
+            "memory-bomb",
+            "memory_limit_mb = 40\ntime_limit_ms = 1000\n",
+        ),
         plugin("trap", "trap-tenth", ""),
     ));
     keep_flowing(&server, ["spin", "bomb", "trap"]).await;
@@ -423,6 +429,8 @@ async fn a_new_plugin_project_builds_runs_on_a_file_and_on_a_route() {
     let (ok, _, stderr) = run(
         Command::new("cargo")
             .args(["build", "--release", "--offline"])
+            // The project's own target directory, where the test looks for the component.
+            .env_remove("CARGO_TARGET_DIR")
             .current_dir(&project),
         Duration::from_secs(300),
     );
@@ -497,11 +505,33 @@ fn a_new_frame_plugin_project_builds_and_runs_on_a_file_with_its_events_and_vide
     let (ok, _, stderr) = run(
         Command::new("cargo")
             .args(["build", "--release", "--offline"])
+            // The project's own target directory, where the test looks for the component.
+            .env_remove("CARGO_TARGET_DIR")
             .current_dir(&project),
         Duration::from_secs(300),
     );
     assert!(ok, "cargo build of the new frame plugin: {stderr}");
     let wasm = project.join("target/wasm32-wasip2/release/brightness.wasm");
+    // Its own test runs natively against the SDK's mock host.
+    // The project builds for wasm32-wasip2 by default (.cargo/config.toml): tests name this
+    // machine's target.
+    let (_, rustc, _) = run(Command::new("rustc").arg("-vV"), Duration::from_secs(10));
+    let native = rustc
+        .lines()
+        .find_map(|line| line.strip_prefix("host: "))
+        .expect("rustc names its host")
+        .to_owned();
+    let (ok, out, stderr) = run(
+        Command::new("cargo")
+            .args(["test", "--offline", "--target", &native])
+            .env_remove("CARGO_TARGET_DIR")
+            .current_dir(&project),
+        Duration::from_secs(300),
+    );
+    assert!(
+        ok && out.contains("crossing_the_threshold_emits_an_event ... ok"),
+        "the template's own test: {out}{stderr}"
+    );
     let video = dir.path().join("out.h264");
     // The sample's pictures are mostly brighter than 40 and darker than 250: with the threshold
     // at 250 every picture is "dark", so exactly one event.
@@ -549,6 +579,22 @@ fn a_new_frame_plugin_project_builds_and_runs_on_a_file_with_its_events_and_vide
                 .parse::<u32>()
                 .is_ok_and(|n| n >= 240),
         "{frames}"
+    );
+}
+
+#[test]
+fn the_example_plugins_own_tests_pass_natively_against_the_sdks_mock_host() {
+    let plugins = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins");
+    let (ok, out, stderr) = run(
+        Command::new("cargo")
+            .args(["test", "--offline", "-p", "motion"])
+            .env_remove("CARGO_TARGET_DIR")
+            .current_dir(&plugins),
+        Duration::from_secs(300),
+    );
+    assert!(
+        ok && out.contains("a_moving_square_starts_and_ends_a_motion_with_its_box ... ok"),
+        "{out}{stderr}"
     );
 }
 

@@ -16,8 +16,8 @@ use super::{
     AccessList, Config, Credentials, DEFAULT_MEMORY_LIMIT_MB, DEFAULT_ON_DEMAND_CLOSE_AFTER,
     DEFAULT_SNAPSHOT_EVERY_S, DEFAULT_TIME_LIMIT_MS, DEFAULT_TRANSCODE_KBPS, IpNet, MemoryBudget,
     OnError, Origin, PasswordHash, PluginConfig, Problem, RESERVED_NAMES, RouteConfig,
-    ServerConfig, SourceConfig, SourceTemplate, TokenHash, TranscodeConfig, Users, WasmSource,
-    Webhooks, raw,
+    ServerConfig, SourceConfig, SourceTemplate, SwapAt, TokenHash, TranscodeConfig, Users,
+    WasmSource, Webhooks, raw,
 };
 
 /// Collects every problem in one pass, so a user fixes them all at once.
@@ -357,6 +357,20 @@ impl<'a> Checker<'a> {
             }
             Some(value) => Some(Duration::from_secs(*value.get_ref())),
         };
+        let swap = match raw.swap.as_ref().map(|v| v.get_ref().as_str()) {
+            None | Some("unit") => SwapAt::Unit,
+            Some("keyframe") => SwapAt::Keyframe,
+            Some(other) => {
+                if let Some(value) = &raw.swap {
+                    self.problem(
+                        value,
+                        format!("{key}.swap"),
+                        format!("`{other}` is not a swap point: use \"unit\" or \"keyframe\""),
+                    );
+                }
+                SwapAt::Unit
+            }
+        };
         let mut dirs = BTreeMap::new();
         for (guest, host) in raw.dirs {
             let path = base_dir.join(host.get_ref());
@@ -393,6 +407,7 @@ impl<'a> Checker<'a> {
             dirs,
             network: raw.network,
             snapshot_every,
+            swap,
             origin: Origin {
                 file: self.file.to_owned(),
                 position: Some(self.position(name.span().start)),

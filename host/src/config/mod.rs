@@ -264,6 +264,7 @@ pub struct PluginConfig {
     /// How often a stateful plugin's state is saved, so that the instance after a trap starts from
     /// it (`None`: only when the instance is replaced).
     pub snapshot_every: Option<Duration>,
+    pub swap: SwapAt,
     /// Where the table is, for messages about loading it; not part of what the plugin is.
     pub origin: Origin,
 }
@@ -293,6 +294,17 @@ pub enum OnError {
     Bypass,
     /// Forward nothing for it.
     Drop,
+}
+
+/// When a new version of a plugin (a new build, a new config) takes over on a route.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SwapAt {
+    /// Between any two units.
+    #[default]
+    Unit,
+    /// Right before the route's next video keyframe (or after 10 s without one), so that the new
+    /// version's first picture is one a decoder can start from.
+    Keyframe,
 }
 
 /// The file and place of a table, for messages. Any two compare equal: moving a table within the

@@ -108,6 +108,7 @@ pub(super) struct Plugin {
     pub network: bool,
     pub webhook: Option<Spanned<String>>,
     pub snapshot_every_s: Option<Spanned<u64>>,
+    pub swap: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

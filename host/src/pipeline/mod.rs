@@ -9,6 +9,7 @@
 mod stage;
 pub mod transcode;
 pub mod trial;
+mod worker;
 
 pub use stage::Stage;
 pub use transcode::{TranscodeStats, Transcoder};

@@ -7,16 +7,18 @@
 //! units are dropped and counted, video until its next keyframe), and the stage runs the chain and
 //! packetizes what comes out. Everything about a route's publishers goes through the same queue —
 //! a publisher starting, its units, its end, a new chain — so the stage sees them in order: a new
-//! chain takes over between two units, and a new publisher continues the old one's sequence
-//! numbers.
+//! chain takes over between two units (or at the next video keyframe, for plugins that ask), and a
+//! new publisher continues the old one's sequence numbers. The thread's side is
+//! [`super::worker`].
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
-use super::transcode::{TranscodeStats, Transcoder};
-use crate::config::{DEFAULT_TRANSCODE_KBPS, TranscodeConfig};
-use crate::hub::{Outlet, Processor, Sink, Stream, Timeline};
+use super::transcode::TranscodeStats;
+use super::worker::Worker;
+use crate::config::TranscodeConfig;
+use crate::hub::{Outlet, Processor, Stream, Timeline};
 use crate::media::{AccessUnit, StreamDescription};
 use crate::plugins::{Chain, KeyframeRequest, Kind, LoadedPlugin, PluginStatus};
 
@@ -26,7 +28,7 @@ const MAX_QUEUED_UNITS: usize = 128;
 
 /// What waits in a stage's queue now.
 #[derive(Debug, Default)]
-struct Queued {
+pub(super) struct Queued {
     units: AtomicUsize,
     bytes: AtomicUsize,
 }
@@ -37,13 +39,13 @@ impl Queued {
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    fn remove(&self, bytes: usize) {
+    pub(super) fn remove(&self, bytes: usize) {
         self.units.fetch_sub(1, Ordering::Relaxed);
         self.bytes.fetch_sub(bytes, Ordering::Relaxed);
     }
 }
 
-enum Message {
+pub(super) enum Message {
     /// New packet plugins, frame plugins and transcode settings (boxed: rare, and large).
     Processing(Box<Processing>),
     Start {
@@ -60,13 +62,13 @@ enum Message {
 }
 
 /// What a stage does to the units that pass through it.
-struct Processing {
-    packets: Chain,
-    frames: Chain,
+pub(super) struct Processing {
+    pub(super) packets: Chain,
+    pub(super) frames: Chain,
     /// Packet plugins listed after a frame plugin: they run on the re-encoded output.
-    encoded: Chain,
+    pub(super) encoded: Chain,
     /// Re-encode (with the frame plugins in between) when set, or when there are frame plugins.
-    transcode: Option<TranscodeConfig>,
+    pub(super) transcode: Option<TranscodeConfig>,
 }
 
 /// The stage of one route, held by the router; the route's hub holds its input.
@@ -95,20 +97,11 @@ impl Stage {
         let (messages, inbox) = mpsc::channel();
         let queued = Arc::new(Queued::default());
         let transcode_stats = Arc::new(TranscodeStats::default());
-        let worker = Worker {
-            sink: stream.sink(),
-            queued: Arc::clone(&queued),
-            packets: Chain::new(stream.name(), &[], &[]),
-            encoded: Chain::new(stream.name(), &[], &[]),
-            frames: Some(Chain::new(stream.name(), &[], &[])),
-            transcode: None,
-            transcoder: None,
-            transcode_stats: Arc::clone(&transcode_stats),
-            input: None,
-            outlet: None,
-            out: Vec::new(),
-            staged: Vec::new(),
-        };
+        let worker = Worker::new(
+            stream.sink(),
+            Arc::clone(&queued),
+            Arc::clone(&transcode_stats),
+        );
         let spawned = std::thread::Builder::new()
             .name(format!("plugins:{}", stream.name()))
             .spawn(move || worker.run(inbox));
@@ -245,201 +238,5 @@ impl Processor for StageInput {
 
     fn stop(&self) {
         let _ = self.messages.send(Message::Stop);
-    }
-}
-
-struct Worker {
-    sink: Sink,
-    queued: Arc<Queued>,
-    packets: Chain,
-    /// Packet plugins on the re-encoded output.
-    encoded: Chain,
-    /// The frame plugins, while no transcoder holds them.
-    frames: Option<Chain>,
-    transcode: Option<TranscodeConfig>,
-    transcoder: Option<Transcoder>,
-    transcode_stats: Arc<TranscodeStats>,
-    /// The running publisher's tracks and timeline: plugins are told each unit's codec, and a
-    /// transcoder starts from them.
-    input: Option<(StreamDescription, Timeline)>,
-    /// Publishes into the hub; with a transcoder, made at its first keyframe.
-    outlet: Option<Outlet>,
-    out: Vec<AccessUnit>,
-    staged: Vec<AccessUnit>,
-}
-
-impl Worker {
-    fn run(mut self, inbox: mpsc::Receiver<Message>) {
-        while let Ok(message) = inbox.recv() {
-            match message {
-                Message::Processing(processing) => self.set_processing(*processing),
-                Message::Start {
-                    description,
-                    timeline,
-                } => {
-                    self.retire();
-                    self.input = Some((description, timeline));
-                    self.start();
-                }
-                Message::Adopt(outlet) => {
-                    self.retire();
-                    self.input = Some((outlet.description().clone(), outlet.timeline()));
-                    if self.transcoding() {
-                        // The publisher's own outlet cannot carry re-encoded video: start anew.
-                        drop(outlet);
-                        self.start();
-                    } else {
-                        self.outlet = Some(outlet);
-                    }
-                }
-                Message::Unit(unit) => {
-                    self.queued.remove(unit.data.len());
-                    self.process(unit);
-                }
-                Message::End => self.retire(),
-                Message::Flush(done) => {
-                    let _ = done.send(());
-                }
-                Message::Stop => break,
-            }
-        }
-        self.retire();
-    }
-
-    fn transcoding(&self) -> bool {
-        self.transcode.is_some()
-            || self.frames.as_ref().is_some_and(|f| !f.status().is_empty())
-            || self.transcoder.is_some()
-    }
-
-    /// Starts publishing the current input: at once, or through a new transcoder.
-    fn start(&mut self) {
-        let Some((description, timeline)) = self.input.clone() else {
-            return;
-        };
-        let wants_transcoder = self.transcode.is_some()
-            || self.frames.as_ref().is_some_and(|f| !f.status().is_empty());
-        if !wants_transcoder {
-            self.outlet = Some(self.sink.start(description, timeline));
-            return;
-        }
-        let settings = self.transcode.clone().unwrap_or(TranscodeConfig {
-            width: None,
-            height: None,
-            fps: None,
-            bitrate_kbps: DEFAULT_TRANSCODE_KBPS,
-            keyframe_interval: None,
-            audio: true,
-        });
-        let frames = self
-            .frames
-            .take()
-            .unwrap_or_else(|| Chain::new(self.sink.route(), &[], &[]));
-        match Transcoder::new(
-            self.sink.route(),
-            &settings,
-            &description,
-            frames,
-            Arc::clone(&self.transcode_stats),
-        ) {
-            Ok(transcoder) => self.transcoder = Some(transcoder),
-            Err(err) => {
-                tracing::error!(route = self.sink.route(), "cannot transcode: {err}");
-                self.sink.fail(format!("cannot transcode: {err}"));
-            }
-        }
-    }
-
-    fn set_processing(&mut self, mut processing: Processing) {
-        processing.packets.take_over(&mut self.packets);
-        processing.packets.start();
-        processing.encoded.take_over(&mut self.encoded);
-        processing.encoded.start();
-        self.encoded = processing.encoded;
-        let running_frames = match (&mut self.transcoder, &mut self.frames) {
-            (Some(transcoder), _) => Some(transcoder.frames_mut()),
-            (None, frames) => frames.as_mut(),
-        };
-        if let Some(running) = running_frames {
-            processing.frames.take_over(running);
-        }
-        processing.frames.start();
-        self.packets = processing.packets;
-        let settings_changed = processing.transcode != self.transcode
-            || (self.transcoder.is_none() && !processing.frames.status().is_empty())
-            || (self.transcoder.is_some()
-                && processing.transcode.is_none()
-                && processing.frames.status().is_empty());
-        self.transcode = processing.transcode;
-        match (&mut self.transcoder, settings_changed) {
-            (Some(transcoder), false) => transcoder.set_frames(processing.frames),
-            _ => {
-                // New settings need a new encoder and a new stream description; readers
-                // continue at the new stream's first keyframe.
-                let restart = settings_changed && self.input.is_some();
-                let input = self.input.clone();
-                if restart {
-                    self.retire();
-                }
-                self.frames = Some(processing.frames);
-                if restart {
-                    self.input = input;
-                    self.start();
-                }
-            }
-        }
-    }
-
-    fn process(&mut self, unit: AccessUnit) {
-        let Some((description, _)) = &self.input else {
-            return;
-        };
-        self.packets
-            .process(unit, &description.tracks, &mut self.out);
-        if let Some(transcoder) = &mut self.transcoder {
-            let keyframe_wanted = self.sink.take_keyframe_request();
-            for unit in self.out.drain(..) {
-                transcoder.process(unit, keyframe_wanted, &mut self.staged);
-            }
-            for unit in self.staged.drain(..) {
-                if self.outlet.is_none() {
-                    // The re-encoded stream starts at its first keyframe, which carries the
-                    // encoder's parameter sets: only then can it be described.
-                    let Some(output) = (unit.track == 0 && unit.keyframe)
-                        .then(|| transcoder.describe(&unit))
-                        .flatten()
-                    else {
-                        continue;
-                    };
-                    let Some((_, timeline)) = &self.input else {
-                        continue;
-                    };
-                    self.outlet = Some(self.sink.start(output, *timeline));
-                }
-                if let Some(outlet) = &mut self.outlet {
-                    self.encoded
-                        .process(unit, &outlet.description().tracks, &mut self.out);
-                    for unit in self.out.drain(..) {
-                        outlet.send(unit);
-                    }
-                }
-            }
-        } else if let Some(outlet) = &mut self.outlet {
-            for unit in self.out.drain(..) {
-                outlet.send(unit);
-            }
-        } else {
-            self.out.clear();
-        }
-    }
-
-    fn retire(&mut self) {
-        if let Some(mut outlet) = self.outlet.take() {
-            outlet.retire();
-        }
-        if let Some(transcoder) = self.transcoder.take() {
-            self.frames = Some(transcoder.into_frames());
-        }
-        self.input = None;
     }
 }

@@ -186,7 +186,7 @@ impl PacketPlugin for Plugin {
 wasmcast_plugin_sdk::export_packet_plugin!(Plugin);
 "#;
 
-const FRAME_LIB_RS: &str = r#"//! A wasmcast frame plugin: it sees every decoded picture (I420) of the route it runs on.
+const FRAME_LIB_RS: &str = r##"//! A wasmcast frame plugin: it sees every decoded picture (I420) of the route it runs on.
 //!
 //! This one measures each picture's mean brightness (the metric `brightness`, on /metrics) and
 //! emits a `dark` or `light` event when it crosses `threshold`. To change the picture, change
@@ -249,7 +249,33 @@ impl FramePlugin for Plugin {
 }
 
 wasmcast_plugin_sdk::export_frame_plugin!(Plugin);
-"#;
+
+// `cargo test --target x86_64-unknown-linux-gnu` (your machine's target) runs these natively,
+// against the SDK's mock host, which records what the plugin emitted and set.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmcast_plugin_sdk::mock;
+
+    fn picture(luma: u8) -> Frame {
+        let (width, height) = (64, 48);
+        let mut data = vec![128; width as usize * height as usize * 3 / 2];
+        data[..(width * height) as usize].fill(luma);
+        Frame { width, height, y_stride: width, u_stride: width / 2, v_stride: width / 2, pts: 0, data }
+    }
+
+    #[test]
+    fn crossing_the_threshold_emits_an_event() {
+        mock::reset();
+        let mut plugin = Plugin::new(&Config::from_json(r#"{"threshold": 40}"#).unwrap()).unwrap();
+        plugin.process(picture(200));
+        plugin.process(picture(10));
+        let names: Vec<String> = mock::events().into_iter().map(|(name, _)| name).collect();
+        assert_eq!(names, ["light", "dark"]);
+        assert_eq!(mock::metrics()["brightness"], 10.0);
+    }
+}
+"##;
 
 fn example_config(name: &str, kind: Kind) -> String {
     let crate_file = name.replace('-', "_");
@@ -305,6 +331,7 @@ pub fn load_for_trial(
             dirs: Default::default(),
             network: false,
             snapshot_every: None,
+            swap: Default::default(),
             origin: Origin::default(),
         },
         digest: digest(&bytes),

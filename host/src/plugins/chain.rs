@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use super::runtime::{FrameVerdict, Instance, KeyframeRequest, PluginStats, Verdict};
 use super::{Fault, LoadedPlugin};
-use crate::config::OnError;
+use crate::config::{OnError, SwapAt};
 use crate::media::Picture;
-use crate::media::{AccessUnit, Track};
+use crate::media::{AccessUnit, Codec, Track};
 
 /// After an instance cannot be started, how long the plugin is skipped before the next try.
 const RESTART_BACKOFF: Duration = Duration::from_secs(1);
@@ -29,6 +29,36 @@ const FAULTS_BEFORE_SUSPENSION: u32 = 3;
 /// The first suspension; each further one in a row doubles, up to the longest.
 const FIRST_SUSPENSION: Duration = Duration::from_secs(1);
 const LONGEST_SUSPENSION: Duration = Duration::from_secs(30);
+
+/// What a call needs besides its unit: the route's name, its keyframe request, the stream JSON.
+type Context<'a> = (&'a str, &'a KeyframeRequest, &'a Arc<str>);
+
+/// The stream description plugins read (`stream-description`).
+fn describe(tracks: &[Track]) -> String {
+    let tracks: Vec<serde_json::Value> = tracks
+        .iter()
+        .enumerate()
+        .map(|(index, track)| {
+            let mut entry = serde_json::json!({
+                "track": index,
+                "codec": track.codec.name().to_ascii_lowercase(),
+                "clock_rate": track.codec.clock_rate(),
+            });
+            if let Some((width, height)) = track.dimensions {
+                entry["width"] = width.into();
+                entry["height"] = height.into();
+            }
+            match track.codec {
+                Codec::Aac { channels, .. } | Codec::Opus { channels } => {
+                    entry["channels"] = channels.into();
+                }
+                Codec::H264 { .. } | Codec::H265 { .. } => {}
+            }
+            entry
+        })
+        .collect();
+    serde_json::json!({ "tracks": tracks }).to_string()
+}
 
 /// A plugin of a route's chain, as the API shows it.
 #[derive(Clone, Debug)]
@@ -63,6 +93,11 @@ pub struct Chain {
     current: Vec<AccessUnit>,
     next: Vec<AccessUnit>,
     request_keyframe: KeyframeRequest,
+    /// The stream the chain sees, and as the JSON its plugins read.
+    stream: Vec<Track>,
+    stream_json: Arc<str>,
+    /// Where the last unit's track list was (address and length).
+    stream_seen: (usize, usize),
 }
 
 impl Chain {
@@ -92,6 +127,26 @@ impl Chain {
             current: Vec::new(),
             next: Vec::new(),
             request_keyframe: Arc::new(|| {}),
+            stream: Vec::new(),
+            stream_json: Arc::from(describe(&[])),
+            stream_seen: (0, 0),
+        }
+    }
+
+    /// Tells the chain the stream it sees. When that changes (a new publisher with other codecs
+    /// or sizes), each running instance is replaced, its state carried over, so that its `init`
+    /// reads the new description.
+    pub fn set_stream(&mut self, tracks: &[Track]) {
+        if self.stream == tracks {
+            return;
+        }
+        self.stream = tracks.to_vec();
+        self.stream_json = Arc::from(describe(tracks));
+        for link in &mut self.links {
+            if link.instance.is_some() {
+                link.save_state(&self.route);
+                link.instance = None;
+            }
         }
     }
 
@@ -105,6 +160,11 @@ impl Chain {
     /// same code and config keeps its instance (and its snapshot); one whose code or config
     /// changed starts from a snapshot of the old instance's state.
     pub fn take_over(&mut self, old: &mut Chain) {
+        if self.stream.is_empty() {
+            self.stream = old.stream.clone();
+            self.stream_json = Arc::clone(&old.stream_json);
+            self.stream_seen = old.stream_seen;
+        }
         for link in &mut self.links {
             let Some(at) = old
                 .links
@@ -123,6 +183,18 @@ impl Chain {
             link.saved = previous.saved.take();
         }
     }
+    /// Whether this chain, to take over from `running`, waits for a keyframe: a plugin of it that
+    /// says `swap = "keyframe"` is new or changed.
+    pub fn waits_for_keyframe(&self, running: &Chain) -> bool {
+        self.links.iter().any(|link| {
+            link.plugin.config.swap == SwapAt::Keyframe
+                && !running
+                    .links
+                    .iter()
+                    .any(|other| other.plugin.same_as(&link.plugin))
+        })
+    }
+
     /// What the API shows of this chain.
     pub fn status(&self) -> Vec<PluginStatus> {
         self.links
@@ -136,17 +208,26 @@ impl Chain {
             .collect()
     }
 
-    /// Starts every plugin's instance now rather than on the first unit.
+    /// Starts every plugin's instance now rather than on the first unit, once the stream is known
+    /// (its instances read it in `init`).
     pub fn start(&mut self) {
+        if self.stream.is_empty() {
+            return;
+        }
         for link in &mut self.links {
-            link.ensure_instance(&self.route, &self.request_keyframe);
+            link.ensure_instance(&self.route, &self.request_keyframe, &self.stream_json);
         }
     }
 
     /// Runs the chain's frame plugins on `picture`, in order; false when one left it out.
     pub fn process_picture(&mut self, picture: &mut Picture) -> bool {
         for link in &mut self.links {
-            if !link.process_picture(picture, &self.route, &self.request_keyframe) {
+            if !link.process_picture(
+                picture,
+                &self.route,
+                &self.request_keyframe,
+                &self.stream_json,
+            ) {
                 return false;
             }
         }
@@ -159,6 +240,11 @@ impl Chain {
             out.push(unit);
             return;
         }
+        // The same description comes as the same slice: compared in full only when it moved.
+        if (tracks.as_ptr() as usize, tracks.len()) != self.stream_seen {
+            self.stream_seen = (tracks.as_ptr() as usize, tracks.len());
+            self.set_stream(tracks);
+        }
         self.current.clear();
         self.current.push(unit);
         for link in &mut self.links {
@@ -167,8 +253,7 @@ impl Chain {
                 link.process(
                     unit,
                     tracks,
-                    &self.route,
-                    &self.request_keyframe,
+                    (&self.route, &self.request_keyframe, &self.stream_json),
                     &mut self.next,
                 );
             }
@@ -179,7 +264,12 @@ impl Chain {
 }
 
 impl Link {
-    fn ensure_instance(&mut self, route: &str, request_keyframe: &KeyframeRequest) -> bool {
+    fn ensure_instance(
+        &mut self,
+        route: &str,
+        request_keyframe: &KeyframeRequest,
+        stream: &Arc<str>,
+    ) -> bool {
         if self.instance.is_some() {
             return true;
         }
@@ -188,7 +278,12 @@ impl Link {
         }
         let started = self
             .plugin
-            .instantiate_reporting(route, Arc::clone(&self.stats), Arc::clone(request_keyframe))
+            .instantiate_reporting(
+                route,
+                Arc::clone(&self.stats),
+                Arc::clone(request_keyframe),
+                Arc::clone(stream),
+            )
             .and_then(|mut instance| {
                 if let Some(saved) = &self.saved {
                     match instance.restore(saved)? {
@@ -228,11 +323,10 @@ impl Link {
     /// `Err` is the unit's fault (`None`: the plugin is suspended or cannot start), already logged.
     fn invoke<T>(
         &mut self,
-        route: &str,
-        request_keyframe: &KeyframeRequest,
+        (route, request_keyframe, stream): Context<'_>,
         call: impl FnOnce(&mut Instance) -> Result<T, Fault>,
     ) -> Result<T, ()> {
-        if !self.ensure_instance(route, request_keyframe) {
+        if !self.ensure_instance(route, request_keyframe, stream) {
             return Err(());
         }
         let Some(instance) = self.instance.as_mut() else {
@@ -308,14 +402,13 @@ impl Link {
         &mut self,
         unit: AccessUnit,
         tracks: &[Track],
-        route: &str,
-        request_keyframe: &KeyframeRequest,
+        context: Context<'_>,
         out: &mut Vec<AccessUnit>,
     ) {
         let Some(track) = tracks.get(unit.track) else {
             return;
         };
-        match self.invoke(route, request_keyframe, |instance| {
+        match self.invoke(context, |instance| {
             instance.process_unit(&unit, &track.codec, tracks)
         }) {
             Ok(Verdict::Pass) => out.push(unit),
@@ -337,8 +430,9 @@ impl Link {
         picture: &mut Picture,
         route: &str,
         request_keyframe: &KeyframeRequest,
+        stream: &Arc<str>,
     ) -> bool {
-        match self.invoke(route, request_keyframe, |instance| {
+        match self.invoke((route, request_keyframe, stream), |instance| {
             instance.process_picture(picture)
         }) {
             Ok(FrameVerdict::Pass) => true,

@@ -110,16 +110,17 @@ impl LoadedPlugin {
     /// A new instance for `route`, with its `init` run; what it reports is counted nowhere and
     /// its keyframe requests go nowhere (see [`Chain`] for instances on a route).
     pub fn instantiate(&self, route: &str) -> Result<Instance, Fault> {
-        self.instantiate_reporting(route, Arc::default(), Arc::new(|| {}))
+        self.instantiate_reporting(route, Arc::default(), Arc::new(|| {}), Arc::from("{}"))
     }
 
-    /// A new instance for `route` that counts in `stats` and asks `request_keyframe` for
-    /// keyframes.
+    /// A new instance for `route` that counts in `stats`, asks `request_keyframe` for keyframes
+    /// and sees the stream `stream` describes.
     fn instantiate_reporting(
         &self,
         route: &str,
         stats: Arc<PluginStats>,
         request_keyframe: KeyframeRequest,
+        stream: Arc<str>,
     ) -> Result<Instance, Fault> {
         let names = Arc::new(Names {
             plugin: self.name.clone(),
@@ -129,6 +130,7 @@ impl LoadedPlugin {
             events: self.events.clone(),
             stats,
             request_keyframe,
+            stream,
         };
         Instance::new(&self.compiled, &self.config, names, reporter)
     }

@@ -261,7 +261,7 @@ impl LivePublisher {
                 Some(codec) => {
                     tracks.push(Track {
                         codec: codec.clone(),
-                        dimensions: None,
+                        dimensions: codec.picture_size(),
                     });
                     Some(tracks.len() - 1)
                 }

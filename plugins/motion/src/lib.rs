@@ -278,3 +278,75 @@ fn draw_box(frame: &mut Frame, [x, y, width, height]: [u32; 4]) {
 }
 
 wasmcast_plugin_sdk::export_frame_plugin!(Motion);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmcast_plugin_sdk::mock;
+
+    /// A grey 320x240 picture with a white 48-pixel square at `x` (none when `None`), at `pts`.
+    fn picture(x: Option<u32>, pts: i64) -> Frame {
+        let (width, height) = (320u32, 240u32);
+        let mut data = vec![128u8; (width * height * 3 / 2) as usize];
+        if let Some(x) = x {
+            for row in 96..144 {
+                let start = (row * width + x) as usize;
+                data[start..start + 48].fill(235);
+            }
+        }
+        Frame {
+            width,
+            height,
+            y_stride: width,
+            u_stride: width / 2,
+            v_stride: width / 2,
+            pts,
+            data,
+        }
+    }
+
+    #[test]
+    fn a_moving_square_starts_and_ends_a_motion_with_its_box() {
+        mock::reset();
+        let config = Config::from_json(r#"{"sensitivity": 60, "hold_ms": 400}"#).expect("config");
+        let mut motion = Motion::new(&config).expect("a valid config");
+        let tick = 3600; // 25 pictures a second at 90 kHz
+        let mut pts = 0;
+        for _ in 0..10 {
+            assert!(matches!(
+                motion.process(picture(None, pts)),
+                FrameVerdict::Pass
+            ));
+            pts += tick;
+        }
+        assert!(mock::events().is_empty(), "a still picture moves nothing");
+        for step in 0..10 {
+            motion.process(picture(Some(20 + step * 8), pts));
+            pts += tick;
+        }
+        for _ in 0..20 {
+            motion.process(picture(Some(92), pts));
+            pts += tick;
+        }
+        let events = mock::events();
+        let names: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["motion-start", "motion-end"], "{events:?}");
+        let bounds = events[0].1["box"].as_array().expect("a box").clone();
+        let y = bounds[1].as_u64().expect("y");
+        assert!(
+            (80..=96).contains(&y),
+            "the box is around the square's rows: {bounds:?}"
+        );
+        assert_eq!(mock::metrics()["motions"], 1.0);
+        assert_eq!(mock::metrics()["active"], 0.0);
+    }
+
+    #[test]
+    fn a_bad_config_says_which_key() {
+        let config = Config::from_json(r#"{"sensitivity": 0}"#).expect("config");
+        let Err(why) = Motion::new(&config) else {
+            panic!("sensitivity 0 is refused");
+        };
+        assert!(why.contains("config.sensitivity"), "{why}");
+    }
+}

@@ -1,14 +1,22 @@
-//! The services the host offers every plugin: logging, clocks, the plugin's config.
+//! The services the host offers every plugin: logging, clocks, the plugin's config, events,
+//! metrics and keyframe requests. Built for wasm32 they call the host; built for any other target
+//! (a plugin's own `cargo test`) they go to the [`mock`](crate::mock) host instead.
 
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 #[cfg(all(feature = "frame", not(feature = "packet")))]
-use crate::bindings::frame::wasmcast::plugin::host as imports;
+use crate::bindings::frame::wasmcast::plugin::host as wit_host;
 #[cfg(feature = "packet")]
-use crate::bindings::packet::wasmcast::plugin::host as imports;
+use crate::bindings::packet::wasmcast::plugin::host as wit_host;
 
-pub use imports::Level;
+#[cfg(target_arch = "wasm32")]
+use wit_host as imports;
+
+#[cfg(not(target_arch = "wasm32"))]
+use crate::mock as imports;
+
+pub use wit_host::Level;
 
 /// Writes `message` to the server's log under this plugin's and its route's names.
 ///
@@ -49,6 +57,12 @@ pub fn set_metric(name: &str, value: f64) {
 /// Adds `delta` to this plugin's metric `name`.
 pub fn add_metric(name: &str, delta: f64) {
     imports::add_metric(name, delta);
+}
+
+/// The stream this instance sees, as JSON (see `stream-description` in wit/plugin.wit): read it
+/// in `new`; when a new publisher brings another stream, the host makes a new instance.
+pub fn stream_description() -> String {
+    imports::stream_description()
 }
 
 /// Asks the route for a keyframe: its encoder makes one at once when the route re-encodes.

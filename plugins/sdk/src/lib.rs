@@ -31,6 +31,9 @@
 //! trap) goes through `snapshot` and `restore`, which both traits have (by default: nothing to
 //! keep). Events ([`emit`]) and metrics ([`set_metric`], [`add_metric`]) tell the server what the
 //! plugin finds.
+//!
+//! A plugin's own `cargo test` (built for the machine, not wasm32) runs against [`mock`], a host in
+//! the test's process that records what the plugin logged, emitted and set.
 
 // The generated bindings name this crate by its path, from inside it as from plugins.
 extern crate self as wasmcast_plugin_sdk;
@@ -79,7 +82,9 @@ mod frame;
 pub use frame::{Frame, FramePlugin, FrameVerdict};
 
 mod host;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod mock;
 pub use host::{
     Config, Level, add_metric, emit, log, monotonic_micros, request_keyframe, route, set_metric,
-    wall_clock_micros,
+    stream_description, wall_clock_micros,
 };

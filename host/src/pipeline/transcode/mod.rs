@@ -80,10 +80,11 @@ impl Transcoder {
         route: &str,
         settings: &TranscodeConfig,
         input: &StreamDescription,
-        frames: Chain,
+        mut frames: Chain,
         stats: Arc<TranscodeStats>,
     ) -> Result<Transcoder, Error> {
         let video_in = input.video_track().ok_or(Error::NoVideo)?;
+        frames.set_stream(&input.tracks);
         if !matches!(input.tracks[video_in].codec, Codec::H264 { .. }) {
             return Err(Error::Codec(input.tracks[video_in].codec.name()));
         }
@@ -121,12 +122,17 @@ impl Transcoder {
         self.frames = frames;
     }
 
-    /// Ends this transcoder, handing back its frame plugins.
     /// The frame plugins running now.
+    pub fn frames(&self) -> &Chain {
+        &self.frames
+    }
+
+    /// The frame plugins running now, to change.
     pub fn frames_mut(&mut self) -> &mut Chain {
         &mut self.frames
     }
 
+    /// Ends this transcoder, handing back its frame plugins.
     pub fn into_frames(self) -> Chain {
         self.frames
     }

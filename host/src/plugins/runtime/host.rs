@@ -55,12 +55,15 @@ pub struct PluginStats {
 /// Asks the route for a keyframe.
 pub type KeyframeRequest = Arc<dyn Fn() + Send + Sync>;
 
-/// Where an instance reports what it finds: events, metrics, keyframe requests.
+/// Where an instance reports what it finds (events, metrics, keyframe requests), and the stream
+/// it sees.
 #[derive(Clone)]
 pub struct Reporter {
     pub events: Events,
     pub stats: Arc<PluginStats>,
     pub request_keyframe: KeyframeRequest,
+    /// The stream description as the JSON `stream-description` gives.
+    pub stream: Arc<str>,
 }
 
 /// What an instance may still emit this second.
@@ -260,6 +263,10 @@ impl host_api::Host for PluginState {
 
     fn request_keyframe(&mut self) {
         (self.reporter.request_keyframe)();
+    }
+
+    fn stream_description(&mut self) -> String {
+        self.reporter.stream.to_string()
     }
 }
 
