@@ -5,8 +5,10 @@
 //! the same run. Needs the componentizers `scripts/install-test-deps.sh` installs. Run with
 //! `cargo bench --bench languages`.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+#[path = "../tests/common/componentize.rs"]
+mod componentize;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use wasmcast::config::Config;
@@ -17,11 +19,13 @@ fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
     let dir = std::env::temp_dir().join(format!("wasmcast-languages-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("bench directory");
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let components = [
         ("rust", None),
-        ("python", Some(build_python(&repo, &dir))),
-        ("javascript", Some(build_javascript(&repo, &dir))),
+        ("python", Some(componentize::build_example("python", &dir))),
+        (
+            "javascript",
+            Some(componentize::build_example("javascript", &dir)),
+        ),
     ];
     println!(
         "{:<11} {:>9} {:>10} {:>13} {:>14} {:>15}",
@@ -95,53 +99,4 @@ fn time_calls(chain: &mut Chain, width: u32, height: u32, calls: usize) -> Durat
         .collect();
     times.sort();
     times[times.len() / 2]
-}
-
-fn build_python(repo: &Path, dir: &Path) -> PathBuf {
-    let source = dir.join("python");
-    std::fs::create_dir_all(&source).expect("source directory");
-    std::fs::copy(
-        repo.join("plugins/python-grayscale/app.py"),
-        source.join("app.py"),
-    )
-    .expect("copy app.py");
-    let wasm = dir.join("python.wasm");
-    let status = Command::new("python3")
-        .args([
-            "-c",
-            "import sys; from componentize_py import script; \
-             sys.argv[0] = 'componentize-py'; sys.exit(script())",
-        ])
-        .arg("-d")
-        .arg(repo.join("wit"))
-        .args([
-            "-w",
-            "wasmcast:plugin/frame-plugin",
-            "componentize",
-            "app",
-            "-o",
-        ])
-        .arg(&wasm)
-        .current_dir(&source)
-        .status()
-        .expect("componentize-py is installed (scripts/install-test-deps.sh)");
-    assert!(status.success(), "componentize-py failed");
-    wasm
-}
-
-fn build_javascript(repo: &Path, dir: &Path) -> PathBuf {
-    let project = repo.join("plugins/javascript-grayscale");
-    let wasm = dir.join("javascript.wasm");
-    let status = Command::new(project.join("node_modules/.bin/componentize-js"))
-        .arg("--wit")
-        .arg(repo.join("wit"))
-        .args(["--world-name", "wasmcast:plugin/frame-plugin"])
-        .args(["--disable", "http", "fetch-event", "-o"])
-        .arg(&wasm)
-        .arg("app.js")
-        .current_dir(&project)
-        .status()
-        .expect("componentize-js is installed (scripts/install-test-deps.sh)");
-    assert!(status.success(), "componentize-js failed");
-    wasm
 }

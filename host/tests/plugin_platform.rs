@@ -9,21 +9,21 @@
 )]
 mod browser;
 mod common;
+#[path = "common/componentize.rs"]
+mod componentize;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{Server, TempDir, clip, ffprobe_streams, file_route, http, sample_clip, wait_live};
+use common::{
+    Server, TempDir, clip, ffprobe_streams, file_route, http, plugin_wasm, sample_clip, wait_live,
+};
 
-fn plugin_wasm(crate_name: &str) -> PathBuf {
-    Path::new(env!("WASMCAST_PLUGIN_DIR")).join(format!("{}.wasm", crate_name.replace('-', "_")))
-}
-
-/// The API's entry for `plugin` on `route`.
+/// The API's entry for `plugin` on `route` (null when there is none).
 async fn plugin_entry(server: &Server, route: &str, plugin: &str) -> serde_json::Value {
     let (status, body) = http(server, "GET", "/api/v1/routes").await;
     assert_eq!(status, 200, "{body}");
@@ -34,25 +34,49 @@ async fn plugin_entry(server: &Server, route: &str, plugin: &str) -> serde_json:
         .and_then(|r| r["plugins"].as_array())
         .and_then(|plugins| plugins.iter().find(|p| p["name"] == plugin))
         .cloned()
-        .unwrap_or_else(|| panic!("no plugin {plugin} on {route}: {routes}"))
+        // Not there (yet): a reload that adds it has not been applied.
+        .unwrap_or_default()
 }
 
-/// Polls the API until `ready` holds for `plugin`'s entry; returns that entry.
+/// Polls the API until `ready` holds for `plugin` on `route`, for up to `within`; returns its
+/// entry.
+async fn wait_until(
+    server: &Server,
+    (route, plugin): (&str, &str),
+    within: Duration,
+    what: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let entry = plugin_entry(server, route, plugin).await;
+        if ready(&entry) {
+            return entry;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{route}/{plugin}: {what}: {entry}\n{:#?}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// [`wait_until`] for `plugin` on the route `counted`, for up to 30 s.
 async fn wait_for(
     server: &Server,
     plugin: &str,
     what: &str,
     ready: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let entry = plugin_entry(server, "counted", plugin).await;
-        if ready(&entry) {
-            return entry;
-        }
-        assert!(Instant::now() < deadline, "{plugin}: {what}: {entry}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(
+        server,
+        ("counted", plugin),
+        Duration::from_secs(30),
+        what,
+        ready,
+    )
+    .await
 }
 
 fn metric(entry: &serde_json::Value, name: &str) -> f64 {
@@ -378,18 +402,15 @@ async fn a_plugin_built_against_the_0_1_0_interface_runs_on_this_host() {
         plugin_wasm("world-0-1-0").display()
     ));
     wait_live(&server, "old").await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, body) = http(&server, "GET", "/api/v1/routes").await;
-        let routes: serde_json::Value = serde_json::from_str(&body).expect("routes JSON");
-        let entry = &routes[0]["plugins"][0];
-        if entry["dropped"].as_u64() > Some(50) && entry["calls"].as_u64() > Some(100) {
-            assert_eq!(entry["errors"], 0, "{entry}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "the 0.1.0 plugin runs: {entry}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let entry = wait_until(
+        &server,
+        ("old", "old"),
+        Duration::from_secs(10),
+        "the 0.1.0 plugin runs",
+        |e| e["dropped"].as_u64() > Some(50) && e["calls"].as_u64() > Some(100),
+    )
+    .await;
+    assert_eq!(entry["errors"], 0, "{entry}");
     assert!(
         server
             .log()
@@ -465,82 +486,18 @@ async fn units_a_plugin_marks_falsely_as_keyframes_or_sends_back_in_time_are_ref
         ("traveller", "decode times only grow"),
     ] {
         wait_live(&server, route).await;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let (_, body) = http(&server, "GET", "/api/v1/routes").await;
-            let routes: serde_json::Value = serde_json::from_str(&body).expect("routes JSON");
-            let entry = routes
-                .as_array()
-                .and_then(|r| r.iter().find(|r| r["name"] == route))
-                .map(|r| r["plugins"][0].clone())
-                .unwrap_or_default();
-            if entry["last_error"]
-                .as_str()
-                .is_some_and(|e| e.contains(reason))
-            {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{route}: {entry}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        wait_until(
+            &server,
+            (route, route),
+            Duration::from_secs(10),
+            reason,
+            |e| e["last_error"].as_str().is_some_and(|e| e.contains(reason)),
+        )
+        .await;
         // The refused units were bypassed as they came in: new readers start at true keyframes.
         let streams = ffprobe_streams(&server.url(route));
         assert!(streams.contains("h264"), "{route}: {streams}");
     }
-}
-
-/// The example plugin of `language` (`python` or `javascript`), built into `dir` with that
-/// language's componentizer (scripts/install-test-deps.sh installs both).
-fn build_example(language: &str, dir: &Path) -> PathBuf {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let wasm = dir.join(format!("{language}.wasm"));
-    let mut command = match language {
-        "python" => {
-            // Its source copied, so that Python's caches stay out of the checkout.
-            let source = dir.join("python");
-            std::fs::create_dir_all(&source).expect("source directory");
-            std::fs::copy(
-                repo.join("plugins/python-grayscale/app.py"),
-                source.join("app.py"),
-            )
-            .expect("copy app.py");
-            let mut command = Command::new("python3");
-            command
-                .args([
-                    "-c",
-                    "import sys; from componentize_py import script; \
-                     sys.argv[0] = 'componentize-py'; sys.exit(script())",
-                ])
-                .arg("-d")
-                .arg(repo.join("wit"))
-                .args([
-                    "-w",
-                    "wasmcast:plugin/frame-plugin",
-                    "componentize",
-                    "app",
-                    "-o",
-                ])
-                .arg(&wasm)
-                .current_dir(&source);
-            command
-        }
-        _ => {
-            let project = repo.join("plugins/javascript-grayscale");
-            let mut command = Command::new(project.join("node_modules/.bin/componentize-js"));
-            command
-                .arg("--wit")
-                .arg(repo.join("wit"))
-                .args(["--world-name", "wasmcast:plugin/frame-plugin"])
-                .args(["--disable", "http", "fetch-event", "-o"])
-                .arg(&wasm)
-                .arg("app.js")
-                .current_dir(&project);
-            command
-        }
-    };
-    let (ok, out, err) = common::run(&mut command, Duration::from_secs(300));
-    assert!(ok, "building the {language} plugin: {out}{err}");
-    wasm
 }
 
 /// The mean saturation ffmpeg's signalstats measures over two seconds of `url`.
@@ -576,8 +533,8 @@ fn mean_saturation(url: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugins_written_in_python_and_javascript_change_live_routes() {
     let dir = TempDir::new();
-    let python = build_example("python", dir.path());
-    let javascript = build_example("javascript", dir.path());
+    let python = componentize::build_example("python", dir.path());
+    let javascript = componentize::build_example("javascript", dir.path());
     let routes = |plugins: bool| {
         let mut text = String::new();
         for (language, wasm) in [("python", &python), ("javascript", &javascript)] {
@@ -599,26 +556,15 @@ async fn plugins_written_in_python_and_javascript_change_live_routes() {
     assert!(colour > 10.0, "the sample has colour: {colour}");
     server.write_routes(&routes(true), true);
     for language in ["python", "javascript"] {
-        let deadline = Instant::now() + Duration::from_secs(300);
-        loop {
-            let (_, body) = http(&server, "GET", "/api/v1/routes").await;
-            let routes: serde_json::Value = serde_json::from_str(&body).expect("routes JSON");
-            let entry = routes
-                .as_array()
-                .and_then(|r| r.iter().find(|r| r["name"] == language))
-                .map(|r| r["plugins"][0].clone())
-                .unwrap_or_default();
-            if entry["metrics"]["pictures"].as_f64() > Some(50.0) {
-                assert_eq!(entry["errors"], 0, "{language}: {entry}");
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{language}: the plugin runs: {entry}\n{:#?}",
-                server.log()
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        let entry = wait_until(
+            &server,
+            (language, language),
+            Duration::from_secs(300),
+            "the plugin runs",
+            |e| e["metrics"]["pictures"].as_f64() > Some(50.0),
+        )
+        .await;
+        assert_eq!(entry["errors"], 0, "{language}: {entry}");
         let saturation = mean_saturation(&server.url(language));
         assert!(
             saturation < 1.0,
@@ -678,44 +624,28 @@ async fn a_plugin_reads_the_stream_it_runs_on_and_starts_again_with_its_state_wh
     let server = Server::start(&routes);
     let url = format!("http://{}/cam.ts", server.http);
     let small = common::Pusher::start(&common::short_clip(), &url, "-c copy");
-    let before = wait_for_route(&server, "cam", "a 320-pixel stream", |e| {
-        metric(e, "video_width") == 320.0 && metric(e, "count") > 50.0
-    })
+    let before = wait_until(
+        &server,
+        ("cam", "a"),
+        Duration::from_secs(30),
+        "a 320-pixel stream",
+        |e| metric(e, "video_width") == 320.0 && metric(e, "count") > 50.0,
+    )
     .await;
     drop(small);
     // The same route, a new publisher with a larger picture.
     let _large = common::Pusher::start(&sample_clip(), &url, "-c copy");
-    let after = wait_for_route(&server, "cam", "the 640-pixel stream", |e| {
-        metric(e, "video_width") == 640.0
-    })
+    let after = wait_until(
+        &server,
+        ("cam", "a"),
+        Duration::from_secs(30),
+        "the 640-pixel stream",
+        |e| metric(e, "video_width") == 640.0,
+    )
     .await;
     assert!(
         after["restores"].as_u64() >= Some(1)
             && metric(&after, "count") >= metric(&before, "count"),
         "the instance made for the new stream went on counting: {before} then {after}"
     );
-}
-
-/// Polls the API until `ready` holds for plugin `a` of `route`; returns its entry.
-async fn wait_for_route(
-    server: &Server,
-    route: &str,
-    what: &str,
-    ready: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, body) = http(server, "GET", "/api/v1/routes").await;
-        let routes: serde_json::Value = serde_json::from_str(&body).expect("routes JSON");
-        let entry = routes
-            .as_array()
-            .and_then(|r| r.iter().find(|r| r["name"] == route))
-            .map(|r| r["plugins"][0].clone())
-            .unwrap_or_default();
-        if ready(&entry) {
-            return entry;
-        }
-        assert!(Instant::now() < deadline, "{route}: {what}: {entry}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }

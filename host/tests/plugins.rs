@@ -7,15 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{Server, TempDir, exchange, file_route, play, run, sample_clip, wait_live};
+use common::{
+    Server, TempDir, exchange, file_route, play, plugin_wasm, run, sample_clip, wait_live,
+};
 use futures::StreamExt;
 use retina::client::{TcpTransportOptions, Transport};
 use retina::codec::CodecItem;
-
-/// A plugin component the build made from `plugins/`.
-fn plugin_wasm(crate_name: &str) -> PathBuf {
-    Path::new(env!("WASMCAST_PLUGIN_DIR")).join(format!("{}.wasm", crate_name.replace('-', "_")))
-}
 
 fn plugin_route(name: &str, clip: &Path, plugins: &[&str]) -> String {
     let list: Vec<String> = plugins.iter().map(|p| format!("\"{p}\"")).collect();
@@ -413,18 +410,18 @@ async fn a_route_gains_a_plugin_chain_under_a_connected_reader() {
     assert_keyframes_only_after(&frames, changed_at);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_plugin_project_builds_runs_on_a_file_and_on_a_route() {
-    let dir = TempDir::new();
-    let wasmcast = env!("CARGO_BIN_EXE_wasmcast");
+/// `wasmcast plugin new NAME` (with `args`) in `dir`, built: its directory and its component.
+fn new_built_project(dir: &TempDir, name: &str, args: &[&str]) -> (PathBuf, PathBuf) {
     let (ok, stdout, stderr) = run(
-        Command::new(wasmcast)
-            .args(["plugin", "new", "frame-counter", "--dir"])
+        Command::new(env!("CARGO_BIN_EXE_wasmcast"))
+            .args(["plugin", "new", name])
+            .args(args)
+            .arg("--dir")
             .arg(dir.path()),
         Duration::from_secs(10),
     );
-    assert!(ok, "plugin new: {stdout}{stderr}");
-    let project = dir.path().join("frame-counter");
+    assert!(ok, "plugin new {name} {args:?}: {stdout}{stderr}");
+    let project = dir.path().join(name);
     // The crates it needs are the ones the example plugins were built with: no network needed.
     let (ok, _, stderr) = run(
         Command::new("cargo")
@@ -434,8 +431,19 @@ async fn a_new_plugin_project_builds_runs_on_a_file_and_on_a_route() {
             .current_dir(&project),
         Duration::from_secs(300),
     );
-    assert!(ok, "cargo build of the new plugin: {stderr}");
-    let wasm = project.join("target/wasm32-wasip2/release/frame_counter.wasm");
+    assert!(ok, "cargo build of the new plugin {name}: {stderr}");
+    let wasm = project.join(format!(
+        "target/wasm32-wasip2/release/{}.wasm",
+        name.replace('-', "_")
+    ));
+    (project, wasm)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_plugin_project_builds_runs_on_a_file_and_on_a_route() {
+    let dir = TempDir::new();
+    let wasmcast = env!("CARGO_BIN_EXE_wasmcast");
+    let (_, wasm) = new_built_project(&dir, "frame-counter", &[]);
 
     let (ok, report, stderr) = run(
         Command::new(wasmcast)
@@ -494,24 +502,7 @@ async fn a_new_plugin_project_builds_runs_on_a_file_and_on_a_route() {
 fn a_new_frame_plugin_project_builds_and_runs_on_a_file_with_its_events_and_video() {
     let dir = TempDir::new();
     let wasmcast = env!("CARGO_BIN_EXE_wasmcast");
-    let (ok, stdout, stderr) = run(
-        Command::new(wasmcast)
-            .args(["plugin", "new", "brightness", "--frame", "--dir"])
-            .arg(dir.path()),
-        Duration::from_secs(10),
-    );
-    assert!(ok, "plugin new --frame: {stdout}{stderr}");
-    let project = dir.path().join("brightness");
-    let (ok, _, stderr) = run(
-        Command::new("cargo")
-            .args(["build", "--release", "--offline"])
-            // The project's own target directory, where the test looks for the component.
-            .env_remove("CARGO_TARGET_DIR")
-            .current_dir(&project),
-        Duration::from_secs(300),
-    );
-    assert!(ok, "cargo build of the new frame plugin: {stderr}");
-    let wasm = project.join("target/wasm32-wasip2/release/brightness.wasm");
+    let (project, wasm) = new_built_project(&dir, "brightness", &["--frame"]);
     // Its own test runs natively against the SDK's mock host.
     // The project builds for wasm32-wasip2 by default (.cargo/config.toml): tests name this
     // machine's target.

@@ -230,6 +230,21 @@ pub struct TranscodeConfig {
     pub audio: bool,
 }
 
+impl TranscodeConfig {
+    /// Re-encoding at the source's size and frame rate with the default bit rate: what a route
+    /// with frame plugins and no `[transcode]` table gets.
+    pub fn at_source_size() -> TranscodeConfig {
+        TranscodeConfig {
+            width: None,
+            height: None,
+            fps: None,
+            bitrate_kbps: DEFAULT_TRANSCODE_KBPS,
+            keyframe_interval: None,
+            audio: true,
+        }
+    }
+}
+
 /// Bit rate of a re-encoded route unless its table sets `bitrate_kbps`.
 pub const DEFAULT_TRANSCODE_KBPS: u32 = 1000;
 

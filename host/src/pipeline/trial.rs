@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::transcode::{TranscodeStats, Transcoder};
-use crate::config::{DEFAULT_TRANSCODE_KBPS, TranscodeConfig};
+use crate::config::TranscodeConfig;
 use crate::events::Events;
 use crate::media::AccessUnit;
 use crate::plugins::{Chain, Kind, authoring};
@@ -172,14 +172,7 @@ pub fn run_trial(trial: &Trial) -> Result<TrialReport, Error> {
     let (mut packets, mut frame_path) = match plugin.kind() {
         Kind::Packet => (Some(chain), None),
         Kind::Frame => {
-            let settings = TranscodeConfig {
-                width: None,
-                height: None,
-                fps: None,
-                bitrate_kbps: DEFAULT_TRANSCODE_KBPS,
-                keyframe_interval: None,
-                audio: true,
-            };
+            let settings = TranscodeConfig::at_source_size();
             let transcoder = Transcoder::new(
                 "trial",
                 &settings,

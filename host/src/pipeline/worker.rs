@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::stage::{Message, Processing, Queued};
 use super::transcode::{TranscodeStats, Transcoder};
-use crate::config::{DEFAULT_TRANSCODE_KBPS, TranscodeConfig};
+use crate::config::TranscodeConfig;
 use crate::hub::{Outlet, Sink, Timeline};
 use crate::media::{AccessUnit, StreamDescription};
 use crate::plugins::Chain;
@@ -168,14 +168,10 @@ impl Worker {
             self.outlet = Some(self.sink.start(description, timeline));
             return;
         }
-        let settings = self.transcode.clone().unwrap_or(TranscodeConfig {
-            width: None,
-            height: None,
-            fps: None,
-            bitrate_kbps: DEFAULT_TRANSCODE_KBPS,
-            keyframe_interval: None,
-            audio: true,
-        });
+        let settings = self
+            .transcode
+            .clone()
+            .unwrap_or(TranscodeConfig::at_source_size());
         let frames = self
             .frames
             .take()

@@ -63,6 +63,11 @@ pub fn h265_clip() -> PathBuf {
     )
 }
 
+/// A plugin component the build made from `plugins/`.
+pub fn plugin_wasm(crate_name: &str) -> PathBuf {
+    Path::new(env!("WASMCAST_PLUGIN_DIR")).join(format!("{}.wasm", crate_name.replace('-', "_")))
+}
+
 /// The sample clip the project ships.
 pub fn sample_clip() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../media/sample.mp4")
