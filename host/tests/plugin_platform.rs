@@ -363,8 +363,8 @@ async fn a_flood_of_events_metrics_and_a_huge_snapshot_is_held_to_its_limits() {
     let seconds = started.elapsed().as_secs_f64() + 3.0;
     let sent = entry["events"].as_u64().unwrap_or(0);
     assert!(
-        sent > 0 && (sent as f64) <= 20.0 * seconds * 2.0,
-        "at most 20 events a second an instance (a trap makes a new one): {entry}"
+        sent > 0 && (sent as f64) <= 20.0 * (seconds + 1.0),
+        "at most 20 events a second for the plugin on its route, restarts included: {entry}"
     );
     assert!(
         entry["events_refused"].as_u64().unwrap_or(0) > 1000,

@@ -157,6 +157,7 @@ pub fn run_trial(trial: &Trial) -> Result<TrialReport, Error> {
     };
     let (description, units) = crate::sources::mp4_units(&trial.input).map_err(input_error)?;
     let mut chain = Chain::new("trial", std::slice::from_ref(&plugin), &[]);
+    chain.set_stream(&description.tracks);
     chain.start();
     let status = chain.status();
     let mut report = TrialReport {

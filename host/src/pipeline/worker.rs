@@ -92,11 +92,13 @@ impl Worker {
                     timeline,
                 } => {
                     self.retire();
+                    self.packets.set_stream(&description.tracks);
                     self.input = Some((description, timeline));
                     self.start();
                 }
                 Message::Adopt(outlet) => {
                     self.retire();
+                    self.packets.set_stream(&outlet.description().tracks);
                     self.input = Some((outlet.description().clone(), outlet.timeline()));
                     if self.transcoding() {
                         // The publisher's own outlet cannot carry re-encoded video: start anew.
@@ -255,6 +257,7 @@ impl Worker {
                     let Some((_, timeline)) = &self.input else {
                         continue;
                     };
+                    self.encoded.set_stream(&output.tracks);
                     self.outlet = Some(self.sink.start(output, *timeline));
                 }
                 if let Some(outlet) = &mut self.outlet {

@@ -96,8 +96,6 @@ pub struct Chain {
     /// The stream the chain sees, and as the JSON its plugins read.
     stream: Vec<Track>,
     stream_json: Arc<str>,
-    /// Where the last unit's track list was (address and length).
-    stream_seen: (usize, usize),
 }
 
 impl Chain {
@@ -129,13 +127,12 @@ impl Chain {
             request_keyframe: Arc::new(|| {}),
             stream: Vec::new(),
             stream_json: Arc::from(describe(&[])),
-            stream_seen: (0, 0),
         }
     }
 
-    /// Tells the chain the stream it sees. When that changes (a new publisher with other codecs
-    /// or sizes), each running instance is replaced, its state carried over, so that its `init`
-    /// reads the new description.
+    /// Tells the chain the stream it sees (the stage does as each publisher starts). When that
+    /// changes (other codecs or sizes), each running instance is replaced, its state carried
+    /// over, so that its `init` reads the new description.
     pub fn set_stream(&mut self, tracks: &[Track]) {
         if self.stream == tracks {
             return;
@@ -163,7 +160,6 @@ impl Chain {
         if self.stream.is_empty() {
             self.stream = old.stream.clone();
             self.stream_json = Arc::clone(&old.stream_json);
-            self.stream_seen = old.stream_seen;
         }
         for link in &mut self.links {
             let Some(at) = old
@@ -239,11 +235,6 @@ impl Chain {
         if self.links.is_empty() {
             out.push(unit);
             return;
-        }
-        // The same description comes as the same slice: compared in full only when it moved.
-        if (tracks.as_ptr() as usize, tracks.len()) != self.stream_seen {
-            self.stream_seen = (tracks.as_ptr() as usize, tracks.len());
-            self.set_stream(tracks);
         }
         self.current.clear();
         self.current.push(unit);

@@ -41,8 +41,8 @@ pub fn route() -> String {
 }
 
 /// Publishes the event `name` with `payload` (any serializable value, at most 4 KiB of JSON): the
-/// server's `/api/v1/events`, its status page and the webhooks of the config hear it. An instance
-/// may emit 20 events a second; the host counts the rest without sending them. The error says
+/// server's `/api/v1/events`, its status page and the webhooks of the config hear it. A plugin
+/// may emit 20 events a second on its route; the host counts the rest without sending them. The error says
 /// what is wrong with the name (1 to 64 of `a-z`, `0-9`, `-`, `_`, `.`) or the payload.
 pub fn emit(name: &str, payload: &impl serde::Serialize) -> Result<(), String> {
     let payload = serde_json::to_string(payload).map_err(|err| err.to_string())?;

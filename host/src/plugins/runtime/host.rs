@@ -22,7 +22,7 @@ use crate::events::Events;
 const LOG_LINES_PER_SECOND: u32 = 50;
 /// Log bytes a plugin instance may write per second, likewise.
 const LOG_BYTES_PER_SECOND: usize = 16 * 1024;
-/// Events a plugin instance may emit per second; the rest are counted, not sent.
+/// Events a plugin may emit per second on a route; the rest are counted, not sent.
 const EVENTS_PER_SECOND: u32 = 20;
 /// The largest event payload, in bytes of JSON text.
 const MAX_EVENT_PAYLOAD: usize = 4096;
@@ -50,6 +50,9 @@ pub struct PluginStats {
     pub restores: AtomicU64,
     /// The plugin's own metrics (`set-metric`, `add-metric`).
     pub metrics: Mutex<BTreeMap<String, f64>>,
+    /// What the plugin may still emit this second: the plugin's on its route, not an instance's,
+    /// so that a plugin that traps and restarts gets no fresh budget.
+    event_budget: Mutex<EventBudget>,
 }
 
 /// Asks the route for a keyframe.
@@ -66,21 +69,23 @@ pub struct Reporter {
     pub stream: Arc<str>,
 }
 
-/// What an instance may still emit this second.
+/// What a plugin may still emit this second on its route.
 #[derive(Debug)]
-pub(super) struct EventBudget {
+struct EventBudget {
     window_start: Instant,
     sent: u32,
 }
 
-impl EventBudget {
-    pub(super) fn new() -> EventBudget {
+impl Default for EventBudget {
+    fn default() -> EventBudget {
         EventBudget {
             window_start: Instant::now(),
             sent: 0,
         }
     }
+}
 
+impl EventBudget {
     fn take(&mut self) -> bool {
         let now = Instant::now();
         if now.duration_since(self.window_start) >= Duration::from_secs(1) {
@@ -119,7 +124,6 @@ pub(super) struct PluginState {
     /// When the call under way must end, for blocking WASI calls.
     pub(super) deadline: Instant,
     pub(super) reporter: Reporter,
-    pub(super) event_budget: EventBudget,
 }
 
 impl PluginState {
@@ -242,7 +246,12 @@ impl host_api::Host for PluginState {
             Ok(value) => value,
             Err(err) => return refused(format!("the payload is not JSON: {err}")),
         };
-        if !self.event_budget.take() {
+        let within_budget = stats
+            .event_budget
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if !within_budget {
             stats.events_refused.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }

@@ -10,7 +10,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::WasiCtxBuilder;
 
-use super::host::{EventBudget, LogBudget, LogStream, Names, PluginState, Reporter};
+use super::host::{LogBudget, LogStream, Names, PluginState, Reporter};
 use super::{
     Compiled, EPOCH_TICK, Fault, Level, MAX_INSTANCES, MAX_MEMORIES, MAX_REPLACE_BYTES,
     MAX_REPLACE_UNITS, MAX_SNAPSHOT_BYTES, MAX_TABLE_ELEMENTS, MAX_TABLES, Pre, blocking, engine,
@@ -137,7 +137,6 @@ impl Instance {
             log,
             deadline: Instant::now(),
             reporter,
-            event_budget: EventBudget::new(),
         };
         let engine = engine().map_err(|err| Fault::Invalid(err.to_string()))?;
         let mut store = Store::new(engine, state);
