@@ -25,6 +25,6 @@ COPY --chown=wasmcast:wasmcast media/sample.mp4 media/sample.mp4
 # Numeric, so that a mounted volume's owner can be matched on the host (chown 10001).
 USER 10001:10001
 # RTSP, HTTP (push, player, API), RTP/RTCP over UDP, ICE over UDP.
-EXPOSE 8554/tcp 8090/tcp 30000-30999/udp 8189-8288/udp
+EXPOSE 8554/tcp 8090/tcp 30000-30999/udp 8189/udp 8189/tcp
 ENTRYPOINT ["wasmcast"]
 CMD ["serve", "--config", "/srv/wasmcast/config/wasmcast.toml"]

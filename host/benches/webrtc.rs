@@ -38,7 +38,7 @@ fn main() {
         let server = BenchServer::start(
             "webrtc",
             &format!(
-                "rtp_ports = \"37000-37999\"\nmax_clients = {0}\nwebrtc_udp_ports = {0}\n\
+                "rtp_ports = \"37000-37999\"\nmax_clients = {0}\n\
                  max_connections = {1}\nmax_connections_per_address = {1}",
                 count + 10,
                 2 * count + 16

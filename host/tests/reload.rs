@@ -330,8 +330,9 @@ async fn a_kubernetes_configmap_update_reloads_the_config_and_its_plugins() {
         std::fs::read(std::path::Path::new(env!("WASMCAST_PLUGIN_DIR")).join(name))
             .expect("a built plugin")
     };
-    let server_keys =
-        "rtsp = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nrtp_ports = \"31000-31999\"\n";
+    let server_keys = &common::with_loopback_webrtc(
+        "rtsp = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nrtp_ports = \"31000-31999\"\n",
+    );
     let config = |routes: &str| {
         format!("[server]\n{server_keys}\n{routes}[plugins.p]\nwasm = \"p.wasm\"\n",).into_bytes()
     };

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
 
 use browser::{Browser, mean_brightness, mean_saturation};
@@ -318,72 +319,225 @@ async fn wait_no_webrtc_viewer(server: &Server, why: &str) {
     }
 }
 
+/// A STUN binding request as a browser sends it, naming `username` (`SERVER:BROWSER` ufrags).
+fn binding_request(username: &str) -> Vec<u8> {
+    let mut attribute = 0x0006u16.to_be_bytes().to_vec();
+    attribute.extend((username.len() as u16).to_be_bytes());
+    attribute.extend(username.as_bytes());
+    attribute.resize(attribute.len().div_ceil(4) * 4, 0);
+    let mut message = 0x0001u16.to_be_bytes().to_vec();
+    message.extend((attribute.len() as u16).to_be_bytes());
+    message.extend(0x2112_A442u32.to_be_bytes());
+    message.extend(rand::random::<[u8; 12]>());
+    message.extend(attribute);
+    message
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn viewers_take_one_port_each_from_the_configured_range() {
-    let first = free_udp_run(2);
+async fn twenty_viewers_share_the_one_configured_udp_port() {
+    let port = free_udp_run(1);
     let server = Server::start_adding(
-        &format!("webrtc_udp = \"127.0.0.1:{first}\"\nwebrtc_udp_ports = 2\n"),
+        &format!("webrtc_udp = \"127.0.0.1:{port}\"\nwebrtc_tcp = \"off\"\n"),
         &file_route("unicast", &sample_clip()),
     );
     wait_live(&server, "unicast").await;
-    let range = [first, first + 1];
     let mut viewers = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..20 {
         let viewer = whep_client::Viewer::connect(server.http, "unicast")
             .await
             .expect("a viewer");
-        let ports: Vec<u16> = candidates(&viewer.answer).iter().map(|c| c.1).collect();
+        let found = candidates(&viewer.answer);
         assert!(
-            !ports.is_empty() && ports.iter().all(|p| range.contains(p)),
-            "candidates on ports {ports:?}, the range is {range:?}"
+            !found.is_empty() && found.iter().all(|(_, p)| *p == port),
+            "every candidate names the one port {port}: {found:?}"
         );
-        viewers.push((viewer, ports[0]));
-    }
-    assert_ne!(viewers[0].1, viewers[1].1, "one port per viewer");
-    let refused = whep(&server, "/unicast/whep", "application/sdp", VIDEO_OFFER).await;
-    assert!(
-        refused.starts_with("HTTP/1.1 503") && refused.contains("webrtc_udp_ports"),
-        "a third viewer with two ports: {refused}"
-    );
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    for (viewer, port) in &viewers {
-        let packets = viewer.packets.load(std::sync::atomic::Ordering::Relaxed);
-        assert!(
-            packets > 30,
-            "the viewer on port {port} received {packets} RTP packets"
-        );
+        viewers.push(viewer);
     }
 
-    // A viewer that leaves gives its port back.
-    let (leaving, freed) = viewers.remove(0);
+    // Somebody else on the port: garbage, and binding requests naming nobody or guessing.
+    let stranger = UdpSocket::bind("127.0.0.1:0").await.expect("a socket");
+    let target = SocketAddr::from(([127, 0, 0, 1], port));
+    for i in 0..2000u32 {
+        let datagram = match i % 3 {
+            0 => vec![0x80; 200],
+            1 => binding_request(&format!("guess{i}:x")),
+            _ => binding_request("nobody-at-all"),
+        };
+        let _ = stranger.send_to(&datagram, target).await;
+    }
+    let before: Vec<u64> = viewers
+        .iter()
+        .map(|v| v.packets.load(Ordering::Relaxed))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (i, viewer) in viewers.iter().enumerate() {
+        let gained = viewer.packets.load(Ordering::Relaxed) - before[i];
+        assert!(
+            gained > 30,
+            "viewer {i} on the shared port received {gained} RTP packets in 3 s"
+        );
+    }
+    let mut reply = [0; 64];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), stranger.recv_from(&mut reply))
+            .await
+            .is_err(),
+        "the stranger got an answer"
+    );
+
+    // One leaves; the others play on.
+    let leaving = viewers.remove(0);
     leaving.close().await;
     let request = format!(
         "DELETE {} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
         leaving.location
     );
     exchange(server.http, request.as_bytes(), Duration::from_secs(5)).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let next = loop {
-        match whep_client::Viewer::connect(server.http, "unicast").await {
-            Ok(viewer) => break viewer,
-            Err(err) => {
-                assert!(
-                    Instant::now() < deadline,
-                    "the freed port is not used again: {err}"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    };
-    let ports: Vec<u16> = candidates(&next.answer).iter().map(|c| c.1).collect();
-    assert!(
-        !ports.is_empty() && ports.iter().all(|&p| p == freed),
-        "the new viewer takes the freed port {freed}: {ports:?}"
-    );
+    let before: Vec<u64> = viewers
+        .iter()
+        .map(|v| v.packets.load(Ordering::Relaxed))
+        .collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(next.packets.load(std::sync::atomic::Ordering::Relaxed) > 20);
-    next.close().await;
-    viewers[0].0.close().await;
+    for (i, viewer) in viewers.iter().enumerate() {
+        assert!(viewer.packets.load(Ordering::Relaxed) > before[i] + 20);
+    }
+    let sessions = http_get(&server, "/api/v1/sessions").await;
+    assert_eq!(sessions.matches("webrtc-viewer").count(), 19, "{sessions}");
+    for viewer in &viewers {
+        viewer.close().await;
+    }
+}
+
+/// Plays `route` in `page` over WHEP with the answer's UDP candidates taken out, so that only
+/// ICE-TCP is left; resolves to the HTTP status of the offer.
+const TCP_ONLY_VIEWER: &str = r#"(async () => { try {
+  const pc = new RTCPeerConnection();
+  pc.addTransceiver('video', { direction: 'recvonly' });
+  pc.ontrack = (e) => {
+    const v = document.createElement('video');
+    v.muted = true; v.autoplay = true; v.playsInline = true;
+    v.srcObject = new MediaStream([e.track]);
+    document.body.appendChild(v);
+    v.play().catch(() => {});
+  };
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise((done) => {
+    if (pc.iceGatheringState === 'complete') return done();
+    pc.onicegatheringstatechange = () => pc.iceGatheringState === 'complete' && done();
+    setTimeout(done, 3000);
+  });
+  const res = await fetch('/unicast/whep', { method: 'POST', headers: { 'Content-Type': 'application/sdp' }, body: pc.localDescription.sdp });
+  const answer = await res.text();
+  const tcpOnly = answer.split('\r\n').filter((l) => !(l.startsWith('a=candidate:') && / udp /i.test(l))).join('\r\n');
+  window.tcpViewer = { pc, answer: tcpOnly };
+  await pc.setRemoteDescription({ type: 'answer', sdp: tcpOnly });
+  return res.status;
+} catch (e) { return String(e); } })()"#;
+
+/// The TCP-only viewer's decoded frames and the transport of its selected candidate pair.
+const TCP_ONLY_STATS: &str = r#"(async () => {
+  const stats = await window.tcpViewer.pc.getStats();
+  const out = { frames: 0, state: window.tcpViewer.pc.connectionState };
+  let pair = null;
+  stats.forEach((r) => {
+    if (r.type === 'inbound-rtp' && r.kind === 'video') out.frames = r.framesDecoded || 0;
+    if (r.type === 'transport' && r.selectedCandidatePairId) pair = stats.get(r.selectedCandidatePairId);
+  });
+  if (pair) {
+    const remote = stats.get(pair.remoteCandidateId);
+    out.protocol = remote && remote.protocol;
+    out.port = remote && remote.port;
+  }
+  return JSON.stringify(out);
+})()"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_plays_over_ice_tcp_when_udp_is_not_offered() {
+    let tcp_port = free_tcp_port();
+    let server = Server::start_adding(
+        &format!("webrtc_tcp = \"127.0.0.1:{tcp_port}\"\n"),
+        &file_route("unicast", &sample_clip()),
+    );
+    wait_live(&server, "unicast").await;
+    let mut browser = Browser::launch().await;
+    let page = browser
+        .open(&format!("http://{}/unicast/", server.http))
+        .await;
+    // The player page plays too; its own viewer stays on UDP.
+    played(&mut browser, &page, 5).await;
+    let status = browser.eval(&page, TCP_ONLY_VIEWER).await;
+    assert_eq!(status, 201, "the TCP-only offer was answered: {status}");
+    let answer = browser.eval(&page, "window.tcpViewer.answer").await;
+    let answer = answer.as_str().unwrap_or_default();
+    assert!(
+        answer.contains(" tcp ")
+            && answer.contains(&format!(" {tcp_port} typ host tcptype passive")),
+        "the answer offers ICE-TCP on {tcp_port}: {answer}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stats = loop {
+        let stats = browser.eval(&page, TCP_ONLY_STATS).await;
+        let stats: serde_json::Value =
+            serde_json::from_str(stats.as_str().unwrap_or("{}")).unwrap_or_default();
+        if stats["frames"].as_u64().unwrap_or(0) > 48 {
+            break stats;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Chromium decoded too little over ICE-TCP: {stats}\n{}",
+            server.log().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(stats["protocol"], "tcp", "{stats}");
+    assert_eq!(stats["port"], tcp_port, "{stats}");
+
+    // Strangers on the TCP port: garbage and a binding request naming nobody are closed at once,
+    // a connection that says nothing within the handshake time (5 s).
+    let port = SocketAddr::from(([127, 0, 0, 1], tcp_port));
+    let mut garbage = tokio::net::TcpStream::connect(port).await.expect("connect");
+    garbage
+        .write_all(&[0, 8, 1, 2, 3, 4, 5, 6, 7, 8])
+        .await
+        .expect("send");
+    let mut nobody = tokio::net::TcpStream::connect(port).await.expect("connect");
+    let request = binding_request("nobody:x");
+    nobody
+        .write_all(&(request.len() as u16).to_be_bytes())
+        .await
+        .expect("send");
+    nobody.write_all(&request).await.expect("send");
+    let silent = tokio::net::TcpStream::connect(port).await.expect("connect");
+    for (name, mut stream, within) in [
+        ("garbage", garbage, Duration::from_secs(1)),
+        ("an unknown ufrag", nobody, Duration::from_secs(1)),
+        ("silence", silent, Duration::from_secs(7)),
+    ] {
+        let mut byte = [0; 1];
+        let read = tokio::time::timeout(within, stream.read(&mut byte)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "a connection sending {name} was not closed within {within:?}: {read:?}"
+        );
+    }
+    let frames = stats["frames"].as_u64().unwrap_or(0);
+    let later = browser.eval(&page, TCP_ONLY_STATS).await;
+    let later: serde_json::Value =
+        serde_json::from_str(later.as_str().unwrap_or("{}")).unwrap_or_default();
+    assert!(
+        later["frames"].as_u64().unwrap_or(0) > frames + 100,
+        "the ICE-TCP viewer played on meanwhile: {stats} then {later}"
+    );
+    let sessions = http_get(&server, "/api/v1/sessions").await;
+    assert_eq!(sessions.matches("webrtc-viewer").count(), 2, "{sessions}");
+}
+
+/// A TCP port free on loopback now.
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free TCP port")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -440,9 +594,7 @@ async fn one_to_one_nat(public: SocketAddr, private: SocketAddr) -> Arc<AtomicU6
 async fn chromium_plays_through_a_one_to_one_nat_at_the_public_address() {
     let port = free_udp_run(1);
     let server = Server::start_adding(
-        &format!(
-            "webrtc_udp = \"127.0.0.1:{port}\"\nwebrtc_udp_ports = 1\nwebrtc_public_ip = \"127.0.0.2\"\n"
-        ),
+        &format!("webrtc_udp = \"127.0.0.1:{port}\"\nwebrtc_public_ip = \"127.0.0.2\"\n"),
         &file_route("unicast", &sample_clip()),
     );
     let carried = one_to_one_nat(

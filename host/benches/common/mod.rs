@@ -58,14 +58,21 @@ pub struct BenchServer {
 }
 
 impl BenchServer {
-    /// Starts the binary listening on loopback ports the OS picks, with `server` keys added to the
-    /// `[server]` table and the given `routes`.
+    /// Starts the binary listening on loopback ports the OS picks (WebRTC's too, unless `server`
+    /// names them), with `server` keys added to the `[server]` table and the given `routes`.
     pub fn start(name: &str, server: &str, routes: &str) -> BenchServer {
         let config =
             std::env::temp_dir().join(format!("wasmcast-{name}-{}.toml", std::process::id()));
         std::fs::write(
             &config,
-            format!("[server]\nrtsp = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n{server}\n{routes}"),
+            format!(
+                "[server]\nrtsp = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n{}{server}\n{routes}",
+                if server.contains("webrtc_udp") {
+                    ""
+                } else {
+                    "webrtc_udp = \"127.0.0.1:0\"\nwebrtc_tcp = \"127.0.0.1:0\"\n"
+                }
+            ),
         )
         .expect("config");
         let mut child = Command::new(env!("CARGO_BIN_EXE_wasmcast"))

@@ -501,11 +501,17 @@ impl<'a> Checker<'a> {
                 (30000, 30999)
             }
         };
-        if *raw.webrtc_udp_ports.get_ref() == 0 {
+        let webrtc_tcp = match raw.webrtc_tcp.get_ref().as_str() {
+            "off" => None,
+            _ => self.socket_addr(&raw.webrtc_tcp, "server.webrtc_tcp"),
+        };
+        if let Some(ports) = &raw.webrtc_udp_ports {
             self.problem(
-                &raw.webrtc_udp_ports,
+                ports,
                 "server.webrtc_udp_ports".into(),
-                "must be at least 1 (one port per WebRTC viewer)".into(),
+                "is no longer used: every WebRTC viewer shares the one UDP port of webrtc_udp \
+                 (and the TCP port of webrtc_tcp); remove this line"
+                    .into(),
             );
         }
         let webrtc_public_ip =
@@ -575,7 +581,7 @@ impl<'a> Checker<'a> {
             http: http.unwrap_or_else(|| socket_default(&defaults.http)),
             rtp_ports,
             webrtc_udp: webrtc_udp.unwrap_or_else(|| socket_default(&defaults.webrtc_udp)),
-            webrtc_udp_ports: *raw.webrtc_udp_ports.get_ref(),
+            webrtc_tcp,
             webrtc_public_ip,
             max_clients: *raw.max_clients.get_ref(),
             max_bandwidth_kbps: *raw.max_bandwidth_kbps.get_ref(),

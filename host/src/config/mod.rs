@@ -54,10 +54,11 @@ pub struct ServerConfig {
     pub http: SocketAddr,
     /// First and last port (inclusive) for RTP/RTCP over UDP; the first is even.
     pub rtp_ports: (u16, u16),
-    /// Where WebRTC viewers' sockets are bound: the IP (unspecified: the one each browser reached
-    /// the HTTP server at) and the first of `webrtc_udp_ports` ports, one per viewer (0: ephemeral).
+    /// The one UDP port every WebRTC viewer shares; its IP unspecified: candidates name the
+    /// address each browser reached the HTTP server at.
     pub webrtc_udp: SocketAddr,
-    pub webrtc_udp_ports: u16,
+    /// The one ICE-TCP port (RFC 6544) every viewer shares; `None` (`"off"`): UDP only.
+    pub webrtc_tcp: Option<SocketAddr>,
     /// The address announced to browsers instead of the bound one (NAT, container port mapping).
     pub webrtc_public_ip: Option<IpAddr>,
     pub max_clients: usize,

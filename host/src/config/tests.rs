@@ -38,7 +38,16 @@ source = "file:../media/sample.mp4"
 #[test]
 fn webrtc_network_keys() {
     let config = parse("[server]\nwebrtc_public_ip = \"203.0.113.7\"\n").expect("valid");
-    assert_eq!(config.server.webrtc_udp_ports, 100);
+    assert_eq!(
+        config.server.webrtc_udp,
+        "0.0.0.0:8189".parse::<std::net::SocketAddr>().unwrap()
+    );
+    assert_eq!(
+        config.server.webrtc_tcp,
+        Some("0.0.0.0:8189".parse().unwrap())
+    );
+    let udp_only = parse("[server]\nwebrtc_tcp = \"off\"\n").expect("valid");
+    assert_eq!(udp_only.server.webrtc_tcp, None);
     assert_eq!(
         config.server.webrtc_public_ip,
         Some("203.0.113.7".parse().unwrap())
@@ -48,7 +57,7 @@ fn webrtc_network_keys() {
     let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
     assert_eq!(text.len(), 2, "{text:?}");
     assert!(
-        text[0].contains("server.webrtc_udp_ports: must be at least 1"),
+        text[0].contains("server.webrtc_udp_ports: is no longer used"),
         "{text:?}"
     );
     assert!(

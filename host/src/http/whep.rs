@@ -205,9 +205,7 @@ async fn patch(state: &State, request: Request<Incoming>, route: &str, id: &str)
 fn error_reply(err: &WhepError) -> Reply {
     let status = match err {
         WhepError::NoRoute(_) | WhepError::NoSession(_) => StatusCode::NOT_FOUND,
-        WhepError::NotLive(..) | WhepError::Full(_) | WhepError::NoPort(_) => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        WhepError::NotLive(..) | WhepError::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
         WhepError::BadOffer(_) => StatusCode::BAD_REQUEST,
         WhepError::Unplayable(_) => StatusCode::NOT_ACCEPTABLE,
         WhepError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

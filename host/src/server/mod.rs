@@ -26,6 +26,8 @@ pub enum StartError {
     Rtsp(#[from] rtsp::Error),
     #[error(transparent)]
     Http(#[from] crate::http::Error),
+    #[error(transparent)]
+    WebRtc(#[from] webrtc::BindError),
     #[error("{}", config::display_problems(.0))]
     Plugins(Vec<config::Problem>),
 }
@@ -125,6 +127,14 @@ impl Server {
             .await;
         tracing::info!(routes = ?changes.added, "routes started");
         let reload = Arc::new(OnceLock::new());
+        let webrtc = webrtc::WebRtc::bind(
+            router.clone(),
+            sessions.clone(),
+            Arc::clone(&clients),
+            &config.server,
+            Arc::clone(&gate),
+        )
+        .await?;
         let http = HttpServer::bind(
             config.server.http,
             crate::http::State {
@@ -134,12 +144,7 @@ impl Server {
                 clients: Arc::clone(&clients),
                 rtsp: rtsp.rebind(),
                 reload: Arc::clone(&reload),
-                webrtc: webrtc::WebRtc::new(
-                    router.clone(),
-                    sessions.clone(),
-                    Arc::clone(&clients),
-                    &config.server,
-                ),
+                webrtc,
                 gate,
                 snapshots: Default::default(),
                 events,

@@ -194,7 +194,7 @@ impl Reloader {
             (
                 s.rtp_ports,
                 s.webrtc_udp,
-                s.webrtc_udp_ports,
+                s.webrtc_tcp,
                 s.webrtc_public_ip,
                 s.max_clients,
                 s.max_bandwidth_kbps,
@@ -205,12 +205,12 @@ impl Reloader {
         };
         if restart_only(old) != restart_only(new) {
             tracing::warn!(
-                "[server] rtp_ports, webrtc_udp, webrtc_udp_ports, webrtc_public_ip and limits apply at the next restart"
+                "[server] rtp_ports, webrtc_udp, webrtc_tcp, webrtc_public_ip and limits apply at the next restart"
             );
             // The running config says what really runs.
             new.rtp_ports = old.rtp_ports;
             new.webrtc_udp = old.webrtc_udp;
-            new.webrtc_udp_ports = old.webrtc_udp_ports;
+            new.webrtc_tcp = old.webrtc_tcp;
             new.webrtc_public_ip = old.webrtc_public_ip;
             new.max_clients = old.max_clients;
             new.max_bandwidth_kbps = old.max_bandwidth_kbps;

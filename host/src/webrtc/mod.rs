@@ -8,18 +8,19 @@
 //! ICE timeouts when its network dies or when its route goes away.
 //!
 //! Here: the registry of sessions ([`WebRtc`]: offer, trickle, end); `negotiate` turns an offer
-//! into a connected peer, `viewer` sends to it, `offer` reads what the browser can take,
-//! `network` leases the UDP ports.
+//! into a connected peer, `viewer` sends to it, `offer` reads what the browser can take, `mux`
+//! carries every viewer on one UDP and one TCP port, and `network` announces those ports.
 
 #[cfg(any(fuzzing, test))]
 pub mod fuzz;
+mod mux;
 mod negotiate;
 mod network;
 mod offer;
 mod viewer;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -45,13 +46,15 @@ use rtc::shared::marshal::Unmarshal;
 
 use crate::config::ServerConfig;
 use crate::hub::{SourceState, Stream};
+use crate::listen::ConnectionGate;
 use crate::media::Codec;
 use crate::router::RouterHandle;
 use crate::sessions::{ClientLimit, ClientSlot, Registration, SessionKind, Sessions};
 
+pub use mux::Error as BindError;
+use mux::{MuxLease, ViewerRuntime};
 use negotiate::{Events, Negotiated, plan};
-pub use network::NoFreePort;
-use network::{IceNetwork, PortLease};
+use network::IceNetwork;
 pub use offer::OfferedVideo;
 use viewer::{Outgoing, Viewer};
 
@@ -79,8 +82,6 @@ pub enum WhepError {
     Unplayable(String),
     #[error("the server is full: {0}")]
     Full(#[from] crate::sessions::Full),
-    #[error("the server is full: {0}")]
-    NoPort(#[from] NoFreePort),
     #[error("no WHEP session `{0}` on this route")]
     NoSession(String),
     #[error("WebRTC failed: {0}")]
@@ -119,19 +120,21 @@ struct Peer {
 const MAX_TRICKLED_CANDIDATES: usize = 64;
 
 impl WebRtc {
-    pub fn new(
+    /// Opens the ports viewers share (`webrtc_udp`, `webrtc_tcp`).
+    pub async fn bind(
         router: RouterHandle,
         sessions: Sessions,
         clients: Arc<ClientLimit>,
         server: &ServerConfig,
-    ) -> WebRtc {
-        WebRtc {
+        gate: Arc<ConnectionGate>,
+    ) -> Result<WebRtc, BindError> {
+        Ok(WebRtc {
             router,
             sessions,
             clients,
-            network: IceNetwork::new(server),
+            network: IceNetwork::bind(server, gate).await?,
             peers: Arc::default(),
-        }
+        })
     }
 
     /// Answers `offer` for `route`: `local` is the HTTP connection's local address (where the
@@ -157,18 +160,9 @@ impl WebRtc {
         let slot = self.clients.acquire()?;
 
         let ip = self.network.bind_ip(local);
-        // A port found free can be taken by another program before the connection binds it;
-        // then the next one is tried.
-        let mut attempts = 0;
-        let (pc, events, port) = loop {
-            let port = self.network.lease(ip)?;
-            match self.connect(&plan, SocketAddr::new(ip, port.port())).await {
-                Ok((pc, events)) => break (pc, events, port),
-                Err(err) if port.port() == 0 || attempts == 2 => return Err(err),
-                Err(err) => tracing::debug!(route, port = port.port(), "retrying: {err}"),
-            }
-            attempts += 1;
-        };
+        let credentials = IceCredentials::random();
+        let (lease, runtime) = self.network.lease(credentials.ufrag.clone());
+        let (pc, events) = self.connect(&plan, ip, runtime, credentials).await?;
         let negotiated = Self::negotiate(&pc, &plan, offer, &events).await;
         let Negotiated {
             video,
@@ -211,7 +205,7 @@ impl WebRtc {
             audio,
             registration,
             _slot: slot,
-            _port: port,
+            _mux: lease,
             peers: Arc::clone(&self.peers),
         };
         tokio::spawn(viewer.run());
@@ -279,6 +273,31 @@ impl WebRtc {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Peer>> {
         self.peers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A viewer connection's ICE username fragment and password: ours to choose, so that the mux
+/// can tell which viewer a binding request is for. Random, of the lengths browsers use.
+pub(super) struct IceCredentials {
+    pub(super) ufrag: String,
+    pub(super) password: String,
+}
+
+impl IceCredentials {
+    fn random() -> IceCredentials {
+        let text = |len: usize| {
+            use rand::Rng;
+            use rand::distr::Alphanumeric;
+            rand::rng()
+                .sample_iter(Alphanumeric)
+                .take(len)
+                .map(char::from)
+                .collect::<String>()
+        };
+        IceCredentials {
+            ufrag: text(16),
+            password: text(32),
+        }
     }
 }
 

@@ -1,14 +1,18 @@
 //! Negotiation: from a browser's offer to a connected peer — which of the route's tracks it can
 //! take ([`plan`]), the peer connection and its answer, and the wait for ICE to connect.
 
+use rtc::ice::mdns::MulticastDnsMode;
+
 use super::*;
 
 impl WebRtc {
-    /// A peer connection for `plan` with its socket bound to `bind`.
+    /// A peer connection for `plan`, on the shared ports at `ip`.
     pub(super) async fn connect(
         &self,
         plan: &Plan,
-        bind: SocketAddr,
+        ip: IpAddr,
+        runtime: ViewerRuntime,
+        credentials: IceCredentials,
     ) -> Result<(Arc<dyn PeerConnection>, Events), WhepError> {
         let (events, handler) = Events::new();
         let mut media_engine = MediaEngine::default();
@@ -26,18 +30,32 @@ impl WebRtc {
         // media goes back where they came from, which behind a NAT is the only way that works.
         let settings: SettingEngine = SettingEngineBuilder::new()
             .with_lite(true)
+            .with_ice_credentials(credentials.ufrag, credentials.password)
+            // A browser's `.local` candidates need no resolving: an ICE lite server learns where
+            // the browser is from its checks. (The multicast socket would also take the viewer's
+            // place on the mux.)
+            .with_multicast_dns_mode(MulticastDnsMode::Disabled)
             .with_ice_timeouts(
                 Some(ICE_DISCONNECTED),
                 Some(ICE_FAILED),
                 Some(ICE_KEEPALIVE),
             )
             .build();
+        // The crate binds these ephemeral addresses, and the runtime swaps them for the mux.
+        let bind = SocketAddr::new(ip, 0);
+        let tcp = if self.network.tcp() {
+            vec![bind]
+        } else {
+            Vec::new()
+        };
         let pc = PeerConnectionBuilder::new()
+            .with_runtime(Arc::new(runtime))
             .with_media_engine(media_engine)
             .with_setting_engine(settings)
             .with_interceptor_registry(registry)
             .with_handler(handler)
             .with_udp_addrs(vec![bind])
+            .with_tcp_addrs(tcp)
             .build()
             .await
             .map_err(internal)?;

@@ -70,7 +70,7 @@ pub(super) struct Viewer {
     pub(super) audio: Option<(usize, Outgoing)>,
     pub(super) registration: Registration,
     pub(super) _slot: ClientSlot,
-    pub(super) _port: PortLease,
+    pub(super) _mux: MuxLease,
     pub(super) peers: Peers,
 }
 

@@ -149,6 +149,9 @@ impl Browser {
                 json!({ "expression": expression, "returnByValue": true, "awaitPromise": true }),
             )
             .await;
+        if let Some(thrown) = result.get("exceptionDetails") {
+            eprintln!("evaluating in Chromium threw: {thrown}");
+        }
         result["result"]["value"].clone()
     }
 

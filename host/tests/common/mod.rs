@@ -84,6 +84,18 @@ pub struct Server {
     _dir: TempDir,
 }
 
+/// `server` keys with WebRTC's shared ports on loopback ports the OS picks, where not named: the
+/// defaults (8189) would collide between servers run at once.
+pub fn with_loopback_webrtc(server: &str) -> String {
+    let mut keys = server.to_owned();
+    for key in ["webrtc_udp", "webrtc_tcp"] {
+        if !server.contains(&format!("{key} =")) {
+            keys.push_str(&format!("\n{key} = \"127.0.0.1:0\"\n"));
+        }
+    }
+    keys
+}
+
 impl Server {
     /// Starts the binary with `[server]` on loopback and the given `[routes...]` tables.
     pub fn start(routes: &str) -> Server {
@@ -100,8 +112,10 @@ impl Server {
         )
     }
 
-    /// Starts the binary with the given `[server]` keys and `[routes...]` tables.
+    /// Starts the binary with the given `[server]` keys and `[routes...]` tables; WebRTC's shared
+    /// ports are loopback ones the OS picks unless `server` names them.
     pub fn start_with(server: &str, routes: &str) -> Server {
+        let server = &with_loopback_webrtc(server);
         let dir = TempDir::new();
         let config = dir.path().join("wasmcast.toml");
         std::fs::write(&config, format!("[server]\n{server}\n{routes}")).expect("write config");
