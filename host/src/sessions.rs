@@ -19,12 +19,16 @@ pub enum SessionKind {
     RtspPublisher,
     HttpPush,
     WebRtcViewer,
+    WebRtcPublisher,
 }
 
 impl SessionKind {
     /// Whether the session sends media in rather than reading it.
     pub fn is_publisher(self) -> bool {
-        matches!(self, SessionKind::RtspPublisher | SessionKind::HttpPush)
+        matches!(
+            self,
+            SessionKind::RtspPublisher | SessionKind::HttpPush | SessionKind::WebRtcPublisher
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -33,6 +37,7 @@ impl SessionKind {
             SessionKind::RtspPublisher => "rtsp-publisher",
             SessionKind::HttpPush => "http-push",
             SessionKind::WebRtcViewer => "webrtc-viewer",
+            SessionKind::WebRtcPublisher => "webrtc-publisher",
         }
     }
 }
@@ -79,6 +84,7 @@ impl Sessions {
                 "{}-{:032x}",
                 match kind {
                     SessionKind::WebRtcViewer => "whep",
+                    SessionKind::WebRtcPublisher => "whip",
                     _ => "push",
                 },
                 rand::random::<u128>()

@@ -2,6 +2,10 @@
 //! get a clear refusal and disturb nothing.
 
 #[path = "common/browser.rs"]
+#[allow(
+    dead_code,
+    reason = "the browser helpers are shared; the fake camera is for the WHIP tests"
+)]
 mod browser;
 mod common;
 #[path = "common/whep.rs"]
@@ -120,7 +124,7 @@ async fn chromium_plays_a_file_route_and_a_pushed_route_from_the_player_page() {
     let seen = browser
         .eval(
             &status,
-            "(() => { const row = [...document.querySelectorAll('#routes tr')]                .find(tr => tr.querySelector('a').getAttribute('href') === '/unicast/');              const img = row.querySelector('img.thumbnail');              const r = img.getBoundingClientRect();              const points = row.querySelector('svg.graph polyline.out').getAttribute('points');              return [img.naturalWidth, points.split(' ').length,                      ...[r.x, r.y, r.width, r.height].map(Math.round)]; })()",
+            "(() => { const row = [...document.querySelectorAll('#routes tr')]                .find(tr => tr.querySelector('a').getAttribute('href') === '/unicast/');              const img = row.querySelector('img.thumbnail');              const r = img.getBoundingClientRect();              const points = row.querySelector('svg.graph polyline.out').getAttribute('points');              const drops = row.querySelector('svg.graph polyline.drops').getAttribute('points');              return [img.naturalWidth, points.split(' ').length, drops.split(' ').length,                      ...[r.x, r.y, r.width, r.height].map(Math.round)]; })()",
         )
         .await;
     let seen: Vec<u32> = seen
@@ -128,12 +132,16 @@ async fn chromium_plays_a_file_route_and_a_pushed_route_from_the_player_page() {
         .map(|a| a.iter().map(|n| n.as_u64().unwrap_or(0) as u32).collect())
         .unwrap_or_default();
     assert!(
-        seen.len() == 6 && seen[0] > 0,
+        seen.len() == 7 && seen[0] > 0,
         "the thumbnail loaded: {seen:?}"
     );
     assert!(seen[1] >= 3, "the graph has a point per refresh: {seen:?}");
+    assert_eq!(
+        seen[1], seen[2],
+        "drops are graphed beside the rates: {seen:?}"
+    );
     let screenshot = browser.screenshot(&status).await;
-    let thumbnail = (seen[2], seen[3], seen[4], seen[5]);
+    let thumbnail = (seen[3], seen[4], seen[5], seen[6]);
     let saturation = mean_saturation(&screenshot, thumbnail);
     assert!(
         saturation > 20.0,

@@ -23,6 +23,7 @@ mod api;
 mod push;
 mod sse;
 mod whep;
+mod whip;
 
 use crate::auth::{Auth, AuthError, Login};
 use crate::control::ReloadHandle;
@@ -239,6 +240,20 @@ async fn handle(
             let (route, session) = (route.to_owned(), session.map(str::to_owned));
             whep::handle(state, request, &route, session.as_deref(), local, peer).await
         }
+        (_, whip_path) if resource(whip_path, "whip").is_some() => {
+            let Some((feed, session)) = resource(whip_path, "whip") else {
+                return text(StatusCode::NOT_FOUND, "no WHIP resource");
+            };
+            let (feed, session) = (feed.to_owned(), session.map(str::to_owned));
+            whip::handle(state, request, &feed, session.as_deref(), local, peer).await
+        }
+        (&Method::GET, publish) if publish.ends_with("/publish") => {
+            let feed = publish.trim_end_matches("/publish");
+            if feed.is_empty() || feed.contains('/') {
+                return text(StatusCode::NOT_FOUND, format!("nothing at /{path}"));
+            }
+            whip::page(state, feed, peer)
+        }
         (&Method::GET | &Method::HEAD, snapshot) if snapshot.ends_with("/snapshot.jpg") => {
             let route = snapshot.trim_end_matches("/snapshot.jpg");
             if route.is_empty() || route.contains('/') {
@@ -363,9 +378,14 @@ fn on_this_machine(ip: std::net::IpAddr) -> bool {
 
 /// `ROUTE/whep` or `ROUTE/whep/ID`: the route and the session.
 fn whep_resource(path: &str) -> Option<(&str, Option<&str>)> {
+    resource(path, "whep")
+}
+
+/// `ROUTE/KIND` or `ROUTE/KIND/ID`: the route and the session.
+fn resource<'a>(path: &'a str, kind: &str) -> Option<(&'a str, Option<&'a str>)> {
     let mut parts = path.split('/');
     let route = parts.next().filter(|r| !r.is_empty())?;
-    if parts.next()? != "whep" {
+    if parts.next()? != kind {
         return None;
     }
     let session = parts.next();

@@ -76,7 +76,7 @@ pub(super) async fn handle(
     with_cors(reply)
 }
 
-fn with_cors(mut reply: Reply) -> Reply {
+pub(super) fn with_cors(mut reply: Reply) -> Reply {
     let headers = reply.headers_mut();
     headers.insert(
         header::ACCESS_CONTROL_ALLOW_ORIGIN,
@@ -119,7 +119,7 @@ pub(super) fn authorize(
 }
 
 /// The body as text, if the request says it is of type `wanted`; else a 415 naming the type.
-async fn body_text(request: Request<Incoming>, wanted: &str) -> Result<String, Reply> {
+pub(super) async fn body_text(request: Request<Incoming>, wanted: &str) -> Result<String, Reply> {
     if !content_type_is(&request, wanted) {
         return Err(text(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -202,11 +202,12 @@ async fn patch(state: &State, request: Request<Incoming>, route: &str, id: &str)
     }
 }
 
-fn error_reply(err: &WhepError) -> Reply {
+pub(super) fn error_reply(err: &WhepError) -> Reply {
     let status = match err {
         WhepError::NoRoute(_) | WhepError::NoSession(_) => StatusCode::NOT_FOUND,
         WhepError::NotLive(..) | WhepError::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
         WhepError::BadOffer(_) => StatusCode::BAD_REQUEST,
+        WhepError::Busy(_) => StatusCode::CONFLICT,
         WhepError::Unplayable(_) => StatusCode::NOT_ACCEPTABLE,
         WhepError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };

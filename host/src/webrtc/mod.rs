@@ -17,6 +17,7 @@ mod mux;
 mod negotiate;
 mod network;
 mod offer;
+mod publish;
 mod viewer;
 
 use std::collections::HashMap;
@@ -82,6 +83,8 @@ pub enum WhepError {
     Unplayable(String),
     #[error("the server is full: {0}")]
     Full(#[from] crate::sessions::Full),
+    #[error("the route has a publisher: {0}")]
+    Busy(String),
     #[error("no WHEP session `{0}` on this route")]
     NoSession(String),
     #[error("WebRTC failed: {0}")]
@@ -162,7 +165,11 @@ impl WebRtc {
         let ip = self.network.bind_ip(local);
         let credentials = IceCredentials::random();
         let (lease, runtime) = self.network.lease(credentials.ufrag.clone());
-        let (pc, events) = self.connect(&plan, ip, runtime, credentials).await?;
+        let mut codecs = vec![(plan.video.clone(), RtpCodecKind::Video)];
+        if let Some((_, audio)) = &plan.audio {
+            codecs.push((audio.clone(), RtpCodecKind::Audio));
+        }
+        let (pc, events) = self.connect(&codecs, ip, runtime, credentials).await?;
         let negotiated = Self::negotiate(&pc, &plan, offer, &events).await;
         let Negotiated {
             video,
@@ -219,6 +226,19 @@ impl WebRtc {
             .list()
             .iter()
             .any(|s| s.id == id && s.route == route && s.kind == SessionKind::WebRtcViewer);
+        if on_route && self.sessions.kick(id) {
+            Ok(())
+        } else {
+            Err(WhepError::NoSession(id.to_owned()))
+        }
+    }
+
+    /// Ends publisher `id` of the route that takes `feed` (`DELETE` on its WHIP resource).
+    pub fn end_publisher(&self, feed: &str, id: &str) -> Result<(), WhepError> {
+        let route = self.router.feed(feed).map(|s| s.name().to_owned());
+        let on_route = self.sessions.list().iter().any(|s| {
+            s.id == id && Some(&s.route) == route.as_ref() && s.kind == SessionKind::WebRtcPublisher
+        });
         if on_route && self.sessions.kick(id) {
             Ok(())
         } else {

@@ -2,26 +2,25 @@
 //! take ([`plan`]), the peer connection and its answer, and the wait for ICE to connect.
 
 use rtc::ice::mdns::MulticastDnsMode;
+use tokio::sync::mpsc;
+use webrtc::media_stream::track_remote::TrackRemote;
 
 use super::*;
 
 impl WebRtc {
-    /// A peer connection for `plan`, on the shared ports at `ip`.
+    /// A peer connection for `codecs`, on the shared ports at `ip`.
     pub(super) async fn connect(
         &self,
-        plan: &Plan,
+        codecs: &[(RTCRtpCodecParameters, RtpCodecKind)],
         ip: IpAddr,
         runtime: ViewerRuntime,
         credentials: IceCredentials,
     ) -> Result<(Arc<dyn PeerConnection>, Events), WhepError> {
         let (events, handler) = Events::new();
         let mut media_engine = MediaEngine::default();
-        media_engine
-            .register_codec(plan.video.clone(), RtpCodecKind::Video)
-            .map_err(internal)?;
-        if let Some((_, audio)) = &plan.audio {
+        for (codec, kind) in codecs {
             media_engine
-                .register_codec(audio.clone(), RtpCodecKind::Audio)
+                .register_codec(codec.clone(), *kind)
                 .map_err(internal)?;
         }
         let registry =
@@ -85,6 +84,23 @@ impl WebRtc {
             None => None,
         };
 
+        let sdp = Self::answer(pc, offer, events).await?;
+        Ok(Negotiated {
+            video,
+            video_sender,
+            audio,
+            sdp,
+        })
+    }
+}
+
+impl WebRtc {
+    /// Takes `offer` and answers it, waiting for our candidates.
+    pub(super) async fn answer(
+        pc: &Arc<dyn PeerConnection>,
+        offer: &str,
+        events: &Events,
+    ) -> Result<String, WhepError> {
         let description = RTCSessionDescription::offer(offer.to_owned())
             .map_err(|err| WhepError::BadOffer(err.to_string()))?;
         pc.set_remote_description(description)
@@ -93,17 +109,10 @@ impl WebRtc {
         let answer = pc.create_answer(None).await.map_err(internal)?;
         pc.set_local_description(answer).await.map_err(internal)?;
         events.gathered(GATHERING_TIMEOUT).await;
-        let sdp = pc
-            .local_description()
+        pc.local_description()
             .await
             .map(|d| d.sdp)
-            .ok_or_else(|| WhepError::Internal("no local description".into()))?;
-        Ok(Negotiated {
-            video,
-            video_sender,
-            audio,
-            sdp,
-        })
+            .ok_or_else(|| WhepError::Internal("no local description".into()))
     }
 }
 
@@ -214,22 +223,34 @@ pub(super) fn plan(stream: &Stream, offered: &OfferedVideo) -> Result<Plan, Whep
 pub(super) struct Events {
     pub(super) gathering: watch::Receiver<bool>,
     pub(super) state: watch::Receiver<RTCPeerConnectionState>,
+    /// The tracks the peer sends (a publisher's).
+    pub(super) tracks: mpsc::Receiver<Arc<dyn TrackRemote>>,
 }
 
 pub(super) struct Handler {
     pub(super) gathering: watch::Sender<bool>,
     pub(super) state: watch::Sender<RTCPeerConnectionState>,
+    pub(super) tracks: mpsc::Sender<Arc<dyn TrackRemote>>,
 }
+
+/// Tracks one peer may send: a video and an audio one, and a few more that are ignored.
+const MAX_REMOTE_TRACKS: usize = 4;
 
 impl Events {
     pub(super) fn new() -> (Events, Arc<Handler>) {
         let (gathering_tx, gathering) = watch::channel(false);
         let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
+        let (tracks_tx, tracks) = mpsc::channel(MAX_REMOTE_TRACKS);
         (
-            Events { gathering, state },
+            Events {
+                gathering,
+                state,
+                tracks,
+            },
             Arc::new(Handler {
                 gathering: gathering_tx,
                 state: state_tx,
+                tracks: tracks_tx,
             }),
         )
     }
@@ -250,6 +271,10 @@ impl PeerConnectionEventHandler for Handler {
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
         let _ = self.state.send(state);
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let _ = self.tracks.try_send(track);
     }
 }
 

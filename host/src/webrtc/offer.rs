@@ -8,8 +8,9 @@ pub const MAX_OFFER_BYTES: usize = 64 * 1024;
 /// The video (and audio) formats of an offer that wasmcast can send as they are.
 #[derive(Debug, Default)]
 pub struct OfferedVideo {
-    /// H.264 payload types with packetization-mode 1, and the profile_idc of each.
-    h264: Vec<(u8, u8)>,
+    /// H.264 payload types with packetization-mode 1, the profile_idc and the fmtp parameters
+    /// of each.
+    h264: Vec<(u8, u8, String)>,
     pub opus_payload_type: Option<u8>,
 }
 
@@ -18,13 +19,44 @@ impl OfferedVideo {
     pub fn h264_payload_type(&self, profile_idc: u8) -> Option<u8> {
         self.h264
             .iter()
-            .find(|(_, profile)| *profile == profile_idc)
-            .map(|(pt, _)| *pt)
+            .find(|(_, profile, _)| *profile == profile_idc)
+            .map(|(pt, _, _)| *pt)
     }
+
+    /// The H.264 a publisher should send, and its fmtp parameters: the profile every reader
+    /// can decode (Constrained Baseline) first, then Baseline, Main, High, any.
+    pub fn h264_to_receive(&self) -> Option<(u8, &str)> {
+        let constrained = self
+            .h264
+            .iter()
+            .find(|(_, profile, fmtp)| *profile == 66 && fmtp.contains("profile-level-id=42e0"));
+        constrained
+            .or_else(|| {
+                [66, 77, 100]
+                    .iter()
+                    .find_map(|wanted| self.h264.iter().find(|(_, p, _)| p == wanted))
+            })
+            .or_else(|| self.h264.first())
+            .map(|(pt, _, fmtp)| (*pt, fmtp.as_str()))
+    }
+}
+
+/// Checks that a publisher's `offer` is SDP with a video section it will send, and reads its
+/// formats.
+pub fn parse_publishing(offer: &str) -> Result<OfferedVideo, WhepError> {
+    parse_as(
+        offer,
+        "sendonly",
+        "wasmcast takes H.264 video from publishers",
+    )
 }
 
 /// Checks that `offer` is SDP with a video section the browser will receive, and reads its formats.
 pub fn parse(offer: &str) -> Result<OfferedVideo, WhepError> {
+    parse_as(offer, "recvonly", "wasmcast sends H.264 to browsers")
+}
+
+fn parse_as(offer: &str, direction: &str, why_h264: &str) -> Result<OfferedVideo, WhepError> {
     if offer.len() > MAX_OFFER_BYTES {
         return Err(WhepError::BadOffer(format!(
             "larger than {MAX_OFFER_BYTES} bytes"
@@ -37,9 +69,9 @@ pub fn parse(offer: &str) -> Result<OfferedVideo, WhepError> {
         .iter()
         .find(|m| m.media == "video")
         .ok_or_else(|| {
-            WhepError::BadOffer(
-                "the offer has no video section; add a video transceiver (recvonly)".into(),
-            )
+            WhepError::BadOffer(format!(
+                "the offer has no video section; add a video transceiver ({direction})"
+            ))
         })?;
     let mut offered = OfferedVideo::default();
     for media in &session.medias {
@@ -66,7 +98,9 @@ pub fn parse(offer: &str) -> Result<OfferedVideo, WhepError> {
                         && parameters.contains("packetization-mode=1")
                         && let Some(profile) = profile_idc(parameters)
                     {
-                        offered.h264.push((pt, profile));
+                        offered
+                            .h264
+                            .push((pt, profile, parameters.trim().to_owned()));
                     }
                 }
                 _ => {}
@@ -74,10 +108,9 @@ pub fn parse(offer: &str) -> Result<OfferedVideo, WhepError> {
         }
     }
     if offered.h264.is_empty() {
-        return Err(WhepError::Unplayable(
-            "the offer has no H.264 (packetization-mode 1); wasmcast sends H.264 to browsers"
-                .into(),
-        ));
+        return Err(WhepError::Unplayable(format!(
+            "the offer has no H.264 (packetization-mode 1); {why_h264}"
+        )));
     }
     Ok(offered)
 }

@@ -28,16 +28,22 @@ pub struct Page {
 impl Browser {
     /// Chromium offering plain loopback addresses as its ICE candidates.
     pub async fn launch() -> Browser {
-        Browser::start(false).await
+        Browser::start(false, false).await
+    }
+
+    /// Chromium with a fake camera and microphone (a moving test picture and a beep), granted
+    /// to pages without asking.
+    pub async fn launch_with_fake_devices() -> Browser {
+        Browser::start(false, true).await
     }
 
     /// Chromium as it ships: its local addresses hidden behind mDNS names, so a server can only
     /// learn where it is from the checks it sends.
     pub async fn launch_hiding_local_ips() -> Browser {
-        Browser::start(true).await
+        Browser::start(true, false).await
     }
 
-    async fn start(hide_local_ips: bool) -> Browser {
+    async fn start(hide_local_ips: bool, fake_devices: bool) -> Browser {
         static LAUNCHED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let profile = std::env::temp_dir().join(format!(
             "wasmcast-chromium-{}-{}",
@@ -59,6 +65,15 @@ impl Browser {
                 "--window-size=1280,800",
             ])
             .args((!hide_local_ips).then_some("--disable-features=WebRtcHideLocalIpsWithMdns"))
+            .args(
+                fake_devices
+                    .then_some([
+                        "--use-fake-device-for-media-stream",
+                        "--use-fake-ui-for-media-stream",
+                    ])
+                    .into_iter()
+                    .flatten(),
+            )
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg("about:blank")
             .stdin(Stdio::null())
