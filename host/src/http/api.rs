@@ -246,6 +246,7 @@ pub(super) fn metrics(state: &State) -> Reply {
         let _ = writeln!(out, "wasmcast_source_live{{route=\"{route}\"}} {live}");
     }
     plugin_metrics(&state.router, &streams, &mut out);
+    opus_metrics(state, &mut out);
     event_metrics(state, &mut out);
     let gate = &state.gate;
     let _ = writeln!(
@@ -400,6 +401,26 @@ fn plugin_metrics(
             }
         }
     }
+}
+
+/// What the Opus renditions of AAC routes cost.
+fn opus_metrics(state: &State, out: &mut String) {
+    let opus = state.webrtc.opus_stats();
+    let _ = writeln!(
+        out,
+        "# HELP wasmcast_opus_renditions Routes whose AAC is being turned into Opus for WebRTC viewers now.\n# TYPE wasmcast_opus_renditions gauge\nwasmcast_opus_renditions {}",
+        opus.running
+    );
+    let _ = writeln!(
+        out,
+        "# HELP wasmcast_opus_frames_total 20 ms Opus frames made from AAC.\n# TYPE wasmcast_opus_frames_total counter\nwasmcast_opus_frames_total {}",
+        opus.frames
+    );
+    let _ = writeln!(
+        out,
+        "# HELP wasmcast_opus_transcode_seconds_total Time spent decoding AAC, resampling and encoding Opus.\n# TYPE wasmcast_opus_transcode_seconds_total counter\nwasmcast_opus_transcode_seconds_total {:.6}",
+        opus.transcode_seconds
+    );
 }
 
 /// The events' counters: published, streams open, webhook deliveries.

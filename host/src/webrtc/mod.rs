@@ -1,8 +1,9 @@
-//! WebRTC egress: WHEP sessions that play a route in a browser.
+//! WebRTC: WHEP sessions that play a route in a browser, and WHIP publishers (`publish`).
 //!
 //! In: a browser's SDP offer for a route (`POST /ROUTE/whep`). Out: an SDP answer, then the route's
-//! H.264 video (and Opus audio) sent to the browser, reusing the RTP packets the route's hub made
-//! once for every reader: only the SSRC and payload type are rewritten per viewer. A viewer counts
+//! H.264 video and its audio sent to the browser, reusing the RTP packets the route's hub made
+//! once for every reader: only the SSRC and payload type are rewritten per viewer. Opus goes as
+//! it is; AAC goes through the route's Opus rendition (`opus`). A viewer counts
 //! toward `max_clients`, appears in the session registry (so it can be listed and kicked), starts on
 //! a keyframe, waits for the next keyframe when the browser asks for one (PLI/FIR), and is reaped by
 //! ICE timeouts when its network dies or when its route goes away.
@@ -17,6 +18,7 @@ mod mux;
 mod negotiate;
 mod network;
 mod offer;
+mod opus;
 mod publish;
 mod viewer;
 
@@ -107,6 +109,8 @@ pub struct WebRtc {
     clients: Arc<ClientLimit>,
     network: IceNetwork,
     peers: Peers,
+    /// The Opus renditions of AAC routes that WebRTC viewers watch.
+    renditions: Arc<opus::Renditions>,
 }
 
 /// The viewers' peer connections by session id.
@@ -137,6 +141,7 @@ impl WebRtc {
             clients,
             network: IceNetwork::bind(server, gate).await?,
             peers: Arc::default(),
+            renditions: Arc::default(),
         })
     }
 
@@ -159,8 +164,19 @@ impl WebRtc {
         if self.router.demand(route).is_some() {
             stream.wait_while_waiting(SOURCE_START_TIMEOUT).await;
         }
-        let plan = plan(&stream, &offered)?;
+        let mut plan = plan(&stream, &offered)?;
         let slot = self.clients.acquire()?;
+        let rendition = match plan.audio {
+            Some((track, _)) if plan.audio_from_aac => match self.renditions.get(&stream, track) {
+                Ok(rendition) => Some(rendition),
+                Err(err) => {
+                    tracing::info!(route, "the viewer gets no sound: {err}");
+                    plan.audio = None;
+                    None
+                }
+            },
+            _ => None,
+        };
 
         let ip = self.network.bind_ip(local);
         let credentials = IceCredentials::random();
@@ -187,6 +203,10 @@ impl WebRtc {
             }
         };
         let sdp = self.network.announce(&sdp);
+        let (audio, opus) = match rendition {
+            Some(rendition) => (None, audio.map(|(_, outgoing)| (outgoing, rendition))),
+            None => (audio, None),
+        };
 
         let registration = self
             .sessions
@@ -210,6 +230,7 @@ impl WebRtc {
             video,
             video_sender,
             audio,
+            opus,
             registration,
             _slot: slot,
             _mux: lease,
@@ -231,6 +252,11 @@ impl WebRtc {
         } else {
             Err(WhepError::NoSession(id.to_owned()))
         }
+    }
+
+    /// What the Opus renditions of AAC routes cost.
+    pub fn opus_stats(&self) -> opus::OpusStats {
+        self.renditions.stats()
     }
 
     /// Ends publisher `id` of the route that takes `feed` (`DELETE` on its WHIP resource).

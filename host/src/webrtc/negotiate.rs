@@ -120,8 +120,11 @@ impl WebRtc {
 pub(super) struct Plan {
     pub(super) video_track: usize,
     pub(super) video: RTCRtpCodecParameters,
-    /// The Opus track and its codec, when the route has one and the browser takes it.
+    /// The audio track and the Opus codec it goes out as, when the route has audio and the
+    /// browser takes Opus.
     pub(super) audio: Option<(usize, RTCRtpCodecParameters)>,
+    /// Whether that track is AAC, sent through the route's Opus rendition.
+    pub(super) audio_from_aac: bool,
 }
 
 pub(super) fn plan(stream: &Stream, offered: &OfferedVideo) -> Result<Plan, WhepError> {
@@ -193,9 +196,16 @@ pub(super) fn plan(stream: &Stream, offered: &OfferedVideo) -> Result<Plan, Whep
         },
         payload_type,
     };
-    let audio = tracks
+    // Opus as it is; else AAC, which browsers cannot play, through the route's Opus rendition.
+    let opus = tracks
         .iter()
-        .position(|t| matches!(t.codec, Codec::Opus { .. }))
+        .position(|t| matches!(t.codec, Codec::Opus { .. }));
+    let aac = tracks
+        .iter()
+        .position(|t| matches!(t.codec, Codec::Aac { .. }));
+    let audio_from_aac = opus.is_none() && aac.is_some();
+    let audio = opus
+        .or(aac)
         .zip(offered.opus_payload_type)
         .map(|(track, payload_type)| {
             (
@@ -216,6 +226,7 @@ pub(super) fn plan(stream: &Stream, offered: &OfferedVideo) -> Result<Plan, Whep
         video_track,
         video,
         audio,
+        audio_from_aac,
     })
 }
 

@@ -2,6 +2,9 @@
 //! sent until the peer goes, the route ends or the session is kicked; a keyframe request (PLI/FIR)
 //! makes the viewer wait for the next keyframe.
 
+use tokio::sync::broadcast;
+
+use super::opus::{OpusFrame, Rendition};
 use super::*;
 
 /// One track we send, with the SSRC every packet must carry.
@@ -39,6 +42,29 @@ impl Outgoing {
         }
     }
 
+    /// Sends one frame of the route's Opus rendition as the next RTP packet; bytes sent.
+    pub(super) async fn send_opus(
+        &self,
+        frame: OpusFrame,
+        sequence: &mut u16,
+    ) -> Result<usize, webrtc::error::Error> {
+        let bytes = frame.data.len() + 12;
+        let packet = rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                payload_type: self.payload_type,
+                sequence_number: *sequence,
+                timestamp: frame.timestamp,
+                ssrc: self.ssrc,
+                ..Default::default()
+            },
+            payload: frame.data,
+        };
+        *sequence = sequence.wrapping_add(1);
+        self.track.write_rtp(packet).await?;
+        Ok(bytes)
+    }
+
     /// Sends the hub's RTP packets with this viewer's SSRC and payload type; bytes sent.
     pub(super) async fn send(&self, packets: &[Bytes]) -> Result<usize, webrtc::error::Error> {
         let mut bytes = 0;
@@ -67,7 +93,10 @@ pub(super) struct Viewer {
     pub(super) video_track: usize,
     pub(super) video: Outgoing,
     pub(super) video_sender: Arc<dyn RtpSender>,
+    /// The route's audio track, when it is Opus, and how it goes out.
     pub(super) audio: Option<(usize, Outgoing)>,
+    /// The route's AAC as Opus: the rendition, held while the viewer watches.
+    pub(super) opus: Option<(Outgoing, Arc<Rendition>)>,
     pub(super) registration: Registration,
     pub(super) _slot: ClientSlot,
     pub(super) _mux: MuxLease,
@@ -146,6 +175,11 @@ impl Viewer {
             return (Ending::RouteEnded, 0, 0);
         };
         self.stream.request_keyframe();
+        let mut opus_frames = self
+            .opus
+            .as_ref()
+            .map(|(_, rendition)| rendition.subscribe());
+        let mut opus_sequence: u16 = rand::random();
         let stats = &self.stream.stats;
         let (mut packets, mut bytes) = (0u64, 0u64);
         let mut waiting_for_keyframe = false;
@@ -176,6 +210,20 @@ impl Viewer {
                         Err(_) => return (Ending::SendFailed, packets, bytes),
                     }
                 }
+                frame = next_opus(&mut opus_frames) => {
+                    let Some(((outgoing, _), frame)) = self.opus.as_ref().zip(frame) else {
+                        continue;
+                    };
+                    match outgoing.send_opus(frame, &mut opus_sequence).await {
+                        Ok(sent) => {
+                            packets += 1;
+                            bytes += sent as u64;
+                            stats.packets_out.fetch_add(1, Ordering::Relaxed);
+                            stats.bytes_out.fetch_add(sent as u64, Ordering::Relaxed);
+                        }
+                        Err(_) => return (Ending::SendFailed, packets, bytes),
+                    }
+                }
                 event = self.video.track.poll() => {
                     if let Some(TrackLocalEvent::OnRtcpPacket(rtcp)) = event
                         && rtcp.iter().any(|p| is_keyframe_request(p.as_ref()))
@@ -197,6 +245,22 @@ impl Viewer {
                 }
                 () = self.registration.kicked() => return (Ending::Kicked, packets, bytes),
             }
+        }
+    }
+}
+
+/// The next frame of the Opus rendition: `None` after frames were missed (the viewer fell
+/// behind) or when the rendition ended (then no more are waited for); pending without one.
+async fn next_opus(frames: &mut Option<broadcast::Receiver<OpusFrame>>) -> Option<OpusFrame> {
+    let Some(receiver) = frames else {
+        return std::future::pending().await;
+    };
+    match receiver.recv().await {
+        Ok(frame) => Some(frame),
+        Err(broadcast::error::RecvError::Lagged(_)) => None,
+        Err(broadcast::error::RecvError::Closed) => {
+            *frames = None;
+            None
         }
     }
 }
