@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the system packages the test suite uses: the players it proves wasmcast against
-# (ffmpeg/ffprobe, GStreamer's rtspsrc with an H.264 decoder, headless Chromium for WebRTC) and nasm
-# for the codec builds; and componentize-py (PyPI) and componentize-js (npm), which build the Python
-# and JavaScript example plugins.
+# (ffmpeg/ffprobe, GStreamer's rtspsrc with an H.264 decoder, headless Chromium for WebRTC), nasm
+# and cmake for the codec builds (openh264; libopus, which the opus crate builds from source);
+# and componentize-py (PyPI) and componentize-js (npm), which build the Python and JavaScript
+# example plugins.
 # Debian/Ubuntu; run as root (CI does) or it uses sudo.
 set -euo pipefail
 
@@ -14,6 +15,7 @@ packages=(
   gstreamer1.0-plugins-bad
   gstreamer1.0-libav
   nasm
+  cmake
   chromium
 )
 
