@@ -2,8 +2,8 @@
 # Installs the system packages the test suite uses: the players it proves wasmcast against
 # (ffmpeg/ffprobe, GStreamer's rtspsrc with an H.264 decoder, headless Chromium for WebRTC), nasm
 # and cmake for the codec builds (openh264; libopus, which the opus crate builds from source);
-# and componentize-py (PyPI) and componentize-js (npm), which build the Python and JavaScript
-# example plugins.
+# componentize-py (PyPI) and componentize-js (npm), which build the Python and JavaScript example
+# plugins; and aiortc (PyPI), a WebRTC client nobody here wrote.
 # Debian/Ubuntu; run as root (CI does) or it uses sudo.
 set -euo pipefail
 
@@ -36,6 +36,10 @@ fi
 # componentize-py (PyPI) builds the Python example plugin; its wheel carries what it needs.
 if ! python3 -c 'import componentize_py' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore componentize-py==0.25.1
+fi
+# aiortc (PyPI) is an independent WebRTC stack: it plays over WHEP and publishes over WHIP.
+if ! python3 -c 'import aiortc' 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore aiortc==1.16.0
 fi
 # componentize-js (npm, pinned by the lock file) builds the JavaScript example plugin.
 javascript="$(dirname "$0")/../plugins/javascript-grayscale"
