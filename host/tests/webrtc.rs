@@ -327,6 +327,36 @@ async fn wait_no_webrtc_viewer(server: &Server, why: &str) {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h265_goes_to_a_viewer_that_offers_it() {
+    use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodecParameters};
+    let server = Server::start(&file_route("hevc", &h265_clip()));
+    wait_live(&server, "hevc").await;
+    // H.265 as Safari offers it.
+    let h265 = RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: "video/H265".into(),
+            clock_rate: 90_000,
+            channels: 0,
+            sdp_fmtp_line: "level-id=93;profile-id=1;tier-flag=0;tx-mode=SRST".into(),
+            rtcp_feedback: Vec::new(),
+        },
+        payload_type: 49,
+    };
+    let viewer = whep_client::Viewer::connect_offering(server.http, "hevc", &[h265])
+        .await
+        .expect("a viewer that offers H.265");
+    assert!(
+        viewer.answer.contains("a=rtpmap:49 H265/90000"),
+        "the answer passes H.265 through: {}",
+        viewer.answer
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let packets = viewer.packets.load(Ordering::Relaxed);
+    assert!(packets > 30, "{packets} H.265 RTP packets in 3 s");
+    viewer.close().await;
+}
+
 /// A STUN binding request as a browser sends it, naming `username` (`SERVER:BROWSER` ufrags).
 fn binding_request(username: &str) -> Vec<u8> {
     let mut attribute = 0x0006u16.to_be_bytes().to_vec();

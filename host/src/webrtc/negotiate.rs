@@ -145,8 +145,32 @@ pub(super) fn plan(stream: &Stream, offered: &OfferedVideo) -> Result<Plan, Whep
         .description
         .video_track()
         .ok_or_else(|| WhepError::Unplayable(format!("route `{route}` has no video")))?;
-    let sps = match &tracks[video_track].codec {
-        Codec::H264 { sps, .. } => sps,
+    let no_b_frames = || {
+        if stream.stats.video_reordered.load(Ordering::Relaxed) {
+            return Err(WhepError::Unplayable(format!(
+                "route `{route}` has B-frames (pictures out of order), which browsers do not play \
+                 over WebRTC; encode without B-frames (x264: -bf 0) or give the route a transcode \
+                 table"
+            )));
+        }
+        Ok(())
+    };
+    let video = match &tracks[video_track].codec {
+        Codec::H264 { sps, .. } => {
+            no_b_frames()?;
+            h264_codec(route, sps, offered)?
+        }
+        Codec::H265 { .. } => {
+            let (payload_type, fmtp) = offered.h265.as_ref().ok_or_else(|| {
+                WhepError::Unplayable(format!(
+                    "route `{route}` carries H265 video, which this browser does not offer over \
+                     WebRTC (Safari and Chrome with H.265 hardware decoding do); give the route a \
+                     [routes.{route}.transcode] table to re-encode it as H.264"
+                ))
+            })?;
+            no_b_frames()?;
+            video_codec("video/H265", fmtp.clone(), *payload_type)
+        }
         other => {
             return Err(WhepError::Unplayable(format!(
                 "route `{route}` carries {} video, which browsers cannot play over WebRTC; give the \
@@ -154,47 +178,6 @@ pub(super) fn plan(stream: &Stream, offered: &OfferedVideo) -> Result<Plan, Whep
                 other.name()
             )));
         }
-    };
-    if stream.stats.video_reordered.load(Ordering::Relaxed) {
-        return Err(WhepError::Unplayable(format!(
-            "route `{route}` has B-frames (pictures out of order), which browsers do not play over \
-             WebRTC; encode without B-frames (x264: -bf 0) or give the route a transcode table"
-        )));
-    }
-    let profile = sps.get(1..4).ok_or_else(|| {
-        WhepError::Unplayable(format!("route `{route}` has an unreadable H.264 SPS"))
-    })?;
-    let payload_type = offered.h264_payload_type(profile[0]).ok_or_else(|| {
-        WhepError::Unplayable(format!(
-            "route `{route}` is H.264 {} (profile-level-id {:02x}{:02x}{:02x}), which this browser \
-             does not offer; give the route a transcode table (constrained baseline)",
-            offer::profile_name(profile[0]),
-            profile[0],
-            profile[1],
-            profile[2]
-        ))
-    })?;
-    let video = RTCRtpCodecParameters {
-        rtp_codec: RTCRtpCodec {
-            mime_type: "video/H264".into(),
-            clock_rate: 90_000,
-            channels: 0,
-            sdp_fmtp_line: format!(
-                "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id={:02x}{:02x}{:02x}",
-                profile[0], profile[1], profile[2]
-            ),
-            rtcp_feedback: ["nack", "nack pli", "ccm fir"]
-                .iter()
-                .map(|fb| {
-                    let (typ, parameter) = fb.split_once(' ').unwrap_or((fb, ""));
-                    RTCPFeedback {
-                        typ: typ.into(),
-                        parameter: parameter.into(),
-                    }
-                })
-                .collect(),
-        },
-        payload_type,
     };
     // Opus as it is; else AAC, which browsers cannot play, through the route's Opus rendition.
     let opus = tracks
@@ -228,6 +211,55 @@ pub(super) fn plan(stream: &Stream, offered: &OfferedVideo) -> Result<Plan, Whep
         audio,
         audio_from_aac,
     })
+}
+
+/// The H.264 codec for a route whose SPS is `sps`, in the profile the browser offers for it.
+fn h264_codec(
+    route: &str,
+    sps: &[u8],
+    offered: &OfferedVideo,
+) -> Result<RTCRtpCodecParameters, WhepError> {
+    let profile = sps.get(1..4).ok_or_else(|| {
+        WhepError::Unplayable(format!("route `{route}` has an unreadable H.264 SPS"))
+    })?;
+    let payload_type = offered.h264_payload_type(profile[0]).ok_or_else(|| {
+        WhepError::Unplayable(format!(
+            "route `{route}` is H.264 {} (profile-level-id {:02x}{:02x}{:02x}), which this browser \
+             does not offer; give the route a transcode table (constrained baseline)",
+            offer::profile_name(profile[0]),
+            profile[0],
+            profile[1],
+            profile[2]
+        ))
+    })?;
+    let fmtp = format!(
+        "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id={:02x}{:02x}{:02x}",
+        profile[0], profile[1], profile[2]
+    );
+    Ok(video_codec("video/H264", fmtp, payload_type))
+}
+
+/// A video codec with the feedback a browser needs: retransmissions and keyframe requests.
+fn video_codec(mime_type: &str, fmtp: String, payload_type: u8) -> RTCRtpCodecParameters {
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: mime_type.into(),
+            clock_rate: 90_000,
+            channels: 0,
+            sdp_fmtp_line: fmtp,
+            rtcp_feedback: ["nack", "nack pli", "ccm fir"]
+                .iter()
+                .map(|fb| {
+                    let (typ, parameter) = fb.split_once(' ').unwrap_or((fb, ""));
+                    RTCPFeedback {
+                        typ: typ.into(),
+                        parameter: parameter.into(),
+                    }
+                })
+                .collect(),
+        },
+        payload_type,
+    }
 }
 
 /// What the peer connection tells us, as watch channels.

@@ -11,6 +11,9 @@ pub struct OfferedVideo {
     /// H.264 payload types with packetization-mode 1, the profile_idc and the fmtp parameters
     /// of each.
     h264: Vec<(u8, u8, String)>,
+    /// The first H.265 payload type and its fmtp parameters (Safari, and Chrome where it can
+    /// decode H.265), if any.
+    pub h265: Option<(u8, String)>,
     pub opus_payload_type: Option<u8>,
 }
 
@@ -88,6 +91,11 @@ fn parse_as(offer: &str, direction: &str, why_h264: &str) -> Result<OfferedVideo
                     if media.media == "audio" && format.to_ascii_lowercase().starts_with("opus/") {
                         offered.opus_payload_type.get_or_insert(pt);
                     }
+                    if std::ptr::eq(media, video)
+                        && format.to_ascii_uppercase().starts_with("H265/")
+                    {
+                        offered.h265.get_or_insert((pt, String::new()));
+                    }
                 }
                 "fmtp" if std::ptr::eq(media, video) => {
                     let Some((pt, parameters)) = value.split_once(' ') else {
@@ -102,12 +110,17 @@ fn parse_as(offer: &str, direction: &str, why_h264: &str) -> Result<OfferedVideo
                             .h264
                             .push((pt, profile, parameters.trim().to_owned()));
                     }
+                    if let Some((h265, fmtp)) = &mut offered.h265
+                        && *h265 == pt
+                    {
+                        *fmtp = parameters.trim().to_owned();
+                    }
                 }
                 _ => {}
             }
         }
     }
-    if offered.h264.is_empty() {
+    if offered.h264.is_empty() && (direction == "sendonly" || offered.h265.is_none()) {
         return Err(WhepError::Unplayable(format!(
             "the offer has no H.264 (packetization-mode 1); {why_h264}"
         )));
@@ -116,12 +129,17 @@ fn parse_as(offer: &str, direction: &str, why_h264: &str) -> Result<OfferedVideo
 }
 
 fn is_h264(media: &sdp_types::Media, pt: u8) -> bool {
-    let prefix = format!("{pt} ");
+    is_format(media, pt, "H264/")
+}
+
+/// Whether payload type `pt` of `media` is the format whose rtpmap starts with `prefix`.
+fn is_format(media: &sdp_types::Media, pt: u8, prefix: &str) -> bool {
+    let pt_prefix = format!("{pt} ");
     media.attributes.iter().any(|a| {
         a.attribute == "rtpmap"
             && a.value.as_deref().is_some_and(|v| {
-                v.strip_prefix(&prefix)
-                    .is_some_and(|f| f.to_ascii_uppercase().starts_with("H264/"))
+                v.strip_prefix(&pt_prefix)
+                    .is_some_and(|f| f.to_ascii_uppercase().starts_with(prefix))
             })
     })
 }

@@ -57,7 +57,21 @@ impl PeerConnectionEventHandler for Handler {
 impl Viewer {
     /// Starts watching `route` of the server whose HTTP side is at `http`.
     pub async fn connect(http: SocketAddr, route: &str) -> Result<Viewer, String> {
+        Viewer::connect_offering(http, route, &[]).await
+    }
+
+    /// Like [`Viewer::connect`], offering `codecs` too (as a browser that decodes H.265 would).
+    pub async fn connect_offering(
+        http: SocketAddr,
+        route: &str,
+        codecs: &[RTCRtpCodecParameters],
+    ) -> Result<Viewer, String> {
         let mut media_engine = MediaEngine::default();
+        for codec in codecs {
+            media_engine
+                .register_codec(codec.clone(), RtpCodecKind::Video)
+                .map_err(|e| e.to_string())?;
+        }
         media_engine
             .register_default_codecs()
             .map_err(|e| e.to_string())?;
@@ -117,7 +131,9 @@ impl Viewer {
             .sdp;
         let (status, location, answer) = post(http, &format!("/{route}/whep"), &offer).await?;
         if status != 201 {
-            return Err(format!("WHEP answered {status}: {answer}"));
+            return Err(format!(
+                "WHEP answered {status}: {answer}\nto the offer {offer}"
+            ));
         }
         let description =
             RTCSessionDescription::answer(answer.clone()).map_err(|e| e.to_string())?;
