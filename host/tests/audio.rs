@@ -106,3 +106,111 @@ async fn chromium_hears_aac_routes_as_opus_one_rendition_per_route() {
         seconds * 1e6 / frames
     );
 }
+
+/// Watches the player for beeps (WebAudio on the received track) and white frames (each frame's
+/// expected display time), on the page's clock.
+const AV_PROBE: &str = r#"(async () => {
+  const video = document.getElementById('video');
+  while (!(video.srcObject && video.srcObject.getAudioTracks().length && video.videoWidth)) {
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  video.muted = false;
+  const probe = { beeps: [], flashes: [], outputLatency: 0 };
+  window.avProbe = probe;
+  const context = new AudioContext();
+  await context.resume();
+  const source = context.createMediaStreamSource(new MediaStream(video.srcObject.getAudioTracks()));
+  const analyser = context.createAnalyser();
+  analyser.fftSize = 256;
+  source.connect(analyser);
+  const samples = new Float32Array(analyser.fftSize);
+  let loud = false;
+  setInterval(() => {
+    analyser.getFloatTimeDomainData(samples);
+    let energy = 0;
+    for (const x of samples) energy += x * x;
+    const rms = Math.sqrt(energy / samples.length);
+    probe.outputLatency = (context.outputLatency || context.baseLatency || 0) * 1000;
+    if (rms > 0.1 && !loud) probe.beeps.push(performance.now());
+    if (rms > 0.1) loud = true;
+    if (rms < 0.02) loud = false;
+  }, 2);
+  const canvas = document.createElement('canvas');
+  canvas.width = 8; canvas.height = 8;
+  const painter = canvas.getContext('2d', { willReadFrequently: true });
+  let lit = false;
+  const onFrame = (now, frame) => {
+    painter.drawImage(video, 0, 0, 8, 8);
+    const pixels = painter.getImageData(0, 0, 8, 8).data;
+    let sum = 0;
+    for (let i = 0; i < pixels.length; i += 4) sum += pixels[i];
+    const white = sum / 64 > 128;
+    if (white && !lit) probe.flashes.push(frame.expectedDisplayTime);
+    lit = white;
+    video.requestVideoFrameCallback(onFrame);
+  };
+  video.requestVideoFrameCallback(onFrame);
+  return 'watching';
+})()"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_plays_an_aac_route_in_step_with_its_picture() {
+    // A white frame and a 1 kHz beep at the start of every second, nothing else.
+    let flashes = clip(
+        "flash-and-beep.mp4",
+        "-f lavfi -i color=c=black:size=320x240:rate=25:duration=10 \
+         -f lavfi -i aevalsrc=if(lt(mod(t\\,1)\\,0.08)\\,0.8*sin(2*PI*1000*t)\\,0):s=48000:d=10 \
+         -vf drawbox=x=0:y=0:w=iw:h=ih:color=white:t=fill:enable=lt(mod(t\\,1)\\,0.04) \
+         -c:v libx264 -profile:v baseline -bf 0 -g 25 -pix_fmt yuv420p -c:a aac -ac 2 -b:a 128k",
+    );
+    let server = Server::start(&file_route("flash", &flashes));
+    wait_live(&server, "flash").await;
+    let mut browser = Browser::launch().await;
+    let page = browser
+        .open(&format!("http://{}/flash/", server.http))
+        .await;
+    heard(&mut browser, &page, &server).await;
+    assert_eq!(browser.eval(&page, AV_PROBE).await, "watching");
+    // Browsers bring audio and video into step gradually (Chromium moves by some 25 ms a
+    // second): the first seconds are left to it, the next ones measured.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    browser
+        .eval(
+            &page,
+            "window.avProbe.beeps = []; window.avProbe.flashes = []; 'reset'",
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let probe = browser.eval(&page, "JSON.stringify(window.avProbe)").await;
+    let probe: serde_json::Value =
+        serde_json::from_str(probe.as_str().unwrap_or("{}")).unwrap_or_default();
+    let times = |key: &str| -> Vec<f64> {
+        probe[key]
+            .as_array()
+            .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect())
+            .unwrap_or_default()
+    };
+    let latency = probe["outputLatency"].as_f64().unwrap_or(0.0);
+    let (beeps, flashes) = (times("beeps"), times("flashes"));
+    // Each flash with the beep nearest to it (they come a second apart).
+    let offsets: Vec<f64> = flashes
+        .iter()
+        .filter_map(|flash| {
+            beeps
+                .iter()
+                .map(|beep| beep + latency - flash)
+                .min_by(|a, b| a.abs().total_cmp(&b.abs()))
+        })
+        .filter(|offset| offset.abs() < 500.0)
+        .collect();
+    assert!(
+        offsets.len() >= 5,
+        "flashes {flashes:?} and beeps {beeps:?} pair up"
+    );
+    let mean = offsets.iter().sum::<f64>() / offsets.len() as f64;
+    eprintln!("audio after video by {mean:.0} ms on average: {offsets:?}");
+    assert!(
+        mean.abs() < 80.0,
+        "the sound is {mean:.0} ms off the picture: {offsets:?}"
+    );
+}

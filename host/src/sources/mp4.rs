@@ -64,6 +64,25 @@ pub struct Mp4Media {
     skipped: Vec<String>,
 }
 
+/// Where an audio track's presentation starts on its own clock, by its edit list: AAC encoders
+/// put out a frame or two of priming first (ffmpeg's: 1024 samples), which the edit list skips.
+/// Taking it off every sample's time makes a unit's time the moment its decoded sound plays, as
+/// in MPEG-TS and RTP. Edits of more than a second are not priming and are left alone.
+fn presentation_start(trak: &re_mp4::TrakBox, timescale: u64) -> i64 {
+    trak.edts
+        .as_ref()
+        .and_then(|edts| edts.elst.as_ref())
+        .and_then(|elst| {
+            // An empty edit (media time -1, stored as all ones) is a gap, not a start.
+            elst.entries
+                .iter()
+                .map(|e| e.media_time)
+                .find(|&t| t != u64::MAX && t != u64::from(u32::MAX))
+        })
+        .filter(|&t| t <= timescale)
+        .map_or(0, |t| t as i64)
+}
+
 impl Mp4Media {
     /// Reads the file's boxes. `size` is the file's length.
     pub fn parse<R: Read + Seek>(mut reader: R, size: u64) -> Result<Mp4Media, Error> {
@@ -90,14 +109,19 @@ impl Mp4Media {
                 skipped.push(format!("track {id}: no samples"));
                 continue;
             }
+            let start = if codec.is_video() {
+                0
+            } else {
+                presentation_start(trak, track.timescale)
+            };
             let samples = track
                 .samples
                 .iter()
                 .map(|s| SampleRef {
                     offset: s.offset,
                     size: s.size,
-                    dts: s.decode_timestamp,
-                    pts: s.composition_timestamp,
+                    dts: s.decode_timestamp - start,
+                    pts: s.composition_timestamp - start,
                     sync: s.is_sync,
                 })
                 .collect();

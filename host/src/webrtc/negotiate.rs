@@ -2,6 +2,10 @@
 //! take ([`plan`]), the peer connection and its answer, and the wait for ICE to connect.
 
 use rtc::ice::mdns::MulticastDnsMode;
+use rtc::interceptor::{ReceiverReportBuilder, Slot};
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_nack, configure_simulcast_extension_headers, configure_twcc_receiver_only,
+};
 use tokio::sync::mpsc;
 use webrtc::media_stream::track_remote::TrackRemote;
 
@@ -23,8 +27,7 @@ impl WebRtc {
                 .register_codec(codec.clone(), *kind)
                 .map_err(internal)?;
         }
-        let registry =
-            register_default_interceptors(Registry::new(), &mut media_engine).map_err(internal)?;
+        let registry = interceptors(&mut media_engine)?;
         // ICE lite, as servers with known addresses are: the browser's checks find the path and
         // media goes back where they came from, which behind a NAT is the only way that works.
         let settings: SettingEngine = SettingEngineBuilder::new()
@@ -92,6 +95,17 @@ impl WebRtc {
             sdp,
         })
     }
+}
+
+/// The webrtc crate's default interceptors (NACK, receiver reports, TWCC feedback) but its
+/// sender reports: those derive the RTP-to-wall-clock mapping from when each packet was sent, so
+/// a track that takes longer to make (AAC turned into Opus) would seem captured later than the
+/// picture it belongs with. The viewer sends its own, from the route's clock (see `viewer`).
+fn interceptors(media_engine: &mut MediaEngine) -> Result<Registry, WhepError> {
+    let registry = configure_nack(Registry::new(), media_engine);
+    configure_simulcast_extension_headers(media_engine).map_err(internal)?;
+    let registry = configure_twcc_receiver_only(registry, media_engine).map_err(internal)?;
+    Ok(registry.with(Slot::ReceiverReport, ReceiverReportBuilder::new().build()))
 }
 
 impl WebRtc {

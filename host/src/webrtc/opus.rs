@@ -6,15 +6,18 @@
 //! rendition's own (decoding and encoding are CPU work, kept off the tokio reactor): AAC-LC is
 //! decoded (symphonia), put on 48 kHz stereo (rubato, when the source has another rate), and
 //! encoded as 20 ms Opus frames (libopus), which go to the viewers through a broadcast channel.
-//! Each frame carries its 48 kHz timestamp, counted on from the AAC units' timestamps so that a
-//! gap in the source is a gap in the rendition. The last viewer to leave drops the rendition: the
+//! The rendition's RTP clock is the AAC track's, counted at 48 kHz: a frame's timestamp is where
+//! its sound belongs on the route's clock (the resampler's and the Opus encoder's look-ahead taken
+//! off), and [`Rendition::rtp_timestamp_at`] gives the
+//! viewers' sender reports the same clock, so browsers keep it in step with the picture however
+//! long the transcoding took. A gap in the source is a gap in the rendition. The last viewer to leave drops the rendition: the
 //! task stops, and with it the thread.
 //!
 //! Bounds: the units waiting for the thread and the frames waiting for a viewer are both capped
 //! (a slow thread drops units; a slow viewer misses frames, as UDP would).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
@@ -29,7 +32,7 @@ use symphonia_core::packet::Packet;
 use symphonia_core::units::{Duration as Frames, Timestamp};
 use tokio::sync::broadcast;
 
-use crate::hub::Stream;
+use crate::hub::{MediaInfo, Stream};
 use crate::media::Codec;
 
 /// Opus's clock, and the rate it encodes here.
@@ -46,7 +49,7 @@ const FRAME_QUEUE: usize = 64;
 const MAX_OPUS_FRAME: usize = 1500;
 /// The rendition's bitrate: music-grade stereo.
 const OPUS_BITRATE: i32 = 96_000;
-/// A jump in the source's timestamps larger than this restarts the rendition's clock.
+/// A jump in the source's timestamps larger than this restarts the rendition's count.
 const GAP_SAMPLES: i64 = OPUS_RATE as i64 / 5;
 
 /// One encoded Opus frame and its timestamp on the 48 kHz clock.
@@ -124,7 +127,10 @@ impl Renditions {
 pub struct Rendition {
     stream: Arc<Stream>,
     track: usize,
+    sample_rate: u32,
     frames: broadcast::Sender<OpusFrame>,
+    /// The AAC track's latest RTP timestamp, extended past 32 bits; `i64::MIN` before the first.
+    aac_clock: Arc<AtomicI64>,
     feeder: tokio::task::JoinHandle<()>,
 }
 
@@ -143,7 +149,8 @@ impl Rendition {
         else {
             return Err(RenditionError::NotAac);
         };
-        let transcoder = Transcoder::new(&config, sample_rate, channels)?;
+        let aac_clock = Arc::new(AtomicI64::new(i64::MIN));
+        let transcoder = Transcoder::new(&config, sample_rate, channels, Arc::clone(&aac_clock))?;
         let (frames, _) = broadcast::channel(FRAME_QUEUE);
         let (units, queued) = sync_channel(UNIT_QUEUE);
         let sender = frames.clone();
@@ -156,9 +163,21 @@ impl Rendition {
         Ok(Rendition {
             stream: Arc::clone(stream),
             track,
+            sample_rate,
             frames,
+            aac_clock,
             feeder,
         })
+    }
+
+    /// The rendition's RTP timestamp for the instant `now`, for sender reports.
+    pub fn rtp_timestamp_at(&self, media: &MediaInfo, now: std::time::Instant) -> Option<u32> {
+        let latest = self.aac_clock.load(Ordering::Acquire);
+        if latest == i64::MIN {
+            return None;
+        }
+        let at = extend(latest, media.rtp_timestamp_at(self.track, now)?);
+        Some(to_opus_clock(at, self.sample_rate) as u32)
     }
 
     /// The frames from now on.
@@ -174,8 +193,20 @@ impl Drop for Rendition {
     }
 }
 
-/// Reads the route's AAC units for the thread; a full queue drops them.
-async fn feed(stream: Arc<Stream>, track: usize, units: SyncSender<(i64, Bytes)>) {
+/// `timestamp` (32 bits, wrapping) extended past 32 bits, as the one nearest `latest`.
+fn extend(latest: i64, timestamp: u32) -> i64 {
+    // The difference modulo 2^32, taken as signed: the nearest way round.
+    latest + i64::from(timestamp.wrapping_sub(latest as u32) as i32)
+}
+
+/// An extended RTP timestamp on an AAC clock of `sample_rate`, on the 48 kHz clock.
+fn to_opus_clock(timestamp: i64, sample_rate: u32) -> i64 {
+    (i128::from(timestamp) * i128::from(OPUS_RATE) / i128::from(sample_rate.max(1))) as i64
+}
+
+/// Reads the route's AAC units (with their RTP timestamps) for the thread; a full queue drops
+/// them.
+async fn feed(stream: Arc<Stream>, track: usize, units: SyncSender<(u32, Bytes)>) {
     let Some(mut reader) = stream.subscribe() else {
         return;
     };
@@ -184,7 +215,7 @@ async fn feed(stream: Arc<Stream>, track: usize, units: SyncSender<(i64, Bytes)>
             continue;
         }
         if let Err(TrySendError::Disconnected(_)) =
-            units.try_send((unit.au.pts, unit.au.data.clone()))
+            units.try_send((unit.rtp.timestamp, unit.au.data.clone()))
         {
             return;
         }
@@ -204,10 +235,18 @@ struct Transcoder {
     pending: Vec<f32>,
     pending_timestamp: Option<i64>,
     encoded: Vec<u8>,
+    /// How far behind its AAC unit's timestamp the sound that comes out is, at 48 kHz.
+    delay: i64,
+    aac_clock: Arc<AtomicI64>,
 }
 
 impl Transcoder {
-    fn new(config: &[u8], sample_rate: u32, channels: u16) -> Result<Transcoder, RenditionError> {
+    fn new(
+        config: &[u8],
+        sample_rate: u32,
+        channels: u16,
+        aac_clock: Arc<AtomicI64>,
+    ) -> Result<Transcoder, RenditionError> {
         let mut parameters = AudioCodecParameters::new();
         parameters
             .for_codec(CODEC_ID_AAC)
@@ -237,7 +276,17 @@ impl Transcoder {
             })
             .transpose()
             .map_err(|err| RenditionError::Resampler(sample_rate, err.to_string()))?;
+        let look_ahead = encoder
+            .get_lookahead()
+            .map_err(|err| RenditionError::Encoder(err.to_string()))?;
+        // A unit's decoded sound belongs at its timestamp (MPEG-TS and RTP time AAC that way, and
+        // the MP4 source takes the priming off); what comes out of the resampler and the encoder
+        // is later by their look-ahead.
+        let delay =
+            i64::from(look_ahead) + resampler.as_ref().map_or(0, |r| r.output_delay() as i64);
         Ok(Transcoder {
+            delay,
+            aac_clock,
             decoder,
             encoder,
             resampler,
@@ -252,15 +301,19 @@ impl Transcoder {
 
     fn run(
         mut self,
-        units: Receiver<(i64, Bytes)>,
+        units: Receiver<(u32, Bytes)>,
         frames: broadcast::Sender<OpusFrame>,
         route: &str,
         cost: &Cost,
     ) {
         let mut failures = 0u64;
-        while let Ok((pts, data)) = units.recv() {
+        let mut latest: Option<i64> = None;
+        while let Ok((timestamp, data)) = units.recv() {
             let started = Instant::now();
-            match self.push(pts, &data, &frames) {
+            let at = latest.map_or(i64::from(timestamp), |l| extend(l, timestamp));
+            latest = Some(at);
+            self.aac_clock.store(at, Ordering::Release);
+            match self.push(at, &data, &frames) {
                 Ok(made) => {
                     cost.frames.fetch_add(made, Ordering::Relaxed);
                 }
@@ -276,17 +329,17 @@ impl Transcoder {
         }
     }
 
-    /// Decodes one AAC unit with timestamp `pts` (at the AAC rate) and sends the Opus frames
-    /// it completes; how many.
+    /// Decodes one AAC unit whose (extended) RTP timestamp is `timestamp` and sends the Opus
+    /// frames it completes; how many.
     fn push(
         &mut self,
-        pts: i64,
+        timestamp: i64,
         data: &[u8],
         frames: &broadcast::Sender<OpusFrame>,
     ) -> Result<u64, String> {
         let packet = Packet::new(
             0,
-            Timestamp::new(pts),
+            Timestamp::new(timestamp),
             Frames::new(AAC_FRAME_SAMPLES as u64),
             data,
         );
@@ -311,8 +364,8 @@ impl Transcoder {
                 &self.resampled
             }
         };
-        // The unit's place on the 48 kHz clock; a jump restarts the count there.
-        let at = pts.saturating_mul(i64::from(OPUS_RATE)) / i64::from(self.sample_rate.max(1));
+        // Where the sound that came out belongs on the 48 kHz clock; a jump restarts the count.
+        let at = to_opus_clock(timestamp, self.sample_rate) - self.delay;
         let expected = self
             .pending_timestamp
             .map(|t| t + (self.pending.len() / 2) as i64);

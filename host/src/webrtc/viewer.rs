@@ -182,26 +182,29 @@ impl Viewer {
         let mut opus_sequence: u16 = rand::random();
         let stats = &self.stream.stats;
         let (mut packets, mut bytes) = (0u64, 0u64);
+        let (mut video_sent, mut audio_sent) = (Sent::default(), Sent::default());
+        let mut reports = tokio::time::interval(SENDER_REPORT_EVERY);
         let mut waiting_for_keyframe = false;
         loop {
             tokio::select! {
                 unit = reader.next() => {
                     let Some(unit) = unit else { return (Ending::RouteEnded, packets, bytes) };
-                    let outgoing = if unit.au.track == self.video_track {
+                    let (outgoing, tally) = if unit.au.track == self.video_track {
                         if waiting_for_keyframe && !unit.au.keyframe {
                             continue;
                         }
                         waiting_for_keyframe = false;
-                        video
+                        (video, &mut video_sent)
                     } else {
                         match &self.audio {
-                            Some((track, audio)) if *track == unit.au.track => audio,
+                            Some((track, audio)) if *track == unit.au.track => (audio, &mut audio_sent),
                             _ => continue,
                         }
                     };
                     match outgoing.send(&unit.rtp.packets).await {
                         Ok(sent) => {
                             let count = unit.rtp.packets.len() as u64;
+                            tally.add(count, sent);
                             packets += count;
                             bytes += sent as u64;
                             stats.packets_out.fetch_add(count, Ordering::Relaxed);
@@ -216,6 +219,7 @@ impl Viewer {
                     };
                     match outgoing.send_opus(frame, &mut opus_sequence).await {
                         Ok(sent) => {
+                            audio_sent.add(1, sent);
                             packets += 1;
                             bytes += sent as u64;
                             stats.packets_out.fetch_add(1, Ordering::Relaxed);
@@ -223,6 +227,9 @@ impl Viewer {
                         }
                         Err(_) => return (Ending::SendFailed, packets, bytes),
                     }
+                }
+                _ = reports.tick() => {
+                    self.report(video, &video_sent, &audio_sent).await;
                 }
                 event = self.video.track.poll() => {
                     if let Some(TrackLocalEvent::OnRtcpPacket(rtcp)) = event
@@ -261,6 +268,69 @@ async fn next_opus(frames: &mut Option<broadcast::Receiver<OpusFrame>>) -> Optio
         Err(broadcast::error::RecvError::Closed) => {
             *frames = None;
             None
+        }
+    }
+}
+
+/// How often a viewer gets sender reports.
+const SENDER_REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// What a viewer was sent on one track, for its sender reports.
+#[derive(Default)]
+struct Sent {
+    packets: u64,
+    /// Payload octets (RTP headers left out, as RFC 3550 counts them).
+    octets: u64,
+}
+
+impl Sent {
+    fn add(&mut self, packets: u64, bytes: usize) {
+        self.packets += packets;
+        self.octets += (bytes as u64).saturating_sub(12 * packets);
+    }
+}
+
+impl Viewer {
+    /// Sends a sender report for each track that has sent something, mapping the route's clock
+    /// (not the moment of sending) to wall-clock time, so that the browser keeps the tracks in
+    /// step however long each took to make.
+    async fn report(&self, video: &Outgoing, video_sent: &Sent, audio_sent: &Sent) {
+        let Some(media) = self.stream.media() else {
+            return;
+        };
+        let now = Instant::now();
+        let ntp = crate::rtp::rtcp::ntp_timestamp(std::time::SystemTime::now());
+        let audio = match (&self.audio, &self.opus) {
+            (Some((track, outgoing)), _) => Some((outgoing, media.rtp_timestamp_at(*track, now))),
+            (None, Some((outgoing, rendition))) => {
+                Some((outgoing, rendition.rtp_timestamp_at(&media, now)))
+            }
+            (None, None) => None,
+        };
+        let tracks = [
+            Some((
+                video,
+                media.rtp_timestamp_at(self.video_track, now),
+                video_sent,
+            )),
+            audio.map(|(outgoing, at)| (outgoing, at, audio_sent)),
+        ];
+        for (outgoing, rtp_time, sent) in tracks.into_iter().flatten() {
+            let Some(rtp_time) = rtp_time.filter(|_| sent.packets > 0) else {
+                continue;
+            };
+            let report = rtc::rtcp::sender_report::SenderReport {
+                ssrc: outgoing.ssrc,
+                ntp_time: ntp,
+                rtp_time,
+                // RFC 3550: the counts wrap.
+                packet_count: sent.packets as u32,
+                octet_count: sent.octets as u32,
+                ..Default::default()
+            };
+            if let Err(err) = outgoing.track.write_rtcp(vec![Box::new(report)]).await {
+                tracing::debug!(session = %self.id, "sender report: {err}");
+            }
         }
     }
 }
