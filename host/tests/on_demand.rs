@@ -3,6 +3,10 @@
 
 mod common;
 #[path = "common/whep.rs"]
+#[allow(
+    dead_code,
+    reason = "the WHEP viewer helpers are shared with the WebRTC tests"
+)]
 mod whep_client;
 
 use std::time::Duration;

@@ -381,7 +381,8 @@ async fn twenty_viewers_share_the_one_configured_udp_port() {
     wait_live(&server, "unicast").await;
     let mut viewers = Vec::new();
     for _ in 0..20 {
-        let viewer = whep_client::Viewer::connect(server.http, "unicast")
+        // Listening too: the sample's AAC comes as the route's one Opus rendition.
+        let viewer = whep_client::Viewer::connect_listening(server.http, "unicast")
             .await
             .expect("a viewer");
         let found = candidates(&viewer.answer);
@@ -415,6 +416,11 @@ async fn twenty_viewers_share_the_one_configured_udp_port() {
             "viewer {i} on the shared port received {gained} RTP packets in 3 s"
         );
     }
+    let metrics = http_get(&server, "/metrics").await;
+    assert!(
+        metrics.contains("\nwasmcast_opus_renditions 1\n"),
+        "twenty listeners, one Opus rendition: {metrics}"
+    );
     let mut reply = [0; 64];
     assert!(
         tokio::time::timeout(Duration::from_millis(300), stranger.recv_from(&mut reply))

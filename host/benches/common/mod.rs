@@ -116,6 +116,22 @@ impl BenchServer {
         }
     }
 
+    /// The body of `GET path` on the server's HTTP side.
+    pub fn get(&self, path: &str) -> String {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(self.http).expect("connect to HTTP");
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send the request");
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).expect("read the reply");
+        reply
+            .split_once("\r\n\r\n")
+            .map_or(String::new(), |(_, body)| body.to_owned())
+    }
+
     /// The config file the server runs on.
     pub fn config_path(&self) -> &std::path::Path {
         &self.config

@@ -66,6 +66,20 @@ impl Viewer {
         route: &str,
         codecs: &[RTCRtpCodecParameters],
     ) -> Result<Viewer, String> {
+        Viewer::connect_with(http, route, codecs, false).await
+    }
+
+    /// Like [`Viewer::connect`], taking the route's sound too (Opus; its packets are counted).
+    pub async fn connect_listening(http: SocketAddr, route: &str) -> Result<Viewer, String> {
+        Viewer::connect_with(http, route, &[], true).await
+    }
+
+    async fn connect_with(
+        http: SocketAddr,
+        route: &str,
+        codecs: &[RTCRtpCodecParameters],
+        audio: bool,
+    ) -> Result<Viewer, String> {
         let mut media_engine = MediaEngine::default();
         for codec in codecs {
             media_engine
@@ -119,6 +133,18 @@ impl Viewer {
         )
         .await
         .map_err(|e| e.to_string())?;
+        if audio {
+            pc.add_transceiver_from_kind(
+                RtpCodecKind::Audio,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Recvonly,
+                    streams: Vec::new(),
+                    send_encodings: Vec::new(),
+                }),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        }
         let offer = pc.create_offer(None).await.map_err(|e| e.to_string())?;
         pc.set_local_description(offer)
             .await
