@@ -20,6 +20,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 
 mod api;
+mod metrics;
 mod push;
 mod sse;
 mod whep;
@@ -263,7 +264,7 @@ async fn handle(
             self::snapshot(state, &route, &request, peer).await
         }
         (&Method::GET, "") => status_page(state),
-        (&Method::GET, "metrics") => api::metrics(state),
+        (&Method::GET, "metrics") => metrics::metrics(state),
         (&Method::POST | &Method::PUT, feed) if !feed.is_empty() && !feed.contains('/') => {
             let authorization = request
                 .headers()
