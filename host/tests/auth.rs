@@ -169,22 +169,7 @@ async fn get(server: &Server, path: &str, authorization: Option<&str>) -> String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_and_whep_take_admin_passwords_and_bearer_tokens() {
-    let (ok, made, stderr) = run(
-        Command::new(env!("CARGO_BIN_EXE_wasmcast")).args(["new-token", "ci"]),
-        Duration::from_secs(10),
-    );
-    assert!(ok, "{stderr}");
-    let token = made
-        .lines()
-        .find_map(|l| l.strip_prefix("token: "))
-        .expect("the token")
-        .to_owned();
-    let stored = made
-        .lines()
-        .skip_while(|l| !l.starts_with("[users.ci]"))
-        .take(2)
-        .collect::<Vec<_>>()
-        .join("\n");
+    let (token, stored) = common::new_token("ci");
     let server = Server::start_adding(
         "admins = [\"alice\", \"ci\"]\n",
         &format!(

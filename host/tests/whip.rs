@@ -171,22 +171,7 @@ async fn chromium_publishes_from_the_publish_page_and_everyone_plays_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whip_refuses_what_it_cannot_take_with_a_reason() {
-    let (ok, made, stderr) = common::run(
-        std::process::Command::new(env!("CARGO_BIN_EXE_wasmcast")).args(["new-token", "alice"]),
-        Duration::from_secs(10),
-    );
-    assert!(ok, "{stderr}");
-    let token = made
-        .lines()
-        .find_map(|l| l.strip_prefix("token: "))
-        .expect("the token")
-        .to_owned();
-    let stored = made
-        .lines()
-        .skip_while(|l| !l.starts_with("[users.alice]"))
-        .take(2)
-        .collect::<Vec<_>>()
-        .join("\n");
+    let (token, stored) = common::new_token("alice");
     let server = Server::start(&format!(
         "[routes.cam]\nsource = \"push\"\npublish = [\"alice\"]\n\
          [routes.file]\nsource = \"file:/nonexistent.mp4\"\n{stored}\n"

@@ -178,11 +178,7 @@ async fn offer(
     match state.webrtc.offer(route, &sdp, local, peer).await {
         Ok(answer) => {
             tracing::info!(%peer, route, session = %answer.id, "WHEP session started");
-            let mut reply = respond(StatusCode::CREATED, "application/sdp", answer.sdp);
-            if let Ok(location) = HeaderValue::from_str(&format!("/{route}/whep/{}", answer.id)) {
-                reply.headers_mut().insert(header::LOCATION, location);
-            }
-            reply
+            created(answer.sdp, &format!("/{route}/whep/{}", answer.id))
         }
         Err(err) => {
             tracing::info!(%peer, route, "WHEP offer refused: {err}");
@@ -200,6 +196,15 @@ async fn patch(state: &State, request: Request<Incoming>, route: &str, id: &str)
         Ok(()) => respond(StatusCode::NO_CONTENT, "text/plain", ""),
         Err(err) => error_reply(&err),
     }
+}
+
+/// `201 Created` with the SDP answer, and where the new session's resource is.
+pub(super) fn created(sdp: String, location: &str) -> Reply {
+    let mut reply = respond(StatusCode::CREATED, "application/sdp", sdp);
+    if let Ok(location) = HeaderValue::from_str(location) {
+        reply.headers_mut().insert(header::LOCATION, location);
+    }
+    reply
 }
 
 pub(super) fn error_reply(err: &WhepError) -> Reply {

@@ -8,7 +8,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 
-use super::whep::{body_text, error_reply, with_cors};
+use super::whep::{body_text, created, error_reply, with_cors};
 use super::{Reply, State, refused, respond, text};
 use crate::auth::Login;
 
@@ -126,11 +126,7 @@ async fn publish(
     match state.webrtc.publish(feed, &sdp, local, peer, user).await {
         Ok(answer) => {
             tracing::info!(%peer, feed, session = %answer.id, "WHIP publisher connecting");
-            let mut reply = respond(StatusCode::CREATED, "application/sdp", answer.sdp);
-            if let Ok(location) = HeaderValue::from_str(&format!("/{feed}/whip/{}", answer.id)) {
-                reply.headers_mut().insert(header::LOCATION, location);
-            }
-            reply
+            created(answer.sdp, &format!("/{feed}/whip/{}", answer.id))
         }
         Err(err) => {
             tracing::info!(%peer, feed, "WHIP offer refused: {err}");

@@ -347,6 +347,14 @@ impl IceCredentials {
     }
 }
 
+/// Closes session `id`'s peer connection and forgets it.
+async fn forget(peers: &Peers, id: &str, pc: &Arc<dyn PeerConnection>) {
+    if let Err(err) = pc.close().await {
+        tracing::debug!(session = %id, "closing a peer connection: {err}");
+    }
+    peers.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+}
+
 fn internal(err: impl std::fmt::Display) -> WhepError {
     WhepError::Internal(err.to_string())
 }

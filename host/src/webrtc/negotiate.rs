@@ -312,6 +312,24 @@ impl Events {
         )
     }
 
+    /// Whether the connection connects within [`CONNECT_TIMEOUT`] (not: it failed, closed or
+    /// took too long).
+    pub(super) async fn connected(&self) -> bool {
+        let mut state = self.state.clone();
+        let settled = state.wait_for(|s| {
+            matches!(
+                s,
+                RTCPeerConnectionState::Connected
+                    | RTCPeerConnectionState::Failed
+                    | RTCPeerConnectionState::Closed
+            )
+        });
+        matches!(
+            tokio::time::timeout(CONNECT_TIMEOUT, settled).await,
+            Ok(Ok(s)) if *s == RTCPeerConnectionState::Connected
+        )
+    }
+
     pub(super) async fn gathered(&self, limit: Duration) {
         let mut gathering = self.gathering.clone();
         let _ = tokio::time::timeout(limit, gathering.wait_for(|done| *done)).await;

@@ -178,13 +178,7 @@ impl WhipPublisher {
     async fn run(mut self, with_audio: bool) {
         let started = Instant::now();
         let ending = self.serve(with_audio).await;
-        if let Err(err) = self.pc.close().await {
-            tracing::debug!(session = %self.id, "closing a WHIP connection: {err}");
-        }
-        self.peers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.id);
+        forget(&self.peers, &self.id, &self.pc).await;
         tracing::info!(
             target: "wasmcast::access",
             peer = %self.peer,
@@ -200,19 +194,8 @@ impl WhipPublisher {
 
     async fn serve(&mut self, with_audio: bool) -> PublishEnding {
         let mut state = self.events.state.clone();
-        let connected = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            state.wait_for(|s| {
-                matches!(
-                    s,
-                    RTCPeerConnectionState::Connected
-                        | RTCPeerConnectionState::Failed
-                        | RTCPeerConnectionState::Closed
-                )
-            }),
-        );
         let connected = tokio::select! {
-            result = connected => matches!(result, Ok(Ok(s)) if *s == RTCPeerConnectionState::Connected),
+            connected = self.events.connected() => connected,
             () = self.registration.kicked() => return PublishEnding::Kicked,
         };
         if !connected {

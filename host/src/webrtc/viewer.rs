@@ -117,13 +117,7 @@ impl Viewer {
     pub(super) async fn run(self) {
         let started = Instant::now();
         let (ending, packets, bytes) = self.serve().await;
-        if let Err(err) = self.pc.close().await {
-            tracing::debug!(session = %self.id, "closing a peer connection: {err}");
-        }
-        self.peers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.id);
+        forget(&self.peers, &self.id, &self.pc).await;
         tracing::info!(
             target: "wasmcast::access",
             peer = %self.peer,
@@ -139,19 +133,8 @@ impl Viewer {
 
     pub(super) async fn serve(&self) -> (Ending, u64, u64) {
         let mut state = self.events.state.clone();
-        let connected = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            state.wait_for(|s| {
-                matches!(
-                    s,
-                    RTCPeerConnectionState::Connected
-                        | RTCPeerConnectionState::Failed
-                        | RTCPeerConnectionState::Closed
-                )
-            }),
-        );
         let connected = tokio::select! {
-            result = connected => matches!(result, Ok(Ok(s)) if *s == RTCPeerConnectionState::Connected),
+            connected = self.events.connected() => connected,
             () = self.registration.kicked() => return (Ending::Kicked, 0, 0),
         };
         if !connected {

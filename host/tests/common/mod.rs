@@ -482,6 +482,28 @@ pub fn ffprobe_streams(url: &str) -> String {
     out
 }
 
+/// A bearer token for `user` made by `wasmcast new-token`: the token, and the `[users.USER]`
+/// table that stores it hashed.
+pub fn new_token(user: &str) -> (String, String) {
+    let (ok, made, stderr) = run(
+        Command::new(env!("CARGO_BIN_EXE_wasmcast")).args(["new-token", user]),
+        Duration::from_secs(10),
+    );
+    assert!(ok, "{stderr}");
+    let token = made
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .expect("the token")
+        .to_owned();
+    let stored = made
+        .lines()
+        .skip_while(|l| !l.starts_with(&format!("[users.{user}]")))
+        .take(2)
+        .collect::<Vec<_>>()
+        .join("\n");
+    (token, stored)
+}
+
 /// One HTTP/1.1 request to `server` without a body: the status and the body.
 pub async fn http(server: &Server, method: &str, path: &str) -> (u16, String) {
     let request = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
