@@ -394,6 +394,83 @@ async fn a_flood_of_events_metrics_and_a_huge_snapshot_is_held_to_its_limits() {
     assert!(streams.contains("h264"), "the route plays on: {streams}");
 }
 
+/// A webhook receiver that takes connections and never answers; counts them.
+fn silent_receiver() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind receiver");
+    let port = listener.local_addr().expect("address").port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&accepted);
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for connection in listener.incoming().flatten() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            held.push(connection);
+        }
+    });
+    (port, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_that_never_answers_costs_its_own_queue_and_nothing_else() {
+    let (port, accepted) = silent_receiver();
+    let server = Server::start(&format!(
+        "{}plugins = [\"flood\"]\n\
+         [plugins.flood]\nwasm = \"{}\"\ntime_limit_ms = 2000\nwebhook = \"http://127.0.0.1:{port}/hook\"\n\
+         config = {{ attack = \"event-flood\" }}\n",
+        file_route("flooded", &sample_clip()),
+        plugin_wasm("hostile").display()
+    ));
+    wait_live(&server, "flooded").await;
+    let (mut stream, head) = open_event_stream(&server).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // 20 events a second into a queue of 256 that moves one try of 5 s at a time: full in some
+    // 13 s, and the first event has had its three tries after 15 s.
+    let metric = |metrics: &str, outcome: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!(
+                    "wasmcast_webhook_events_total{{outcome=\"{outcome}\"}} "
+                ))
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let (_, metrics) = http(&server, "GET", "/metrics").await;
+        if metric(&metrics, "failed") >= 1 && metric(&metrics, "dropped") >= 1 {
+            break metrics;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the silent webhook's events failed and overflowed its queue: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(metric(&metrics, "delivered"), 0, "{metrics}");
+    // One try at a time: a connection per try, not one per event.
+    let connections = accepted.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        (1..=8).contains(&connections),
+        "{connections} connections to the silent receiver"
+    );
+    // Everything else goes on: the event stream, the route.
+    use tokio::io::AsyncReadExt;
+    let mut events = vec![0; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut events))
+        .await
+        .expect("the event stream goes on")
+        .expect("read");
+    assert!(
+        String::from_utf8_lossy(&events[..read]).contains("data:"),
+        "{}",
+        String::from_utf8_lossy(&events[..read])
+    );
+    let streams = ffprobe_streams(&server.url("flooded"));
+    assert!(streams.contains("h264"), "the route plays on: {streams}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_built_against_the_0_1_0_interface_runs_on_this_host() {
     let server = Server::start(&format!(
