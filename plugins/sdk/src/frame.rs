@@ -77,27 +77,7 @@ macro_rules! export_frame_plugin {
                 }
             }
 
-            impl $crate::bindings::frame::exports::wasmcast::plugin::state::Guest for Export {
-                fn snapshot() -> ::std::vec::Vec<u8> {
-                    STATE.with(|state| match state.borrow().as_ref() {
-                        ::core::option::Option::Some(plugin) => {
-                            $crate::FramePlugin::snapshot(plugin)
-                        }
-                        ::core::option::Option::None => ::std::vec::Vec::new(),
-                    })
-                }
-
-                fn restore(
-                    snapshot: ::std::vec::Vec<u8>,
-                ) -> ::core::result::Result<(), ::std::string::String> {
-                    STATE.with(|state| match state.borrow_mut().as_mut() {
-                        ::core::option::Option::Some(plugin) => {
-                            $crate::FramePlugin::restore(plugin, &snapshot)
-                        }
-                        ::core::option::Option::None => ::core::result::Result::Ok(()),
-                    })
-                }
-            }
+            $crate::__export_state!(frame, FramePlugin);
 
             $crate::bindings::frame::export_frame_world!(
                 Export with_types_in $crate::bindings::frame

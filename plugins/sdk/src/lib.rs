@@ -71,6 +71,34 @@ pub mod bindings {
     }
 }
 
+/// The `state` export both plugin kinds share: the plugin's `snapshot` and `restore`, on the
+/// instance the export macro keeps (`STATE`) for its `Export` type. For those macros only.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_state {
+    ($world:ident, $plugin_trait:ident) => {
+        impl $crate::bindings::$world::exports::wasmcast::plugin::state::Guest for Export {
+            fn snapshot() -> ::std::vec::Vec<u8> {
+                STATE.with(|state| match state.borrow().as_ref() {
+                    ::core::option::Option::Some(plugin) => $crate::$plugin_trait::snapshot(plugin),
+                    ::core::option::Option::None => ::std::vec::Vec::new(),
+                })
+            }
+
+            fn restore(
+                snapshot: ::std::vec::Vec<u8>,
+            ) -> ::core::result::Result<(), ::std::string::String> {
+                STATE.with(|state| match state.borrow_mut().as_mut() {
+                    ::core::option::Option::Some(plugin) => {
+                        $crate::$plugin_trait::restore(plugin, &snapshot)
+                    }
+                    ::core::option::Option::None => ::core::result::Result::Ok(()),
+                })
+            }
+        }
+    };
+}
+
 #[cfg(feature = "packet")]
 mod packet;
 #[cfg(feature = "packet")]

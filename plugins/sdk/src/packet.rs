@@ -60,27 +60,7 @@ macro_rules! export_packet_plugin {
                 }
             }
 
-            impl $crate::bindings::packet::exports::wasmcast::plugin::state::Guest for Export {
-                fn snapshot() -> ::std::vec::Vec<u8> {
-                    STATE.with(|state| match state.borrow().as_ref() {
-                        ::core::option::Option::Some(plugin) => {
-                            $crate::PacketPlugin::snapshot(plugin)
-                        }
-                        ::core::option::Option::None => ::std::vec::Vec::new(),
-                    })
-                }
-
-                fn restore(
-                    snapshot: ::std::vec::Vec<u8>,
-                ) -> ::core::result::Result<(), ::std::string::String> {
-                    STATE.with(|state| match state.borrow_mut().as_mut() {
-                        ::core::option::Option::Some(plugin) => {
-                            $crate::PacketPlugin::restore(plugin, &snapshot)
-                        }
-                        ::core::option::Option::None => ::core::result::Result::Ok(()),
-                    })
-                }
-            }
+            $crate::__export_state!(packet, PacketPlugin);
 
             $crate::bindings::packet::export_packet_world!(
                 Export with_types_in $crate::bindings::packet
