@@ -34,19 +34,7 @@ pub(super) async fn handle(
         "POST, OPTIONS"
     };
     let reply = if method == Method::OPTIONS {
-        let mut reply = respond(StatusCode::NO_CONTENT, "text/plain", "");
-        reply
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static(allow));
-        reply.headers_mut().insert(
-            header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static(allow),
-        );
-        reply.headers_mut().insert(
-            header::ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static("content-type, authorization, if-match"),
-        );
-        reply
+        options(allow, "content-type, authorization, if-match")
     } else if !state.router.knows(route) {
         text(StatusCode::NOT_FOUND, format!("no route `{route}`"))
     } else if let Some(forbidden) = super::forbidden_by_route(state, route, peer) {
@@ -74,6 +62,22 @@ pub(super) async fn handle(
         }
     };
     with_cors(reply)
+}
+
+/// The answer to `OPTIONS` (a CORS preflight, too): the methods and request headers taken.
+pub(super) fn options(allow: &'static str, headers: &'static str) -> Reply {
+    let mut reply = respond(StatusCode::NO_CONTENT, "text/plain", "");
+    let map = reply.headers_mut();
+    map.insert(header::ALLOW, HeaderValue::from_static(allow));
+    map.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static(allow),
+    );
+    map.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static(headers),
+    );
+    reply
 }
 
 pub(super) fn with_cors(mut reply: Reply) -> Reply {

@@ -8,7 +8,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 
-use super::whep::{body_text, created, error_reply, with_cors};
+use super::whep::{body_text, created, error_reply, options, with_cors};
 use super::{Reply, State, refused, respond, text};
 use crate::auth::Login;
 
@@ -28,18 +28,7 @@ pub(super) async fn handle(
         "POST, OPTIONS"
     };
     if method == Method::OPTIONS {
-        let mut reply = respond(StatusCode::NO_CONTENT, "text/plain", "");
-        let headers = reply.headers_mut();
-        headers.insert(header::ALLOW, HeaderValue::from_static(allow));
-        headers.insert(
-            header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static(allow),
-        );
-        headers.insert(
-            header::ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static("content-type, authorization"),
-        );
-        return with_cors(reply);
+        return with_cors(options(allow, "content-type, authorization"));
     }
     let user = match authorize(state, feed, &request, peer) {
         Ok(user) => user,

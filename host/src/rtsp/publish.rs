@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use super::transport::TrackTransport;
 use crate::hub::{PublishClaim, Revocation, Stream};
-use crate::media::{AAC_SAMPLE_RATES, AccessUnit, Codec, OPUS_CLOCK_RATE, VIDEO_CLOCK_RATE};
+use crate::media::{AAC_SAMPLE_RATES, Codec, OPUS_CLOCK_RATE, VIDEO_CLOCK_RATE};
 use crate::rtp::{DepacketizeError, Depacketizer, PayloadFormat};
 use crate::sources::{LivePublisher, OverBudget, PublishRate, TooSlow, TrackKind};
 
@@ -298,18 +298,7 @@ impl Publishing {
                 return Ok(());
             }
         };
-        for unit in units {
-            self.live.send(
-                AccessUnit {
-                    track,
-                    pts: unit.timestamp,
-                    dts: unit.timestamp,
-                    keyframe: true,
-                    data: unit.data,
-                },
-                now,
-            );
-        }
+        self.live.send_depacketized(track, units, now);
         self.live.check_budget()?;
         Ok(())
     }

@@ -13,6 +13,7 @@ use crate::hub::{PublishClaim, Publisher, Stream, Timeline};
 use crate::media::{
     AccessUnit, Codec, StreamDescription, Track, inspect_video_unit, with_parameter_sets,
 };
+use crate::rtp::Depacketized;
 
 /// How long to wait for a track's codec parameters before starting without it.
 pub const TRACK_DISCOVERY: Duration = Duration::from_secs(3);
@@ -189,6 +190,23 @@ impl LivePublisher {
             Err(OverBudget(self.over_budget))
         } else {
             Ok(())
+        }
+    }
+
+    /// Publishes what an RTP depacketizer made of one packet of `track` (RTP timestamps are
+    /// presentation times; the kind of picture is read from the data).
+    pub fn send_depacketized(&mut self, track: usize, units: Vec<Depacketized>, now: Instant) {
+        for unit in units {
+            self.send(
+                AccessUnit {
+                    track,
+                    pts: unit.timestamp,
+                    dts: unit.timestamp,
+                    keyframe: true,
+                    data: unit.data,
+                },
+                now,
+            );
         }
     }
 

@@ -204,27 +204,27 @@ pub(super) fn plan(stream: &Stream, offered: &OfferedVideo) -> Result<Plan, Whep
     let audio = opus
         .or(aac)
         .zip(offered.opus_payload_type)
-        .map(|(track, payload_type)| {
-            (
-                track,
-                RTCRtpCodecParameters {
-                    rtp_codec: RTCRtpCodec {
-                        mime_type: "audio/opus".into(),
-                        clock_rate: 48_000,
-                        channels: 2,
-                        sdp_fmtp_line: "minptime=10;useinbandfec=1".into(),
-                        rtcp_feedback: Vec::new(),
-                    },
-                    payload_type,
-                },
-            )
-        });
+        .map(|(track, payload_type)| (track, opus_codec(payload_type)));
     Ok(Plan {
         video_track,
         video,
         audio,
         audio_from_aac,
     })
+}
+
+/// Opus as browsers take it: 48 kHz stereo, in-band FEC.
+pub(super) fn opus_codec(payload_type: u8) -> RTCRtpCodecParameters {
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: "audio/opus".into(),
+            clock_rate: 48_000,
+            channels: 2,
+            sdp_fmtp_line: "minptime=10;useinbandfec=1".into(),
+            rtcp_feedback: Vec::new(),
+        },
+        payload_type,
+    }
 }
 
 /// The H.264 codec for a route whose SPS is `sps`, in the profile the browser offers for it.

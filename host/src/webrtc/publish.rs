@@ -13,7 +13,6 @@ use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 
 use super::*;
 use crate::hub::Revocation;
-use crate::media::AccessUnit;
 use crate::rtp::{DepacketizeError, Depacketizer, PayloadFormat};
 use crate::sources::{LivePublisher, PublishRate, TrackKind};
 
@@ -55,18 +54,7 @@ fn publish_plan(offered: &OfferedVideo) -> Result<PublishPlan, WhepError> {
         },
         payload_type,
     };
-    let audio = offered
-        .opus_payload_type
-        .map(|payload_type| RTCRtpCodecParameters {
-            rtp_codec: RTCRtpCodec {
-                mime_type: "audio/opus".into(),
-                clock_rate: 48_000,
-                channels: 2,
-                sdp_fmtp_line: "minptime=10;useinbandfec=1".into(),
-                rtcp_feedback: Vec::new(),
-            },
-            payload_type,
-        });
+    let audio = offered.opus_payload_type.map(negotiate::opus_codec);
     Ok(PublishPlan { video, audio })
 }
 
@@ -242,20 +230,7 @@ impl WhipPublisher {
                     };
                     rate.add(bytes.len());
                     match depacketizer.push(bytes) {
-                        Ok(units) => {
-                            for unit in units {
-                                self.live.send(
-                                    AccessUnit {
-                                        track,
-                                        pts: unit.timestamp,
-                                        dts: unit.timestamp,
-                                        keyframe: true,
-                                        data: unit.data,
-                                    },
-                                    now,
-                                );
-                            }
-                        }
+                        Ok(units) => self.live.send_depacketized(track, units, now),
                         Err(err) => {
                             if matches!(err, DepacketizeError::TooLarge(_)) {
                                 self.live.refused_over_budget();
