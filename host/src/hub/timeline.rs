@@ -68,4 +68,20 @@ impl MediaInfo {
         let elapsed = now.saturating_duration_since(self.epoch).as_nanos() as i128;
         Some(info.base_timestamp.wrapping_add(info.ticks(elapsed)))
     }
+
+    /// The instant a `timestamp` of `track` corresponds to, found from its distance to `now` (so
+    /// wrapping of the 32-bit clock does not matter for timestamps within half a wrap of now).
+    pub fn instant_of(&self, track: usize, timestamp: u32, now: Instant) -> Option<Instant> {
+        let info = self.tracks.get(track)?;
+        let now_timestamp = self.rtp_timestamp_at(track, now)?;
+        // The signed distance is the intent: a unit may be stamped a little ahead of now.
+        let behind = i128::from(now_timestamp.wrapping_sub(timestamp) as i32);
+        let nanos = behind * NANOS_PER_SECOND / i128::from(info.clock_rate.max(1));
+        let offset = std::time::Duration::from_nanos(u64::try_from(nanos.unsigned_abs()).ok()?);
+        if nanos >= 0 {
+            now.checked_sub(offset)
+        } else {
+            now.checked_add(offset)
+        }
+    }
 }

@@ -178,23 +178,33 @@ impl Connection {
         session.setup_at = None;
         // A re-encoding route starts a fresh GOP for the newcomer (others ignore this).
         session.stream.request_keyframe();
-        // RTP-Info names the first packet this reader will really get on each track. A track
-        // with nothing kept yet (a route that just started) gets the RTP time of now, where its
-        // next packet will be: clients that map every track's clock from PLAY need one.
+        // RTP-Info gives, per track, the first packet this reader will get (seq) and the RTP time
+        // of one shared start instant, that of the first unit it will get (RFC 2326: every rtptime
+        // corresponds to the start of the Range). Clients map each track's clock from these, so
+        // they must name the same instant: ffmpeg switches to sender-report timing once reports
+        // arrive and would shift a track by any difference. With nothing kept, the start is now.
+        let backlog = reader.backlog();
+        let media = reader.media();
+        let first = backlog.first();
+        let start = first
+            .and_then(|unit| media.instant_of(unit.au.track, unit.rtp.timestamp, now))
+            .unwrap_or(now);
         let mut rtp_info = Vec::new();
         for (index, track) in session.tracks.iter().enumerate() {
             let Some(track) = track else { continue };
-            let first = reader.backlog().iter().find(|unit| unit.au.track == index);
-            rtp_info.push(match first {
-                Some(unit) => format!(
-                    "url={};seq={};rtptime={}",
-                    track.url, unit.rtp.first_seq, unit.rtp.timestamp
-                ),
-                None => match reader.media().rtp_timestamp_at(index, now) {
-                    Some(rtptime) => format!("url={};rtptime={rtptime}", track.url),
-                    None => format!("url={}", track.url),
-                },
-            });
+            let mut entry = format!("url={}", track.url);
+            if let Some(unit) = backlog.iter().find(|unit| unit.au.track == index) {
+                entry.push_str(&format!(";seq={}", unit.rtp.first_seq));
+            }
+            let rtptime = match first {
+                // Exact for the first unit's own track, not rounded through nanoseconds.
+                Some(unit) if unit.au.track == index => Some(unit.rtp.timestamp),
+                _ => media.rtp_timestamp_at(index, start),
+            };
+            if let Some(rtptime) = rtptime {
+                entry.push_str(&format!(";rtptime={rtptime}"));
+            }
+            rtp_info.push(entry);
         }
         session.playing = true;
         let tracks = session

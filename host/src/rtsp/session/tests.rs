@@ -236,6 +236,73 @@ async fn setup_with_ffmpeg_query_url_then_play_names_the_first_packet() {
 }
 
 #[tokio::test]
+async fn play_gives_every_track_the_rtp_time_of_one_start_instant() {
+    let fixture = Fixture::new(10).await;
+    let ctx = fixture.ctx();
+    let mut conn = Connection::default();
+    // Past the sample's second keyframe (at 1 s), where no audio frame begins (they are 21.3 ms
+    // apart): the first kept audio unit is a few milliseconds off the keyframe.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let now = Instant::now();
+    let mut session: Option<String> = None;
+    for track in 0..2 {
+        let cseq = (track + 2).to_string();
+        let transport = format!(
+            "RTP/AVP/TCP;unicast;interleaved={}-{}",
+            2 * track,
+            2 * track + 1
+        );
+        let mut headers = vec![("CSeq", cseq.as_str()), ("Transport", transport.as_str())];
+        if let Some(session) = &session {
+            headers.push(("Session", session.as_str()));
+        }
+        let url = format!("rtsp://127.0.0.1:8554/cam/trackID={track}");
+        let reply = conn.handle(&request(Method::Setup, &url, &headers), &ctx, now);
+        assert_eq!(reply.response.status(), StatusCode::Ok);
+        session.get_or_insert_with(|| session_of(&reply.response));
+    }
+    let session = session.unwrap();
+    let reply = conn.handle(
+        &request(
+            Method::Play,
+            "rtsp://127.0.0.1:8554/cam/",
+            &[("CSeq", "4"), ("Session", &session)],
+        ),
+        &ctx,
+        now,
+    );
+    let rtp_info = header(&reply.response, "RTP-Info").unwrap().to_owned();
+    let Action::Play(play) = reply.action else {
+        panic!("PLAY starts sending");
+    };
+    let media = play.reader.media();
+    let starts: Vec<Instant> = rtp_info
+        .split(',')
+        .enumerate()
+        .map(|(track, entry)| {
+            let rtptime = entry
+                .split(';')
+                .find_map(|field| field.strip_prefix("rtptime="))
+                .unwrap_or_else(|| panic!("rtptime in {entry}"));
+            media
+                .instant_of(track, rtptime.parse().unwrap(), now)
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(starts.len(), 2, "{rtp_info}");
+    let apart = starts[0]
+        .max(starts[1])
+        .duration_since(starts[0].min(starts[1]));
+    assert!(
+        apart < Duration::from_millis(1),
+        "both rtptimes name one instant: {rtp_info} ({apart:?} apart)"
+    );
+    let audio = play.reader.backlog().iter().find(|unit| unit.au.track == 1);
+    let audio = audio.expect("audio kept behind the keyframe");
+    assert!(rtp_info.contains(&format!("seq={}", audio.rtp.first_seq)));
+}
+
+#[tokio::test]
 async fn tcp_interleaved_channels_default_per_track() {
     let fixture = Fixture::new(10).await;
     let mut conn = Connection::default();
