@@ -70,7 +70,7 @@ fn main() {
     let clip = common::clip_2mbps_with_audio();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     println!(
-        "server      readers  pkt/s/reader  server-cpu  µs/packet  mem/reader  loss       first-frame p50/max"
+        "server      readers  pkt/s/reader  server-cpu  µs/packet  in kernel  mem/reader  loss       first-frame p50/max"
     );
     for transport in &transports {
         for &count in &counts {
@@ -218,6 +218,9 @@ impl SeqCounter {
 
 struct Measured {
     cpu: Duration,
+    /// The part of `cpu` spent in the kernel (on loopback that includes delivering each datagram
+    /// to the reader's socket).
+    kernel: Duration,
     wall: Duration,
     memory_per_reader: f64,
     received: u64,
@@ -258,9 +261,10 @@ impl Measured {
         let (p50, max) = self.first_frame();
         let rate = self.received as f64 / self.wall.as_secs_f64() / count.max(1) as f64;
         println!(
-            "{server:<9} {count:>5} {transport}  {rate:>12.0}  {:>9.1}%  {:>9.2}  {:>7.1} KB  {:>8.4}%  {:>6.0} ms / {:.0} ms",
+            "{server:<9} {count:>5} {transport}  {rate:>12.0}  {:>9.1}%  {:>9.2}  {:>8.0}%  {:>7.1} KB  {:>8.4}%  {:>6.0} ms / {:.0} ms",
             self.cpu_fraction() * 100.0,
             self.cpu_per_packet() * 1e6,
+            self.kernel.as_secs_f64() / self.cpu.as_secs_f64().max(1e-9) * 100.0,
             self.memory_per_reader / 1024.0,
             self.loss() * 100.0,
             p50.as_secs_f64() * 1000.0,
@@ -311,14 +315,17 @@ async fn measure(target: &Target, transport: &str, count: usize, seconds: u64) -
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_after = common::rss_of(target.pid);
-    let cpu_start = common::cpu_time_of(target.pid);
+    let (user_start, kernel_start) = common::cpu_times_of(target.pid);
     let wall_start = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
-    let cpu = common::cpu_time_of(target.pid).saturating_sub(cpu_start);
+    let (user_end, kernel_end) = common::cpu_times_of(target.pid);
+    let kernel = kernel_end.saturating_sub(kernel_start);
+    let cpu = user_end.saturating_sub(user_start) + kernel;
     let wall = wall_start.elapsed();
     stop.store(true, Ordering::Relaxed);
     let mut measured = Measured {
         cpu,
+        kernel,
         wall,
         memory_per_reader: rss_after.saturating_sub(rss_before) as f64 / count as f64,
         received: 0,

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use retina::client::{TcpTransportOptions, Transport, UdpTransportOptions};
 use retina::codec::CodecItem;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 
 /// Reads a route with retina for `seconds`; returns the video frames received and the RTP packets
 /// reported lost.
@@ -377,4 +377,131 @@ async fn a_reader_over_max_bandwidth_is_refused_while_the_first_plays() {
     );
     let bytes = playing.await.expect("first reader");
     assert!(bytes > 150_000, "the first reader played on: {bytes} bytes");
+}
+
+/// A UDP session set up by hand on track 0: the connection, the session id and the socket its
+/// RTP comes to.
+async fn udp_session(server: &Server, route: &str) -> (TcpStream, String, UdpSocket) {
+    let rtp = UdpSocket::bind("127.0.0.1:0").await.expect("rtp socket");
+    let port = rtp.local_addr().expect("rtp port").port();
+    let mut stream = TcpStream::connect(server.rtsp).await.expect("connect");
+    let url = server.url(route);
+    let reply = request(
+        &mut stream,
+        &format!(
+            "SETUP {url}/trackID=0 RTSP/1.0\r\nCSeq: 1\r\n\
+             Transport: RTP/AVP;unicast;client_port={port}-{}\r\n\r\n",
+            port + 1
+        ),
+    )
+    .await;
+    let session = reply
+        .lines()
+        .find_map(|l| l.strip_prefix("Session: "))
+        .and_then(|s| s.split(';').next())
+        .unwrap_or_else(|| panic!("SETUP: {reply}"))
+        .to_owned();
+    let reply = request(
+        &mut stream,
+        &format!("PLAY {url} RTSP/1.0\r\nCSeq: 2\r\nSession: {session}\r\n\r\n"),
+    )
+    .await;
+    assert!(reply.starts_with("RTSP/1.0 200"), "PLAY: {reply}");
+    (stream, session, rtp)
+}
+
+async fn request(stream: &mut TcpStream, text: &str) -> String {
+    stream.write_all(text.as_bytes()).await.expect("request");
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .expect("a reply in time")
+        .expect("reply");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// Whether an RTP packet comes to `rtp` within `within`.
+async fn receives(rtp: &UdpSocket, within: Duration) -> bool {
+    let mut buf = vec![0u8; 2048];
+    tokio::time::timeout(within, rtp.recv(&mut buf))
+        .await
+        .is_ok()
+}
+
+/// UDP readers of a route are served together by the route's fan-out: readers that come, pause,
+/// play again, tear down or vanish must not disturb the one that stays, and a paused or gone one
+/// gets nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_readers_that_come_pause_and_go_leave_the_others_untouched() {
+    let server = Server::start(&file_route("unicast", &sample_clip()));
+    let steady = tokio::spawn(count_frames(
+        server.url("unicast"),
+        Transport::Udp(UdpTransportOptions::default()),
+        8,
+    ));
+    let url = server.url("unicast");
+    let started = tokio::time::Instant::now();
+    let mut comers = 0;
+    while started.elapsed() < Duration::from_secs(6) {
+        let (mut stream, session, rtp) = udp_session(&server, "unicast").await;
+        assert!(
+            receives(&rtp, Duration::from_secs(2)).await,
+            "a newcomer gets RTP"
+        );
+        match comers % 3 {
+            // Pauses: nothing more comes once what was on its way is drained, then plays again.
+            0 => {
+                let reply = request(
+                    &mut stream,
+                    &format!("PAUSE {url} RTSP/1.0\r\nCSeq: 3\r\nSession: {session}\r\n\r\n"),
+                )
+                .await;
+                assert!(reply.starts_with("RTSP/1.0 200"), "PAUSE: {reply}");
+                while receives(&rtp, Duration::from_millis(100)).await {}
+                assert!(
+                    !receives(&rtp, Duration::from_millis(400)).await,
+                    "a paused reader gets nothing"
+                );
+                let reply = request(
+                    &mut stream,
+                    &format!("PLAY {url} RTSP/1.0\r\nCSeq: 4\r\nSession: {session}\r\n\r\n"),
+                )
+                .await;
+                assert!(reply.starts_with("RTSP/1.0 200"), "PLAY again: {reply}");
+                assert!(
+                    receives(&rtp, Duration::from_secs(2)).await,
+                    "it plays again"
+                );
+            }
+            // Tears down: nothing more comes.
+            1 => {
+                let reply = request(
+                    &mut stream,
+                    &format!("TEARDOWN {url} RTSP/1.0\r\nCSeq: 3\r\nSession: {session}\r\n\r\n"),
+                )
+                .await;
+                assert!(reply.starts_with("RTSP/1.0 200"), "TEARDOWN: {reply}");
+                while receives(&rtp, Duration::from_millis(100)).await {}
+                assert!(
+                    !receives(&rtp, Duration::from_millis(400)).await,
+                    "a reader that tore down gets nothing"
+                );
+            }
+            // Vanishes: the connection closes without a word.
+            _ => {
+                drop(stream);
+                while receives(&rtp, Duration::from_millis(100)).await {}
+                assert!(
+                    !receives(&rtp, Duration::from_millis(400)).await,
+                    "a reader whose connection closed gets nothing"
+                );
+            }
+        }
+        comers += 1;
+    }
+    let (frames, lost) = steady.await.expect("steady reader");
+    assert!(comers >= 6, "only {comers} readers came and went");
+    // 8 s at 25 fps is 200 frames, plus up to a second of kept GOP at the start.
+    assert!(frames >= 190, "the steady reader got {frames} frames");
+    assert_eq!(lost, 0, "the steady reader lost packets");
 }

@@ -172,6 +172,12 @@ impl Drop for BenchServer {
 
 /// User and system CPU time process `pid` has used, all its threads together.
 pub fn cpu_time_of(pid: u32) -> Duration {
+    let (user, system) = cpu_times_of(pid);
+    user + system
+}
+
+/// User and system (kernel) CPU time process `pid` has used, apart.
+pub fn cpu_times_of(pid: u32) -> (Duration, Duration) {
     let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid)).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit(')')
@@ -179,11 +185,12 @@ pub fn cpu_time_of(pid: u32) -> Duration {
         .unwrap_or("")
         .split_whitespace()
         .collect();
-    let ticks: u64 = fields
-        .get(11..13)
-        .map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
     // Linux reports CPU time in clock ticks of 1/100 s.
-    Duration::from_millis(ticks * 10)
+    let field = |index: usize| {
+        let ticks = fields.get(index).and_then(|v| v.parse::<u64>().ok());
+        Duration::from_millis(ticks.unwrap_or(0) * 10)
+    };
+    (field(11), field(12))
 }
 
 /// Resident memory of process `pid`, in bytes.

@@ -15,7 +15,8 @@ mod stream;
 mod timeline;
 
 pub use publish::{Outlet, Processor, PublishClaim, Publisher, Revocation};
-pub use reader::Reader;
+pub use reader::{Next, Reader};
+pub use ring::Arrivals;
 pub use stream::{Busy, Sink, SourceState, Stream, StreamStats};
 pub use timeline::{MediaInfo, Timeline, TrackRtp};
 

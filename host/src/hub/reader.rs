@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::Unit;
-use super::ring::{Recv, RingReader};
+use super::ring::{Arrivals, Recv, RingReader};
 use super::stream::{Stream, StreamStats};
 use super::timeline::MediaInfo;
 
@@ -13,6 +13,17 @@ use super::timeline::MediaInfo;
 const CATCH_UP_SPEED: u32 = 2;
 /// The longest a backlog unit is held back.
 const MAX_CATCH_UP_WAIT: Duration = Duration::from_secs(1);
+
+/// What [`Reader::try_next`] found.
+pub enum Next {
+    Unit(Arc<Unit>),
+    /// The next unit is a kept one held back until then (catching up at a measured pace).
+    NotBefore(tokio::time::Instant),
+    /// Nothing yet: the next arrival in the ring may bring something.
+    Nothing,
+    /// The stream is closed and everything was read.
+    Closed,
+}
 
 /// One reader's view of a stream: the kept GOP first, then live units.
 pub struct Reader {
@@ -26,6 +37,7 @@ pub struct Reader {
     /// The publisher generation this reader is following.
     generation: u64,
     receiver: RingReader<Unit>,
+    arrivals: Arrivals<Unit>,
 }
 
 impl Reader {
@@ -47,6 +59,7 @@ impl Reader {
             backlog: backlog.into_iter(),
             catch_up: None,
             generation,
+            arrivals: receiver.arrivals(),
             receiver,
         }
     }
@@ -71,28 +84,45 @@ impl Reader {
     /// the rest at `CATCH_UP_SPEED` times its own pace, so a UDP reader's socket buffer is not
     /// flooded. Cancel-safe: a unit is taken only when it is returned.
     pub async fn next(&mut self) -> Option<Arc<Unit>> {
+        let arrivals = self.arrivals.clone();
+        loop {
+            let arrived = arrivals.notified();
+            tokio::pin!(arrived);
+            // Registered before looking, so a unit sent in between still wakes this reader.
+            arrived.as_mut().enable();
+            match self.try_next(tokio::time::Instant::now()) {
+                Next::Unit(unit) => return Some(unit),
+                Next::Closed => return None,
+                Next::NotBefore(due) => tokio::time::sleep_until(due).await,
+                Next::Nothing => arrived.await,
+            }
+        }
+    }
+
+    /// The next unit if it may go at `now`, without waiting: what [`Reader::next`] does for one
+    /// reader, for a task that serves many readers of one ring and waits on their
+    /// [`Reader::arrivals`] and the earliest [`Next::NotBefore`] itself.
+    pub fn try_next(&mut self, now: tokio::time::Instant) -> Next {
         loop {
             let backlog_unit = self.backlog.as_slice().first().cloned();
             let unit = match backlog_unit {
                 Some(unit) => {
                     let at = self.decode_time(&unit);
-                    let (started, first) = *self
-                        .catch_up
-                        .get_or_insert_with(|| (tokio::time::Instant::now(), at));
+                    let (started, first) = *self.catch_up.get_or_insert((now, at));
                     // A unit far in the future is a discontinuity, not something to wait for.
                     let due = started + at.saturating_sub(first) / CATCH_UP_SPEED;
-                    if due.saturating_duration_since(tokio::time::Instant::now())
-                        < MAX_CATCH_UP_WAIT
-                    {
-                        tokio::time::sleep_until(due).await;
+                    let wait = due.saturating_duration_since(now);
+                    if !wait.is_zero() && wait < MAX_CATCH_UP_WAIT {
+                        return Next::NotBefore(due);
                     }
                     self.backlog.next();
                     unit
                 }
-                None => match self.receiver.recv().await {
-                    Recv::Unit(unit) => unit,
-                    Recv::Closed => return None,
-                    Recv::Lagged => {
+                None => match self.receiver.try_recv() {
+                    Some(Recv::Unit(unit)) => unit,
+                    Some(Recv::Closed) => return Next::Closed,
+                    None => return Next::Nothing,
+                    Some(Recv::Lagged) => {
                         self.stream
                             .stats
                             .readers_too_slow
@@ -113,8 +143,13 @@ impl Reader {
                 }
                 self.waiting_for_keyframe = false;
             }
-            return Some(unit);
+            return Next::Unit(unit);
         }
+    }
+
+    /// The waiter for this reader's ring: it wakes when a unit arrives or the ring closes.
+    pub fn arrivals(&self) -> &Arrivals<Unit> {
+        &self.arrivals
     }
 
     /// When a unit is due on the stream's timeline, from its decode timestamp.

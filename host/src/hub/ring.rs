@@ -116,37 +116,67 @@ pub(super) struct RingReader<T> {
 }
 
 impl<T> RingReader<T> {
-    /// The next unit, once there is one. Cancel-safe: the position moves only when a unit is
-    /// returned (or the reader is told it lagged).
-    pub(super) async fn recv(&mut self) -> Recv<T> {
-        loop {
-            let arrived = self.inner.arrived.notified();
-            tokio::pin!(arrived);
-            // Registered before looking, so a unit sent in between still wakes this reader.
-            arrived.as_mut().enable();
-            {
-                let state = self.inner.lock();
-                if self.next < state.first {
-                    self.next = state.first;
-                    return Recv::Lagged;
-                }
-                let index = (self.next - state.first) as usize;
-                if let Some((unit, _)) = state.units.get(index) {
-                    self.next += 1;
-                    return Recv::Unit(Arc::clone(unit));
-                }
-                if state.closed {
-                    return Recv::Closed;
-                }
-            }
-            arrived.await;
+    /// The next unit if one is there, without waiting (`None`: nothing yet).
+    pub(super) fn try_recv(&mut self) -> Option<Recv<T>> {
+        let state = self.inner.lock();
+        if self.next < state.first {
+            self.next = state.first;
+            return Some(Recv::Lagged);
         }
+        let index = (self.next - state.first) as usize;
+        if let Some((unit, _)) = state.units.get(index) {
+            self.next += 1;
+            return Some(Recv::Unit(Arc::clone(unit)));
+        }
+        state.closed.then_some(Recv::Closed)
+    }
+
+    /// A waiter for the units of this ring, shared by every reader of it.
+    pub(super) fn arrivals(&self) -> Arrivals<T> {
+        Arrivals(Arc::clone(&self.inner))
+    }
+}
+
+/// Wakes whoever waits on it when a unit arrives in a ring or the ring closes: one task can wait
+/// for many readers of the same ring at once.
+pub struct Arrivals<T>(Arc<Inner<T>>);
+
+impl<T> Clone for Arrivals<T> {
+    fn clone(&self) -> Self {
+        Arrivals(Arc::clone(&self.0))
+    }
+}
+
+impl<T> Arrivals<T> {
+    /// Resolves at the next arrival after it is enabled (see [`tokio::sync::Notify::notified`]).
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.0.arrived.notified()
+    }
+
+    /// Tells rings apart: the same for every waiter of one ring, and not reused while any waiter
+    /// of it lives.
+    pub fn ring_id(&self) -> usize {
+        Arc::as_ptr(&self.0) as usize
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The next unit, once there is one, as a reader task waits for it.
+    async fn recv<T>(reader: &mut RingReader<T>) -> Recv<T> {
+        let arrivals = reader.arrivals();
+        loop {
+            let arrived = arrivals.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            if let Some(next) = reader.try_recv() {
+                return next;
+            }
+            arrived.await;
+        }
+    }
 
     #[tokio::test]
     async fn past_its_bytes_the_ring_lets_the_oldest_go_and_slow_readers_lag() {
@@ -155,16 +185,16 @@ mod tests {
         let mut fast = ring.subscribe();
         for i in 0..10u32 {
             ring.send(Arc::new(i), 300);
-            assert!(matches!(fast.recv().await, Recv::Unit(unit) if *unit == i));
+            assert!(matches!(recv(&mut fast).await, Recv::Unit(unit) if *unit == i));
         }
         // 1000 bytes hold three units of 300: the slow reader lost the first seven.
-        assert!(matches!(slow.recv().await, Recv::Lagged));
-        assert!(matches!(slow.recv().await, Recv::Unit(unit) if *unit == 7));
+        assert!(matches!(recv(&mut slow).await, Recv::Lagged));
+        assert!(matches!(recv(&mut slow).await, Recv::Unit(unit) if *unit == 7));
         assert_eq!(ring.inner.lock().bytes, 900);
         ring.close();
-        assert!(matches!(slow.recv().await, Recv::Unit(unit) if *unit == 8));
-        assert!(matches!(slow.recv().await, Recv::Unit(unit) if *unit == 9));
-        assert!(matches!(slow.recv().await, Recv::Closed));
+        assert!(matches!(recv(&mut slow).await, Recv::Unit(unit) if *unit == 8));
+        assert!(matches!(recv(&mut slow).await, Recv::Unit(unit) if *unit == 9));
+        assert!(matches!(recv(&mut slow).await, Recv::Closed));
     }
 
     #[tokio::test]
@@ -173,7 +203,7 @@ mod tests {
         let mut reader = ring.subscribe();
         let sender = ring.clone();
         let waiting = tokio::spawn(async move {
-            match reader.recv().await {
+            match recv(&mut reader).await {
                 Recv::Unit(unit) => *unit,
                 _ => u32::MAX,
             }

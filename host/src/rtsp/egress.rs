@@ -13,6 +13,7 @@ use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
+use super::fanout::{self, Membership};
 use super::session::Play;
 use super::transport::TrackTransport;
 use super::udp::{RtcpRegistration, UdpSockets};
@@ -54,6 +55,113 @@ pub(super) struct TrackCount {
     reported: bool,
 }
 
+/// One RTCP compound packet: a sender report, with a BYE after it when the stream ends.
+pub(super) struct Report {
+    bytes: [u8; SENDER_REPORT_SIZE + GOODBYE_SIZE],
+    len: usize,
+}
+
+impl std::ops::Deref for Report {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl Playback {
+    pub(super) fn new(play: Play, rtcp: Option<RtcpRegistration>) -> Playback {
+        Playback {
+            counts: vec![TrackCount::default(); play.tracks.len()],
+            reader: play.reader,
+            tracks: play.tracks,
+            _rtcp: rtcp,
+        }
+    }
+
+    pub(super) fn reader(&mut self) -> &mut Reader {
+        &mut self.reader
+    }
+
+    /// Where `track`'s media goes, if the reader set it up.
+    pub(super) fn transport(&self, track: usize) -> Option<TrackTransport> {
+        self.tracks.get(track).copied().flatten()
+    }
+
+    /// Whether every track the reader set up goes over UDP.
+    pub(super) fn all_udp(&self) -> bool {
+        self.tracks
+            .iter()
+            .flatten()
+            .all(|t| matches!(t, TrackTransport::Udp { .. }))
+    }
+
+    /// Counts `unit` as sent, for the sender reports; `true` when it is the track's first and a
+    /// report should follow it at once (players sync from it).
+    pub(super) fn count(&mut self, unit: &Unit) -> bool {
+        let Some(count) = self.counts.get_mut(unit.au.track) else {
+            return false;
+        };
+        let payload: usize = unit
+            .rtp
+            .packets
+            .iter()
+            .map(|p| p.len().saturating_sub(12))
+            .sum();
+        count.packets = count.packets.wrapping_add(unit.rtp.packets.len() as u32);
+        count.octets = count.octets.wrapping_add(payload as u32);
+        !count.reported
+    }
+
+    /// Sender reports for `only` one track, or for every track that has sent media; with
+    /// `goodbye`, each followed by a BYE in the same compound packet.
+    pub(super) fn reports(
+        &mut self,
+        only: Option<usize>,
+        goodbye: bool,
+    ) -> Vec<(TrackTransport, Report)> {
+        let now = Instant::now();
+        let ntp = rtcp::ntp_timestamp(SystemTime::now());
+        let media = Arc::clone(self.reader.media());
+        let mut reports = Vec::new();
+        for (track, transport) in self.tracks.iter().enumerate() {
+            let Some(transport) = transport else { continue };
+            if only.is_some_and(|only| only != track) {
+                continue;
+            }
+            let count = &mut self.counts[track];
+            if count.packets == 0 {
+                continue;
+            }
+            let (Some(rtp_timestamp), Some(info)) =
+                (media.rtp_timestamp_at(track, now), media.tracks.get(track))
+            else {
+                continue;
+            };
+            count.reported = true;
+            let mut bytes = [0u8; SENDER_REPORT_SIZE + GOODBYE_SIZE];
+            bytes[..SENDER_REPORT_SIZE].copy_from_slice(
+                &SenderReport {
+                    ssrc: info.ssrc,
+                    ntp,
+                    rtp_timestamp,
+                    packet_count: count.packets,
+                    octet_count: count.octets,
+                }
+                .write(),
+            );
+            bytes[SENDER_REPORT_SIZE..].copy_from_slice(&rtcp::goodbye(info.ssrc));
+            let len = if goodbye {
+                bytes.len()
+            } else {
+                SENDER_REPORT_SIZE
+            };
+            reports.push((*transport, Report { bytes, len }));
+        }
+        reports
+    }
+}
+
 pub(super) async fn next_unit(playback: &mut Option<Playback>) -> Option<Arc<Unit>> {
     match playback {
         Some(playback) => playback.reader.next().await,
@@ -70,6 +178,7 @@ pub(super) async fn run_egress(
 ) -> Sent {
     let mut out = BufWriter::with_capacity(EGRESS_BUFFER, write);
     let mut playback: Option<Playback> = None;
+    let mut membership: Option<Membership> = None;
     let mut sent = Sent::default();
     let mut reports = tokio::time::interval(SENDER_REPORT_INTERVAL);
     loop {
@@ -85,20 +194,25 @@ pub(super) async fn run_egress(
                     .await
                 }
                 Some(Egress::Play(play, registration)) => {
-                    let counts = vec![TrackCount::default(); play.tracks.len()];
-                    playback = Some(Playback {
-                        reader: play.reader,
-                        tracks: play.tracks,
-                        counts,
-                        _rtcp: registration,
-                    });
+                    let started = Playback::new(play, registration);
+                    // UDP readers are served by their route's fan-out, all in one go per unit.
+                    if started.all_udp() {
+                        membership = Some(fanout::join(&udp, started));
+                    } else {
+                        playback = Some(started);
+                    }
                     Ok(())
                 }
                 Some(Egress::Stop) => {
                     playback = None;
+                    if let Some(member) = membership.take() {
+                        member.add_sent(&mut sent);
+                    }
                     Ok(())
                 }
             },
+            // The fan-out let the reader go: its stream ended (BYE sent) or the server drains.
+            () = fanout::ended(&mut membership) => break,
             unit = next_unit(&mut playback) => match (unit, &mut playback) {
                 (Some(unit), Some(playback)) => {
                     with_deadline(send_unit(&unit, playback, &mut out, &udp, &mut sent)).await
@@ -123,6 +237,9 @@ pub(super) async fn run_egress(
         }
     }
     let _ = out.flush().await;
+    if let Some(member) = membership {
+        member.add_sent(&mut sent);
+    }
     sent
 }
 
@@ -165,17 +282,7 @@ pub(super) async fn send_unit(
     }
     sent.packets += unit.rtp.packets.len() as u64;
     sent.bytes += bytes as u64;
-    let count = &mut playback.counts[track];
-    let payload: usize = unit
-        .rtp
-        .packets
-        .iter()
-        .map(|p| p.len().saturating_sub(12))
-        .sum();
-    count.packets = count.packets.wrapping_add(unit.rtp.packets.len() as u32);
-    count.octets = count.octets.wrapping_add(payload as u32);
-    if !count.reported {
-        // The first sender report right after the first packet lets players sync at once.
+    if playback.count(unit) {
         send_reports(playback, out, udp, Some(track), false).await?;
     }
     if matches!(transport, TrackTransport::Tcp { .. }) {
@@ -193,47 +300,13 @@ pub(super) async fn send_reports(
     only: Option<usize>,
     goodbye: bool,
 ) -> std::io::Result<()> {
-    let now = Instant::now();
-    let ntp = rtcp::ntp_timestamp(SystemTime::now());
-    let media = Arc::clone(playback.reader.media());
-    for (track, transport) in playback.tracks.iter().enumerate() {
-        let Some(transport) = transport else { continue };
-        if only.is_some_and(|only| only != track) {
-            continue;
-        }
-        let count = &mut playback.counts[track];
-        if count.packets == 0 {
-            continue;
-        }
-        let (Some(rtp_timestamp), Some(info)) =
-            (media.rtp_timestamp_at(track, now), media.tracks.get(track))
-        else {
-            continue;
-        };
-        count.reported = true;
-        let mut compound = [0u8; SENDER_REPORT_SIZE + GOODBYE_SIZE];
-        compound[..SENDER_REPORT_SIZE].copy_from_slice(
-            &SenderReport {
-                ssrc: info.ssrc,
-                ntp,
-                rtp_timestamp,
-                packet_count: count.packets,
-                octet_count: count.octets,
-            }
-            .write(),
-        );
-        compound[SENDER_REPORT_SIZE..].copy_from_slice(&rtcp::goodbye(info.ssrc));
-        let report = if goodbye {
-            &compound[..]
-        } else {
-            &compound[..SENDER_REPORT_SIZE]
-        };
-        match *transport {
+    for (transport, report) in playback.reports(only, goodbye) {
+        match transport {
             TrackTransport::Tcp { rtcp_channel, .. } => {
-                write_interleaved(out, rtcp_channel, report).await?
+                write_interleaved(out, rtcp_channel, &report).await?
             }
             TrackTransport::Udp { rtcp, .. } => {
-                let _ = udp.rtcp.send_to(report, rtcp).await;
+                let _ = udp.rtcp.send_to(&report, rtcp).await;
             }
         }
     }

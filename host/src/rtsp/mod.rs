@@ -7,11 +7,13 @@
 //! The protocol core has no sockets and reads no clock: `codec` frames the connection, `session`
 //! handles requests (its `play` and `record` halves), `transport` chooses a track's transport,
 //! `publish` turns a publisher's RTP into access units, `sdp` describes streams. The tokio edge:
-//! `server` (accept loop, one task per connection), `egress` (one writer task per connection),
-//! `udp` (the shared RTP and RTCP sockets).
+//! `server` (accept loop, one task per connection), `egress` (one writer task per connection, which
+//! sends to TCP readers itself), `fanout` (the tasks that send to the UDP readers of a route), `udp`
+//! (the shared RTP and RTCP sockets).
 
 mod codec;
 mod egress;
+mod fanout;
 #[cfg(any(fuzzing, test))]
 pub mod fuzz;
 mod publish;

@@ -11,6 +11,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use super::Error;
+use super::fanout::Fanouts;
 use super::session::Play;
 use super::transport::TrackTransport;
 use crate::rtp::{Run, rtcp};
@@ -32,6 +33,8 @@ pub(super) struct UdpSockets {
     rtcp_peers: Mutex<HashMap<SocketAddr, Arc<AtomicBool>>>,
     /// Publishers' RTP over UDP, by the address it comes from: to their connection, with the track.
     rtp_sources: Mutex<HashMap<SocketAddr, RtpSource>>,
+    /// The tasks that send to UDP readers, a few per route.
+    pub(super) fanouts: Fanouts,
 }
 
 impl UdpSockets {
@@ -54,6 +57,7 @@ impl UdpSockets {
                     ports: (port, port + 1),
                     rtcp_peers: Mutex::default(),
                     rtp_sources: Mutex::default(),
+                    fanouts: Fanouts::default(),
                 }));
             }
             port = port.saturating_add(2);
