@@ -5,7 +5,10 @@
 //! `WASMCAST_BENCH_SECONDS` (default 10).
 //!
 //! The viewers are webrtc-crate peers in this process (decrypting every packet costs this process
-//! CPU, not the server's).
+//! CPU, not the server's). Then, in the same run on one server, `WASMCAST_BENCH_BROWSERS` (default
+//! 5) such viewers and as many headless Chromium tabs playing the route's page, which answer as
+//! browsers do (receiver reports, NACK, PLI; decoding every frame): server CPU per viewer above
+//! the idle route for each, side by side.
 
 #![allow(
     dead_code,
@@ -43,9 +46,12 @@ fn main() {
             "webrtc",
             &format!(
                 "rtp_ports = \"37000-37999\"\nmax_clients = {0}\n\
-                 max_connections = {1}\nmax_connections_per_address = {1}",
+                 max_connections = {1}\nmax_connections_per_address = {1}\n\
+                 max_bandwidth_kbps = {2}",
                 count + 10,
-                2 * count + 16
+                2 * count + 16,
+                // ~2.3 Mbit/s a viewer with sound, and room to spare.
+                4_000 * (count + 10)
             ),
             &format!("[routes.hd]\nsource = \"file:{}\"\n", clip.display()),
         );
@@ -117,6 +123,8 @@ fn main() {
         });
     }
 
+    browser_viewers(&runtime, &clip);
+
     let server = BenchServer::start(
         "webrtc-latency",
         "rtp_ports = \"37000-37999\"",
@@ -138,5 +146,102 @@ fn main() {
             ),
             None => println!("the player reported no latency estimate ({latency})"),
         }
+    });
+}
+
+/// Server CPU per viewer above the idle route: webrtc-crate viewers, then as many Chromium tabs
+/// playing the route's page, on one server in the same run.
+fn browser_viewers(runtime: &tokio::runtime::Runtime, clip: &std::path::Path) {
+    let count = common::counts("WASMCAST_BENCH_BROWSERS", "2", "5")
+        .first()
+        .copied()
+        .unwrap_or(5);
+    let seconds = common::seconds(3, 10);
+    let server = BenchServer::start(
+        "webrtc-browsers",
+        "",
+        &format!("[routes.hd]\nsource = \"file:{}\"\n", clip.display()),
+    );
+    let per_second =
+        |cpu: Duration, started: Instant| cpu.as_secs_f64() / started.elapsed().as_secs_f64();
+    runtime.block_on(async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (cpu, started) = (server.cpu_time(), Instant::now());
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        let idle = per_second(server.cpu_time() - cpu, started);
+        println!(
+            "{count} viewers of one route, one server (idle route: {:.1}% of a core):",
+            idle * 100.0
+        );
+
+        let mut viewers = Vec::new();
+        for _ in 0..count {
+            viewers.push(
+                whep::Viewer::connect(server.http, "hd")
+                    .await
+                    .expect("a viewer"),
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (cpu, started) = (server.cpu_time(), Instant::now());
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        let crate_viewers = per_second(server.cpu_time() - cpu, started);
+        for viewer in &viewers {
+            viewer.close().await;
+        }
+        println!(
+            "  webrtc-crate viewers (video and Opus): {:.1}% of a core, {:.3}% per viewer above idle",
+            crate_viewers * 100.0,
+            (crate_viewers - idle) * 100.0 / count as f64
+        );
+
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut chromium = browser::Browser::launch().await;
+        let mut pages = Vec::new();
+        for _ in 0..count {
+            pages.push(chromium.open(&format!("http://{}/hd/", server.http)).await);
+        }
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let frames = |values: Vec<serde_json::Value>| -> Vec<f64> {
+            values.iter().map(|v| v.as_f64().unwrap_or(0.0)).collect()
+        };
+        let mut before = Vec::new();
+        for page in &pages {
+            before.push(chromium.eval(page, "window.wasmcast.framesDecoded").await);
+        }
+        let (cpu, started) = (server.cpu_time(), Instant::now());
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        let browsers = per_second(server.cpu_time() - cpu, started);
+        let elapsed = started.elapsed().as_secs_f64();
+        let mut after = Vec::new();
+        let mut feedback = (0.0, 0.0);
+        for page in &pages {
+            after.push(chromium.eval(page, "window.wasmcast.framesDecoded").await);
+            let asked = chromium.eval(page, "window.wasmcast.feedback").await;
+            feedback.0 += asked["nack"].as_f64().unwrap_or(0.0);
+            feedback.1 +=
+                asked["pli"].as_f64().unwrap_or(0.0) + asked["fir"].as_f64().unwrap_or(0.0);
+        }
+        let cipher = chromium
+            .eval(
+                &pages[0],
+                "pc.getStats().then((r) => { let c = null; \
+                 r.forEach((s) => { if (s.type === 'transport') c = s.srtpCipher; }); return c; })",
+            )
+            .await;
+        let playing = frames(after)
+            .iter()
+            .zip(frames(before))
+            .filter(|(after, before)| (**after - before) / elapsed > 20.0)
+            .count();
+        println!(
+            "  Chromium tabs (video and Opus): {:.1}% of a core, {:.3}% per viewer above idle; {playing} of {count} \
+             decoding > 20 frames/s; they sent {} NACKs and {} keyframe requests in all; SRTP {}",
+            browsers * 100.0,
+            (browsers - idle) * 100.0 / count as f64,
+            feedback.0,
+            feedback.1,
+            cipher.as_str().unwrap_or("unknown")
+        );
     });
 }
