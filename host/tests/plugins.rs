@@ -584,17 +584,39 @@ fn a_new_frame_plugin_project_builds_and_runs_on_a_file_with_its_events_and_vide
 #[test]
 fn the_example_plugins_own_tests_pass_natively_against_the_sdks_mock_host() {
     let plugins = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins");
-    let (ok, out, stderr) = run(
-        Command::new("cargo")
-            .args(["test", "--offline", "-p", "motion"])
-            .env_remove("CARGO_TARGET_DIR")
-            .current_dir(&plugins),
-        Duration::from_secs(300),
-    );
-    assert!(
-        ok && out.contains("a_moving_square_starts_and_ends_a_motion_with_its_box ... ok"),
-        "{out}{stderr}"
-    );
+    // Frame plugins and packet plugins build apart (the SDK compiles one world per build); the
+    // SDK's own tests (NAL units, SEI, drawing) run with each.
+    let runs: [(&[&str], &[&str]); 2] = [
+        (
+            &["motion", "clock", "wasmcast-plugin-sdk"],
+            &[
+                "a_moving_square_starts_and_ends_a_motion_with_its_box ... ok",
+                "text_draws_the_glyphs_dots_at_scale ... ok",
+            ],
+        ),
+        (
+            &["sei-timestamp", "wasmcast-plugin-sdk"],
+            &[
+                "a_stamp_goes_before_the_first_slice_with_our_uuid ... ok",
+                "sei_payload_sizes_past_255_take_ff_bytes ... ok",
+            ],
+        ),
+    ];
+    for (packages, expected) in runs {
+        let mut command = Command::new("cargo");
+        command.args(["test", "--offline"]);
+        for package in packages {
+            command.args(["-p", package]);
+        }
+        let (ok, out, stderr) = run(
+            command.env_remove("CARGO_TARGET_DIR").current_dir(&plugins),
+            Duration::from_secs(300),
+        );
+        assert!(
+            ok && expected.iter().all(|line| out.contains(line)),
+            "{packages:?}: {out}{stderr}"
+        );
+    }
 }
 
 /// A `[plugins.NAME]` table running the `hostile` test plugin with `attack`.

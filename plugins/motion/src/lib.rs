@@ -16,6 +16,7 @@
 //! last picture), `active` (1 during a motion) and `motions` (motions seen).
 
 use serde::{Deserialize, Serialize};
+use wasmcast_plugin_sdk::draw::{Rect, Yuv};
 use wasmcast_plugin_sdk::{
     Config, Frame, FramePlugin, FrameVerdict, Level, add_metric, emit, log, set_metric,
 };
@@ -183,7 +184,14 @@ impl FramePlugin for Motion {
         self.track(moving, score, pixel_bounds, frame.pts);
         match (self.settings.draw && moving, pixel_bounds) {
             (true, Some(bounds)) => {
-                draw_box(&mut frame, bounds);
+                let [x, y, width, height] = bounds;
+                let rect = Rect {
+                    x,
+                    y,
+                    width,
+                    height,
+                };
+                frame.canvas().outline_rect(rect, 2, Yuv::WHITE);
                 FrameVerdict::Replace(frame)
             }
             _ => FrameVerdict::Pass,
@@ -256,23 +264,6 @@ impl Motion {
                 }
             }
             _ => {}
-        }
-    }
-}
-
-/// Draws a white frame 2 pixels wide around `[x, y, width, height]` on the Y plane.
-fn draw_box(frame: &mut Frame, [x, y, width, height]: [u32; 4]) {
-    let (frame_width, frame_height) = (frame.width, frame.height);
-    let [(plane, stride, _), _, _] = frame.planes_mut();
-    let right = (x + width).min(frame_width);
-    let bottom = (y + height).min(frame_height);
-    for row in y..bottom {
-        let line = &mut plane[row as usize * stride..][..frame_width as usize];
-        let edge_row = row < y + 2 || row + 2 >= bottom;
-        for column in x..right {
-            if edge_row || column < x + 2 || column + 2 >= right {
-                line[column as usize] = 235;
-            }
         }
     }
 }

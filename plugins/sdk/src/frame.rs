@@ -1,6 +1,7 @@
 //! Frame plugins: they see every decoded picture of their route's video.
 
 use crate::Config;
+use crate::draw::{Canvas, Plane};
 
 pub use crate::bindings::frame::wasmcast::plugin::frames::{Frame, FrameVerdict};
 
@@ -42,6 +43,34 @@ impl Frame {
             (u, self.u_stride as usize, chroma_rows),
             (v, self.v_stride as usize, chroma_rows),
         ]
+    }
+}
+
+impl Frame {
+    /// The picture to draw on (see [`crate::draw`]).
+    pub fn canvas(&mut self) -> Canvas<'_> {
+        let (width, height) = (self.width, self.height);
+        let [
+            (y, y_stride, _),
+            (u, u_stride, chroma_rows),
+            (v, v_stride, _),
+        ] = self.planes_mut();
+        let chroma = |data, stride| Plane {
+            data,
+            stride,
+            width: width.div_ceil(2),
+            height: chroma_rows as u32,
+        };
+        Canvas {
+            y: Plane {
+                data: y,
+                stride: y_stride,
+                width,
+                height,
+            },
+            u: chroma(u, u_stride),
+            v: chroma(v, v_stride),
+        }
     }
 }
 

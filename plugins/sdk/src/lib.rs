@@ -34,6 +34,9 @@
 //!
 //! A plugin's own `cargo test` (built for the machine, not wasm32) runs against [`mock`], a host in
 //! the test's process that records what the plugin logged, emitted and set.
+//!
+//! Helpers: [`nal`] walks the NAL units of H.264/H.265 access units and writes SEI messages;
+//! `draw` (frame plugins) puts rectangles and text on pictures.
 
 // The generated bindings name this crate by its path, from inside it as from plugins.
 extern crate self as wasmcast_plugin_sdk;
@@ -109,9 +112,12 @@ mod frame;
 #[cfg(feature = "frame")]
 pub use frame::{Frame, FramePlugin, FrameVerdict};
 
+#[cfg(feature = "frame")]
+pub mod draw;
 mod host;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod mock;
+pub mod nal;
 pub use host::{
     Config, Level, add_metric, emit, log, monotonic_micros, request_keyframe, route, set_metric,
     stream_description, wall_clock_micros,

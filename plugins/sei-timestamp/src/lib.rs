@@ -7,6 +7,7 @@
 //! Config: `every = N` stamps every Nth picture (default 1: all of them).
 
 use serde::Deserialize;
+use wasmcast_plugin_sdk::nal::{insert_before_first_slice, sei_user_data_unregistered};
 use wasmcast_plugin_sdk::{AccessUnit, Codec, Config, PacketPlugin, Verdict, wall_clock_micros};
 
 /// The UUID that marks our SEI messages, in ASCII.
@@ -52,76 +53,10 @@ impl PacketPlugin for SeiTimestamp {
         if !stamp {
             return Verdict::Pass;
         }
-        let sei = sei_nal(h265, wall_clock_micros());
+        let sei = sei_user_data_unregistered(h265, &SEI_UUID, &wall_clock_micros().to_be_bytes());
         unit.data = insert_before_first_slice(&unit.data, &sei, h265);
         Verdict::Replace(vec![unit])
     }
-}
-
-/// A whole SEI NAL unit with its start code: one user-data-unregistered message.
-fn sei_nal(h265: bool, micros: u64) -> Vec<u8> {
-    let mut payload = Vec::with_capacity(24);
-    payload.extend_from_slice(&SEI_UUID);
-    payload.extend_from_slice(&micros.to_be_bytes());
-    let mut rbsp = vec![5, payload.len() as u8];
-    rbsp.extend_from_slice(&payload);
-    rbsp.push(0x80);
-    let mut nal = vec![0, 0, 0, 1];
-    if h265 {
-        // PREFIX_SEI_NUT (39), layer 0, temporal id 1.
-        nal.extend_from_slice(&[39 << 1, 1]);
-    } else {
-        nal.push(6);
-    }
-    escape_emulation(&rbsp, &mut nal);
-    nal
-}
-
-/// Appends `rbsp` to `out` with an emulation prevention byte wherever two zeros precede a byte ≤ 3.
-fn escape_emulation(rbsp: &[u8], out: &mut Vec<u8>) {
-    let mut zeros = 0;
-    for &byte in rbsp {
-        if zeros >= 2 && byte <= 3 {
-            out.push(3);
-            zeros = 0;
-        }
-        out.push(byte);
-        zeros = if byte == 0 { zeros + 1 } else { 0 };
-    }
-}
-
-/// `unit` with `nal` placed in front of its first slice (SEI messages precede the picture's slices
-/// and follow its delimiter and parameter sets).
-fn insert_before_first_slice(unit: &[u8], nal: &[u8], h265: bool) -> Vec<u8> {
-    let at = first_slice_start(unit, h265).unwrap_or(unit.len());
-    let mut out = Vec::with_capacity(unit.len() + nal.len());
-    out.extend_from_slice(&unit[..at]);
-    out.extend_from_slice(nal);
-    out.extend_from_slice(&unit[at..]);
-    out
-}
-
-/// Where the start code of the first slice NAL unit begins.
-fn first_slice_start(unit: &[u8], h265: bool) -> Option<usize> {
-    let mut i = 0;
-    while i + 3 < unit.len() {
-        if unit[i] == 0 && unit[i + 1] == 0 && unit[i + 2] == 1 {
-            let header = unit[i + 3];
-            let slice = if h265 {
-                (header >> 1) & 0x3f < 32
-            } else {
-                matches!(header & 0x1f, 1..=5)
-            };
-            if slice {
-                // Take a four-byte start code whole.
-                return Some(if i > 0 && unit[i - 1] == 0 { i - 1 } else { i });
-            }
-            i += 3;
-        } else {
-            i += 1;
-        }
-    }
-    None
 }
 
 wasmcast_plugin_sdk::export_packet_plugin!(SeiTimestamp);
@@ -129,22 +64,32 @@ wasmcast_plugin_sdk::export_packet_plugin!(SeiTimestamp);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wasmcast_plugin_sdk::nal;
 
     #[test]
-    fn sei_goes_before_the_first_slice() {
-        let unit = [
-            0, 0, 0, 1, 0x67, 1, 0, 0, 0, 1, 0x68, 2, 0, 0, 0, 1, 0x65, 3,
-        ];
-        let out = insert_before_first_slice(&unit, &[0, 0, 0, 1, 6, 9], false);
-        assert_eq!(&out[..12], &unit[..12]);
-        assert_eq!(&out[12..18], &[0, 0, 0, 1, 6, 9]);
-        assert_eq!(&out[18..], &unit[12..]);
-    }
-
-    #[test]
-    fn escapes_start_code_emulation() {
-        let mut out = Vec::new();
-        escape_emulation(&[0, 0, 1, 0, 0, 0, 7], &mut out);
-        assert_eq!(out, [0, 0, 3, 1, 0, 0, 3, 0, 7]);
+    fn a_stamp_goes_before_the_first_slice_with_our_uuid() {
+        let unit = AccessUnit {
+            track: 0,
+            codec: Codec::H264,
+            clock_rate: 90_000,
+            pts: 0,
+            dts: 0,
+            keyframe: true,
+            data: vec![
+                0, 0, 0, 1, 0x67, 1, 0, 0, 0, 1, 0x68, 2, 0, 0, 0, 1, 0x65, 3,
+            ],
+        };
+        let mut plugin = SeiTimestamp {
+            every: 1,
+            pictures: 0,
+        };
+        let Verdict::Replace(units) = plugin.process(unit) else {
+            panic!("a stamped unit");
+        };
+        let nals: Vec<_> = nal::units(&units[0].data).collect();
+        let types: Vec<u8> = nals.iter().map(|n| n.h264_type()).collect();
+        assert_eq!(types, [7, 8, 6, 5]);
+        // SEI header, payload type 5, size 24, then the UUID.
+        assert_eq!(&nals[2].data[3..19], &SEI_UUID);
     }
 }
