@@ -171,6 +171,74 @@ async fn a_counter_keeps_counting_across_a_rebuild_a_config_edit_and_traps_besid
     );
 }
 
+/// With `[server] state_dir`, plugin state outlives the server: a counter goes on counting after
+/// the server is killed (no chance to save anything at exit) and started again; a state file of
+/// garbage is refused by the plugin, which starts afresh while the route plays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counters_state_outlives_a_killed_server_and_a_garbage_state_file_is_refused() {
+    let dir = TempDir::new();
+    let state = dir.path().join("state");
+    let keys = format!("state_dir = \"{}\"\n", state.display());
+    let routes = format!(
+        "{}plugins = [\"a\"]\n[plugins.a]\nwasm = \"{}\"\nsnapshot_every_s = 1\n",
+        file_route("counted", &sample_clip()),
+        plugin_wasm("counter").display()
+    );
+    let file = state.join("counted").join("a.state");
+    let saved_count = || -> u64 {
+        std::fs::read(&file)
+            .ok()
+            .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+
+    let first = Server::start_adding(&keys, &routes);
+    wait_live(&first, "counted").await;
+    wait_for(&first, "a", "counts 200 units", |e| {
+        metric(e, "count") >= 200.0
+    })
+    .await;
+    // A snapshot a second, written by the store's own thread.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while saved_count() < 200 {
+        assert!(
+            Instant::now() < deadline,
+            "{} holds no count of 200 or more: {}",
+            file.display(),
+            saved_count()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let on_disk = saved_count();
+    drop(first);
+
+    let second = Server::start_adding(&keys, &routes);
+    wait_live(&second, "counted").await;
+    let resumed = wait_for(&second, "a", "starts from the state on disk", |e| {
+        e["restores"].as_u64() >= Some(1)
+    })
+    .await;
+    assert!(
+        metric(&resumed, "count") >= on_disk as f64,
+        "the restarted server's counter went on from {on_disk}: {resumed}"
+    );
+    drop(second);
+
+    std::fs::write(&file, b"garbage").expect("spoil the state");
+    let third = Server::start_adding(&keys, &routes);
+    wait_live(&third, "counted").await;
+    let fresh = wait_for(&third, "a", "counts afresh", |e| metric(e, "count") >= 1.0).await;
+    assert_eq!(fresh["restores"], 0, "{fresh}");
+    assert!(
+        third
+            .log()
+            .iter()
+            .any(|l| l.contains("refused its saved state") && l.contains("7 bytes")),
+        "the refusal is logged with the plugin's reason: {:#?}",
+        third.log()
+    );
+}
+
 /// Eight seconds of a grey picture in which a white square crosses from 3 s to 5 s.
 fn motion_clip() -> PathBuf {
     clip(

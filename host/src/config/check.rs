@@ -81,7 +81,7 @@ impl<'a> Checker<'a> {
             }
             users.insert(name, credentials);
         }
-        let server = self.server(raw.server, &users);
+        let server = self.server(raw.server, &users, base_dir);
         // Names of every plugin table, valid or not: a route naming a broken one is not wrong too.
         let plugin_names: Vec<String> = raw.plugins.keys().map(|n| n.get_ref().clone()).collect();
         let mut plugins = BTreeMap::new();
@@ -489,7 +489,7 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn server(&mut self, raw: raw::Server, users: &Users) -> ServerConfig {
+    fn server(&mut self, raw: raw::Server, users: &Users, base_dir: &Path) -> ServerConfig {
         let defaults = raw::Server::default();
         let rtsp = self.socket_addr(&raw.rtsp, "server.rtsp");
         let http = self.socket_addr(&raw.http, "server.http");
@@ -588,6 +588,7 @@ impl<'a> Checker<'a> {
             max_connections: *raw.max_connections.get_ref(),
             max_connections_per_address: *raw.max_connections_per_address.get_ref(),
             drain_grace: Duration::from_secs((*raw.drain_grace_s.get_ref()).min(MAX_DRAIN_GRACE_S)),
+            state_dir: raw.state_dir.map(|dir| base_dir.join(dir.get_ref())),
             budget: MemoryBudget {
                 max_unit_bytes,
                 route_buffer_bytes,

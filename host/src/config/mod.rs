@@ -69,6 +69,8 @@ pub struct ServerConfig {
     pub max_connections_per_address: usize,
     /// On SIGTERM, how long sessions may go on before they are ended (no new ones are admitted).
     pub drain_grace: Duration,
+    /// Where plugins' state is kept across restarts (`state_dir`, relative to the config file).
+    pub state_dir: Option<PathBuf>,
     /// What one route's publishers may make the server hold.
     pub budget: MemoryBudget,
     /// Who may connect to the server at all.

@@ -337,6 +337,8 @@ pub fn load_for_trial(
         digest: digest(&bytes),
         compiled: Arc::new(compiled),
         events: events.clone(),
+        // A trial run on a file keeps no state.
+        state: None,
     });
     plugin
         .instantiate("trial")

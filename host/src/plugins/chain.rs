@@ -7,7 +7,8 @@
 //! State: a new chain takes over the old one's links ([`Chain::take_over`]): a plugin whose code
 //! and config did not change keeps its instance; one that changed gets a snapshot of the old
 //! instance's state. A fresh instance after a trap gets the last snapshot taken at the plugin's
-//! `snapshot_every_s`.
+//! `snapshot_every_s`. With `[server] state_dir`, each snapshot is also written to disk, and a
+//! link that has none in memory (the server just started) starts from the one on disk.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -81,6 +82,8 @@ struct Link {
     faults_in_a_row: u32,
     /// The last snapshot of the plugin's state, which the next instance starts from.
     saved: Option<Vec<u8>>,
+    /// Whether the state kept on disk was looked for (once per link, before its first instance).
+    disk_read: bool,
     /// When the running instance's state is next saved.
     next_snapshot: Option<Instant>,
 }
@@ -116,6 +119,7 @@ impl Chain {
                 faults_unlogged: 0,
                 faults_in_a_row: 0,
                 saved: None,
+                disk_read: false,
                 next_snapshot: None,
             })
             .collect();
@@ -177,6 +181,7 @@ impl Chain {
                 previous.save_state(&old.route);
             }
             link.saved = previous.saved.take();
+            link.disk_read = previous.disk_read;
         }
     }
     /// Whether this chain, to take over from `running`, waits for a keyframe: a plugin of it that
@@ -267,6 +272,14 @@ impl Link {
         if self.retry_at.is_some_and(|at| Instant::now() < at) {
             return false;
         }
+        if !self.disk_read {
+            self.disk_read = true;
+            if self.saved.is_none()
+                && let Some(store) = &self.plugin.state
+            {
+                self.saved = store.load(route, &self.plugin.name);
+            }
+        }
         let started = self
             .plugin
             .instantiate_reporting(
@@ -276,16 +289,23 @@ impl Link {
                 Arc::clone(stream),
             )
             .and_then(|mut instance| {
-                if let Some(saved) = &self.saved {
-                    match instance.restore(saved)? {
-                        Ok(()) => {
-                            self.stats.restores.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(why) => tracing::warn!(
-                            plugin = %self.plugin.name,
-                            route,
-                            "plugin refused its saved state ({why}); it starts afresh"
-                        ),
+                let Some(saved) = &self.saved else {
+                    return Ok(instance);
+                };
+                match instance.restore(saved) {
+                    Ok(Ok(())) => {
+                        self.stats.restores.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Err(why)) => tracing::warn!(
+                        plugin = %self.plugin.name,
+                        route,
+                        "plugin refused its saved state ({why}); it starts afresh"
+                    ),
+                    // A state the plugin cannot even read would fail every instance after this
+                    // one (and, kept on disk, every start): it is let go.
+                    Err(fault) => {
+                        self.saved = None;
+                        return Err(fault);
                     }
                 }
                 Ok(instance)
@@ -373,6 +393,9 @@ impl Link {
         match instance.snapshot() {
             Ok(Some(snapshot)) => {
                 self.stats.snapshots.fetch_add(1, Ordering::Relaxed);
+                if let Some(store) = &self.plugin.state {
+                    store.save(route, &self.plugin.name, &snapshot);
+                }
                 self.saved = Some(snapshot);
             }
             Ok(None) => {}

@@ -8,6 +8,7 @@
 pub mod authoring;
 mod chain;
 mod runtime;
+mod state;
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
@@ -19,6 +20,7 @@ use crate::events::Events;
 
 pub use chain::{Chain, PluginStatus};
 pub use runtime::{Fault, FrameVerdict, Instance, KeyframeRequest, Kind, PluginStats};
+pub use state::StateStore;
 
 use runtime::{Compiled, Names, Reporter};
 
@@ -80,6 +82,8 @@ pub struct LoadedPlugin {
     pub digest: u64,
     compiled: Arc<Compiled>,
     events: Events,
+    /// Where its state is kept across restarts, if anywhere.
+    state: Option<Arc<StateStore>>,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -145,6 +149,8 @@ pub struct Loader {
     compiled: Arc<Mutex<HashMap<u64, Arc<Compiled>>>>,
     /// Where the plugins' events go.
     events: Events,
+    /// Where their state is kept across restarts (`[server] state_dir`).
+    state: Option<Arc<StateStore>>,
 }
 
 impl Loader {
@@ -153,7 +159,14 @@ impl Loader {
         Loader {
             compiled: Arc::default(),
             events,
+            state: None,
         }
+    }
+
+    /// This loader, with its plugins' state kept in `state` across restarts.
+    pub fn keeping_state_in(mut self, state: Arc<StateStore>) -> Loader {
+        self.state = Some(state);
+        self
     }
 
     /// Where the plugins it loads publish their events.
@@ -232,6 +245,7 @@ impl Loader {
             digest,
             compiled,
             events: self.events.clone(),
+            state: self.state.clone(),
         };
         // A trial instance catches a bad config (the plugin's `init` says why) and missing grants.
         plugin

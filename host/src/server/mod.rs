@@ -30,6 +30,11 @@ pub enum StartError {
     WebRtc(#[from] webrtc::BindError),
     #[error("{}", config::display_problems(.0))]
     Plugins(Vec<config::Problem>),
+    #[error("server.state_dir: cannot use {}: {source}", dir.display())]
+    StateDir {
+        dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// How often the bandwidth meter measures what the server sends.
@@ -83,7 +88,14 @@ impl Server {
     pub async fn start(config: Config, path: Option<&Path>) -> Result<Server, StartError> {
         let events = crate::events::Events::default();
         events.set_webhooks(&config);
-        let loader = plugins::Loader::new(events.clone());
+        let mut loader = plugins::Loader::new(events.clone());
+        if let Some(dir) = &config.server.state_dir {
+            let store = plugins::StateStore::open(dir).map_err(|source| StartError::StateDir {
+                dir: dir.clone(),
+                source,
+            })?;
+            loader = loader.keeping_state_in(store);
+        }
         let plugins = {
             let (loader, config) = (loader.clone(), config.clone());
             tokio::task::spawn_blocking(move || loader.load_all(&config, &plugins::Plugins::new()))

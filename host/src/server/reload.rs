@@ -201,11 +201,12 @@ impl Reloader {
                 s.max_connections,
                 s.max_connections_per_address,
                 s.budget,
+                s.state_dir.clone(),
             )
         };
         if restart_only(old) != restart_only(new) {
             tracing::warn!(
-                "[server] rtp_ports, webrtc_udp, webrtc_tcp, webrtc_public_ip and limits apply at the next restart"
+                "[server] rtp_ports, webrtc_udp, webrtc_tcp, webrtc_public_ip, state_dir and limits apply at the next restart"
             );
             // The running config says what really runs.
             new.rtp_ports = old.rtp_ports;
@@ -217,6 +218,7 @@ impl Reloader {
             new.max_connections = old.max_connections;
             new.max_connections_per_address = old.max_connections_per_address;
             new.budget = old.budget;
+            new.state_dir = old.state_dir.clone();
         }
     }
 
