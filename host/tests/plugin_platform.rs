@@ -239,6 +239,41 @@ async fn a_counters_state_outlives_a_killed_server_and_a_garbage_state_file_is_r
     );
 }
 
+/// A state file the plugin traps on (its `restore` panics) costs one fault: the state is let go,
+/// the next instance starts afresh and the plugin runs on, rather than failing at every start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_file_the_plugin_traps_on_is_let_go_and_the_plugin_runs_on() {
+    let dir = TempDir::new();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(state.join("counted")).expect("state dir");
+    std::fs::write(state.join("counted").join("h.state"), b"poison").expect("state file");
+    let server = Server::start_adding(
+        &format!("state_dir = \"{}\"\n", state.display()),
+        &format!(
+            "{}plugins = [\"h\"]\n[plugins.h]\nwasm = \"{}\"\nconfig = {{ attack = \"restore-trap\" }}\n",
+            file_route("counted", &sample_clip()),
+            plugin_wasm("hostile").display()
+        ),
+    );
+    wait_live(&server, "counted").await;
+    let running = wait_for(&server, "h", "runs after one fault", |e| {
+        e["calls"].as_u64() >= Some(100)
+    })
+    .await;
+    assert_eq!(
+        running["errors"], 1,
+        "one fault, at the first start: {running}"
+    );
+    assert!(
+        server
+            .log()
+            .iter()
+            .any(|l| l.contains("cannot make sense of a state of 6 bytes")),
+        "the panic is logged: {:#?}",
+        server.log()
+    );
+}
+
 /// Eight seconds of a grey picture in which a white square crosses from 3 s to 5 s.
 fn motion_clip() -> PathBuf {
     clip(

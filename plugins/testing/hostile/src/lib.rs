@@ -7,7 +7,8 @@
 //! - `false-keyframes`: marks every video unit a keyframe (what new readers would start from);
 //! - `time-travel`: hands each unit back a second earlier than the last it returned;
 //! - `event-flood`: emits a thousand events per unit (and some with a bad name or a payload too
-//!   big), sets a new metric name per unit, and hands over a 32 MiB snapshot.
+//!   big), sets a new metric name per unit, and hands over a 32 MiB snapshot;
+//! - `restore-trap`: panics when it is given a saved state (then passes units on).
 
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ enum Attack {
     EventFlood,
     FalseKeyframes,
     TimeTravel,
+    RestoreTrap,
 }
 
 struct Hostile {
@@ -44,6 +46,7 @@ impl PacketPlugin for Hostile {
             Some("event-flood") => Attack::EventFlood,
             Some("false-keyframes") => Attack::FalseKeyframes,
             Some("time-travel") => Attack::TimeTravel,
+            Some("restore-trap") => Attack::RestoreTrap,
             other => return Err(format!("unknown attack {other:?}")),
         };
         Ok(Hostile { attack, units: 0 })
@@ -54,6 +57,13 @@ impl PacketPlugin for Hostile {
             Attack::EventFlood => vec![7; 32 << 20],
             _ => Vec::new(),
         }
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        if matches!(self.attack, Attack::RestoreTrap) {
+            panic!("cannot make sense of a state of {} bytes", snapshot.len());
+        }
+        Ok(())
     }
 
     fn process(&mut self, unit: AccessUnit) -> Verdict {
@@ -104,6 +114,7 @@ impl PacketPlugin for Hostile {
                 set_metric(&format!("metric-{}", self.units), 1.0);
                 Verdict::Pass
             }
+            Attack::RestoreTrap => Verdict::Pass,
         }
     }
 }
