@@ -420,6 +420,15 @@ async fn request(stream: &mut TcpStream, text: &str) -> String {
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
+/// Checks that nothing more comes to `rtp` once what was on its way is drained.
+async fn goes_quiet(rtp: &UdpSocket, who: &str) {
+    while receives(rtp, Duration::from_millis(100)).await {}
+    assert!(
+        !receives(rtp, Duration::from_millis(400)).await,
+        "{who} gets nothing more"
+    );
+}
+
 /// Whether an RTP packet comes to `rtp` within `within`.
 async fn receives(rtp: &UdpSocket, within: Duration) -> bool {
     let mut buf = vec![0u8; 2048];
@@ -448,54 +457,36 @@ async fn udp_readers_that_come_pause_and_go_leave_the_others_untouched() {
             receives(&rtp, Duration::from_secs(2)).await,
             "a newcomer gets RTP"
         );
-        match comers % 3 {
-            // Pauses: nothing more comes once what was on its way is drained, then plays again.
+        let mut command = async |method: &str, cseq: u32| {
+            let text =
+                format!("{method} {url} RTSP/1.0\r\nCSeq: {cseq}\r\nSession: {session}\r\n\r\n");
+            let reply = request(&mut stream, &text).await;
+            assert!(reply.starts_with("RTSP/1.0 200"), "{method}: {reply}");
+        };
+        let what = match comers % 3 {
+            // Pauses: nothing more comes, then it plays again.
             0 => {
-                let reply = request(
-                    &mut stream,
-                    &format!("PAUSE {url} RTSP/1.0\r\nCSeq: 3\r\nSession: {session}\r\n\r\n"),
-                )
-                .await;
-                assert!(reply.starts_with("RTSP/1.0 200"), "PAUSE: {reply}");
-                while receives(&rtp, Duration::from_millis(100)).await {}
-                assert!(
-                    !receives(&rtp, Duration::from_millis(400)).await,
-                    "a paused reader gets nothing"
-                );
-                let reply = request(
-                    &mut stream,
-                    &format!("PLAY {url} RTSP/1.0\r\nCSeq: 4\r\nSession: {session}\r\n\r\n"),
-                )
-                .await;
-                assert!(reply.starts_with("RTSP/1.0 200"), "PLAY again: {reply}");
+                command("PAUSE", 3).await;
+                goes_quiet(&rtp, "a paused reader").await;
+                command("PLAY", 4).await;
                 assert!(
                     receives(&rtp, Duration::from_secs(2)).await,
                     "it plays again"
                 );
+                "a reader that paused and played again"
             }
-            // Tears down: nothing more comes.
             1 => {
-                let reply = request(
-                    &mut stream,
-                    &format!("TEARDOWN {url} RTSP/1.0\r\nCSeq: 3\r\nSession: {session}\r\n\r\n"),
-                )
-                .await;
-                assert!(reply.starts_with("RTSP/1.0 200"), "TEARDOWN: {reply}");
-                while receives(&rtp, Duration::from_millis(100)).await {}
-                assert!(
-                    !receives(&rtp, Duration::from_millis(400)).await,
-                    "a reader that tore down gets nothing"
-                );
+                command("TEARDOWN", 3).await;
+                "a reader that tore down"
             }
-            // Vanishes: the connection closes without a word.
+            // The connection closes without a word.
             _ => {
                 drop(stream);
-                while receives(&rtp, Duration::from_millis(100)).await {}
-                assert!(
-                    !receives(&rtp, Duration::from_millis(400)).await,
-                    "a reader whose connection closed gets nothing"
-                );
+                "a reader whose connection closed"
             }
+        };
+        if comers % 3 != 0 {
+            goes_quiet(&rtp, what).await;
         }
         comers += 1;
     }

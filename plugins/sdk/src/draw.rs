@@ -217,25 +217,16 @@ mod tests {
         let (cw, ch) = (width.div_ceil(2), height.div_ceil(2));
         let (y, rest) = data.split_at_mut((width * height) as usize);
         let (u, v) = rest.split_at_mut((cw * ch) as usize);
+        let plane = |data, width: u32, height| Plane {
+            data,
+            stride: width as usize,
+            width,
+            height,
+        };
         Canvas {
-            y: Plane {
-                data: y,
-                stride: width as usize,
-                width,
-                height,
-            },
-            u: Plane {
-                data: u,
-                stride: cw as usize,
-                width: cw,
-                height: ch,
-            },
-            v: Plane {
-                data: v,
-                stride: cw as usize,
-                width: cw,
-                height: ch,
-            },
+            y: plane(y, width, height),
+            u: plane(u, cw, ch),
+            v: plane(v, cw, ch),
         }
     }
 
