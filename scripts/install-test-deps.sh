@@ -3,7 +3,8 @@
 # (ffmpeg/ffprobe, GStreamer's rtspsrc with an H.264 decoder, headless Chromium for WebRTC), nasm
 # and cmake for the codec builds (openh264; libopus, which the opus crate builds from source);
 # componentize-py (PyPI) and componentize-js (npm), which build the Python and JavaScript example
-# plugins; and aiortc (PyPI), a WebRTC client nobody here wrote.
+# plugins; clang, lld, wasi-libc and the wasm32 compiler-rt, which build the C example plugin; and
+# aiortc (PyPI), a WebRTC client nobody here wrote.
 # Debian/Ubuntu; run as root (CI does) or it uses sudo.
 set -euo pipefail
 
@@ -17,6 +18,10 @@ packages=(
   nasm
   cmake
   chromium
+  clang
+  lld
+  wasi-libc
+  libclang-rt-dev-wasm32
 )
 
 missing=()

@@ -1,6 +1,7 @@
 //! What a frame plugin costs in each language: the same grayscale plugin in Rust (the built-in
-//! `grayscale`), Python (plugins/python-grayscale, componentize-py) and JavaScript
-//! (plugins/javascript-grayscale, componentize-js). For each: component size, compile time, a new
+//! `grayscale`), Python (plugins/python-grayscale, componentize-py), JavaScript
+//! (plugins/javascript-grayscale, componentize-js) and C (plugins/c-grayscale, wit-bindgen's C
+//! generator and clang). For each: component size, compile time, a new
 //! instance (with `init`), and the time per call on 640x360 and 1920x1080 pictures, all measured in
 //! the same run. Needs the componentizers `scripts/install-test-deps.sh` installs. Run with
 //! `cargo bench --bench languages`.
@@ -26,6 +27,7 @@ fn main() {
             "javascript",
             Some(componentize::build_example("javascript", &dir)),
         ),
+        ("c", Some(componentize::build_example("c", &dir))),
     ];
     println!(
         "{:<11} {:>9} {:>10} {:>13} {:>14} {:>15}",

@@ -754,6 +754,39 @@ async fn plugins_written_in_python_and_javascript_change_live_routes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_written_in_c_changes_a_live_route() {
+    let dir = TempDir::new();
+    let c = componentize::build_example("c", dir.path());
+    let server = Server::start(&format!(
+        "{}plugins = [\"c\"]\n[plugins.c]\nwasm = \"{}\"\n",
+        file_route("grey", &sample_clip()),
+        c.display()
+    ));
+    let entry = wait_until(
+        &server,
+        ("grey", "c"),
+        Duration::from_secs(30),
+        "the plugin runs",
+        |e| e["metrics"]["pictures"].as_f64() > Some(50.0),
+    )
+    .await;
+    assert_eq!(entry["errors"], 0, "{entry}");
+    let saturation = mean_saturation(&server.url("grey"));
+    assert!(
+        saturation < 1.0,
+        "the C plugin took the colour out: mean saturation {saturation}"
+    );
+    assert!(
+        server
+            .log()
+            .iter()
+            .any(|l| l.contains("grayscale in C, on route grey")),
+        "its log line: {:#?}",
+        server.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_that_swaps_at_a_keyframe_starts_its_new_version_on_one() {
     let dir = TempDir::new();
     let wasm = dir.path().join("counter.wasm");

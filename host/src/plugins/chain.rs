@@ -15,10 +15,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::runtime::{FrameVerdict, Instance, KeyframeRequest, PluginStats, Verdict};
-use super::{Fault, LoadedPlugin};
+use super::{Fault, LoadedPlugin, stream_description};
 use crate::config::{OnError, SwapAt};
 use crate::media::Picture;
-use crate::media::{AccessUnit, Codec, Track};
+use crate::media::{AccessUnit, Track};
 
 /// After an instance cannot be started, how long the plugin is skipped before the next try.
 const RESTART_BACKOFF: Duration = Duration::from_secs(1);
@@ -33,33 +33,6 @@ const LONGEST_SUSPENSION: Duration = Duration::from_secs(30);
 
 /// What a call needs besides its unit: the route's name, its keyframe request, the stream JSON.
 type Context<'a> = (&'a str, &'a KeyframeRequest, &'a Arc<str>);
-
-/// The stream description plugins read (`stream-description`).
-fn describe(tracks: &[Track]) -> String {
-    let tracks: Vec<serde_json::Value> = tracks
-        .iter()
-        .enumerate()
-        .map(|(index, track)| {
-            let mut entry = serde_json::json!({
-                "track": index,
-                "codec": track.codec.name().to_ascii_lowercase(),
-                "clock_rate": track.codec.clock_rate(),
-            });
-            if let Some((width, height)) = track.dimensions {
-                entry["width"] = width.into();
-                entry["height"] = height.into();
-            }
-            match track.codec {
-                Codec::Aac { channels, .. } | Codec::Opus { channels } => {
-                    entry["channels"] = channels.into();
-                }
-                Codec::H264 { .. } | Codec::H265 { .. } => {}
-            }
-            entry
-        })
-        .collect();
-    serde_json::json!({ "tracks": tracks }).to_string()
-}
 
 /// A plugin of a route's chain, as the API shows it.
 #[derive(Clone, Debug)]
@@ -130,7 +103,7 @@ impl Chain {
             next: Vec::new(),
             request_keyframe: Arc::new(|| {}),
             stream: Vec::new(),
-            stream_json: Arc::from(describe(&[])),
+            stream_json: Arc::from(stream_description(&[])),
         }
     }
 
@@ -142,7 +115,7 @@ impl Chain {
             return;
         }
         self.stream = tracks.to_vec();
-        self.stream_json = Arc::from(describe(tracks));
+        self.stream_json = Arc::from(stream_description(tracks));
         for link in &mut self.links {
             if link.instance.is_some() {
                 link.save_state(&self.route);

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::config::{Config, PluginConfig, Problem, WasmSource};
 use crate::events::Events;
+use crate::media::{Codec, Track};
 
 pub use chain::{Chain, PluginStatus};
 pub use runtime::{Fault, FrameVerdict, Instance, KeyframeRequest, Kind, PluginStats};
@@ -263,4 +264,31 @@ fn digest(bytes: &[u8]) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     bytes.hash(&mut hasher);
     hasher.finish()
+}
+
+/// The stream description plugins read (`stream-description`).
+fn stream_description(tracks: &[Track]) -> String {
+    let tracks: Vec<serde_json::Value> = tracks
+        .iter()
+        .enumerate()
+        .map(|(index, track)| {
+            let mut entry = serde_json::json!({
+                "track": index,
+                "codec": track.codec.name().to_ascii_lowercase(),
+                "clock_rate": track.codec.clock_rate(),
+            });
+            if let Some((width, height)) = track.dimensions {
+                entry["width"] = width.into();
+                entry["height"] = height.into();
+            }
+            match track.codec {
+                Codec::Aac { channels, .. } | Codec::Opus { channels } => {
+                    entry["channels"] = channels.into();
+                }
+                Codec::H264 { .. } | Codec::H265 { .. } => {}
+            }
+            entry
+        })
+        .collect();
+    serde_json::json!({ "tracks": tracks }).to_string()
 }

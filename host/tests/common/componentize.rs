@@ -1,12 +1,15 @@
-//! The Python and JavaScript example plugins, built with their languages' componentizers
-//! (scripts/install-test-deps.sh installs both): shared by the tests and the languages bench.
+//! The Python, JavaScript and C example plugins, built with their languages' tools
+//! (scripts/install-test-deps.sh installs them): shared by the tests and the languages bench.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The example plugin of `language` (`python` or `javascript`), built into `dir`.
+/// The example plugin of `language` (`python`, `javascript` or `c`), built into `dir`.
 pub fn build_example(language: &str, dir: &Path) -> PathBuf {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    if language == "c" {
+        return build_c(&repo, dir);
+    }
     let wasm = dir.join(format!("{language}.wasm"));
     let mut command = match language {
         "python" => {
@@ -61,5 +64,68 @@ pub fn build_example(language: &str, dir: &Path) -> PathBuf {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+    wasm
+}
+
+/// The C example: bindings from wit-bindgen's C generator, a core module from clang (Debian's, with
+/// wasi-libc and the wasm32 compiler-rt), and a component from wit-component with WASI's preview1
+/// adapter. What `plugins/c-grayscale/build.sh` does with the command-line tools.
+fn build_c(repo: &Path, dir: &Path) -> PathBuf {
+    use wit_bindgen_core::wit_parser::Resolve;
+
+    let source = dir.join("c");
+    std::fs::create_dir_all(&source).expect("source directory");
+    let mut resolve = Resolve::default();
+    let (package, _) = resolve.push_dir(repo.join("wit")).expect("the WIT");
+    let world = resolve
+        .select_world(&[package], Some("frame-plugin"))
+        .expect("the frame-plugin world");
+    let mut files = wit_bindgen_core::Files::default();
+    wit_bindgen_c::Opts::default()
+        .build()
+        .generate(&mut resolve, world, &mut files)
+        .expect("C bindings");
+    for (name, contents) in files.iter() {
+        std::fs::write(source.join(name), contents).expect("write bindings");
+    }
+    let core = source.join("core.wasm");
+    let output = Command::new("clang")
+        .args([
+            "--target=wasm32-wasi",
+            "--sysroot=/usr",
+            "-O2",
+            "-Wall",
+            "-Werror",
+            "-mexec-model=reactor",
+            "-I",
+        ])
+        .arg(&source)
+        .arg(repo.join("plugins/c-grayscale/grayscale.c"))
+        .arg(source.join("frame_plugin.c"))
+        .arg(source.join("frame_plugin_component_type.o"))
+        .arg("-o")
+        .arg(&core)
+        .output()
+        .unwrap_or_else(|err| panic!("clang runs ({err}); see scripts/install-test-deps.sh"));
+    assert!(
+        output.status.success(),
+        "building the C plugin: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let module = std::fs::read(&core).expect("core module");
+    let component = wit_component::ComponentEncoder::default()
+        .validate(true)
+        .module(&module)
+        .and_then(|encoder| {
+            encoder.adapter(
+                wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME,
+                wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
+            )
+        })
+        .and_then(|encoder| encoder.encode())
+        .unwrap_or_else(|err| panic!("making the C plugin a component: {err:#}"));
+    let wasm = dir.join("c.wasm");
+    std::fs::write(&wasm, component).expect("write the component");
     wasm
 }
