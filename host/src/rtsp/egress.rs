@@ -21,7 +21,7 @@ use crate::hub::{Reader, Unit};
 use crate::rtp::rtcp::{self, GOODBYE_SIZE, SENDER_REPORT_SIZE, SenderReport};
 
 /// How often each reader gets RTCP sender reports.
-const SENDER_REPORT_INTERVAL: Duration = Duration::from_secs(5);
+pub(super) const SENDER_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 /// A TCP reader that accepts no bytes for this long is taken as gone.
 const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 const EGRESS_BUFFER: usize = 16 * 1024;
@@ -53,6 +53,27 @@ pub(super) struct TrackCount {
     packets: u32,
     octets: u32,
     reported: bool,
+}
+
+/// What a unit's packets hold, worked out once per unit however many readers it goes to.
+#[derive(Clone, Copy)]
+pub(super) struct Sizes {
+    /// All its bytes, RTP headers included.
+    pub(super) bytes: u64,
+    /// Its payload, as sender reports count it (the 12-byte fixed headers left out).
+    pub(super) payload: u64,
+}
+
+impl Sizes {
+    pub(super) fn of(unit: &Unit) -> Sizes {
+        let (bytes, headers) = unit.rtp.packets.iter().fold((0, 0), |(bytes, headers), p| {
+            (bytes + p.len() as u64, headers + p.len().min(12) as u64)
+        });
+        Sizes {
+            bytes,
+            payload: bytes - headers,
+        }
+    }
 }
 
 /// One RTCP compound packet: a sender report, with a BYE after it when the stream ends.
@@ -96,20 +117,14 @@ impl Playback {
             .all(|t| matches!(t, TrackTransport::Udp { .. }))
     }
 
-    /// Counts `unit` as sent, for the sender reports; `true` when it is the track's first and a
-    /// report should follow it at once (players sync from it).
-    pub(super) fn count(&mut self, unit: &Unit) -> bool {
+    /// Counts `unit` (its [`Sizes`]) as sent, for the sender reports; `true` when it is the
+    /// track's first and a report should follow it at once (players sync from it).
+    pub(super) fn count(&mut self, unit: &Unit, sizes: Sizes) -> bool {
         let Some(count) = self.counts.get_mut(unit.au.track) else {
             return false;
         };
-        let payload: usize = unit
-            .rtp
-            .packets
-            .iter()
-            .map(|p| p.len().saturating_sub(12))
-            .sum();
         count.packets = count.packets.wrapping_add(unit.rtp.packets.len() as u32);
-        count.octets = count.octets.wrapping_add(payload as u32);
+        count.octets = count.octets.wrapping_add(sizes.payload as u32);
         !count.reported
     }
 
@@ -263,11 +278,11 @@ pub(super) async fn send_unit(
         return Ok(());
     };
     let stats = playback.reader.stats();
-    let bytes: usize = unit.rtp.packets.iter().map(|p| p.len()).sum();
+    let sizes = Sizes::of(unit);
     stats
         .packets_out
         .fetch_add(unit.rtp.packets.len() as u64, Ordering::Relaxed);
-    stats.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+    stats.bytes_out.fetch_add(sizes.bytes, Ordering::Relaxed);
     match transport {
         TrackTransport::Tcp { rtp_channel, .. } => {
             // Responses go first, in order; then the unit straight from the shared packets.
@@ -281,8 +296,8 @@ pub(super) async fn send_unit(
         }
     }
     sent.packets += unit.rtp.packets.len() as u64;
-    sent.bytes += bytes as u64;
-    if playback.count(unit) {
+    sent.bytes += sizes.bytes;
+    if playback.count(unit, sizes) {
         send_reports(playback, out, udp, Some(track), false).await?;
     }
     if matches!(transport, TrackTransport::Tcp { .. }) {

@@ -16,18 +16,14 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::egress::{Playback, Sent};
+use super::egress::{Playback, SENDER_REPORT_INTERVAL, Sent, Sizes};
 use super::transport::TrackTransport;
 use super::udp::UdpSockets;
 use crate::hub::{Arrivals, Next, Unit};
-
-/// How often each reader gets RTCP sender reports.
-const SENDER_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The running fan-outs, by ring and share: what [`join`] adds readers to.
 #[derive(Default)]
@@ -165,6 +161,8 @@ async fn run(
     mut inbox: mpsc::UnboundedReceiver<Command>,
 ) {
     let mut members: Vec<Member> = Vec::new();
+    // What each member takes in one round of serving, kept between wake-ups.
+    let mut round = Vec::new();
     loop {
         let arrived = arrivals.notified();
         tokio::pin!(arrived);
@@ -181,7 +179,7 @@ async fn run(
             }
             continue;
         }
-        let wake_at = serve(&udp, &mut members).await;
+        let wake_at = serve(&udp, &mut members, &mut round).await;
         members.retain(|member| !member.done);
         tokio::select! {
             () = &mut arrived => {}
@@ -203,10 +201,13 @@ fn apply(command: Command, members: &mut Vec<Member>) {
 
 /// Sends every member what is due, round by round (a unit per member per round, so each reader
 /// gets its units in order); returns when to look again for what is not due yet.
-async fn serve(udp: &UdpSockets, members: &mut [Member]) -> Instant {
+async fn serve(
+    udp: &UdpSockets,
+    members: &mut [Member],
+    round: &mut Vec<(Arc<Unit>, usize)>,
+) -> Instant {
     let now = Instant::now();
     let mut wake_at = now + SENDER_REPORT_INTERVAL;
-    let mut round: Vec<(Arc<Unit>, usize)> = Vec::with_capacity(members.len());
     loop {
         round.clear();
         for (index, member) in members.iter_mut().enumerate() {
@@ -271,14 +272,14 @@ async fn send_unit(
         return;
     }
     let packets = unit.rtp.packets.len() as u64;
-    let bytes = unit.rtp.packets.iter().map(|p| p.len() as u64).sum::<u64>();
+    let sizes = Sizes::of(unit);
     let stats = members[0].playback.reader().stats();
     stats
         .packets_out
         .fetch_add(packets * readers, Ordering::Relaxed);
     stats
         .bytes_out
-        .fetch_add(bytes * readers, Ordering::Relaxed);
+        .fetch_add(sizes.bytes * readers, Ordering::Relaxed);
     for index in indices {
         let member = &mut members[index];
         if member.destinations.get(track).copied().flatten().is_none() {
@@ -288,8 +289,11 @@ async fn send_unit(
             .counters
             .packets
             .fetch_add(packets, Ordering::Relaxed);
-        member.counters.bytes.fetch_add(bytes, Ordering::Relaxed);
-        if member.playback.count(unit) {
+        member
+            .counters
+            .bytes
+            .fetch_add(sizes.bytes, Ordering::Relaxed);
+        if member.playback.count(unit, sizes) {
             send_reports(udp, member, Some(track), false);
         }
     }
