@@ -1,11 +1,11 @@
 # wasmcast in a container: docker build -t wasmcast . && docker compose up
 # Build stage: the toolchain rust-toolchain.toml pins.
 FROM rust:1.95-slim-bookworm AS build
-# openh264 is C++ with nasm assembly; libopus (AAC to Opus) builds with cmake. Debian's point
-# releases replace package versions, so a pinned version would stop resolving; the base image's tag pins the release instead.
+# openh264 is C++ with nasm assembly; libopus (AAC to Opus) builds with cmake; jemalloc with make.
+# Debian's point releases replace package versions, so a pinned version would stop resolving; the base image's tag pins the release instead.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends g++ nasm cmake \
+ && apt-get install -y --no-install-recommends g++ nasm cmake make \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Installs the system packages the test suite uses: the players it proves wasmcast against
 # (ffmpeg/ffprobe, GStreamer's rtspsrc with an H.264 decoder, headless Chromium for WebRTC), nasm
-# and cmake for the codec builds (openh264; libopus, which the opus crate builds from source);
-# componentize-py (PyPI) and componentize-js (npm), which build the Python and JavaScript example
-# plugins; clang, lld, wasi-libc and the wasm32 compiler-rt, which build the C example plugin; and
-# aiortc (PyPI), a WebRTC client nobody here wrote.
+# and cmake for the codec builds (openh264; libopus, which the opus crate builds from source), make
+# for jemalloc's; componentize-py (PyPI) and componentize-js (npm), which build the Python and
+# JavaScript example plugins; clang, lld, wasi-libc and the wasm32 compiler-rt, which build the C
+# example plugin; and aiortc (PyPI), a WebRTC client nobody here wrote.
 # Debian/Ubuntu; run as root (CI does) or it uses sudo.
 set -euo pipefail
 
@@ -17,6 +17,7 @@ packages=(
   gstreamer1.0-libav
   nasm
   cmake
+  make
   chromium
   clang
   lld
