@@ -6,9 +6,9 @@
 //!
 //! The viewers are webrtc-crate peers in this process (decrypting every packet costs this process
 //! CPU, not the server's). Then, in the same run on one server, `WASMCAST_BENCH_BROWSERS` (default
-//! 5) such viewers and as many headless Chromium tabs playing the route's page, which answer as
-//! browsers do (receiver reports, NACK, PLI; decoding every frame): server CPU per viewer above
-//! the idle route for each, side by side.
+//! 5; 0 leaves this part out) such viewers and as many headless Chromium tabs playing the route's
+//! page, which answer as browsers do (receiver reports, NACK, PLI; decoding every frame): server
+//! CPU per viewer above the idle route for each, side by side.
 
 #![allow(
     dead_code,
@@ -156,6 +156,9 @@ fn browser_viewers(runtime: &tokio::runtime::Runtime, clip: &std::path::Path) {
         .first()
         .copied()
         .unwrap_or(5);
+    if count == 0 {
+        return;
+    }
     let seconds = common::seconds(3, 10);
     let server = BenchServer::start(
         "webrtc-browsers",
