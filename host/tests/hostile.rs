@@ -289,6 +289,61 @@ async fn a_flood_of_connections_from_one_address_is_refused_at_accept() {
     honest.finish(&server, 32).await;
 }
 
+/// HTTP requests pipelined on one connection whose client never reads the answers: the server
+/// writes until the connection's buffers are full, then the connection is cut off once its
+/// writes have made no progress for 10 s, rather than held for as long as the client likes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_client_that_stops_reading_its_answers_is_cut_off() {
+    let server = Server::start(&file_route("unicast", &sample_clip()));
+    let honest = Honest::start(&server, "unicast").await;
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::new(IpAddr::from(ATTACKER), 0))
+        .expect("bind");
+    // A small receive window, so that the server's writes block soon.
+    socket.set_recv_buffer_size(4096).expect("receive buffer");
+    let mut stalled = socket.connect(server.http).await.expect("connect");
+    const REQUESTS: usize = 2000;
+    stalled
+        .write_all(
+            "GET / HTTP/1.1\r\nHost: t\r\n\r\n"
+                .repeat(REQUESTS)
+                .as_bytes(),
+        )
+        .await
+        .expect("the requests are sent");
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    // Meanwhile everyone else is answered.
+    let status = exchange(
+        server.http,
+        b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    // Now the stalled client reads what was written to it before it was cut off.
+    let mut answers = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let cut_off = loop {
+        match tokio::time::timeout(Duration::from_secs(5), stalled.read(&mut buf)).await {
+            Err(_) => break false,
+            Ok(Ok(0) | Err(_)) => break true,
+            Ok(Ok(n)) => answers.extend_from_slice(&buf[..n]),
+        }
+    };
+    let answered = String::from_utf8_lossy(&answers)
+        .matches("HTTP/1.1 200")
+        .count();
+    assert!(
+        cut_off && answered < REQUESTS / 2,
+        "the connection was {} after {answered} of {REQUESTS} answers, {:?} after the requests",
+        if cut_off { "closed" } else { "still open" },
+        started.elapsed()
+    );
+    honest.finish(&server, 32).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endless_fragments_are_capped_and_a_publisher_that_keeps_sending_them_is_ended() {
     let server = Server::start_adding(

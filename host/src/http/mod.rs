@@ -37,6 +37,10 @@ use crate::webrtc::WebRtc;
 
 /// Time a client has to send its request headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time an answer's write may wait for a client that takes nothing (as RTSP's egress): a client
+/// that stops reading, be it an event stream's or one that pipelines requests and never reads the
+/// answers, is cut off rather than held for as long as it likes.
+const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the HTTP server cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -114,29 +118,20 @@ impl HttpServer {
                         let Ok(local) = socket.local_addr() else { continue };
                         tokio::spawn(async move {
                             let _permit = permit;
-                            // A long answer (an event stream) whose client stopped reading asks
-                            // for its connection to be closed.
-                            let closer = Arc::new(tokio::sync::Notify::new());
-                            let service = {
-                                let closer = Arc::clone(&closer);
-                                service_fn(move |request| {
-                                    let (state, closer) = (Arc::clone(&state), Arc::clone(&closer));
-                                    async move {
-                                        Ok::<_, Infallible>(handle(&state, request, local, peer, closer).await)
-                                    }
-                                })
-                            };
+                            let service = service_fn(move |request| {
+                                let state = Arc::clone(&state);
+                                async move {
+                                    Ok::<_, Infallible>(handle(&state, request, local, peer).await)
+                                }
+                            });
+                            let mut socket = tokio_io_timeout::TimeoutStream::new(socket);
+                            socket.set_write_timeout(Some(WRITE_STALL_TIMEOUT));
                             let connection = http1::Builder::new()
                                 .timer(TokioTimer::new())
                                 .header_read_timeout(HEADER_TIMEOUT)
-                                .serve_connection(TokioIo::new(socket), service);
-                            tokio::select! {
-                                ended = connection => if let Err(err) = ended {
-                                    tracing::debug!(%peer, "HTTP connection ended: {err}");
-                                },
-                                () = closer.notified() => {
-                                    tracing::debug!(%peer, "HTTP connection closed: its client stopped reading");
-                                }
+                                .serve_connection(TokioIo::new(Box::pin(socket)), service);
+                            if let Err(err) = connection.await {
+                                tracing::debug!(%peer, "HTTP connection ended: {err}");
                             }
                         });
                     }
@@ -202,7 +197,6 @@ async fn handle(
     request: Request<Incoming>,
     local: SocketAddr,
     peer: SocketAddr,
-    closer: Arc<tokio::sync::Notify>,
 ) -> Reply {
     if !state.auth.permits(peer.ip(), None) {
         tracing::info!(%peer, "HTTP request refused by the server's access list");
@@ -218,7 +212,7 @@ async fn handle(
         return refusal;
     }
     if path == "api/v1/events" && method == Method::GET {
-        return sse::stream(state, &request, closer);
+        return sse::stream(state, &request);
     }
     if let Some(api_path) = path.strip_prefix("api/v1/") {
         return api::handle(state, &method, api_path).await;

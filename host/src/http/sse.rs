@@ -4,20 +4,20 @@
 //!
 //! Every stream is a bound: at most [`MAX_STREAMS`] at once; a subscriber that falls behind loses
 //! the oldest events and is told how many (an SSE comment); a client that stops reading is
-//! disconnected once nothing could be written to it for [`STALL_TIMEOUT`] (a keep-alive comment
-//! goes out every [`KEEP_ALIVE`], so a reading client always gets something).
+//! disconnected once its connection's writes have waited too long (the HTTP server's clock on every
+//! connection); a keep-alive comment goes out every [`KEEP_ALIVE`].
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use super::{Reply, State, text};
@@ -27,8 +27,6 @@ use crate::events::Event;
 pub const MAX_STREAMS: usize = 64;
 /// How often a comment keeps an idle stream (and the proxies on its way) alive.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
-/// A client that has taken nothing for this long (keep-alives included) is cut off.
-const STALL_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// Counts the open streams.
 #[derive(Debug, Default)]
@@ -66,7 +64,7 @@ impl Filter {
 }
 
 /// The stream of events for one client.
-pub(super) fn stream(state: &State, request: &Request<Incoming>, closer: Arc<Notify>) -> Reply {
+pub(super) fn stream(state: &State, request: &Request<Incoming>) -> Reply {
     let mut filter = Filter::default();
     let mut after = request
         .headers()
@@ -106,7 +104,6 @@ pub(super) fn stream(state: &State, request: &Request<Incoming>, closer: Arc<Not
     }
     let slot = Slot(Arc::clone(&state.event_streams));
     let (kept, live) = state.events.subscribe(after);
-    let last_taken = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let subscription = Subscription {
         kept: kept.into(),
@@ -114,17 +111,10 @@ pub(super) fn stream(state: &State, request: &Request<Incoming>, closer: Arc<Not
         filter,
         last_id: after.unwrap_or(0),
         keep_alive: tokio::time::interval_at(started + KEEP_ALIVE, KEEP_ALIVE),
-        started,
-        last_taken: Arc::clone(&last_taken),
         _slot: slot,
     };
-    tokio::spawn(watch_stall(Arc::downgrade(&last_taken), started, closer));
     let body = futures::stream::unfold(subscription, |mut subscription| async move {
         let chunk = subscription.next_chunk().await?;
-        subscription.last_taken.store(
-            u64::try_from(subscription.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
         Some((Ok::<_, Infallible>(Frame::data(chunk)), subscription))
     });
     let mut response = Response::new(StreamBody::new(body).boxed_unsync());
@@ -150,9 +140,6 @@ struct Subscription {
     /// The newest event sent: one that came both kept and live is sent once.
     last_id: u64,
     keep_alive: tokio::time::Interval,
-    started: Instant,
-    /// When the client last took a chunk, in milliseconds after `started`.
-    last_taken: Arc<AtomicU64>,
     _slot: Slot,
 }
 
@@ -182,23 +169,6 @@ impl Subscription {
                 continue;
             };
             return Some(Bytes::from(format!("id: {}\ndata: {json}\n\n", event.id)));
-        }
-    }
-}
-
-/// Closes the connection of a stream whose client took nothing for [`STALL_TIMEOUT`]; ends with
-/// the stream.
-async fn watch_stall(last_taken: Weak<AtomicU64>, started: Instant, closer: Arc<Notify>) {
-    loop {
-        tokio::time::sleep(KEEP_ALIVE).await;
-        let Some(last_taken) = last_taken.upgrade() else {
-            return;
-        };
-        let taken_at = started + Duration::from_millis(last_taken.load(Ordering::Relaxed));
-        if taken_at.elapsed() > STALL_TIMEOUT {
-            tracing::info!("event stream closed: its client took nothing for {STALL_TIMEOUT:?}");
-            closer.notify_one();
-            return;
         }
     }
 }
