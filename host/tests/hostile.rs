@@ -289,58 +289,84 @@ async fn a_flood_of_connections_from_one_address_is_refused_at_accept() {
     honest.finish(&server, 32).await;
 }
 
-/// HTTP requests pipelined on one connection whose client never reads the answers: the server
-/// writes until the connection's buffers are full, then the connection is cut off once its
-/// writes have made no progress for 10 s, rather than held for as long as the client likes.
+/// Requests pipelined on one connection whose client never reads the answers, on HTTP and on
+/// RTSP: the server writes until the connection's buffers are full; then the connection is cut off
+/// once its writes have made no progress for 10 s, rather than held until the client reads again
+/// (RTSP's egress had a deadline per write, but its last flush waited without one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_http_client_that_stops_reading_its_answers_is_cut_off() {
+async fn a_client_that_stops_reading_its_answers_is_cut_off() {
     let server = Server::start(&file_route("unicast", &sample_clip()));
     let honest = Honest::start(&server, "unicast").await;
-    let socket = TcpSocket::new_v4().expect("socket");
-    socket
-        .bind(SocketAddr::new(IpAddr::from(ATTACKER), 0))
-        .expect("bind");
-    // A small receive window, so that the server's writes block soon.
-    socket.set_recv_buffer_size(4096).expect("receive buffer");
-    let mut stalled = socket.connect(server.http).await.expect("connect");
-    const REQUESTS: usize = 2000;
-    stalled
-        .write_all(
-            "GET / HTTP/1.1\r\nHost: t\r\n\r\n"
-                .repeat(REQUESTS)
-                .as_bytes(),
+    let open_connections = || async {
+        let metrics = exchange(
+            server.http,
+            b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(5),
         )
-        .await
-        .expect("the requests are sent");
-    let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(16)).await;
-    // Meanwhile everyone else is answered.
-    let status = exchange(
-        server.http,
-        b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-        Duration::from_secs(5),
-    )
-    .await;
-    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
-    // Now the stalled client reads what was written to it before it was cut off.
-    let mut answers = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let cut_off = loop {
-        match tokio::time::timeout(Duration::from_secs(5), stalled.read(&mut buf)).await {
-            Err(_) => break false,
-            Ok(Ok(0) | Err(_)) => break true,
-            Ok(Ok(n)) => answers.extend_from_slice(&buf[..n]),
-        }
+        .await;
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("wasmcast_connections_open "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{metrics}"))
     };
-    let answered = String::from_utf8_lossy(&answers)
-        .matches("HTTP/1.1 200")
-        .count();
-    assert!(
-        cut_off && answered < REQUESTS / 2,
-        "the connection was {} after {answered} of {REQUESTS} answers, {:?} after the requests",
-        if cut_off { "closed" } else { "still open" },
-        started.elapsed()
+    let before = open_connections().await;
+    let http = "GET / HTTP/1.1\r\nHost: t\r\n\r\n".repeat(2000);
+    let rtsp = (0..40_000)
+        .map(|cseq| {
+            format!(
+                "DESCRIBE {} RTSP/1.0\r\nCSeq: {cseq}\r\n\r\n",
+                server.url("unicast")
+            )
+        })
+        .collect::<String>();
+    let mut stalled = Vec::new();
+    for (target, requests, answer) in [
+        (server.http, http, "HTTP/1.1 200"),
+        (server.rtsp, rtsp, "RTSP/1.0 200"),
+    ] {
+        let socket = TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::new(IpAddr::from(ATTACKER), 0))
+            .expect("bind");
+        // A small receive window, so that the server's writes block soon.
+        socket.set_recv_buffer_size(4096).expect("receive buffer");
+        let stream = socket.connect(target).await.expect("connect");
+        let (read, mut write) = stream.into_split();
+        let count = requests.matches("\r\n\r\n").count();
+        // Sent on the side (the server stops taking requests once its answers are stuck); the
+        // writing half stays open, as its end would end the connection.
+        let sender = tokio::spawn(async move {
+            let _ = write.write_all(requests.as_bytes()).await;
+            write
+        });
+        stalled.push((read, sender, count, answer));
+    }
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    // Everyone else is answered, and the two connections are gone before their clients read.
+    assert_eq!(
+        open_connections().await,
+        before,
+        "open connections 16 s after the stalled clients connected"
     );
+    for (mut read, sender, count, answer) in stalled {
+        let mut answers = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let closed = loop {
+            match tokio::time::timeout(Duration::from_secs(5), read.read(&mut buf)).await {
+                Err(_) => break false,
+                Ok(Ok(0) | Err(_)) => break true,
+                Ok(Ok(n)) => answers.extend_from_slice(&buf[..n]),
+            }
+        };
+        let answered = String::from_utf8_lossy(&answers).matches(answer).count();
+        assert!(
+            closed && answered < count / 2,
+            "{answer}: the connection was {} after {answered} of {count} answers",
+            if closed { "closed" } else { "still open" },
+        );
+        sender.abort();
+    }
     honest.finish(&server, 32).await;
 }
 

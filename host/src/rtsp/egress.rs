@@ -248,10 +248,14 @@ pub(super) async fn run_egress(
             },
         };
         if result.is_err() {
-            break;
+            // The peer took nothing for the deadline (or went away): what is buffered stays.
+            if let Some(member) = membership {
+                member.add_sent(&mut sent);
+            }
+            return sent;
         }
     }
-    let _ = out.flush().await;
+    let _ = with_deadline(out.flush()).await;
     if let Some(member) = membership {
         member.add_sent(&mut sent);
     }
