@@ -1,5 +1,6 @@
 //! The `rtsp://` source: reads another RTSP server (a camera, or another wasmcast as origin) with
-//! retina and republishes what it gets; reconnects with back-off when the origin drops.
+//! retina and republishes what it gets; reconnects with back-off when the origin drops, and when it
+//! holds the connection without answering or without sending media for [`ORIGIN_TIMEOUT`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +20,9 @@ const FIRST_RETRY: Duration = Duration::from_millis(500);
 const MAX_RETRY: Duration = Duration::from_secs(10);
 /// A connection that lasted this long resets the back-off.
 const STABLE: Duration = Duration::from_secs(10);
+/// Time the origin has to answer each request, and the longest it may go without sending media
+/// (as a publisher may: a hung camera would otherwise hold its route, readers waiting, for ever).
+const ORIGIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why one pull attempt ended.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +35,21 @@ enum PullError {
     NoTracks,
     #[error("the origin ended the stream")]
     Ended,
+    #[error("the origin did not answer {0} within {ORIGIN_TIMEOUT:?}")]
+    NoAnswer(&'static str),
+    #[error("the origin sent no media for {ORIGIN_TIMEOUT:?}")]
+    Silent,
+}
+
+/// `request`, given [`ORIGIN_TIMEOUT`] to be answered.
+async fn answered<T>(
+    what: &'static str,
+    request: impl std::future::Future<Output = Result<T, retina::Error>>,
+) -> Result<T, PullError> {
+    tokio::time::timeout(ORIGIN_TIMEOUT, request)
+        .await
+        .map_err(|_| PullError::NoAnswer(what))?
+        .map_err(PullError::from)
 }
 
 /// Pulls `url` into `stream` until the task is aborted.
@@ -53,7 +72,7 @@ async fn pull(url: &Url, stream: &Arc<Stream>) -> Result<(), PullError> {
     let claim = stream.claim()?;
     let options = SessionOptions::default()
         .user_agent(concat!("wasmcast/", env!("CARGO_PKG_VERSION")).into());
-    let mut session = Session::describe(url.clone(), options).await?;
+    let mut session = answered("DESCRIBE", Session::describe(url.clone(), options)).await?;
     let mut live = LivePublisher::with_independent_clocks(Arc::clone(stream), claim);
     // The live track of each origin stream we take.
     let mut tracks = vec![None; session.streams().len()];
@@ -87,12 +106,17 @@ async fn pull(url: &Url, stream: &Arc<Stream>) -> Result<(), PullError> {
             let setup = SetupOptions::default()
                 .transport(Transport::Tcp(TcpTransportOptions::default()))
                 .frame_format(format);
-            session.setup(index, setup).await?;
+            answered("SETUP", session.setup(index, setup)).await?;
         }
     }
-    let mut playing = session.play(PlayOptions::default()).await?.demuxed()?;
+    let mut playing = answered("PLAY", session.play(PlayOptions::default()))
+        .await?
+        .demuxed()?;
     tracing::info!(route = stream.name(), %url, "RTSP pull connected");
-    while let Some(item) = playing.next().await {
+    while let Some(item) = tokio::time::timeout(ORIGIN_TIMEOUT, playing.next())
+        .await
+        .map_err(|_| PullError::Silent)?
+    {
         let (origin, pts, keyframe, data) = match item? {
             CodecItem::VideoFrame(frame) => {
                 let origin = frame.stream_id();
