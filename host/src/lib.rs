@@ -30,7 +30,9 @@
 /// a 1080p grayscale route 609,000 page faults in 16 s and 1.8 ms a plugin call. jemalloc keeps
 /// freed pages for reuse: 17,600 faults and 0.55 ms a call, with glibc's memory per RTSP reader
 /// (mimalloc was as fast but doubled that). Set in the library rather than in `main.rs` so that the
-/// benchmarks, which run the library in their own process, measure what the server does.
+/// benchmarks, which run the library in their own process, measure what the server does. Fuzzing
+/// builds keep the system allocator, which the sanitizers watch.
+#[cfg(not(fuzzing))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
