@@ -370,6 +370,30 @@ async fn a_client_that_stops_reading_its_answers_is_cut_off() {
     honest.finish(&server, 32).await;
 }
 
+/// An HTTP request head past 64 KiB is refused at once, rather than buffered (hyper would take
+/// some 400 KiB a connection) until the header timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_head_past_64_kib_is_refused_at_once() {
+    let server = Server::start(&file_route("unicast", &sample_clip()));
+    let mut stream = attacker_connection(server.http).await.expect("connect");
+    let started = Instant::now();
+    let mut head = b"GET / HTTP/1.1\r\nHost: t\r\nX-Junk: ".to_vec();
+    head.resize(head.len() + 100_000, b'a');
+    // The server may close before it has read all of it.
+    let _ = stream.write_all(&head).await;
+    let mut answer = vec![0u8; 256];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("an answer before the 10 s header timeout")
+        .unwrap_or(0);
+    let answer = String::from_utf8_lossy(&answer[..read]).into_owned();
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "{answer:?} after {:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endless_fragments_are_capped_and_a_publisher_that_keeps_sending_them_is_ended() {
     let server = Server::start_adding(

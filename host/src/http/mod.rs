@@ -41,6 +41,10 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// that stops reading, be it an event stream's or one that pipelines requests and never reads the
 /// answers, is cut off rather than held for as long as it likes.
 const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// What a connection's read buffer may hold, request head included (hyper's default is some
+/// 400 KiB, which a thousand connections trickling heads could make the server hold for the
+/// header timeout); a larger head is answered `431` at once. As RTSP's request cap.
+const MAX_BUFFER: usize = 64 * 1024;
 
 /// Why the HTTP server cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +133,7 @@ impl HttpServer {
                             let connection = http1::Builder::new()
                                 .timer(TokioTimer::new())
                                 .header_read_timeout(HEADER_TIMEOUT)
+                                .max_buf_size(MAX_BUFFER)
                                 .serve_connection(TokioIo::new(Box::pin(socket)), service);
                             if let Err(err) = connection.await {
                                 tracing::debug!(%peer, "HTTP connection ended: {err}");
