@@ -196,6 +196,7 @@ pub(super) async fn run_egress(
     let mut membership: Option<Membership> = None;
     let mut sent = Sent::default();
     let mut reports = tokio::time::interval(SENDER_REPORT_INTERVAL);
+    let mut stalled = false;
     loop {
         let result = tokio::select! {
             biased;
@@ -248,14 +249,14 @@ pub(super) async fn run_egress(
             },
         };
         if result.is_err() {
-            // The peer took nothing for the deadline (or went away): what is buffered stays.
-            if let Some(member) = membership {
-                member.add_sent(&mut sent);
-            }
-            return sent;
+            stalled = true;
+            break;
         }
     }
-    let _ = with_deadline(out.flush()).await;
+    // A peer that took nothing for the deadline (or went away) is not waited for again.
+    if !stalled {
+        let _ = with_deadline(out.flush()).await;
+    }
     if let Some(member) = membership {
         member.add_sent(&mut sent);
     }
