@@ -1,13 +1,14 @@
 //! aiortc, a WebRTC stack nobody here wrote (Python), plays an AAC route over WHEP (with its Opus
 //! rendition) and publishes over WHIP; ffprobe reads the published route over RTSP and aiortc
-//! plays it back.
+//! plays it back. It also places each beep of a flash-and-beep clip against its flash through the
+//! server's sender reports, which is how a browser keeps the two in step.
 
 mod common;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Server, file_route, run, sample_clip, wait_live};
+use common::{Server, file_route, flash_and_beep_clip, run, sample_clip, wait_live};
 
 fn client() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/aiortc_client.py")
@@ -92,4 +93,68 @@ async fn aiortc_plays_over_whep_and_publishes_over_whip() {
         server.wait_for_log("Kicked", Duration::from_secs(5)),
         "the publisher's DELETE ended it"
     );
+}
+
+/// Where the server's sender reports put each beep against its flash, in milliseconds (a beep
+/// after its flash is positive), from aiortc playing `route` for eight seconds.
+fn beep_offsets(server: &Server, route: &str) -> Vec<f64> {
+    let (ok, out, err) = run(
+        Command::new("python3").arg(client()).args([
+            "sync",
+            &format!("http://{}", server.http),
+            route,
+            "8",
+        ]),
+        Duration::from_secs(40),
+    );
+    assert!(ok, "aiortc sync: {err}\n{}", server.log().join("\n"));
+    let placed: serde_json::Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("aiortc printed {out}"));
+    let times = |key: &str| -> Vec<f64> {
+        placed[key]
+            .as_array()
+            .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect())
+            .unwrap_or_default()
+    };
+    let (flashes, beeps) = (times("flashes"), times("beeps"));
+    // Each beep with the flash nearest to it (they come a second apart).
+    let offsets: Vec<f64> = beeps
+        .iter()
+        .filter_map(|beep| {
+            flashes
+                .iter()
+                .map(|flash| (beep - flash) * 1000.0)
+                .min_by(|a, b| a.abs().total_cmp(&b.abs()))
+        })
+        .collect();
+    assert!(
+        offsets.len() >= 5,
+        "{route}: flashes {flashes:?} and beeps {beeps:?} pair up: {placed}"
+    );
+    offsets
+}
+
+/// The sender reports of a WebRTC viewer's two tracks agree on the route's clock to the sample:
+/// the Opus rendition's timestamps take off the AAC decoder's, the resampler's and the Opus
+/// encoder's delays, so a browser that follows the reports plays each beep on its flash. (A browser
+/// only corrects differences past some 30 ms, see `audio.rs`; this measures the server itself.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sender_reports_put_each_beep_on_its_flash() {
+    let server = Server::start(&format!(
+        "{}{}",
+        file_route("at48", &flash_and_beep_clip(48_000)),
+        file_route("at44", &flash_and_beep_clip(44_100))
+    ));
+    wait_live(&server, "at48").await;
+    wait_live(&server, "at44").await;
+    for route in ["at48", "at44"] {
+        let offsets = tokio::task::block_in_place(|| beep_offsets(&server, route));
+        eprintln!("{route}: beeps after their flashes by (ms) {offsets:?}");
+        // The smallest delay to miss is the Opus encoder's look-ahead, 6.5 ms; the codecs move
+        // a beep's onset by well under 2 ms.
+        assert!(
+            offsets.iter().all(|offset| offset.abs() < 2.0),
+            "{route}: beeps against their flashes (ms): {offsets:?}"
+        );
+    }
 }

@@ -12,7 +12,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use browser::{Browser, Page};
-use common::{Server, clip, file_route, http, sample_clip, wait_live};
+use common::{Server, clip, file_route, flash_and_beep_clip, http, sample_clip, wait_live};
 
 /// Held by each test for its whole run. A browser starved of CPU drifts its sound away from its
 /// picture whatever the server sends (three busy loops beside the in-step test moved it from
@@ -23,7 +23,8 @@ static ONE_BROWSER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const
 /// The player's state with its audio receiver's codec, samples and energy.
 const PLAYER_AUDIO: &str = r#"(async () => {
   // The player starts muted (browsers play muted pages only); what is heard is measured unmuted.
-  document.getElementById('video').muted = false;
+  const video = document.getElementById('video');
+  if (video) video.muted = false;
   const out = Object.assign({}, window.wasmcast || {});
   if (typeof pc !== 'undefined' && pc) {
     const stats = await pc.getStats();
@@ -163,14 +164,7 @@ const AV_PROBE: &str = r#"(async () => {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_plays_an_aac_route_in_step_with_its_picture() {
     let _alone = ONE_BROWSER_AT_A_TIME.lock().await;
-    // A white frame and a 1 kHz beep at the start of every second, nothing else.
-    let flashes = clip(
-        "flash-and-beep.mp4",
-        "-f lavfi -i color=c=black:size=320x240:rate=25:duration=10 \
-         -f lavfi -i aevalsrc=if(lt(mod(t\\,1)\\,0.08)\\,0.8*sin(2*PI*1000*t)\\,0):s=48000:d=10 \
-         -vf drawbox=x=0:y=0:w=iw:h=ih:color=white:t=fill:enable=lt(mod(t\\,1)\\,0.04) \
-         -c:v libx264 -profile:v baseline -bf 0 -g 25 -pix_fmt yuv420p -c:a aac -ac 2 -b:a 128k",
-    );
+    let flashes = flash_and_beep_clip(48_000);
     let server = Server::start(&file_route("flash", &flashes));
     wait_live(&server, "flash").await;
     let mut browser = Browser::launch().await;
@@ -217,8 +211,13 @@ async fn chromium_plays_an_aac_route_in_step_with_its_picture() {
     );
     let mean = offsets.iter().sum::<f64>() / offsets.len() as f64;
     eprintln!("audio after video by {mean:.0} ms on average: {offsets:?}");
+    // What a viewer would notice (ITU-R BT.1359: sound 45 ms before or 125 ms after its picture).
+    // The server's side is exact to the sample (`aiortc.rs` places each beep on its flash
+    // through the sender reports); the browser's is not: libwebrtc leaves differences under
+    // 30 ms alone and works from estimates of both playout delays, and its steady offset here has
+    // ranged from 3 to 85 ms between runs.
     assert!(
-        mean.abs() < 80.0,
+        (-45.0..125.0).contains(&mean),
         "the sound is {mean:.0} ms off the picture (the audio output's {latency:.0} ms \
          included): {offsets:?}"
     );

@@ -6,16 +6,27 @@
     aiortc_client.py publish BASE_URL FEED FILE SECONDS
         Publishes FILE (looped; aiortc encodes it as H.264 and Opus) over WHIP for SECONDS,
         then ends with DELETE; prints {"status": HTTP status of the offer}.
+    aiortc_client.py sync BASE_URL ROUTE SECONDS
+        Plays ROUTE (white flashes and beeps) for SECONDS and places each flash and each beep on
+        the sender's wall clock, through the RTP-to-NTP mapping of its track's sender reports;
+        prints {"flashes": [...], "beeps": [...], "reports": {"video": N, "audio": N}} (seconds).
 """
 
+import array
 import asyncio
 import json
 import sys
 import time
 import urllib.request
 
-from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import (
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
 from aiortc.contrib.media import MediaPlayer
+from aiortc.rtp import RtcpSrPacket
 
 
 def request(method, url, body=b"", content_type="application/sdp"):
@@ -77,10 +88,118 @@ async def publish(base, feed, path, seconds):
     print(json.dumps({"status": status}))
 
 
+class SenderClocks:
+    """The latest sender report of each kind of track: its RTP time and its NTP time."""
+
+    def __init__(self):
+        self.latest = {}
+        self.count = {"video": 0, "audio": 0}
+        seen = self
+        handle = RTCRtpReceiver._handle_rtcp_packet
+
+        async def watched(receiver, packet):
+            if isinstance(packet, RtcpSrPacket) and receiver.track is not None:
+                info = packet.sender_info
+                kind = receiver.track.kind
+                seen.latest[kind] = (info.rtp_timestamp, info.ntp_timestamp / 2**32)
+                seen.count[kind] += 1
+            await handle(receiver, packet)
+
+        RTCRtpReceiver._handle_rtcp_packet = watched
+
+    def wall_clock(self, kind, timestamp, rate):
+        """Where the sender's reports put RTP `timestamp` of `kind`, in NTP seconds."""
+        if kind not in self.latest:
+            return None
+        rtp, ntp = self.latest[kind]
+        # The 32-bit distance taken as signed: the nearest way round.
+        distance = (timestamp - rtp + 2**31) % 2**32 - 2**31
+        return ntp + distance / rate
+
+
+async def sync(base, route, seconds):
+    clocks = SenderClocks()
+    pc = RTCPeerConnection()
+    pc.addTransceiver("video", direction="recvonly")
+    pc.addTransceiver("audio", direction="recvonly")
+    # RTP timestamps of the first white frame of each flash and the first loud sample of each
+    # beep; placed on the wall clock at the end, with the last reports.
+    marks = {"video": [], "audio": []}
+
+    async def watch_video(track):
+        lit = False
+        while True:
+            try:
+                frame = await track.recv()
+            except Exception:
+                return
+            luma = frame.planes[0]
+            white = sum(bytes(luma)) / (luma.line_size * frame.height) > 128
+            if white and not lit:
+                marks["video"].append(frame.pts)
+            lit = white
+
+    async def watch_audio(track):
+        loud, quiet_run = False, 0
+        while True:
+            try:
+                frame = await track.recv()
+            except Exception:
+                return
+            plane = bytes(frame.planes[0])
+            if frame.format.name.startswith("s16"):
+                samples = array.array("h", plane)
+                scale = 32768.0
+            else:
+                samples = array.array("f", plane)
+                scale = 1.0
+            step = 1 if frame.format.is_planar else len(frame.layout.channels)
+            for index in range(0, frame.samples):
+                level = abs(samples[index * step]) / scale
+                if level > 0.3 and not loud:
+                    marks["audio"].append(frame.pts + index)
+                    loud = True
+                # A beep is over after 10 ms without a loud sample.
+                quiet_run = 0 if level > 0.3 else quiet_run + 1
+                if quiet_run > 480:
+                    loud = False
+
+    # aiortc counts each track's frame times from its first RTP timestamp (its TimestampMapper).
+    origins = {}
+
+    def on_track(track):
+        receiver = next(r for r in pc.getReceivers() if r.track is track)
+        origins[track.kind] = receiver._RTCRtpReceiver__timestamp_mapper
+        watch = watch_video if track.kind == "video" else watch_audio
+        asyncio.ensure_future(watch(track))
+
+    pc.on("track", on_track)
+    await exchange(pc, f"{base}/{route}/whep")
+    await asyncio.sleep(seconds)
+    await pc.close()
+    placed = {
+        kind: [
+            clocks.wall_clock(kind, origins[kind]._origin + t, rate) for t in marks[kind]
+        ]
+        for kind, rate in (("video", 90000), ("audio", 48000))
+    }
+    print(
+        json.dumps(
+            {
+                "flashes": [t for t in placed["video"] if t is not None],
+                "beeps": [t for t in placed["audio"] if t is not None],
+                "reports": clocks.count,
+            }
+        )
+    )
+
+
 def main():
     mode, base = sys.argv[1], sys.argv[2].rstrip("/")
     if mode == "play":
         asyncio.run(play(base, sys.argv[3], float(sys.argv[4])))
+    elif mode == "sync":
+        asyncio.run(sync(base, sys.argv[3], float(sys.argv[4])))
     elif mode == "publish":
         asyncio.run(publish(base, sys.argv[3], sys.argv[4], float(sys.argv[5])))
     else:

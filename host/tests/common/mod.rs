@@ -45,6 +45,21 @@ pub fn short_clip() -> PathBuf {
     )
 }
 
+/// Ten seconds of black with a white frame and a 1 kHz beep at the start of every second, AAC at
+/// `sample_rate`: where each beep lands against its flash tells whether sound and picture play in
+/// step.
+pub fn flash_and_beep_clip(sample_rate: u32) -> PathBuf {
+    clip(
+        &format!("flash-and-beep-{sample_rate}.mp4"),
+        &format!(
+            "-f lavfi -i color=c=black:size=320x240:rate=25:duration=10 \
+             -f lavfi -i aevalsrc=if(lt(mod(t\\,1)\\,0.08)\\,0.8*sin(2*PI*1000*t)\\,0):s={sample_rate}:d=10 \
+             -vf drawbox=x=0:y=0:w=iw:h=ih:color=white:t=fill:enable=lt(mod(t\\,1)\\,0.04) \
+             -c:v libx264 -profile:v baseline -bf 0 -g 25 -pix_fmt yuv420p -c:a aac -ac 2 -b:a 128k"
+        ),
+    )
+}
+
 /// H.264 High with two B-frames between references: decode order differs from presentation order.
 pub fn b_frame_clip() -> PathBuf {
     clip(
