@@ -2,14 +2,14 @@
 //! as `builtin:NAME`.
 //!
 //! The plugins are a workspace of their own, built by a nested cargo into this build's `OUT_DIR`.
-//! Packet and frame plugins are built in separate runs: the SDK compiles the bindings of the world
-//! a plugin enables, and one run would unify both features into every plugin.
+//! Packet, frame and picture plugins are built in separate runs: the SDK compiles the bindings of
+//! the world a plugin enables, and one run would unify the features into every plugin.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Plugins built into the binary, by name (the crate's name).
-const BUILTINS: [&str; 7] = [
+const BUILTINS: [&str; 9] = [
     "passthrough",
     "keyframes",
     "sei-timestamp",
@@ -17,10 +17,12 @@ const BUILTINS: [&str; 7] = [
     "clock",
     "privacy-box",
     "motion",
+    "grayscale-in-place",
+    "luma-meter",
 ];
 
 /// Each run of the nested cargo: the packages it builds.
-const RUNS: [&[&str]; 2] = [
+const RUNS: [&[&str]; 3] = [
     &[
         "passthrough",
         "keyframes",
@@ -34,6 +36,7 @@ const RUNS: [&[&str]; 2] = [
         "world-0-1-0",
     ],
     &["grayscale", "clock", "privacy-box", "motion"],
+    &["grayscale-in-place", "luma-meter", "picture-trap"],
 ];
 
 const TARGET: &str = "wasm32-wasip2";

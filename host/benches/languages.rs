@@ -92,6 +92,7 @@ fn time_calls(chain: &mut Chain, width: u32, height: u32, calls: usize) -> Durat
                 width,
                 height,
                 pts: i as i64 * 3600,
+                keyframe: false,
                 data: vec![90; Picture::size_of(width, height)],
             };
             let started = Instant::now();

@@ -92,6 +92,7 @@ fn main() {
         width: 1920,
         height: 1080,
         pts: 0,
+        keyframe: false,
         data: vec![100; Picture::size_of(1920, 1080)],
     };
     let mut times: Vec<Duration> = (0..if quick { 20 } else { 200 })

@@ -233,12 +233,14 @@ fn find_start_code(data: &[u8]) -> Option<std::ops::Range<usize>> {
 
 /// A decoded picture in I420 with tight strides: the Y plane (`width` bytes a row), then U and V
 /// (`(width + 1) / 2` a row, `(height + 1) / 2` rows).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Picture {
     pub width: u32,
     pub height: u32,
     /// Presentation time in 90 kHz ticks.
     pub pts: i64,
+    /// Decoded from an IDR picture (not a copy the frame rate conversion shows again).
+    pub keyframe: bool,
     pub data: Vec<u8>,
 }
 

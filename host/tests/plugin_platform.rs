@@ -862,3 +862,62 @@ async fn a_plugin_reads_the_stream_it_runs_on_and_starts_again_with_its_state_wh
         "the instance made for the new stream went on counting: {before} then {after}"
     );
 }
+
+/// Picture plugins, whose pictures stay in the server: in one chain, `grayscale-in-place` takes
+/// the colour out of a live route (as ffmpeg measures it), `luma-meter` reads a square of what it
+/// left and counts keyframes, and a plugin that traps halfway through a picture is restarted while
+/// the route plays on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn picture_plugins_change_measure_and_trap_on_live_routes() {
+    let server = Server::start(&format!(
+        "{}plugins = [\"gray\", \"meter\"]\n\
+         [plugins.gray]\nwasm = \"builtin:grayscale-in-place\"\n\
+         [plugins.meter]\nwasm = \"builtin:luma-meter\"\n\
+         {}plugins = [\"trap\"]\n\
+         [plugins.trap]\nwasm = \"{}\"\n",
+        file_route("grey", &sample_clip()),
+        file_route("trapped", &sample_clip()),
+        plugin_wasm("picture-trap").display()
+    ));
+    let meter = wait_until(
+        &server,
+        ("grey", "meter"),
+        Duration::from_secs(30),
+        "the meter measures",
+        |e| e["calls"].as_u64() > Some(50) && metric(e, "keyframes") >= 1.0,
+    )
+    .await;
+    let luma = metric(&meter, "luma");
+    assert!(
+        (16.0..=235.0).contains(&luma) && meter["errors"] == 0,
+        "the middle square's mean luma: {meter}"
+    );
+    let gray = plugin_entry(&server, "grey", "gray").await;
+    assert_eq!(gray["errors"], 0, "{gray}");
+    let saturation = mean_saturation(&server.url("grey"));
+    assert!(
+        saturation < 1.0,
+        "the plugin took the colour out: mean saturation {saturation}"
+    );
+
+    let trap = wait_until(
+        &server,
+        ("trapped", "trap"),
+        Duration::from_secs(30),
+        "the plugin traps and is restarted",
+        |e| e["restarts"].as_u64() >= Some(2),
+    )
+    .await;
+    assert!(
+        metric(&trap, "refused-rectangles") >= 9.0,
+        "a rectangle past the edge is an error to the plugin, not a fault: {trap}"
+    );
+    assert!(
+        trap["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("panicked") || e.contains("unreachable")),
+        "{trap}"
+    );
+    let streams = ffprobe_streams(&server.url("trapped"));
+    assert!(streams.contains("codec_name=h264"), "{streams}");
+}

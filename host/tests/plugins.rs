@@ -584,14 +584,21 @@ fn a_new_frame_plugin_project_builds_and_runs_on_a_file_with_its_events_and_vide
 #[test]
 fn the_example_plugins_own_tests_pass_natively_against_the_sdks_mock_host() {
     let plugins = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins");
-    // Frame plugins and packet plugins build apart (the SDK compiles one world per build); the
-    // SDK's own tests (NAL units, SEI, drawing) run with each.
-    let runs: [(&[&str], &[&str]); 2] = [
+    // Frame, picture and packet plugins build apart (the SDK compiles one world per build); the
+    // SDK's own tests (NAL units, SEI, drawing) run with two of them.
+    let runs: [(&[&str], &[&str]); 3] = [
         (
             &["motion", "clock", "wasmcast-plugin-sdk"],
             &[
                 "a_moving_square_starts_and_ends_a_motion_with_its_box ... ok",
                 "text_draws_the_glyphs_dots_at_scale ... ok",
+            ],
+        ),
+        (
+            &["luma-meter", "grayscale-in-place"],
+            &[
+                "measures_the_middle_square_and_counts_keyframes ... ok",
+                "chroma_goes_neutral_and_luma_stays ... ok",
             ],
         ),
         (

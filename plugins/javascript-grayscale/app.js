@@ -1,5 +1,5 @@
 // A wasmcast frame plugin in JavaScript: takes the colour out of every picture.
-import { log, route, setMetric } from "wasmcast:plugin/host@0.1.1";
+import { log, route, setMetric } from "wasmcast:plugin/host@0.1.2";
 
 let pictures = 0;
 

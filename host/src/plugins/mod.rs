@@ -56,10 +56,12 @@ pub enum Error {
     #[error("not a WebAssembly component ({0}); build it for wasm32-wasip2")]
     NotAComponent(String),
     #[error(
-        "exports neither `{}@0.1.x` nor `{}@0.1.x` (it exports: {exports}); build it against \
-         wit/plugin.wit (wasmcast:plugin@{}), world `packet-plugin` or `frame-plugin`",
+        "exports neither `{}@0.1.x`, `{}@0.1.x` nor `{}@0.1.x` (it exports: {exports}); build \
+         it against wit/plugin.wit (wasmcast:plugin@{}), world `packet-plugin`, `frame-plugin` \
+         or `picture-plugin`",
         runtime::PACKET_EXPORT,
         runtime::FRAME_EXPORT,
+        runtime::PICTURE_EXPORT,
         runtime::WORLD_VERSION
     )]
     NotAPlugin { exports: String },

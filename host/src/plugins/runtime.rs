@@ -8,6 +8,7 @@
 mod blocking;
 mod host;
 mod instance;
+mod picture;
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -37,6 +38,19 @@ mod frame_world {
     });
 }
 
+mod picture_world {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "wasmcast:plugin/picture-plugin",
+        ownership: Borrowing { duplicate_if_necessary: true },
+        imports: { "wasmcast:plugin/pictures": trappable },
+        with: {
+            "wasmcast:plugin/host": super::packet_world::wasmcast::plugin::host,
+            "wasmcast:plugin/pictures.picture": super::picture::LentPicture,
+        },
+    });
+}
+
 /// The optional `state` export: only its bindings are used, looked up on any plugin.
 mod state_world {
     wasmtime::component::bindgen!({
@@ -58,8 +72,11 @@ use state_world::exports::wasmcast::plugin::state as wit_state;
 pub const PACKET_EXPORT: &str = "wasmcast:plugin/packet-filter";
 /// The export that makes a component a frame plugin, without its version.
 pub const FRAME_EXPORT: &str = "wasmcast:plugin/frame-filter";
+/// The export that makes a component a picture plugin (a frame plugin whose pictures stay in the
+/// host), without its version.
+pub const PICTURE_EXPORT: &str = "wasmcast:plugin/picture-filter";
 /// The plugin interface's version this host implements; it runs plugins of any 0.1.x.
-pub const WORLD_VERSION: &str = "0.1.1";
+pub const WORLD_VERSION: &str = "0.1.2";
 /// The largest snapshot a plugin may hand over.
 pub const MAX_SNAPSHOT_BYTES: usize = 16 << 20;
 
@@ -154,7 +171,11 @@ fn linker() -> Result<&'static Linker<PluginState>, Error> {
                     host_api::add_to_linker::<PluginState, HasSelf<PluginState>>(
                         &mut linker,
                         |state| state,
-                    )
+                    )?;
+                    picture_world::wasmcast::plugin::pictures::add_to_linker::<
+                        PluginState,
+                        HasSelf<PluginState>,
+                    >(&mut linker, |state| state)
                 })
                 .map_err(|err| format!("cannot link the plugin host functions: {err}"))?;
             Ok(linker)
@@ -163,7 +184,8 @@ fn linker() -> Result<&'static Linker<PluginState>, Error> {
         .map_err(|why| Error::Setup(why.clone()))
 }
 
-/// Which world a component exports.
+/// Which kind of plugin a component is: a packet plugin, or a frame plugin (of either frame
+/// world: both run on the decoded pictures of a route).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Packet,
@@ -194,9 +216,17 @@ impl Compiled {
     }
 }
 
+/// The world a component exports.
+enum World {
+    Packet,
+    Frame,
+    Picture,
+}
+
 enum Pre {
     Packet(packet_world::PacketPluginPre<PluginState>),
     Frame(frame_world::FramePluginPre<PluginState>),
+    Picture(picture_world::PicturePluginPre<PluginState>),
 }
 
 impl Compiled {
@@ -210,10 +240,13 @@ impl Compiled {
             .exports(engine)
             .map(|(name, _)| name.to_owned())
             .collect();
-        let kind = if exports.iter().any(|e| exports_interface(e, PACKET_EXPORT)) {
-            Kind::Packet
-        } else if exports.iter().any(|e| exports_interface(e, FRAME_EXPORT)) {
-            Kind::Frame
+        let exported = |interface| exports.iter().any(|e| exports_interface(e, interface));
+        let world = if exported(PACKET_EXPORT) {
+            World::Packet
+        } else if exported(FRAME_EXPORT) {
+            World::Frame
+        } else if exported(PICTURE_EXPORT) {
+            World::Picture
         } else {
             return Err(Error::NotAPlugin {
                 exports: if exports.is_empty() {
@@ -232,14 +265,27 @@ impl Compiled {
             .then(|| wit_state::GuestIndices::new(&pre))
             .transpose()
             .map_err(|err| Error::World("stateful", format!("{err:#}")))?;
-        let pre = match kind {
-            Kind::Packet => Pre::Packet(
-                packet_world::PacketPluginPre::new(pre)
-                    .map_err(|err| Error::World("packet-plugin", format!("{err:#}")))?,
+        let (kind, pre) = match world {
+            World::Packet => (
+                Kind::Packet,
+                Pre::Packet(
+                    packet_world::PacketPluginPre::new(pre)
+                        .map_err(|err| Error::World("packet-plugin", format!("{err:#}")))?,
+                ),
             ),
-            Kind::Frame => Pre::Frame(
-                frame_world::FramePluginPre::new(pre)
-                    .map_err(|err| Error::World("frame-plugin", format!("{err:#}")))?,
+            World::Frame => (
+                Kind::Frame,
+                Pre::Frame(
+                    frame_world::FramePluginPre::new(pre)
+                        .map_err(|err| Error::World("frame-plugin", format!("{err:#}")))?,
+                ),
+            ),
+            World::Picture => (
+                Kind::Frame,
+                Pre::Picture(
+                    picture_world::PicturePluginPre::new(pre)
+                        .map_err(|err| Error::World("picture-plugin", format!("{err:#}")))?,
+                ),
             ),
         };
         Ok(Compiled { kind, pre, state })

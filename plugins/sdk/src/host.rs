@@ -9,6 +9,8 @@ use serde_json::{Map, Value};
 use crate::bindings::frame::wasmcast::plugin::host as wit_host;
 #[cfg(feature = "packet")]
 use crate::bindings::packet::wasmcast::plugin::host as wit_host;
+#[cfg(all(feature = "picture", not(any(feature = "packet", feature = "frame"))))]
+use crate::bindings::picture::wasmcast::plugin::host as wit_host;
 
 #[cfg(target_arch = "wasm32")]
 use wit_host as imports;

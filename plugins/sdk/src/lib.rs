@@ -2,7 +2,9 @@
 //!
 //! A packet plugin is a type that implements [`PacketPlugin`], exported with [`export_packet_plugin!`]
 //! (enable the `packet` feature); a frame plugin implements [`FramePlugin`] and is exported with
-//! [`export_frame_plugin!`] (the `frame` feature). Build it with `cargo build --release --target
+//! [`export_frame_plugin!`] (the `frame` feature); a picture plugin, whose pictures stay in the
+//! host and are read and written by rectangle, implements [`PicturePlugin`] and is exported with
+//! [`export_picture_plugin!`] (the `picture` feature). Build it with `cargo build --release --target
 //! wasm32-wasip2` and name the `.wasm` in a `[plugins.NAME]` table of the server's config.
 //!
 //! ```ignore
@@ -41,8 +43,8 @@
 // The generated bindings name this crate by its path, from inside it as from plugins.
 extern crate self as wasmcast_plugin_sdk;
 
-#[cfg(not(any(feature = "packet", feature = "frame")))]
-compile_error!("enable the `packet` or the `frame` feature of wasmcast-plugin-sdk");
+#[cfg(not(any(feature = "packet", feature = "frame", feature = "picture")))]
+compile_error!("enable the `packet`, `frame` or `picture` feature of wasmcast-plugin-sdk");
 
 #[doc(hidden)]
 pub use wit_bindgen as __wit_bindgen;
@@ -69,6 +71,18 @@ pub mod bindings {
             pub_export_macro: true,
             export_macro_name: "export_frame_world",
             default_bindings_module: "wasmcast_plugin_sdk::bindings::frame",
+            runtime_path: "wasmcast_plugin_sdk::__wit_bindgen::rt",
+        });
+    }
+
+    #[cfg(feature = "picture")]
+    pub mod picture {
+        wit_bindgen::generate!({
+            path: "../../wit",
+            world: "wasmcast:plugin/stateful-picture-plugin",
+            pub_export_macro: true,
+            export_macro_name: "export_picture_world",
+            default_bindings_module: "wasmcast_plugin_sdk::bindings::picture",
             runtime_path: "wasmcast_plugin_sdk::__wit_bindgen::rt",
         });
     }
@@ -111,6 +125,11 @@ pub use packet::{AccessUnit, Codec, PacketPlugin, Verdict};
 mod frame;
 #[cfg(feature = "frame")]
 pub use frame::{Frame, FramePlugin, FrameVerdict};
+
+#[cfg(feature = "picture")]
+mod picture;
+#[cfg(feature = "picture")]
+pub use picture::{Picture, PicturePlugin, PictureVerdict, Plane};
 
 #[cfg(feature = "frame")]
 pub mod draw;

@@ -182,3 +182,134 @@ pub(crate) fn stream_description() -> String {
 pub(crate) fn request_keyframe() {
     with(|host| host.keyframe_requests += 1);
 }
+
+/// A decoded I420 picture for a picture plugin's tests, to lend through
+/// [`Picture::mock`](crate::Picture::mock): Y, then U, then V, packed, as the host holds it. Its
+/// rectangles are checked as the host checks them.
+#[cfg(feature = "picture")]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PictureBuffer {
+    pub width: u32,
+    pub height: u32,
+    pub pts: i64,
+    pub keyframe: bool,
+    pub data: Vec<u8>,
+}
+
+#[cfg(feature = "picture")]
+impl PictureBuffer {
+    /// A `width` x `height` picture with every sample of each plane at `y`, `u` and `v`.
+    pub fn filled(width: u32, height: u32, [y, u, v]: [u8; 3]) -> PictureBuffer {
+        let luma = width as usize * height as usize;
+        let chroma = width.div_ceil(2) as usize * height.div_ceil(2) as usize;
+        let mut data = vec![y; luma + 2 * chroma];
+        data[luma..luma + chroma].fill(u);
+        data[luma + chroma..].fill(v);
+        PictureBuffer {
+            width,
+            height,
+            pts: 0,
+            keyframe: true,
+            data,
+        }
+    }
+
+    pub(crate) fn width(&self) -> u32 {
+        self.width
+    }
+
+    pub(crate) fn height(&self) -> u32 {
+        self.height
+    }
+
+    pub(crate) fn pts(&self) -> i64 {
+        self.pts
+    }
+
+    pub(crate) fn keyframe(&self) -> bool {
+        self.keyframe
+    }
+
+    /// The byte ranges of the rows of a rectangle, or why it does not fit. The host's own check
+    /// lives in the server, which this crate does not depend on.
+    fn rows(
+        &self,
+        plane: crate::Plane,
+        x: u32,
+        y: u32,
+        width: u32,
+        height: u32,
+    ) -> Result<Vec<std::ops::Range<usize>>, String> {
+        let (luma_w, luma_h) = (self.width as usize, self.height as usize);
+        let (chroma_w, chroma_h) = (luma_w.div_ceil(2), luma_h.div_ceil(2));
+        let (start, plane_w, plane_h) = match plane {
+            crate::Plane::Y => (0, luma_w, luma_h),
+            crate::Plane::U => (luma_w * luma_h, chroma_w, chroma_h),
+            crate::Plane::V => (luma_w * luma_h + chroma_w * chroma_h, chroma_w, chroma_h),
+        };
+        let (x, y, width, height) = (x as usize, y as usize, width as usize, height as usize);
+        if x.checked_add(width).is_none_or(|end| end > plane_w)
+            || y.checked_add(height).is_none_or(|end| end > plane_h)
+        {
+            return Err(format!(
+                "{width}x{height} at ({x}, {y}) does not fit in the {plane:?} plane of \
+                 {plane_w}x{plane_h}"
+            ));
+        }
+        Ok((y..y + height)
+            .map(|row| start + row * plane_w + x..start + row * plane_w + x + width)
+            .collect())
+    }
+
+    pub(crate) fn read(
+        &self,
+        plane: crate::Plane,
+        x: u32,
+        y: u32,
+        width: u32,
+        height: u32,
+    ) -> Result<Vec<u8>, String> {
+        let rows = self.rows(plane, x, y, width, height)?;
+        Ok(rows
+            .into_iter()
+            .flat_map(|row| self.data[row].to_vec())
+            .collect())
+    }
+
+    pub(crate) fn write(
+        &mut self,
+        plane: crate::Plane,
+        x: u32,
+        y: u32,
+        width: u32,
+        data: &[u8],
+    ) -> Result<(), String> {
+        if width == 0 || !data.len().is_multiple_of(width as usize) {
+            return Err(format!(
+                "{} bytes are not whole rows of {width} samples",
+                data.len()
+            ));
+        }
+        let height = u32::try_from(data.len() / width as usize).unwrap_or(u32::MAX);
+        let rows = self.rows(plane, x, y, width, height)?;
+        for (row, source) in rows.into_iter().zip(data.chunks_exact(width as usize)) {
+            self.data[row].copy_from_slice(source);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn fill(
+        &mut self,
+        plane: crate::Plane,
+        x: u32,
+        y: u32,
+        width: u32,
+        height: u32,
+        value: u8,
+    ) -> Result<(), String> {
+        for row in self.rows(plane, x, y, width, height)? {
+            self.data[row].fill(value);
+        }
+        Ok(())
+    }
+}

@@ -68,7 +68,7 @@ pub struct Transcoder {
     track_map: Vec<Option<usize>>,
     input: StreamDescription,
     decoder: Decoder,
-    pending_pts: BinaryHeap<Reverse<i64>>,
+    pending_pts: BinaryHeap<Reverse<(i64, bool)>>,
     frames: Chain,
     rate: Option<RateConverter>,
     encoder: Option<Encoder>,
@@ -175,7 +175,7 @@ impl Transcoder {
             }
             return;
         }
-        self.pending_pts.push(Reverse(unit.pts));
+        self.pending_pts.push(Reverse((unit.pts, unit.keyframe)));
         if self.pending_pts.len() > MAX_PENDING_PTS {
             // Units the decoder never made a picture of (errors): their times are stale.
             self.pending_pts.pop();
@@ -193,7 +193,8 @@ impl Transcoder {
         let Some((width, height, data)) = decoded else {
             return;
         };
-        let Some(Reverse(pts)) = self.pending_pts.pop() else {
+        // A keyframe's picture is the first of its sequence in presentation order too.
+        let Some(Reverse((pts, keyframe))) = self.pending_pts.pop() else {
             return;
         };
         self.stats.decoded.fetch_add(1, Ordering::Relaxed);
@@ -201,6 +202,7 @@ impl Transcoder {
             width,
             height,
             pts,
+            keyframe,
             data,
         };
         if let Some((w, h)) = self.output_size()
@@ -358,6 +360,7 @@ impl RateConverter {
             if let Some(last) = &self.last {
                 due.push(Picture {
                     pts: self.slot_time(first, self.next_slot),
+                    keyframe: false,
                     ..last.clone()
                 });
             }
@@ -377,6 +380,7 @@ mod tests {
             width: 2,
             height: 2,
             pts,
+            keyframe: false,
             data: vec![pts as u8; 6],
         }
     }

@@ -8,6 +8,7 @@ pub fn scale(picture: &Picture, width: u32, height: u32) -> Picture {
         width,
         height,
         pts: picture.pts,
+        keyframe: picture.keyframe,
         data: vec![0; Picture::size_of(width, height)],
     };
     let (src_w, src_h) = (picture.width as usize, picture.height as usize);
@@ -66,6 +67,7 @@ mod tests {
             width: 64,
             height: 48,
             pts: 7,
+            keyframe: false,
             data: [vec![200; 64 * 48], vec![90; 32 * 24], vec![160; 32 * 24]].concat(),
         };
         let small = scale(&picture, 20, 10);
@@ -84,6 +86,7 @@ mod tests {
             width,
             height: 2,
             pts: 0,
+            keyframe: false,
             data: [luma.clone(), luma, vec![128; 256]].concat(),
         };
         let half = scale(&picture, 128, 2);

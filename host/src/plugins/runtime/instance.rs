@@ -11,10 +11,11 @@ use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::WasiCtxBuilder;
 
 use super::host::{LogBudget, LogStream, Names, PluginState, Reporter};
+use super::picture::LentPicture;
 use super::{
     Compiled, EPOCH_TICK, Fault, Level, MAX_INSTANCES, MAX_MEMORIES, MAX_REPLACE_BYTES,
     MAX_REPLACE_UNITS, MAX_SNAPSHOT_BYTES, MAX_TABLE_ELEMENTS, MAX_TABLES, Pre, blocking, engine,
-    frame_world, packet_world, wit, wit_state,
+    frame_world, packet_world, picture_world, wit, wit_state,
 };
 use crate::config::PluginConfig;
 use crate::media::{AccessUnit, Codec, Picture, Track};
@@ -87,6 +88,7 @@ impl Limits {
 enum Bindings {
     Packet(packet_world::PacketPlugin),
     Frame(frame_world::FramePlugin),
+    Picture(picture_world::PicturePlugin),
 }
 
 /// What a packet plugin made of a unit.
@@ -150,6 +152,7 @@ impl Instance {
         let instance_pre = match &compiled.pre {
             Pre::Packet(pre) => pre.instance_pre(),
             Pre::Frame(pre) => pre.instance_pre(),
+            Pre::Picture(pre) => pre.instance_pre(),
         };
         let instance = instance_pre
             .instantiate(&mut store)
@@ -160,6 +163,9 @@ impl Instance {
             }
             Pre::Frame(_) => {
                 frame_world::FramePlugin::new(&mut store, &instance).map(Bindings::Frame)
+            }
+            Pre::Picture(_) => {
+                picture_world::PicturePlugin::new(&mut store, &instance).map(Bindings::Picture)
             }
         }
         .map_err(|err| limits.fault(err))?;
@@ -173,6 +179,7 @@ impl Instance {
         let init = match &bindings {
             Bindings::Packet(b) => b.wasmcast_plugin_packet_filter().call_init(&mut store),
             Bindings::Frame(b) => b.wasmcast_plugin_frame_filter().call_init(&mut store),
+            Bindings::Picture(b) => b.wasmcast_plugin_picture_filter().call_init(&mut store),
         };
         match init {
             Ok(Ok(())) => Ok(Instance {
@@ -334,6 +341,7 @@ fn starts_a_picture_sequence(codec: wit::Codec, data: &[u8]) -> bool {
 /// What a frame plugin made of a picture.
 #[derive(Debug)]
 pub enum FrameVerdict {
+    /// Keep the picture (a picture plugin may have changed it in place).
     Pass,
     Drop,
     /// New contents for the picture (same size).
@@ -341,11 +349,16 @@ pub enum FrameVerdict {
 }
 
 impl Instance {
-    /// Runs the frame plugin on `picture`.
-    pub fn process_picture(&mut self, picture: &Picture) -> Result<FrameVerdict, Fault> {
+    /// Runs the frame plugin on `picture`: a picture plugin changes it in place, a plugin of the
+    /// `frame-plugin` world gets a copy and may hand back new contents.
+    pub fn process_picture(&mut self, picture: &mut Picture) -> Result<FrameVerdict, Fault> {
         use frame_world::wasmcast::plugin::frames as wit_frames;
-        let Bindings::Frame(bindings) = &self.bindings else {
-            return Ok(FrameVerdict::Pass);
+        let bindings = match &self.bindings {
+            Bindings::Frame(bindings) => bindings,
+            Bindings::Picture(bindings) => {
+                return Self::lend_picture(bindings, &mut self.store, self.limits, picture);
+            }
+            Bindings::Packet(_) => return Ok(FrameVerdict::Pass),
         };
         let input = wit_frames::FrameParam {
             width: picture.width,
@@ -388,6 +401,40 @@ impl Instance {
                 FrameVerdict::Replace(frame.data)
             }
         })
+    }
+}
+
+impl Instance {
+    /// Lends `picture` to a picture plugin for one call: its buffer moves into the store's table
+    /// and back (whatever the call's outcome), so nothing is copied but what the plugin reads and
+    /// writes.
+    fn lend_picture(
+        bindings: &picture_world::PicturePlugin,
+        store: &mut Store<PluginState>,
+        limits: Limits,
+        picture: &mut Picture,
+    ) -> Result<FrameVerdict, Fault> {
+        use picture_world::exports::wasmcast::plugin::picture_filter::PictureVerdict;
+        let lent = store
+            .data_mut()
+            .table
+            .push(LentPicture(std::mem::take(picture)))
+            .map_err(|err| Fault::Invalid(format!("cannot lend it the picture: {err}")))?;
+        let borrowed = wasmtime::component::Resource::<LentPicture>::new_borrow(lent.rep());
+        limits.arm(store);
+        let verdict = bindings
+            .wasmcast_plugin_picture_filter()
+            .call_process(&mut *store, borrowed);
+        // The table gives the picture back even when the call trapped or ran out of time: the
+        // store is only thrown away after this.
+        match store.data_mut().table.delete(lent) {
+            Ok(LentPicture(back)) => *picture = back,
+            Err(err) => return Err(Fault::Invalid(format!("kept the picture: {err}"))),
+        }
+        match verdict.map_err(|err| limits.fault(err))? {
+            PictureVerdict::Keep => Ok(FrameVerdict::Pass),
+            PictureVerdict::Drop => Ok(FrameVerdict::Drop),
+        }
     }
 }
 
