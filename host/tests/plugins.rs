@@ -179,8 +179,9 @@ fn sei_timestamps(stream: &[u8]) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sei_timestamp_plugin_stamps_pictures_that_still_decode() {
     let server = Server::start(&format!(
-        "{}[plugins.stamp]\nwasm = \"builtin:sei-timestamp\"\n",
-        plugin_route("stamped", &sample_clip(), &["stamp"])
+        "{}[plugins.stamp]\nwasm = \"builtin:sei-timestamp\"\n\
+         [plugins.pass]\nwasm = \"builtin:passthrough\"\n",
+        plugin_route("stamped", &sample_clip(), &["stamp", "pass"])
     ));
     wait_live(&server, "stamped").await;
     let dir = TempDir::new();
@@ -222,6 +223,20 @@ async fn sei_timestamp_plugin_stamps_pictures_that_still_decode() {
     assert!(
         ok && stderr.trim().is_empty(),
         "stamped pictures decode cleanly: {stderr}"
+    );
+
+    // The stamper names the video codecs it wants: the sample's AAC (some 47 units a second
+    // against 25 pictures) goes past it uncalled, and reaches the passthrough after it.
+    let routes = routes_json(&server).await;
+    let stamp = plugin_stats(&routes, "stamped", "stamp")["calls"]
+        .as_u64()
+        .unwrap_or(0);
+    let pass = plugin_stats(&routes, "stamped", "pass")["calls"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        stamp > 50 && pass > 2 * stamp,
+        "calls: stamp {stamp}, passthrough {pass}"
     );
 }
 

@@ -395,6 +395,17 @@ impl Link {
         let Some(track) = tracks.get(unit.track) else {
             return;
         };
+        let (route, request_keyframe, stream) = context;
+        if self.ensure_instance(route, request_keyframe, stream)
+            && self
+                .instance
+                .as_ref()
+                .is_some_and(|instance| !instance.wants(&track.codec))
+        {
+            // Not a codec the plugin named: the unit goes past it uncalled.
+            out.push(unit);
+            return;
+        }
         match self.invoke(context, |instance| {
             instance.process_unit(&unit, &track.codec, tracks)
         }) {

@@ -51,11 +51,12 @@ mod picture_world {
     });
 }
 
-/// The optional `state` export: only its bindings are used, looked up on any plugin.
-mod state_world {
+/// The optional exports, `state` and `wants`: only their bindings are used, looked up on any
+/// plugin.
+mod optional_world {
     wasmtime::component::bindgen!({
         path: "../wit",
-        world: "wasmcast:plugin/stateful-packet-plugin",
+        world: "wasmcast:plugin/selective-packet-plugin",
         ownership: Borrowing { duplicate_if_necessary: true },
         with: {
             "wasmcast:plugin/host": super::packet_world::wasmcast::plugin::host,
@@ -64,9 +65,10 @@ mod state_world {
     });
 }
 
+use optional_world::exports::wasmcast::plugin::state as wit_state;
+use optional_world::exports::wasmcast::plugin::wants as wit_wants;
 use packet_world::wasmcast::plugin::host::{self as host_api, Level};
 use packet_world::wasmcast::plugin::packets as wit;
-use state_world::exports::wasmcast::plugin::state as wit_state;
 
 /// The export that makes a component a packet plugin, without its version.
 pub const PACKET_EXPORT: &str = "wasmcast:plugin/packet-filter";
@@ -207,6 +209,8 @@ pub struct Compiled {
     pre: Pre,
     /// Where its `state` export is, when it has one.
     state: Option<wit_state::GuestIndices>,
+    /// Where its `wants` export is, when a packet plugin has one.
+    wants: Option<wit_wants::GuestIndices>,
 }
 
 impl Compiled {
@@ -265,6 +269,10 @@ impl Compiled {
             .then(|| wit_state::GuestIndices::new(&pre))
             .transpose()
             .map_err(|err| Error::World("stateful", format!("{err:#}")))?;
+        let wants = (matches!(world, World::Packet) && exported("wasmcast:plugin/wants"))
+            .then(|| wit_wants::GuestIndices::new(&pre))
+            .transpose()
+            .map_err(|err| Error::World("selective-packet-plugin", format!("{err:#}")))?;
         let (kind, pre) = match world {
             World::Packet => (
                 Kind::Packet,
@@ -288,6 +296,11 @@ impl Compiled {
                 ),
             ),
         };
-        Ok(Compiled { kind, pre, state })
+        Ok(Compiled {
+            kind,
+            pre,
+            state,
+            wants,
+        })
     }
 }

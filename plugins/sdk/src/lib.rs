@@ -55,7 +55,7 @@ pub mod bindings {
     pub mod packet {
         wit_bindgen::generate!({
             path: "../../wit",
-            world: "wasmcast:plugin/stateful-packet-plugin",
+            world: "wasmcast:plugin/selective-packet-plugin",
             pub_export_macro: true,
             export_macro_name: "export_packet_world",
             default_bindings_module: "wasmcast_plugin_sdk::bindings::packet",

@@ -14,6 +14,14 @@ pub trait PacketPlugin: Sized + 'static {
     /// return [`Verdict::Replace`] only when the unit changes.
     fn process(&mut self, unit: AccessUnit) -> Verdict;
 
+    /// The codecs whose units [`PacketPlugin::process`] is called for, asked once after
+    /// [`PacketPlugin::new`] (default: all of them). Units of other codecs go past the plugin
+    /// without a call and without being copied into it: a video-only plugin names the video
+    /// codecs.
+    fn codecs(&self) -> Vec<Codec> {
+        vec![Codec::H264, Codec::H265, Codec::Aac, Codec::Opus]
+    }
+
     /// The state the next instance should start from (empty: nothing to keep). The host asks
     /// before it replaces this instance and at the cadence of the plugin's `snapshot_every_s`.
     fn snapshot(&self) -> Vec<u8> {
@@ -56,6 +64,23 @@ macro_rules! export_packet_plugin {
                         }
                         // The host calls `init` first; without it there is nothing to run.
                         ::core::option::Option::None => $crate::Verdict::Pass,
+                    })
+                }
+            }
+
+            impl $crate::bindings::packet::exports::wasmcast::plugin::wants::Guest for Export {
+                fn codecs() -> ::std::vec::Vec<$crate::Codec> {
+                    STATE.with(|state| match state.borrow().as_ref() {
+                        ::core::option::Option::Some(plugin) => {
+                            $crate::PacketPlugin::codecs(plugin)
+                        }
+                        // Asked after `init` only; were it not, every codec is the safe answer.
+                        ::core::option::Option::None => ::std::vec![
+                            $crate::Codec::H264,
+                            $crate::Codec::H265,
+                            $crate::Codec::Aac,
+                            $crate::Codec::Opus,
+                        ],
                     })
                 }
             }

@@ -42,10 +42,16 @@ impl PacketPlugin for SeiTimestamp {
         })
     }
 
+    /// Audio goes past uncalled.
+    fn codecs(&self) -> Vec<Codec> {
+        vec![Codec::H264, Codec::H265]
+    }
+
     fn process(&mut self, mut unit: AccessUnit) -> Verdict {
         let h265 = match unit.codec {
             Codec::H264 => false,
             Codec::H265 => true,
+            // Named in `codecs` or not, audio is passed on untouched.
             Codec::Aac | Codec::Opus => return Verdict::Pass,
         };
         let stamp = self.pictures == 0;

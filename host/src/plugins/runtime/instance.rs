@@ -39,6 +39,8 @@ pub struct Instance {
     store: Store<PluginState>,
     bindings: Bindings,
     state: Option<wit_state::Guest>,
+    /// The codecs a packet plugin is called for, one bit each (see [`codec_bit`]); `None`: all.
+    wanted: Option<u8>,
     limits: Limits,
     /// Per track, the decode time of the last unit out of this instance: what it hands back may
     /// not go back in time.
@@ -182,16 +184,35 @@ impl Instance {
             Bindings::Picture(b) => b.wasmcast_plugin_picture_filter().call_init(&mut store),
         };
         match init {
-            Ok(Ok(())) => Ok(Instance {
-                store,
-                bindings,
-                state,
-                limits,
-                last_dts: Vec::new(),
-            }),
-            Ok(Err(why)) => Err(Fault::Init(why)),
-            Err(err) => Err(limits.fault(err)),
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => return Err(Fault::Init(why)),
+            Err(err) => return Err(limits.fault(err)),
         }
+        let wanted = match &compiled.wants {
+            Some(indices) => {
+                let wants = indices
+                    .load(&mut store, &instance)
+                    .map_err(|err| limits.fault(err))?;
+                limits.arm(&mut store);
+                let codecs = wants
+                    .call_codecs(&mut store)
+                    .map_err(|err| limits.fault(err))?;
+                Some(
+                    codecs
+                        .into_iter()
+                        .fold(0, |bits, codec| bits | codec_bit(codec)),
+                )
+            }
+            None => None,
+        };
+        Ok(Instance {
+            store,
+            bindings,
+            state,
+            wanted,
+            limits,
+            last_dts: Vec::new(),
+        })
     }
 
     /// The instance's state, when the plugin exports `state`; `None` for an empty snapshot too.
@@ -221,6 +242,12 @@ impl Instance {
         state
             .call_restore(&mut self.store, snapshot)
             .map_err(|err| self.limits.fault(err))
+    }
+
+    /// Whether the packet plugin is called for units of `codec` (it may name the codecs it wants).
+    pub fn wants(&self, codec: &Codec) -> bool {
+        self.wanted
+            .is_none_or(|wanted| wanted & codec_bit(wit_codec(codec)) != 0)
     }
 
     /// Runs the packet plugin on `unit`.
@@ -435,6 +462,16 @@ impl Instance {
             PictureVerdict::Keep => Ok(FrameVerdict::Pass),
             PictureVerdict::Drop => Ok(FrameVerdict::Drop),
         }
+    }
+}
+
+/// A codec's bit in an instance's set of wanted codecs.
+fn codec_bit(codec: wit::Codec) -> u8 {
+    match codec {
+        wit::Codec::H264 => 1,
+        wit::Codec::H265 => 2,
+        wit::Codec::Aac => 4,
+        wit::Codec::Opus => 8,
     }
 }
 
