@@ -50,13 +50,17 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PluginCommand {
-    /// Make a new plugin project NAME in the current directory (or --dir): a packet plugin, or a
-    /// frame plugin with --frame.
+    /// Make a new plugin project NAME in the current directory (or --dir): a packet plugin, a
+    /// frame plugin with --frame, or a picture plugin with --picture.
     New {
         name: String,
-        /// A frame plugin (decoded pictures) instead of a packet plugin (access units).
-        #[arg(long)]
+        /// A frame plugin (decoded pictures, copied in) instead of a packet plugin (access units).
+        #[arg(long, conflicts_with = "picture")]
         frame: bool,
+        /// A picture plugin (decoded pictures lent by the server, read and written by
+        /// rectangle: the cheaper kind of frame plugin).
+        #[arg(long)]
+        picture: bool,
         /// Where to make the project.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
@@ -140,16 +144,17 @@ fn plugin(command: PluginCommand) -> anyhow::Result<()> {
         PluginCommand::New {
             name,
             frame,
+            picture,
             dir,
             sdk,
         } => {
             let sdk = sdk.unwrap_or_else(authoring::default_sdk_path);
-            let kind = if frame {
-                wasmcast::plugins::Kind::Frame
-            } else {
-                wasmcast::plugins::Kind::Packet
+            let template = match (frame, picture) {
+                (_, true) => authoring::Template::Picture,
+                (true, false) => authoring::Template::Frame,
+                (false, false) => authoring::Template::Packet,
             };
-            let project = authoring::new_project(&dir, &name, &sdk, kind)?;
+            let project = authoring::new_project(&dir, &name, &sdk, template)?;
             println!(
                 "Made {}. Next:\n  cd {}\n  cargo build --release\n  wasmcast plugin run target/wasm32-wasip2/release/{}.wasm --input clip.mp4\nthen add the tables of wasmcast.example.toml to your config.",
                 project.display(),

@@ -521,11 +521,12 @@ async fn a_new_plugin_project_builds_runs_on_a_file_and_on_a_route() {
     );
 }
 
-#[test]
-fn a_new_frame_plugin_project_builds_and_runs_on_a_file_with_its_events_and_video() {
+/// A frame plugin project (`--frame`, pictures copied in, or `--picture`, pictures lent), built
+/// and run on the sample: its own test, its events and metrics, and its video.
+fn a_new_frame_plugin_project_builds_and_runs(template: &str) {
     let dir = TempDir::new();
     let wasmcast = env!("CARGO_BIN_EXE_wasmcast");
-    let (project, wasm) = new_built_project(&dir, "brightness", &["--frame"]);
+    let (project, wasm) = new_built_project(&dir, "brightness", &[template]);
     // Its own test runs natively against the SDK's mock host.
     // The project builds for wasm32-wasip2 by default (.cargo/config.toml): tests name this
     // machine's target.
@@ -544,7 +545,7 @@ fn a_new_frame_plugin_project_builds_and_runs_on_a_file_with_its_events_and_vide
     );
     assert!(
         ok && out.contains("crossing_the_threshold_emits_an_event ... ok"),
-        "the template's own test: {out}{stderr}"
+        "the {template} template's own test: {out}{stderr}"
     );
     let video = dir.path().join("out.h264");
     // The sample's pictures are mostly brighter than 40 and darker than 250: with the threshold
@@ -594,6 +595,16 @@ fn a_new_frame_plugin_project_builds_and_runs_on_a_file_with_its_events_and_vide
                 .is_ok_and(|n| n >= 240),
         "{frames}"
     );
+}
+
+#[test]
+fn a_new_frame_plugin_project_builds_and_runs_on_a_file_with_its_events_and_video() {
+    a_new_frame_plugin_project_builds_and_runs("--frame");
+}
+
+#[test]
+fn a_new_picture_plugin_project_builds_and_runs_on_a_file_with_its_events_and_video() {
+    a_new_frame_plugin_project_builds_and_runs("--picture");
 }
 
 #[test]

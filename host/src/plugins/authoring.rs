@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::runtime::Compiled;
-use super::{Kind, LoadedPlugin, digest};
+use super::{LoadedPlugin, digest};
 use crate::config::{OnError, Origin, PluginConfig, WasmSource};
 use crate::events::Events;
 
@@ -44,9 +44,36 @@ pub fn default_sdk_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/sdk")
 }
 
-/// Makes a new plugin project `name` of `kind` in `parent`, depending on the SDK at `sdk`; returns
-/// its directory.
-pub fn new_project(parent: &Path, name: &str, sdk: &Path, kind: Kind) -> Result<PathBuf, Error> {
+/// The kinds of project `wasmcast plugin new` makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Template {
+    /// Sees access units.
+    Packet,
+    /// Sees decoded pictures, copied in.
+    Frame,
+    /// Sees decoded pictures lent by the server, read and written by rectangle.
+    Picture,
+}
+
+impl Template {
+    /// The SDK feature that builds it.
+    fn feature(self) -> &'static str {
+        match self {
+            Template::Packet => "packet",
+            Template::Frame => "frame",
+            Template::Picture => "picture",
+        }
+    }
+}
+
+/// Makes a new plugin project `name` from `template` in `parent`, depending on the SDK at `sdk`;
+/// returns its directory.
+pub fn new_project(
+    parent: &Path,
+    name: &str,
+    sdk: &Path,
+    template: Template,
+) -> Result<PathBuf, Error> {
     let valid = name.starts_with(|c: char| c.is_ascii_lowercase())
         && name
             .chars()
@@ -64,17 +91,18 @@ pub fn new_project(parent: &Path, name: &str, sdk: &Path, kind: Kind) -> Result<
         return Err(Error::Exists(dir));
     }
     let files = [
-        ("Cargo.toml", cargo_toml(name, &sdk, kind)),
+        ("Cargo.toml", cargo_toml(name, &sdk, template)),
         (".cargo/config.toml", CARGO_CONFIG.to_owned()),
         (
             "src/lib.rs",
-            match kind {
-                Kind::Packet => PACKET_LIB_RS,
-                Kind::Frame => FRAME_LIB_RS,
+            match template {
+                Template::Packet => PACKET_LIB_RS,
+                Template::Frame => FRAME_LIB_RS,
+                Template::Picture => PICTURE_LIB_RS,
             }
             .to_owned(),
         ),
-        ("wasmcast.example.toml", example_config(name, kind)),
+        ("wasmcast.example.toml", example_config(name, template)),
         (".gitignore", "/target\n".to_owned()),
     ];
     for (file, contents) in files {
@@ -88,7 +116,7 @@ pub fn new_project(parent: &Path, name: &str, sdk: &Path, kind: Kind) -> Result<
     Ok(dir)
 }
 
-fn cargo_toml(name: &str, sdk: &Path, kind: Kind) -> String {
+fn cargo_toml(name: &str, sdk: &Path, template: Template) -> String {
     format!(
         r#"[package]
 name = "{name}"
@@ -115,7 +143,7 @@ panic = "abort"
 [workspace]
 "#,
         sdk = sdk.display().to_string().replace('\\', "/"),
-        feature = kind.name()
+        feature = template.feature()
     )
 }
 
@@ -277,11 +305,100 @@ mod tests {
 }
 "##;
 
-fn example_config(name: &str, kind: Kind) -> String {
+const PICTURE_LIB_RS: &str = r##"//! A wasmcast picture plugin: it sees every decoded picture (I420) of the route it runs on, lent by
+//! the server rather than copied in. It reads the rectangles it needs (`Picture::read`) and writes
+//! those it changes (`Picture::write`, `Picture::fill`); nothing else is copied.
+//!
+//! This one measures each picture's mean brightness from every 4th row of the Y plane (the metric
+//! `brightness`, on /metrics) and emits a `dark` or `light` event when it crosses `threshold`.
+
+use serde::Deserialize;
+use wasmcast_plugin_sdk::{
+    Config, Level, Picture, PicturePlugin, PictureVerdict, Plane, emit, log, set_metric,
+};
+
+/// The plugin's `config` table in the server's config.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    #[serde(default = "default_threshold")]
+    threshold: f64,
+}
+
+fn default_threshold() -> f64 {
+    40.0
+}
+
+struct Plugin {
+    settings: Settings,
+    dark: Option<bool>,
+}
+
+impl PicturePlugin for Plugin {
+    fn new(config: &Config) -> Result<Self, String> {
+        let settings: Settings = config.parse()?;
+        if !(0.0..=255.0).contains(&settings.threshold) {
+            return Err("config.threshold: give 0 to 255".into());
+        }
+        Ok(Plugin {
+            settings,
+            dark: None,
+        })
+    }
+
+    fn process(&mut self, picture: &mut Picture<'_>) -> PictureVerdict {
+        let (width, height) = (picture.width(), picture.height());
+        let (mut sum, mut count) = (0u64, 0u64);
+        for row in (0..height).step_by(4) {
+            // Each row read fits the picture; an error would only leave it out of the mean.
+            if let Ok(luma) = picture.read(Plane::Y, 0, row, width, 1) {
+                sum += luma.iter().map(|&l| u64::from(l)).sum::<u64>();
+                count += luma.len() as u64;
+            }
+        }
+        let brightness = sum as f64 / count.max(1) as f64;
+        set_metric("brightness", brightness);
+        let dark = brightness < self.settings.threshold;
+        if self.dark != Some(dark) {
+            self.dark = Some(dark);
+            let name = if dark { "dark" } else { "light" };
+            if let Err(why) = emit(name, &brightness) {
+                log(Level::Warn, &format!("cannot emit {name}: {why}"));
+            }
+        }
+        PictureVerdict::Keep
+    }
+}
+
+wasmcast_plugin_sdk::export_picture_plugin!(Plugin);
+
+// `cargo test --target x86_64-unknown-linux-gnu` (your machine's target) runs these natively,
+// against the SDK's mock host, which records what the plugin emitted and set.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmcast_plugin_sdk::mock::{self, PictureBuffer};
+
+    #[test]
+    fn crossing_the_threshold_emits_an_event() {
+        mock::reset();
+        let mut plugin = Plugin::new(&Config::from_json(r#"{"threshold": 40}"#).unwrap()).unwrap();
+        for luma in [200, 10] {
+            let mut buffer = PictureBuffer::filled(64, 48, [luma, 128, 128]);
+            plugin.process(&mut Picture::mock(&mut buffer));
+        }
+        let names: Vec<String> = mock::events().into_iter().map(|(name, _)| name).collect();
+        assert_eq!(names, ["light", "dark"]);
+        assert_eq!(mock::metrics()["brightness"], 10.0);
+    }
+}
+"##;
+
+fn example_config(name: &str, template: Template) -> String {
     let crate_file = name.replace('-', "_");
-    let config = match kind {
-        Kind::Packet => "report_every = 10",
-        Kind::Frame => "threshold = 40",
+    let config = match template {
+        Template::Packet => "report_every = 10",
+        Template::Frame | Template::Picture => "threshold = 40",
     };
     format!(
         r#"# Add these tables to your wasmcast.toml (paths are relative to that file).
