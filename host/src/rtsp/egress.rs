@@ -196,7 +196,7 @@ pub(super) async fn run_egress(
     let mut membership: Option<Membership> = None;
     let mut sent = Sent::default();
     let mut reports = tokio::time::interval(SENDER_REPORT_INTERVAL);
-    let mut stalled = false;
+    let mut write_failed = false;
     loop {
         let result = tokio::select! {
             biased;
@@ -249,12 +249,12 @@ pub(super) async fn run_egress(
             },
         };
         if result.is_err() {
-            stalled = true;
+            write_failed = true;
             break;
         }
     }
     // A peer that took nothing for the deadline (or went away) is not waited for again.
-    if !stalled {
+    if !write_failed {
         let _ = with_deadline(out.flush()).await;
     }
     if let Some(member) = membership {

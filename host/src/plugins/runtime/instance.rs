@@ -383,7 +383,7 @@ impl Instance {
         let bindings = match &self.bindings {
             Bindings::Frame(bindings) => bindings,
             Bindings::Picture(bindings) => {
-                return Self::lend_picture(bindings, &mut self.store, self.limits, picture);
+                return lend_picture(bindings, &mut self.store, self.limits, picture);
             }
             Bindings::Packet(_) => return Ok(FrameVerdict::Pass),
         };
@@ -431,37 +431,34 @@ impl Instance {
     }
 }
 
-impl Instance {
-    /// Lends `picture` to a picture plugin for one call: its buffer moves into the store's table
-    /// and back (whatever the call's outcome), so nothing is copied but what the plugin reads and
-    /// writes.
-    fn lend_picture(
-        bindings: &picture_world::PicturePlugin,
-        store: &mut Store<PluginState>,
-        limits: Limits,
-        picture: &mut Picture,
-    ) -> Result<FrameVerdict, Fault> {
-        use picture_world::exports::wasmcast::plugin::picture_filter::PictureVerdict;
-        let lent = store
-            .data_mut()
-            .table
-            .push(LentPicture(std::mem::take(picture)))
-            .map_err(|err| Fault::Invalid(format!("cannot lend it the picture: {err}")))?;
-        let borrowed = wasmtime::component::Resource::<LentPicture>::new_borrow(lent.rep());
-        limits.arm(store);
-        let verdict = bindings
-            .wasmcast_plugin_picture_filter()
-            .call_process(&mut *store, borrowed);
-        // The table gives the picture back even when the call trapped or ran out of time: the
-        // store is only thrown away after this.
-        match store.data_mut().table.delete(lent) {
-            Ok(LentPicture(back)) => *picture = back,
-            Err(err) => return Err(Fault::Invalid(format!("kept the picture: {err}"))),
-        }
-        match verdict.map_err(|err| limits.fault(err))? {
-            PictureVerdict::Keep => Ok(FrameVerdict::Pass),
-            PictureVerdict::Drop => Ok(FrameVerdict::Drop),
-        }
+/// Lends `picture` to a picture plugin for one call: its buffer moves into the store's table and
+/// back (whatever the call's outcome), so nothing is copied but what the plugin reads and writes.
+fn lend_picture(
+    bindings: &picture_world::PicturePlugin,
+    store: &mut Store<PluginState>,
+    limits: Limits,
+    picture: &mut Picture,
+) -> Result<FrameVerdict, Fault> {
+    use picture_world::exports::wasmcast::plugin::picture_filter::PictureVerdict;
+    let lent = store
+        .data_mut()
+        .table
+        .push(LentPicture(std::mem::take(picture)))
+        .map_err(|err| Fault::Invalid(format!("cannot lend it the picture: {err}")))?;
+    let borrowed = wasmtime::component::Resource::<LentPicture>::new_borrow(lent.rep());
+    limits.arm(store);
+    let verdict = bindings
+        .wasmcast_plugin_picture_filter()
+        .call_process(&mut *store, borrowed);
+    // The table gives the picture back even when the call trapped or ran out of time: the
+    // store is only thrown away after this.
+    match store.data_mut().table.delete(lent) {
+        Ok(LentPicture(back)) => *picture = back,
+        Err(err) => return Err(Fault::Invalid(format!("kept the picture: {err}"))),
+    }
+    match verdict.map_err(|err| limits.fault(err))? {
+        PictureVerdict::Keep => Ok(FrameVerdict::Pass),
+        PictureVerdict::Drop => Ok(FrameVerdict::Drop),
     }
 }
 

@@ -64,6 +64,66 @@ impl LentPicture {
             height,
         })
     }
+
+    fn read(
+        &self,
+        plane: Plane,
+        x: u32,
+        y: u32,
+        width: u32,
+        height: u32,
+    ) -> Result<Vec<u8>, String> {
+        let rectangle = self.rectangle(plane, x, y, width, height)?;
+        let mut out = Vec::with_capacity(rectangle.width * rectangle.height);
+        for row in rectangle.rows() {
+            out.extend_from_slice(&self.0.data[row]);
+        }
+        Ok(out)
+    }
+
+    fn write(
+        &mut self,
+        plane: Plane,
+        x: u32,
+        y: u32,
+        width: u32,
+        data: &[u8],
+    ) -> Result<(), String> {
+        if width == 0 || !data.len().is_multiple_of(width as usize) {
+            return Err(format!(
+                "{} bytes are not whole rows of {width} samples",
+                data.len()
+            ));
+        }
+        let height = u32::try_from(data.len() / width as usize).unwrap_or(u32::MAX);
+        let rectangle = self.rectangle(plane, x, y, width, height)?;
+        for (row, source) in rectangle.rows().zip(data.chunks_exact(rectangle.width)) {
+            self.0.data[row].copy_from_slice(source);
+        }
+        Ok(())
+    }
+
+    fn fill(
+        &mut self,
+        plane: Plane,
+        x: u32,
+        y: u32,
+        width: u32,
+        height: u32,
+        value: u8,
+    ) -> Result<(), String> {
+        let rectangle = self.rectangle(plane, x, y, width, height)?;
+        if rectangle.width == rectangle.stride {
+            // Whole rows: one run of memory.
+            let from = rectangle.start;
+            self.0.data[from..from + rectangle.width * rectangle.height].fill(value);
+        } else {
+            for row in rectangle.rows() {
+                self.0.data[row].fill(value);
+            }
+        }
+        Ok(())
+    }
 }
 
 // The guest only borrows a picture for a call, so a handle it holds names one in the table; were
@@ -106,16 +166,7 @@ impl HostPicture for PluginState {
         width: u32,
         height: u32,
     ) -> wasmtime::Result<Result<Vec<u8>, String>> {
-        let lent = self.lent(&picture)?;
-        let rectangle = match lent.rectangle(plane, x, y, width, height) {
-            Ok(rectangle) => rectangle,
-            Err(why) => return Ok(Err(why)),
-        };
-        let mut out = Vec::with_capacity(rectangle.width * rectangle.height);
-        for row in rectangle.rows() {
-            out.extend_from_slice(&lent.0.data[row]);
-        }
-        Ok(Ok(out))
+        Ok(self.lent(&picture)?.read(plane, x, y, width, height))
     }
 
     fn write(
@@ -127,22 +178,7 @@ impl HostPicture for PluginState {
         width: u32,
         data: Vec<u8>,
     ) -> wasmtime::Result<Result<(), String>> {
-        if width == 0 || !data.len().is_multiple_of(width as usize) {
-            return Ok(Err(format!(
-                "{} bytes are not whole rows of {width} samples",
-                data.len()
-            )));
-        }
-        let height = u32::try_from(data.len() / width as usize).unwrap_or(u32::MAX);
-        let lent = self.lent_mut(&picture)?;
-        let rectangle = match lent.rectangle(plane, x, y, width, height) {
-            Ok(rectangle) => rectangle,
-            Err(why) => return Ok(Err(why)),
-        };
-        for (row, source) in rectangle.rows().zip(data.chunks_exact(rectangle.width)) {
-            lent.0.data[row].copy_from_slice(source);
-        }
-        Ok(Ok(()))
+        Ok(self.lent_mut(&picture)?.write(plane, x, y, width, &data))
     }
 
     fn fill(
@@ -155,21 +191,9 @@ impl HostPicture for PluginState {
         height: u32,
         value: u8,
     ) -> wasmtime::Result<Result<(), String>> {
-        let lent = self.lent_mut(&picture)?;
-        let rectangle = match lent.rectangle(plane, x, y, width, height) {
-            Ok(rectangle) => rectangle,
-            Err(why) => return Ok(Err(why)),
-        };
-        if rectangle.width == rectangle.stride {
-            // Whole rows: one run of memory.
-            let from = rectangle.start;
-            lent.0.data[from..from + rectangle.width * rectangle.height].fill(value);
-        } else {
-            for row in rectangle.rows() {
-                lent.0.data[row].fill(value);
-            }
-        }
-        Ok(Ok(()))
+        Ok(self
+            .lent_mut(&picture)?
+            .fill(plane, x, y, width, height, value))
     }
 
     fn drop(&mut self, _picture: Resource<LentPicture>) -> wasmtime::Result<()> {
@@ -200,6 +224,27 @@ mod tests {
         assert_eq!(v.rows().collect::<Vec<_>>(), vec![15 + 6 + 4..15 + 6 + 6]);
         let y = picture.rectangle(Plane::Y, 0, 1, 5, 2).expect("fits");
         assert_eq!(y.rows().collect::<Vec<_>>(), vec![5..10, 10..15]);
+    }
+
+    #[test]
+    fn a_rectangle_written_reads_back_and_a_fill_stays_inside_it() {
+        let mut picture = lent(6, 4);
+        picture
+            .write(Plane::U, 1, 0, 2, &[1, 2, 3, 4])
+            .expect("fits");
+        assert_eq!(picture.read(Plane::U, 1, 0, 2, 2), Ok(vec![1, 2, 3, 4]));
+        picture.fill(Plane::Y, 2, 1, 3, 2, 9).expect("fits");
+        let luma = picture.read(Plane::Y, 0, 0, 6, 4).expect("the whole plane");
+        let nines: Vec<usize> = (0..24).filter(|&i| luma[i] == 9).collect();
+        assert_eq!(nines, vec![8, 9, 10, 14, 15, 16]);
+        assert!(
+            picture.write(Plane::V, 0, 0, 2, &[1, 2, 3]).is_err(),
+            "not whole rows"
+        );
+        assert!(
+            picture.fill(Plane::V, 0, 1, 3, 2, 0).is_err(),
+            "past the plane"
+        );
     }
 
     #[test]
