@@ -1,7 +1,8 @@
 //! aiortc, a WebRTC stack nobody here wrote (Python), plays an AAC route over WHEP (with its Opus
 //! rendition) and publishes over WHIP; ffprobe reads the published route over RTSP and aiortc
 //! plays it back. It also places each beep of a flash-and-beep clip against its flash through the
-//! server's sender reports, which is how a browser keeps the two in step.
+//! server's sender reports, which is how a browser keeps the two in step, and loses packets on
+//! the way to see them sent again.
 
 mod common;
 
@@ -157,4 +158,36 @@ async fn sender_reports_put_each_beep_on_its_flash() {
             "{route}: beeps against their flashes (ms): {offsets:?}"
         );
     }
+}
+
+/// A viewer that loses packets gets them again: aiortc, made to drop the first copy of every
+/// 10th video packet, asks for each with a NACK, and the server resends it from the viewer's
+/// send history (the one interceptor a viewer's connection keeps).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_that_loses_packets_gets_them_again() {
+    let server = Server::start(&file_route("unicast", &sample_clip()));
+    wait_live(&server, "unicast").await;
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        run(
+            Command::new("python3").arg(client()).args([
+                "lossy",
+                &format!("http://{}", server.http),
+                "unicast",
+                "8",
+            ]),
+            Duration::from_secs(40),
+        )
+    });
+    assert!(ok, "aiortc lossy: {err}\n{}", server.log().join("\n"));
+    let seen: serde_json::Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("aiortc printed {out}"));
+    let count = |key: &str| seen[key].as_u64().unwrap_or(0);
+    eprintln!("losses: {seen}");
+    assert!(count("dropped") >= 20, "enough packets were lost: {seen}");
+    // The first packet of all cannot be asked for (nothing came before it to show a gap).
+    assert!(
+        count("nacked") + 1 >= count("dropped") && count("recovered") + 1 >= count("dropped"),
+        "every lost packet was asked for and came again: {seen}"
+    );
+    assert!(count("video") > 75, "the picture kept decoding: {seen}");
 }

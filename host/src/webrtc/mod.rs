@@ -56,7 +56,7 @@ use crate::sessions::{ClientLimit, ClientSlot, Registration, SessionKind, Sessio
 
 pub use mux::Error as BindError;
 use mux::{MuxLease, ViewerRuntime};
-use negotiate::{Events, Negotiated, plan};
+use negotiate::{Direction, Events, Negotiated, plan};
 use network::IceNetwork;
 pub use offer::OfferedVideo;
 use viewer::{Outgoing, Viewer};
@@ -185,7 +185,9 @@ impl WebRtc {
         if let Some((_, audio)) = &plan.audio {
             codecs.push((audio.clone(), RtpCodecKind::Audio));
         }
-        let (pc, events) = self.connect(&codecs, ip, runtime, credentials).await?;
+        let (pc, events) = self
+            .connect(Direction::Send, &codecs, ip, runtime, credentials)
+            .await?;
         let negotiated = Self::negotiate(&pc, &plan, offer, &events).await;
         let Negotiated {
             video,

@@ -86,7 +86,9 @@ impl WebRtc {
         let credentials = IceCredentials::random();
         let (lease, runtime) = self.network.lease(credentials.ufrag.clone());
         let ip = self.network.bind_ip(local);
-        let (pc, events) = self.connect(&codecs, ip, runtime, credentials).await?;
+        let (pc, events) = self
+            .connect(Direction::Receive, &codecs, ip, runtime, credentials)
+            .await?;
         let sdp = match Self::answer(&pc, offer, &events).await {
             Ok(sdp) => self.network.announce(&sdp),
             Err(err) => {

@@ -168,6 +168,14 @@ impl Viewer {
         let (mut video_sent, mut audio_sent) = (Sent::default(), Sent::default());
         let mut reports = tokio::time::interval(SENDER_REPORT_EVERY);
         let mut waiting_for_keyframe = false;
+        // Kept across units rather than made anew in every `select!`: each is a waiter
+        // registered with the webrtc crate or the session table, and a viewer wakes for every
+        // unit of its route.
+        let rtcp = self.video.track.poll();
+        tokio::pin!(rtcp);
+        let mut rtcp_open = true;
+        let kicked = self.registration.kicked();
+        tokio::pin!(kicked);
         loop {
             tokio::select! {
                 unit = reader.next() => {
@@ -214,9 +222,12 @@ impl Viewer {
                 _ = reports.tick() => {
                     self.report(video, &video_sent, &audio_sent).await;
                 }
-                event = self.video.track.poll() => {
-                    if let Some(TrackLocalEvent::OnRtcpPacket(rtcp)) = event
-                        && rtcp.iter().any(|p| is_keyframe_request(p.as_ref()))
+                event = &mut rtcp, if rtcp_open => {
+                    rtcp.set(self.video.track.poll());
+                    // The track was unbound: the connection is closing, which `state` tells.
+                    rtcp_open = event.is_some();
+                    if let Some(TrackLocalEvent::OnRtcpPacket(packets)) = event
+                        && packets.iter().any(|p| is_keyframe_request(p.as_ref()))
                     {
                         // A re-encoding route makes one at once; passed-through video cannot,
                         // so the viewer skips to the next one rather than decode garbage.
@@ -233,7 +244,7 @@ impl Viewer {
                         return (Ending::Closed, packets, bytes);
                     }
                 }
-                () = self.registration.kicked() => return (Ending::Kicked, packets, bytes),
+                () = &mut kicked => return (Ending::Kicked, packets, bytes),
             }
         }
     }

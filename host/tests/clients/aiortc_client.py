@@ -10,6 +10,11 @@
         Plays ROUTE (white flashes and beeps) for SECONDS and places each flash and each beep on
         the sender's wall clock, through the RTP-to-NTP mapping of its track's sender reports;
         prints {"flashes": [...], "beeps": [...], "reports": {"video": N, "audio": N}} (seconds).
+    aiortc_client.py lossy BASE_URL ROUTE SECONDS
+        Plays ROUTE for SECONDS as if the network lost the first copy of every 10th video RTP
+        packet: aiortc asks for each again with a NACK; prints {"dropped": N, "recovered": N,
+        "nacked": N, "video": frames decoded}, where recovered counts dropped packets that came
+        again.
 """
 
 import array
@@ -18,6 +23,8 @@ import json
 import sys
 import time
 import urllib.request
+
+import aioice
 
 from aiortc import (
     RTCPeerConnection,
@@ -194,12 +201,74 @@ async def sync(base, route, seconds):
     )
 
 
+async def lossy(base, route, seconds):
+    losses = {"dropped": set(), "recovered": set(), "nacked": set()}
+    losing = True
+    receive = aioice.Connection.recv
+    send_nack = RTCRtpReceiver._send_rtcp_nack
+
+    # Lost on the way, before SRTP: a packet that reached SRTP and came again would be refused
+    # as a replay, as a browser's SRTP would. Only the video track is offered, so every RTP
+    # packet is video.
+    async def lose(connection):
+        while True:
+            data = await receive(connection)
+            is_rtp = len(data) >= 12 and 127 < data[0] < 192 and not 192 <= data[1] <= 223
+            if not is_rtp:
+                return data
+            sequence = int.from_bytes(data[2:4], "big")
+            if sequence in losses["dropped"]:
+                losses["recovered"].add(sequence)
+            elif losing and sequence % 10 == 0:
+                losses["dropped"].add(sequence)
+                continue
+            return data
+
+    async def nack(receiver, media_ssrc, lost):
+        losses["nacked"].update(lost)
+        await send_nack(receiver, media_ssrc, lost)
+
+    aioice.Connection.recv = lose
+    RTCRtpReceiver._send_rtcp_nack = nack
+    pc = RTCPeerConnection()
+    pc.addTransceiver("video", direction="recvonly")
+    frames = {"video": 0}
+
+    async def consume(track):
+        while True:
+            try:
+                await track.recv()
+            except Exception:
+                return
+            frames["video"] += 1
+
+    pc.on("track", lambda track: asyncio.ensure_future(consume(track)))
+    await exchange(pc, f"{base}/{route}/whep")
+    await asyncio.sleep(seconds)
+    # Time for the last packets dropped to come again.
+    losing = False
+    await asyncio.sleep(1)
+    await pc.close()
+    print(
+        json.dumps(
+            {
+                "dropped": len(losses["dropped"]),
+                "recovered": len(losses["recovered"]),
+                "nacked": len(losses["nacked"] & losses["dropped"]),
+                "video": frames["video"],
+            }
+        )
+    )
+
+
 def main():
     mode, base = sys.argv[1], sys.argv[2].rstrip("/")
     if mode == "play":
         asyncio.run(play(base, sys.argv[3], float(sys.argv[4])))
     elif mode == "sync":
         asyncio.run(sync(base, sys.argv[3], float(sys.argv[4])))
+    elif mode == "lossy":
+        asyncio.run(lossy(base, sys.argv[3], float(sys.argv[4])))
     elif mode == "publish":
         asyncio.run(publish(base, sys.argv[3], sys.argv[4], float(sys.argv[5])))
     else:
