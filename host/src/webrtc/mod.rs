@@ -9,8 +9,10 @@
 //! ICE timeouts when its network dies or when its route goes away.
 //!
 //! Here: the registry of sessions ([`WebRtc`]: offer, trickle, end); `negotiate` turns an offer
-//! into a connected peer, `viewer` sends to it, `offer` reads what the browser can take, `mux`
-//! carries every viewer on one UDP and one TCP port, and `network` announces those ports.
+//! into a peer connection, `viewer` drives a viewer's (the `rtc` crate's sans-IO core, one task
+//! per viewer woken once per access unit) while the webrtc crate drives a publisher's, `offer`
+//! reads what the browser can take, `mux` carries every session on one UDP and one TCP port, and
+//! `network` announces those ports.
 
 #[cfg(any(fuzzing, test))]
 pub mod fuzz;
@@ -29,21 +31,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::watch;
-use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
-use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+use tokio::sync::{mpsc, watch};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
     RTCIceCandidateInit, RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription,
     Registry, SettingEngine,
 };
-use webrtc::rtp_transceiver::RtpSender;
 
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
-    RTCRtpEncodingParameters, RtpCodecKind,
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RtpCodecKind,
 };
 use rtc::shared::marshal::Unmarshal;
 
@@ -55,8 +53,8 @@ use crate::router::RouterHandle;
 use crate::sessions::{ClientLimit, ClientSlot, Registration, SessionKind, Sessions};
 
 pub use mux::Error as BindError;
-use mux::{MuxLease, ViewerRuntime};
-use negotiate::{Direction, Events, Negotiated, plan};
+use mux::{MuxLease, PublisherRuntime};
+use negotiate::{Events, ViewerConnection, plan, viewer_connection};
 use network::IceNetwork;
 pub use offer::OfferedVideo;
 use viewer::{Outgoing, Viewer};
@@ -117,9 +115,17 @@ pub struct WebRtc {
 type Peers = Arc<Mutex<HashMap<String, Peer>>>;
 
 struct Peer {
-    pc: Arc<dyn PeerConnection>,
+    control: Control,
     /// Remote candidates added by trickle ICE so far.
     trickled: usize,
+}
+
+/// How a session's connection takes trickled candidates.
+enum Control {
+    /// A viewer's task, which drives its connection.
+    Viewer(mpsc::Sender<RTCIceCandidateInit>),
+    /// A publisher's connection, which the webrtc crate drives.
+    Publisher(Arc<dyn PeerConnection>),
 }
 
 /// Remote candidates a viewer may trickle in all: a browser sends a handful per network
@@ -178,32 +184,15 @@ impl WebRtc {
             _ => None,
         };
 
-        let ip = self.network.bind_ip(local);
         let credentials = IceCredentials::random();
-        let (lease, runtime) = self.network.lease(credentials.ufrag.clone());
-        let mut codecs = vec![(plan.video.clone(), RtpCodecKind::Video)];
-        if let Some((_, audio)) = &plan.audio {
-            codecs.push((audio.clone(), RtpCodecKind::Audio));
-        }
-        let (pc, events) = self
-            .connect(Direction::Send, &codecs, ip, runtime, credentials)
-            .await?;
-        let negotiated = Self::negotiate(&pc, &plan, offer, &events).await;
-        let Negotiated {
+        let (lease, ports) = self.network.ports(credentials.ufrag.clone());
+        let (udp_local, tcp_local) = self.network.viewer_addrs(local);
+        let ViewerConnection {
+            pc,
             video,
-            video_sender,
             audio,
             sdp,
-        } = match negotiated {
-            Ok(parts) => parts,
-            Err(err) => {
-                // The connection's driver holds the viewer's socket until it is closed.
-                if let Err(close) = pc.close().await {
-                    tracing::debug!(route, "closing a refused WebRTC connection: {close}");
-                }
-                return Err(err);
-            }
-        };
+        } = viewer_connection(&plan, offer, credentials, udp_local, tcp_local)?;
         let sdp = self.network.announce(&sdp);
         let (audio, opus) = match rendition {
             Some(rendition) => (None, audio.map(|(_, outgoing)| (outgoing, rendition))),
@@ -214,10 +203,11 @@ impl WebRtc {
             .sessions
             .register(None, SessionKind::WebRtcViewer, route, peer);
         let id = registration.id().to_owned();
+        let (trickle, candidates) = mpsc::channel(MAX_TRICKLED_CANDIDATES);
         self.lock().insert(
             id.clone(),
             Peer {
-                pc: Arc::clone(&pc),
+                control: Control::Viewer(trickle),
                 trickled: 0,
             },
         );
@@ -227,18 +217,19 @@ impl WebRtc {
             peer,
             stream,
             pc,
-            events,
+            ports,
+            udp_local,
+            tcp_local,
             video_track: plan.video_track,
             video,
-            video_sender,
             audio,
             opus,
-            registration,
+            candidates,
             _slot: slot,
             _mux: lease,
             peers: Arc::clone(&self.peers),
         };
-        tokio::spawn(viewer.run());
+        tokio::spawn(viewer.run(registration));
         Ok(Answer { id, sdp })
     }
 
@@ -285,7 +276,7 @@ impl WebRtc {
             .lines()
             .filter(|line| line.trim().starts_with("a=candidate:"))
             .count();
-        let pc = {
+        let control = {
             let mut peers = self.lock();
             let peer = peers
                 .get_mut(id)
@@ -297,7 +288,10 @@ impl WebRtc {
                 )));
             }
             peer.trickled += candidates;
-            Arc::clone(&peer.pc)
+            match &peer.control {
+                Control::Viewer(trickle) => Control::Viewer(trickle.clone()),
+                Control::Publisher(pc) => Control::Publisher(Arc::clone(pc)),
+            }
         };
         let mut mid = None;
         for line in fragment.lines().map(str::trim) {
@@ -307,13 +301,26 @@ impl WebRtc {
                 if !candidate.starts_with("candidate:") {
                     continue;
                 }
-                pc.add_ice_candidate(RTCIceCandidateInit {
+                let init = RTCIceCandidateInit {
                     candidate: candidate.to_owned(),
                     sdp_mid: mid.clone(),
                     ..Default::default()
-                })
-                .await
-                .map_err(|err| WhepError::BadOffer(format!("bad candidate: {err}")))?;
+                };
+                let bad = |err: String| WhepError::BadOffer(format!("bad candidate: {err}"));
+                match &control {
+                    Control::Viewer(trickle) => {
+                        let value = candidate.trim_start_matches("candidate:");
+                        rtc::ice::candidate::unmarshal_candidate(value)
+                            .map_err(|err| bad(err.to_string()))?;
+                        // Room for every candidate the session may trickle: the count is
+                        // checked above.
+                        let _ = trickle.try_send(init);
+                    }
+                    Control::Publisher(pc) => pc
+                        .add_ice_candidate(init)
+                        .await
+                        .map_err(|err| bad(err.to_string()))?,
+                }
             }
         }
         Ok(())
@@ -349,7 +356,7 @@ impl IceCredentials {
     }
 }
 
-/// Closes session `id`'s peer connection and forgets it.
+/// Closes publisher `id`'s peer connection and forgets it.
 async fn forget(peers: &Peers, id: &str, pc: &Arc<dyn PeerConnection>) {
     if let Err(err) = pc.close().await {
         tracing::debug!(session = %id, "closing a peer connection: {err}");

@@ -2,53 +2,32 @@
 //! take ([`plan`]), the peer connection and its answer, and the wait for ICE to connect.
 
 use rtc::ice::mdns::MulticastDnsMode;
+use rtc::ice::tcp_type::TcpType;
 use rtc::interceptor::{NackResponderBuilder, ReceiverReportBuilder, Slot};
 use rtc::peer_connection::configuration::interceptor_registry::{
     configure_nack, configure_simulcast_extension_headers, configure_twcc_receiver_only,
 };
-use rtc::rtp_transceiver::rtp_sender::TYPE_RTCP_FB_NACK;
+use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpEncodingParameters, TYPE_RTCP_FB_NACK};
 use tokio::sync::mpsc;
 use webrtc::media_stream::track_remote::TrackRemote;
 
 use super::*;
 
 impl WebRtc {
-    /// A peer connection for `codecs`, on the shared ports at `ip`, that sends media (a viewer)
-    /// or takes it (a publisher).
+    /// A publisher's peer connection for `codecs`, driven by the webrtc crate on the shared
+    /// ports at `ip`.
     pub(super) async fn connect(
         &self,
-        direction: Direction,
         codecs: &[(RTCRtpCodecParameters, RtpCodecKind)],
         ip: IpAddr,
-        runtime: ViewerRuntime,
+        runtime: PublisherRuntime,
         credentials: IceCredentials,
     ) -> Result<(Arc<dyn PeerConnection>, Events), WhepError> {
         let (events, handler) = Events::new();
-        let mut media_engine = MediaEngine::default();
-        for (codec, kind) in codecs {
-            media_engine
-                .register_codec(codec.clone(), *kind)
-                .map_err(internal)?;
-        }
-        let registry = match direction {
-            Direction::Send => sending_interceptors(&mut media_engine),
-            Direction::Receive => receiving_interceptors(&mut media_engine)?,
-        };
-        // ICE lite, as servers with known addresses are: the browser's checks find the path and
-        // media goes back where they came from, which behind a NAT is the only way that works.
-        let settings: SettingEngine = SettingEngineBuilder::new()
-            .with_lite(true)
-            .with_ice_credentials(credentials.ufrag, credentials.password)
-            // A browser's `.local` candidates need no resolving: an ICE lite server learns where
-            // the browser is from its checks. (The multicast socket would also take the viewer's
-            // place on the mux.)
-            .with_multicast_dns_mode(MulticastDnsMode::Disabled)
-            .with_ice_timeouts(
-                Some(ICE_DISCONNECTED),
-                Some(ICE_FAILED),
-                Some(ICE_KEEPALIVE),
-            )
-            .build();
+        let mut media_engine = media_engine(codecs)?;
+        let registry = receiving_interceptors(&mut media_engine)?;
         // The crate binds these ephemeral addresses, and the runtime swaps them for the mux.
         let bind = SocketAddr::new(ip, 0);
         let tcp = if self.network.tcp() {
@@ -59,7 +38,7 @@ impl WebRtc {
         let pc = PeerConnectionBuilder::new()
             .with_runtime(Arc::new(runtime))
             .with_media_engine(media_engine)
-            .with_setting_engine(settings)
+            .with_setting_engine(settings(credentials))
             .with_interceptor_registry(registry)
             .with_handler(handler)
             .with_udp_addrs(vec![bind])
@@ -69,52 +48,171 @@ impl WebRtc {
             .map_err(internal)?;
         Ok((Arc::new(pc), events))
     }
-
-    /// Adds the viewer's tracks to `pc` and answers `offer`, waiting for our candidates.
-    pub(super) async fn negotiate(
-        pc: &Arc<dyn PeerConnection>,
-        plan: &Plan,
-        offer: &str,
-        events: &Events,
-    ) -> Result<Negotiated, WhepError> {
-        let video = Outgoing::new(&plan.video, RtpCodecKind::Video);
-        let video_sender = pc
-            .add_track(Arc::clone(&video.track) as Arc<dyn TrackLocal>)
-            .await
-            .map_err(internal)?;
-        let audio = match &plan.audio {
-            Some((track, codec)) => {
-                let outgoing = Outgoing::new(codec, RtpCodecKind::Audio);
-                pc.add_track(Arc::clone(&outgoing.track) as Arc<dyn TrackLocal>)
-                    .await
-                    .map_err(internal)?;
-                Some((*track, outgoing))
-            }
-            None => None,
-        };
-
-        let sdp = Self::answer(pc, offer, events).await?;
-        Ok(Negotiated {
-            video,
-            video_sender,
-            audio,
-            sdp,
-        })
-    }
 }
 
-/// Which way media goes on a peer connection, which decides its interceptors.
-#[derive(Clone, Copy, Debug)]
-pub(super) enum Direction {
-    /// A viewer: we send the route's media.
-    Send,
-    /// A publisher: we take its media.
-    Receive,
+/// A viewer's peer connection, answering `offer` with `plan`'s tracks and candidates on the
+/// shared ports (`udp`, and `tcp` when ICE-TCP is on): the connection, its video and audio
+/// senders, and the answer.
+pub(super) fn viewer_connection(
+    plan: &Plan,
+    offer: &str,
+    credentials: IceCredentials,
+    udp: SocketAddr,
+    tcp: Option<SocketAddr>,
+) -> Result<ViewerConnection, WhepError> {
+    let now = Instant::now();
+    let mut codecs = vec![(plan.video.clone(), RtpCodecKind::Video)];
+    if let Some((_, audio)) = &plan.audio {
+        codecs.push((audio.clone(), RtpCodecKind::Audio));
+    }
+    let mut media_engine = media_engine(&codecs)?;
+    let registry = sending_interceptors(&mut media_engine);
+    let mut pc = RTCPeerConnectionBuilder::new()
+        .with_media_engine(media_engine)
+        .with_setting_engine(settings(credentials))
+        .with_interceptor_registry(registry)
+        .build(now)
+        .map_err(internal)?;
+    let description = RTCSessionDescription::offer(offer.to_owned())
+        .map_err(|err| WhepError::BadOffer(err.to_string()))?;
+    pc.set_remote_description(now, description)
+        .map_err(|err| WhepError::BadOffer(err.to_string()))?;
+    let video = add_track(&mut pc, &plan.video, RtpCodecKind::Video)?;
+    let audio = match &plan.audio {
+        Some((track, codec)) => Some((*track, add_track(&mut pc, codec, RtpCodecKind::Audio)?)),
+        None => None,
+    };
+    let candidates = [(udp, TcpType::Unspecified)]
+        .into_iter()
+        .chain(tcp.map(|tcp| (tcp, TcpType::Passive)));
+    for (addr, tcp_type) in candidates {
+        let network = if tcp_type == TcpType::Unspecified {
+            "udp"
+        } else {
+            "tcp"
+        };
+        let candidate = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: network.to_owned(),
+                address: addr.ip().to_string(),
+                port: addr.port(),
+                component: 1,
+                ..Default::default()
+            },
+            tcp_type,
+        }
+        .new_candidate_host()
+        .map_err(internal)?;
+        let init = RTCIceCandidate::from(&candidate)
+            .to_json()
+            .map_err(internal)?;
+        pc.add_local_candidate(init).map_err(internal)?;
+    }
+    // No more candidates: ours are known before the answer.
+    pc.add_local_candidate(RTCIceCandidateInit::default())
+        .map_err(internal)?;
+    let answer = pc.create_answer(None).map_err(internal)?;
+    pc.set_local_description(now, answer).map_err(internal)?;
+    let sdp = pc
+        .local_description()
+        .map(|d| d.sdp)
+        .ok_or_else(|| WhepError::Internal("no local description".into()))?;
+    // The browser may have answered with another payload type number than it offered.
+    let negotiated = |pc: &mut RTCPeerConnection, outgoing: &mut Outgoing| {
+        if let Some(mut sender) = pc.rtp_sender(outgoing.sender)
+            && let Some(codec) = sender.get_parameters().rtp_parameters.codecs.first()
+        {
+            outgoing.payload_type = codec.payload_type;
+        }
+    };
+    let mut video = video;
+    negotiated(&mut pc, &mut video);
+    let mut audio = audio;
+    if let Some((_, outgoing)) = &mut audio {
+        negotiated(&mut pc, outgoing);
+    }
+    Ok(ViewerConnection {
+        pc,
+        video,
+        audio,
+        sdp,
+    })
+}
+
+/// A viewer's peer connection, answered.
+pub(super) struct ViewerConnection {
+    pub(super) pc: RTCPeerConnection,
+    pub(super) video: Outgoing,
+    /// The route's audio track and how it goes out.
+    pub(super) audio: Option<(usize, Outgoing)>,
+    pub(super) sdp: String,
+}
+
+/// Adds a track we send in `codec`, with an SSRC of its own.
+fn add_track(
+    pc: &mut RTCPeerConnection,
+    codec: &RTCRtpCodecParameters,
+    kind: RtpCodecKind,
+) -> Result<Outgoing, WhepError> {
+    let ssrc = rand::random();
+    let name = match kind {
+        RtpCodecKind::Audio => "audio",
+        _ => "video",
+    };
+    let track = MediaStreamTrack::new(
+        "wasmcast".into(),
+        name.into(),
+        name.into(),
+        kind,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec: codec.rtp_codec.clone(),
+            ..Default::default()
+        }],
+    );
+    let sender = pc.add_track(track).map_err(internal)?;
+    Ok(Outgoing {
+        sender,
+        ssrc,
+        payload_type: codec.payload_type,
+    })
+}
+
+fn media_engine(
+    codecs: &[(RTCRtpCodecParameters, RtpCodecKind)],
+) -> Result<MediaEngine, WhepError> {
+    let mut media_engine = MediaEngine::default();
+    for (codec, kind) in codecs {
+        media_engine
+            .register_codec(codec.clone(), *kind)
+            .map_err(internal)?;
+    }
+    Ok(media_engine)
+}
+
+/// ICE lite, as servers with known addresses are: the browser's checks find the path and media
+/// goes back where they came from, which behind a NAT is the only way that works.
+fn settings(credentials: IceCredentials) -> SettingEngine {
+    SettingEngineBuilder::new()
+        .with_lite(true)
+        .with_ice_credentials(credentials.ufrag, credentials.password)
+        // A browser's `.local` candidates need no resolving: an ICE lite server learns where the
+        // browser is from its checks. (The multicast socket would also take the viewer's place
+        // on the mux.)
+        .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+        .with_ice_timeouts(
+            Some(ICE_DISCONNECTED),
+            Some(ICE_FAILED),
+            Some(ICE_KEEPALIVE),
+        )
+        .build()
 }
 
 /// A viewer's interceptors: the NACK responder and nothing else. Every interceptor in the
-/// webrtc crate's chain takes each outgoing packet in and hands it on (two moves of the packet
-/// apiece), and the receive-side ones (NACK generator, TWCC and receiver reports) have nothing
+/// chain takes each outgoing packet in and hands it on (two moves of the packet apiece), and the receive-side ones (NACK generator, TWCC and receiver reports) have nothing
 /// to do on a connection that takes no media, so at 500 viewers they cost ~3 % of a core for
 /// nothing. Sender reports are the viewer's own, from the route's clock (see `viewer`): the
 /// crate's derive the RTP-to-wall-clock mapping from when each packet was sent, so a track that
@@ -384,12 +482,4 @@ impl PeerConnectionEventHandler for Handler {
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
         let _ = self.tracks.try_send(track);
     }
-}
-
-/// A viewer's tracks and the answer, once the offer is accepted.
-pub(super) struct Negotiated {
-    pub(super) video: Outgoing,
-    pub(super) video_sender: Arc<dyn RtpSender>,
-    pub(super) audio: Option<(usize, Outgoing)>,
-    pub(super) sdp: String,
 }

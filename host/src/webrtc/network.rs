@@ -1,16 +1,18 @@
-//! Where WebRTC viewers' ICE candidates are: the shared UDP and TCP ports (see `mux`) on the
+//! Where WebRTC sessions' ICE candidates are: the shared UDP and TCP ports (see `mux`) on the
 //! address each browser reached, or on the public address (the `webrtc_*` keys of `[server]`).
 //!
-//! The webrtc crate announces the ephemeral addresses it bound for a viewer, which the mux closes
-//! at once; the answer's host candidates are rewritten here to name the shared ports. Behind a
+//! A viewer's candidates name the shared ports from the start ([`IceNetwork::viewer_addrs`]). The
+//! webrtc crate, which drives publishers, announces the ephemeral addresses it bound, which the
+//! mux closes at once; those host candidates are rewritten here to name the shared ports. Behind a
 //! one-to-one NAT (a container's published ports, a cloud machine's public address) the bound
-//! address is not the one browsers reach either: the candidates (and connection lines) then name
-//! the public address. The webrtc crate keeps a `nat_1to1_ips` setting but does not apply it.
+//! address is not the one browsers reach either: the candidates (and connection lines) of every
+//! answer then name the public address. The webrtc crate keeps a `nat_1to1_ips` setting but does
+//! not apply it.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use super::mux::{self, IceMux, MuxLease, ViewerRuntime};
+use super::mux::{self, IceMux, MuxLease, PublisherRuntime, ViewerPorts};
 use crate::config::ServerConfig;
 use crate::listen::ConnectionGate;
 
@@ -56,9 +58,26 @@ impl IceNetwork {
         self.mux.tcp_addr().is_some()
     }
 
-    /// A viewer's place on the shared ports, under its connection's ICE ufrag.
-    pub fn lease(&self, ufrag: String) -> (MuxLease, ViewerRuntime) {
+    /// A publisher's place on the shared ports, under its connection's ICE ufrag.
+    pub fn lease(&self, ufrag: String) -> (MuxLease, PublisherRuntime) {
         self.mux.lease(ufrag)
+    }
+
+    /// A viewer's place on the shared ports, under its connection's ICE ufrag.
+    pub fn ports(&self, ufrag: String) -> (MuxLease, ViewerPorts) {
+        self.mux.ports(ufrag)
+    }
+
+    /// Where a viewer whose browser reached HTTP at `local` is served: the shared UDP port and,
+    /// when ICE-TCP is on, the shared TCP port, on the address its candidates name.
+    pub fn viewer_addrs(&self, local: SocketAddr) -> (SocketAddr, Option<SocketAddr>) {
+        let ip = self.bind_ip(local);
+        (
+            SocketAddr::new(ip, self.mux.udp_addr().port()),
+            self.mux
+                .tcp_addr()
+                .map(|tcp| SocketAddr::new(ip, tcp.port())),
+        )
     }
 
     /// `answer` with its host candidates naming the shared ports (and the public address).

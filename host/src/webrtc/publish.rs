@@ -86,9 +86,7 @@ impl WebRtc {
         let credentials = IceCredentials::random();
         let (lease, runtime) = self.network.lease(credentials.ufrag.clone());
         let ip = self.network.bind_ip(local);
-        let (pc, events) = self
-            .connect(Direction::Receive, &codecs, ip, runtime, credentials)
-            .await?;
+        let (pc, events) = self.connect(&codecs, ip, runtime, credentials).await?;
         let sdp = match Self::answer(&pc, offer, &events).await {
             Ok(sdp) => self.network.announce(&sdp),
             Err(err) => {
@@ -106,7 +104,7 @@ impl WebRtc {
         self.lock().insert(
             id.clone(),
             Peer {
-                pc: Arc::clone(&pc),
+                control: Control::Publisher(Arc::clone(&pc)),
                 trickled: 0,
             },
         );

@@ -1,85 +1,52 @@
-//! One browser watching one route: the route's RTP packets, with SSRC and payload type rewritten,
-//! sent until the peer goes, the route ends or the session is kicked; a keyframe request (PLI/FIR)
-//! makes the viewer wait for the next keyframe.
+//! One browser watching one route, on a peer connection we drive ourselves: the `rtc` crate's
+//! sans-IO core, fed by the viewer's share of the mux and driven by the viewer's task.
+//!
+//! The webrtc crate's own driver takes one RTP packet per message through a channel and runs its
+//! whole loop (writes, events, reads, timers, a `select!` over its sockets) per packet, then one
+//! `sendto` per datagram; at 500 viewers that was most of a core. Here the task wakes once per
+//! access unit: it writes the unit's packets (SSRC and payload type rewritten) into the core,
+//! which runs them through the NACK responder and SRTP, and sends what comes out in as few calls
+//! as the kernel allows (UDP GSO for the run of equal-size datagrams to one address). ICE-TCP
+//! connections are framed here too (RFC 4571), each with a task of its own that reads, and writes
+//! what the viewer sends, giving up on a viewer that stops reading for `TCP_WRITE_TIMEOUT`.
+//!
+//! A keyframe request (PLI/FIR) makes the viewer wait for the next keyframe; the viewer sends its
+//! own sender reports, from the route's clock (see `report`).
 
-use tokio::sync::broadcast;
+use std::collections::HashMap;
 
+use bytes::BytesMut;
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::peer_connection::event::RTCPeerConnectionEvent;
+use rtc::peer_connection::message::RTCMessage;
+use rtc::rtp_transceiver::RTCRtpSenderId;
+use rtc::sansio::Protocol;
+use rtc::shared::tcp_framing::{TcpFrameDecoder, frame_packet};
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{broadcast, mpsc};
+
+use super::mux::{Accepted, MAX_PACKET, TCP_WRITE_TIMEOUT, ViewerPorts};
 use super::opus::{OpusFrame, Rendition};
 use super::*;
 
-/// One track we send, with the SSRC every packet must carry.
+/// Packets waiting for one ICE-TCP connection's socket; more are dropped, as UDP would.
+const TCP_QUEUE: usize = 256;
+/// Packets read from all of a viewer's ICE-TCP connections not yet taken by the viewer.
+const TCP_READ_QUEUE: usize = 64;
+/// How long the core may go without a timer: it names its next deadline whenever it has one.
+const IDLE_TICK: Duration = Duration::from_secs(1);
+/// The shortest sleep between timer checks, so that a deadline the core keeps naming as past
+/// cannot make the task spin.
+const MIN_SLEEP: Duration = Duration::from_millis(1);
+
+/// One track we send: its sender in the peer connection, and the SSRC and payload type every
+/// packet must carry.
+#[derive(Clone, Copy)]
 pub(super) struct Outgoing {
-    pub(super) track: Arc<TrackLocalStaticRTP>,
+    pub(super) sender: RTCRtpSenderId,
     pub(super) ssrc: u32,
     pub(super) payload_type: u8,
-}
-
-impl Outgoing {
-    pub(super) fn new(codec: &RTCRtpCodecParameters, kind: RtpCodecKind) -> Outgoing {
-        let ssrc = rand::random();
-        let name = match kind {
-            RtpCodecKind::Audio => "audio",
-            _ => "video",
-        };
-        let track = TrackLocalStaticRTP::new(MediaStreamTrack::new(
-            "wasmcast".into(),
-            name.into(),
-            name.into(),
-            kind,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(ssrc),
-                    ..Default::default()
-                },
-                codec: codec.rtp_codec.clone(),
-                ..Default::default()
-            }],
-        ));
-        Outgoing {
-            track: Arc::new(track),
-            ssrc,
-            payload_type: codec.payload_type,
-        }
-    }
-
-    /// Sends one frame of the route's Opus rendition as the next RTP packet; bytes sent.
-    pub(super) async fn send_opus(
-        &self,
-        frame: OpusFrame,
-        sequence: &mut u16,
-    ) -> Result<usize, webrtc::error::Error> {
-        let bytes = frame.data.len() + 12;
-        let packet = rtc::rtp::Packet {
-            header: rtc::rtp::header::Header {
-                version: 2,
-                payload_type: self.payload_type,
-                sequence_number: *sequence,
-                timestamp: frame.timestamp,
-                ssrc: self.ssrc,
-                ..Default::default()
-            },
-            payload: frame.data,
-        };
-        *sequence = sequence.wrapping_add(1);
-        self.track.write_rtp(packet).await?;
-        Ok(bytes)
-    }
-
-    /// Sends the hub's RTP packets with this viewer's SSRC and payload type; bytes sent.
-    pub(super) async fn send(&self, packets: &[Bytes]) -> Result<usize, webrtc::error::Error> {
-        let mut bytes = 0;
-        for packet in packets {
-            let mut buffer = packet.clone();
-            let Ok(mut rtp) = rtc::rtp::Packet::unmarshal(&mut buffer) else {
-                continue;
-            };
-            rtp.header.ssrc = self.ssrc;
-            rtp.header.payload_type = self.payload_type;
-            bytes += packet.len();
-            self.track.write_rtp(rtp).await?;
-        }
-        Ok(bytes)
-    }
 }
 
 /// One browser watching one route.
@@ -88,16 +55,19 @@ pub(super) struct Viewer {
     pub(super) route: String,
     pub(super) peer: SocketAddr,
     pub(super) stream: Arc<Stream>,
-    pub(super) pc: Arc<dyn PeerConnection>,
-    pub(super) events: Events,
+    pub(super) pc: RTCPeerConnection,
+    pub(super) ports: ViewerPorts,
+    /// Where the viewer's candidates are (the shared ports), as the core knows them.
+    pub(super) udp_local: SocketAddr,
+    pub(super) tcp_local: Option<SocketAddr>,
     pub(super) video_track: usize,
     pub(super) video: Outgoing,
-    pub(super) video_sender: Arc<dyn RtpSender>,
     /// The route's audio track, when it is Opus, and how it goes out.
     pub(super) audio: Option<(usize, Outgoing)>,
     /// The route's AAC as Opus: the rendition, held while the viewer watches.
     pub(super) opus: Option<(Outgoing, Arc<Rendition>)>,
-    pub(super) registration: Registration,
+    /// Remote candidates trickled in (`PATCH`).
+    pub(super) candidates: mpsc::Receiver<RTCIceCandidateInit>,
     pub(super) _slot: ClientSlot,
     pub(super) _mux: MuxLease,
     pub(super) peers: Peers,
@@ -110,14 +80,40 @@ pub(super) enum Ending {
     Closed,
     RouteEnded,
     Kicked,
-    SendFailed,
+}
+
+/// What the viewer has sent, for the access log and its sender reports.
+#[derive(Default)]
+struct Tally {
+    packets: u64,
+    bytes: u64,
+    video: Sent,
+    audio: Sent,
+}
+
+/// The viewer's ICE-TCP connections: a queue to each one's task, by the browser's address, and
+/// what they read, for the viewer.
+struct TcpLinks {
+    writers: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
+    read_tx: mpsc::Sender<(SocketAddr, Vec<u8>)>,
+    read_rx: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
 }
 
 impl Viewer {
-    pub(super) async fn run(self) {
+    /// Serves the viewer until it goes, its route ends or `registration` is kicked.
+    pub(super) async fn run(mut self, registration: Registration) {
         let started = Instant::now();
-        let (ending, packets, bytes) = self.serve().await;
-        forget(&self.peers, &self.id, &self.pc).await;
+        let mut tally = Tally::default();
+        let ending = self.serve(&registration, &mut tally).await;
+        if let Err(err) = self.pc.close() {
+            tracing::debug!(session = %self.id, "closing a peer connection: {err}");
+        }
+        // The close's own packets (DTLS close_notify) go out before the lease ends.
+        self.flush_udp_only();
+        self.peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
         tracing::info!(
             target: "wasmcast::access",
             peer = %self.peer,
@@ -125,128 +121,383 @@ impl Viewer {
             session = %self.id,
             ended = ?ending,
             seconds = started.elapsed().as_secs_f32(),
-            packets,
-            bytes,
+            packets = tally.packets,
+            bytes = tally.bytes,
             "webrtc"
         );
     }
 
-    pub(super) async fn serve(&self) -> (Ending, u64, u64) {
-        let mut state = self.events.state.clone();
-        let connected = tokio::select! {
-            connected = self.events.connected() => connected,
-            () = self.registration.kicked() => return (Ending::Kicked, 0, 0),
+    async fn serve(&mut self, registration: &Registration, tally: &mut Tally) -> Ending {
+        let (read_tx, read_rx) = mpsc::channel(TCP_READ_QUEUE);
+        let mut tcp = TcpLinks {
+            writers: HashMap::new(),
+            read_tx,
+            read_rx,
         };
-        if !connected {
-            return (Ending::NeverConnected, 0, 0);
-        }
-        // The browser may have answered with another payload type number than it offered.
-        let mut video = &self.video;
-        let negotiated;
-        if let Ok(parameters) = self.video_sender.get_parameters().await
-            && let Some(codec) = parameters.rtp_parameters.codecs.first()
-            && codec.payload_type != self.video.payload_type
-        {
-            negotiated = Outgoing {
-                track: Arc::clone(&self.video.track),
-                ssrc: self.video.ssrc,
-                payload_type: codec.payload_type,
-            };
-            video = &negotiated;
-        }
-        let Some(mut reader) = self.stream.subscribe() else {
-            return (Ending::RouteEnded, 0, 0);
-        };
-        self.stream.request_keyframe();
-        let mut opus_frames = self
-            .opus
-            .as_ref()
-            .map(|(_, rendition)| rendition.subscribe());
+        let connect_by = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+        let mut reader = None;
+        let mut opus_frames = None;
         let mut opus_sequence: u16 = rand::random();
-        let stats = &self.stream.stats;
-        let (mut packets, mut bytes) = (0u64, 0u64);
-        let (mut video_sent, mut audio_sent) = (Sent::default(), Sent::default());
         let mut reports = tokio::time::interval(SENDER_REPORT_EVERY);
         let mut waiting_for_keyframe = false;
-        // Kept across units rather than made anew in every `select!`: each is a waiter
-        // registered with the webrtc crate or the session table, and a viewer wakes for every
-        // unit of its route.
-        let rtcp = self.video.track.poll();
-        tokio::pin!(rtcp);
-        let mut rtcp_open = true;
-        let kicked = self.registration.kicked();
+        let kicked = registration.kicked();
         tokio::pin!(kicked);
         loop {
+            // Timers are handled here, whatever woke the task, so that a busy viewer (a flood
+            // of packets from its browser) cannot starve its ICE and DTLS timers.
+            let now = Instant::now();
+            if reader.is_none() && tokio::time::Instant::now() >= connect_by {
+                return Ending::NeverConnected;
+            }
+            if self.pc.poll_timeout().is_some_and(|due| due <= now)
+                && let Err(err) = self.pc.handle_timeout(now)
+            {
+                tracing::debug!(session = %self.id, "peer connection timer: {err}");
+            }
+            self.flush(&mut tcp);
+            while let Some(event) = self.pc.poll_event() {
+                let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event else {
+                    continue;
+                };
+                match state {
+                    RTCPeerConnectionState::Connected if reader.is_none() => {
+                        let Some(subscribed) = self.stream.subscribe() else {
+                            return Ending::RouteEnded;
+                        };
+                        reader = Some(subscribed);
+                        self.stream.request_keyframe();
+                        opus_frames = self
+                            .opus
+                            .as_ref()
+                            .map(|(_, rendition)| rendition.subscribe());
+                    }
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                        return if reader.is_some() {
+                            Ending::Closed
+                        } else {
+                            Ending::NeverConnected
+                        };
+                    }
+                    _ => {}
+                }
+            }
+            while let Some(message) = self.pc.poll_read() {
+                if let RTCMessage::RtcpPacket(_, packets) = message.message
+                    && packets.iter().any(|p| is_keyframe_request(p.as_ref()))
+                {
+                    // A re-encoding route makes one at once; passed-through video cannot, so
+                    // the viewer skips to the next one rather than decode garbage.
+                    self.stream.request_keyframe();
+                    waiting_for_keyframe = true;
+                }
+            }
+            // The core names its next deadline; the task sleeps at least a millisecond, as a
+            // deadline already past is handled at the top of the loop.
+            let now = Instant::now();
+            let deadline = self
+                .pc
+                .poll_timeout()
+                .unwrap_or(now + IDLE_TICK)
+                .clamp(now + MIN_SLEEP, now + IDLE_TICK);
+            let timer = tokio::time::sleep_until(deadline.into());
             tokio::select! {
-                unit = reader.next() => {
-                    let Some(unit) = unit else { return (Ending::RouteEnded, packets, bytes) };
-                    let (outgoing, tally) = if unit.au.track == self.video_track {
+                () = &mut kicked => return Ending::Kicked,
+                datagram = self.ports.datagrams.recv() => {
+                    // None: the lease ended, which only the viewer itself does.
+                    let Some(datagram) = datagram else { return Ending::Closed };
+                    self.receive(datagram.from, self.udp_local, TransportProtocol::UDP, &datagram.data);
+                    // What else came meanwhile, before the next flush.
+                    while let Ok(datagram) = self.ports.datagrams.try_recv() {
+                        self.receive(datagram.from, self.udp_local, TransportProtocol::UDP, &datagram.data);
+                    }
+                }
+                Some(accepted) = self.ports.connections.recv() => tcp.open(accepted),
+                Some((from, packet)) = tcp.read_rx.recv() => {
+                    if let Some(local) = self.tcp_local {
+                        self.receive(from, local, TransportProtocol::TCP, &packet);
+                    }
+                }
+                Some(candidate) = self.candidates.recv() => {
+                    if let Err(err) = self.pc.add_remote_candidate(candidate) {
+                        tracing::debug!(session = %self.id, "a trickled candidate: {err}");
+                    }
+                }
+                unit = next_unit(&mut reader) => {
+                    let Some(unit) = unit else { return Ending::RouteEnded };
+                    let outgoing = if unit.au.track == self.video_track {
                         if waiting_for_keyframe && !unit.au.keyframe {
                             continue;
                         }
                         waiting_for_keyframe = false;
-                        (video, &mut video_sent)
+                        self.video
                     } else {
-                        match &self.audio {
-                            Some((track, audio)) if *track == unit.au.track => (audio, &mut audio_sent),
+                        match self.audio {
+                            Some((track, audio)) if track == unit.au.track => audio,
                             _ => continue,
                         }
                     };
-                    match outgoing.send(&unit.rtp.packets).await {
-                        Ok(sent) => {
-                            let count = unit.rtp.packets.len() as u64;
-                            tally.add(count, sent);
-                            packets += count;
-                            bytes += sent as u64;
-                            stats.packets_out.fetch_add(count, Ordering::Relaxed);
-                            stats.bytes_out.fetch_add(sent as u64, Ordering::Relaxed);
-                        }
-                        Err(_) => return (Ending::SendFailed, packets, bytes),
-                    }
+                    self.send_unit(&unit.rtp.packets, outgoing, tally);
                 }
                 frame = next_opus(&mut opus_frames) => {
                     let Some(((outgoing, _), frame)) = self.opus.as_ref().zip(frame) else {
                         continue;
                     };
-                    match outgoing.send_opus(frame, &mut opus_sequence).await {
-                        Ok(sent) => {
-                            audio_sent.add(1, sent);
-                            packets += 1;
-                            bytes += sent as u64;
-                            stats.packets_out.fetch_add(1, Ordering::Relaxed);
-                            stats.bytes_out.fetch_add(sent as u64, Ordering::Relaxed);
-                        }
-                        Err(_) => return (Ending::SendFailed, packets, bytes),
-                    }
+                    let outgoing = *outgoing;
+                    self.send_opus(frame, outgoing, &mut opus_sequence, tally);
                 }
-                _ = reports.tick() => {
-                    self.report(video, &video_sent, &audio_sent).await;
-                }
-                event = &mut rtcp, if rtcp_open => {
-                    rtcp.set(self.video.track.poll());
-                    // The track was unbound: the connection is closing, which `state` tells.
-                    rtcp_open = event.is_some();
-                    if let Some(TrackLocalEvent::OnRtcpPacket(packets)) = event
-                        && packets.iter().any(|p| is_keyframe_request(p.as_ref()))
-                    {
-                        // A re-encoding route makes one at once; passed-through video cannot,
-                        // so the viewer skips to the next one rather than decode garbage.
-                        self.stream.request_keyframe();
-                        waiting_for_keyframe = true;
-                    }
-                }
-                changed = state.changed() => {
-                    let closed = changed.is_err() || matches!(
-                        *state.borrow(),
-                        RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
-                    );
-                    if closed {
-                        return (Ending::Closed, packets, bytes);
-                    }
-                }
-                () = &mut kicked => return (Ending::Kicked, packets, bytes),
+                _ = reports.tick(), if reader.is_some() => self.report(tally),
+                // Handled at the top of the loop.
+                () = timer => {}
             }
         }
+    }
+
+    /// Hands one packet the browser sent to the core.
+    fn receive(
+        &mut self,
+        from: SocketAddr,
+        local: SocketAddr,
+        protocol: TransportProtocol,
+        data: &[u8],
+    ) {
+        let message = TaggedBytesMut {
+            now: Instant::now(),
+            transport: TransportContext {
+                local_addr: local,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: protocol,
+            },
+            message: BytesMut::from(data),
+        };
+        if let Err(err) = self.pc.handle_read(message) {
+            tracing::trace!(session = %self.id, "a packet from the browser: {err}");
+        }
+    }
+
+    /// Sends what the core has to send: UDP datagrams to one address in runs of equal size, each
+    /// run in one segmenting send; ICE-TCP packets framed, to their connection's queue.
+    fn flush(&mut self, tcp: &mut TcpLinks) {
+        let mut run: Vec<u8> = Vec::new();
+        let mut run_to: Option<(SocketAddr, usize)> = None;
+        while let Some(message) = self.pc.poll_write() {
+            let to = message.transport.peer_addr;
+            if message.transport.transport_protocol == TransportProtocol::TCP {
+                tcp.send(to, &message.message);
+                continue;
+            }
+            let len = message.message.len();
+            if len == 0 {
+                continue;
+            }
+            // A run goes on while datagrams are for the same address and of its size; a
+            // shorter one can only end it.
+            let extends = matches!(run_to, Some((addr, segment)) if addr == to && len <= segment
+                && run.len().is_multiple_of(segment));
+            if !extends && let Some((addr, segment)) = run_to.take() {
+                self.ports.send(&run, segment, addr);
+                run.clear();
+            }
+            if run_to.is_none() {
+                run_to = Some((to, len));
+            }
+            run.extend_from_slice(&message.message);
+        }
+        if let Some((addr, segment)) = run_to {
+            self.ports.send(&run, segment, addr);
+        }
+    }
+
+    /// The last UDP packets of a closing connection (its TCP connections close with it).
+    fn flush_udp_only(&mut self) {
+        while let Some(message) = self.pc.poll_write() {
+            if message.transport.transport_protocol == TransportProtocol::UDP {
+                let len = message.message.len();
+                self.ports
+                    .send(&message.message, len, message.transport.peer_addr);
+            }
+        }
+    }
+
+    /// Writes the hub's RTP packets of one unit with this viewer's SSRC and payload type.
+    fn send_unit(&mut self, packets: &[Bytes], outgoing: Outgoing, tally: &mut Tally) {
+        let now = Instant::now();
+        let Some(mut sender) = self.pc.rtp_sender(outgoing.sender) else {
+            return;
+        };
+        let (mut count, mut bytes) = (0u64, 0u64);
+        for packet in packets {
+            let mut buffer = packet.clone();
+            let Ok(mut rtp) = rtc::rtp::Packet::unmarshal(&mut buffer) else {
+                continue;
+            };
+            rtp.header.ssrc = outgoing.ssrc;
+            rtp.header.payload_type = outgoing.payload_type;
+            if sender.write_rtp(now, rtp).is_ok() {
+                count += 1;
+                bytes += packet.len() as u64;
+            }
+        }
+        let sent = if outgoing.sender == self.video.sender {
+            &mut tally.video
+        } else {
+            &mut tally.audio
+        };
+        sent.add(count, bytes as usize);
+        tally.packets += count;
+        tally.bytes += bytes;
+        let stats = &self.stream.stats;
+        stats.packets_out.fetch_add(count, Ordering::Relaxed);
+        stats.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Sends one frame of the route's Opus rendition as the next RTP packet.
+    fn send_opus(
+        &mut self,
+        frame: OpusFrame,
+        outgoing: Outgoing,
+        sequence: &mut u16,
+        tally: &mut Tally,
+    ) {
+        let bytes = frame.data.len() + 12;
+        let packet = rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                payload_type: outgoing.payload_type,
+                sequence_number: *sequence,
+                timestamp: frame.timestamp,
+                ssrc: outgoing.ssrc,
+                ..Default::default()
+            },
+            payload: frame.data,
+        };
+        *sequence = sequence.wrapping_add(1);
+        let Some(mut sender) = self.pc.rtp_sender(outgoing.sender) else {
+            return;
+        };
+        if sender.write_rtp(Instant::now(), packet).is_ok() {
+            tally.audio.add(1, bytes);
+            tally.packets += 1;
+            tally.bytes += bytes as u64;
+            let stats = &self.stream.stats;
+            stats.packets_out.fetch_add(1, Ordering::Relaxed);
+            stats.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Sends a sender report for each track that has sent something, mapping the route's clock
+    /// (not the moment of sending) to wall-clock time, so that the browser keeps the tracks in
+    /// step however long each took to make.
+    fn report(&mut self, tally: &Tally) {
+        let Some(media) = self.stream.media() else {
+            return;
+        };
+        let now = Instant::now();
+        let ntp = crate::rtp::rtcp::ntp_timestamp(std::time::SystemTime::now());
+        let audio = match (&self.audio, &self.opus) {
+            (Some((track, outgoing)), _) => Some((*outgoing, media.rtp_timestamp_at(*track, now))),
+            (None, Some((outgoing, rendition))) => {
+                Some((*outgoing, rendition.rtp_timestamp_at(&media, now)))
+            }
+            (None, None) => None,
+        };
+        let tracks = [
+            Some((
+                self.video,
+                media.rtp_timestamp_at(self.video_track, now),
+                &tally.video,
+            )),
+            audio.map(|(outgoing, at)| (outgoing, at, &tally.audio)),
+        ];
+        for (outgoing, rtp_time, sent) in tracks.into_iter().flatten() {
+            let Some(rtp_time) = rtp_time.filter(|_| sent.packets > 0) else {
+                continue;
+            };
+            let report = rtc::rtcp::sender_report::SenderReport {
+                ssrc: outgoing.ssrc,
+                ntp_time: ntp,
+                rtp_time,
+                // RFC 3550: the counts wrap.
+                packet_count: sent.packets as u32,
+                octet_count: sent.octets as u32,
+                ..Default::default()
+            };
+            let Some(mut sender) = self.pc.rtp_sender(outgoing.sender) else {
+                continue;
+            };
+            if let Err(err) = sender.write_rtcp(now, vec![Box::new(report)]) {
+                tracing::debug!(session = %self.id, "sender report: {err}");
+            }
+        }
+    }
+}
+
+impl TcpLinks {
+    /// Takes an ICE-TCP connection the mux gave the viewer: a task reads its packets for the
+    /// viewer and writes the viewer's to it.
+    fn open(&mut self, accepted: Accepted) {
+        let (tx, rx) = mpsc::channel(TCP_QUEUE);
+        self.writers.insert(accepted.peer, tx);
+        tokio::spawn(tcp_connection(accepted, rx, self.read_tx.clone()));
+    }
+
+    /// Queues `packet` for the connection from `to`; dropped when its queue is full (the viewer
+    /// reads too slowly) or it has closed.
+    fn send(&mut self, to: SocketAddr, packet: &[u8]) {
+        let Some(writer) = self.writers.get(&to) else {
+            return;
+        };
+        if let Err(mpsc::error::TrySendError::Closed(_)) = writer.try_send(frame_packet(packet)) {
+            self.writers.remove(&to);
+        }
+    }
+}
+
+/// One ICE-TCP connection of a viewer (RFC 4571 framing: each packet after a 2-byte length),
+/// until either side closes it or the browser stops reading for `TCP_WRITE_TIMEOUT`.
+async fn tcp_connection(
+    accepted: Accepted,
+    mut outgoing: mpsc::Receiver<Vec<u8>>,
+    incoming: mpsc::Sender<(SocketAddr, Vec<u8>)>,
+) {
+    let Accepted {
+        mut stream,
+        peer,
+        first,
+        open: _open,
+        permit: _permit,
+    } = accepted;
+    let mut decoder = TcpFrameDecoder::new();
+    decoder.extend_from_slice(&first);
+    let mut buffer = vec![0; MAX_PACKET];
+    loop {
+        while let Some(packet) = decoder.next_packet() {
+            if incoming.send((peer, packet)).await.is_err() {
+                return;
+            }
+        }
+        tokio::select! {
+            read = stream.read(&mut buffer) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(len) => decoder.extend_from_slice(&buffer[..len]),
+            },
+            packet = outgoing.recv() => {
+                let Some(packet) = packet else { return };
+                let written = tokio::time::timeout(TCP_WRITE_TIMEOUT, stream.write_all(&packet)).await;
+                if !matches!(written, Ok(Ok(()))) {
+                    tracing::debug!(%peer, "an ICE-TCP viewer stopped reading: closed");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The next unit for a viewer that reads the route; pending before it connects.
+async fn next_unit(reader: &mut Option<crate::hub::Reader>) -> Option<Arc<crate::hub::Unit>> {
+    match reader {
+        Some(reader) => reader.next().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -281,51 +532,6 @@ impl Sent {
     fn add(&mut self, packets: u64, bytes: usize) {
         self.packets += packets;
         self.octets += (bytes as u64).saturating_sub(12 * packets);
-    }
-}
-
-impl Viewer {
-    /// Sends a sender report for each track that has sent something, mapping the route's clock
-    /// (not the moment of sending) to wall-clock time, so that the browser keeps the tracks in
-    /// step however long each took to make.
-    async fn report(&self, video: &Outgoing, video_sent: &Sent, audio_sent: &Sent) {
-        let Some(media) = self.stream.media() else {
-            return;
-        };
-        let now = Instant::now();
-        let ntp = crate::rtp::rtcp::ntp_timestamp(std::time::SystemTime::now());
-        let audio = match (&self.audio, &self.opus) {
-            (Some((track, outgoing)), _) => Some((outgoing, media.rtp_timestamp_at(*track, now))),
-            (None, Some((outgoing, rendition))) => {
-                Some((outgoing, rendition.rtp_timestamp_at(&media, now)))
-            }
-            (None, None) => None,
-        };
-        let tracks = [
-            Some((
-                video,
-                media.rtp_timestamp_at(self.video_track, now),
-                video_sent,
-            )),
-            audio.map(|(outgoing, at)| (outgoing, at, audio_sent)),
-        ];
-        for (outgoing, rtp_time, sent) in tracks.into_iter().flatten() {
-            let Some(rtp_time) = rtp_time.filter(|_| sent.packets > 0) else {
-                continue;
-            };
-            let report = rtc::rtcp::sender_report::SenderReport {
-                ssrc: outgoing.ssrc,
-                ntp_time: ntp,
-                rtp_time,
-                // RFC 3550: the counts wrap.
-                packet_count: sent.packets as u32,
-                octet_count: sent.octets as u32,
-                ..Default::default()
-            };
-            if let Err(err) = outgoing.track.write_rtcp(vec![Box::new(report)]).await {
-                tracing::debug!(session = %self.id, "sender report: {err}");
-            }
-        }
     }
 }
 

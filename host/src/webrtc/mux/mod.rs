@@ -7,13 +7,15 @@
 //! Over TCP (ICE-TCP, RFC 6544: each packet after a 2-byte length) a connection's first packet is
 //! the browser's binding request, so the whole connection goes to the viewer it names.
 //!
-//! The webrtc crate binds and drives its own sockets; the extension point it offers is its
-//! [`Runtime`], which wraps every socket it binds. Each viewer's connection gets a runtime
-//! ([`ViewerRuntime`]) that hands it this mux's view of the shared ports instead: a UDP socket
-//! that receives the viewer's datagrams and sends from the shared port, and a TCP listener that
-//! accepts the connections that named the viewer. The crate still binds an ephemeral socket
-//! whose address becomes the candidate it announces; that socket is closed at once, and the
-//! answer's candidates are rewritten to name the shared ports (see `network`).
+//! A viewer's connection is ours to drive (see `viewer`): it takes its datagrams and ICE-TCP
+//! connections from [`ViewerPorts`] and sends from the shared UDP port, with GSO where the kernel
+//! has it. A publisher's connection is the webrtc crate's, which binds and drives its own sockets;
+//! the extension point it offers is its `Runtime`, which wraps every socket it binds. Each
+//! publisher's connection gets a runtime ([`PublisherRuntime`]) that hands it this mux's view of the
+//! shared ports instead: a UDP socket that receives its datagrams and sends from the shared port,
+//! and a TCP listener that accepts the connections that named it. The crate still binds an
+//! ephemeral socket whose address becomes the candidate it announces; that socket is closed at
+//! once, and the answer's candidates are rewritten to name the shared ports (see `network`).
 //!
 //! Bounds: ICE-TCP connections count toward the server's connection limits (in all and per
 //! address); a viewer's queue of datagrams not yet read (excess dropped, as UDP is), the addresses
@@ -40,7 +42,7 @@ use rtc::stun::attributes::ATTR_USERNAME;
 use rtc::stun::message::{Message, is_stun_message};
 use rtc::stun::textattrs::TextAttribute;
 
-pub use runtime::ViewerRuntime;
+pub use runtime::PublisherRuntime;
 
 /// Datagrams a viewer's connection has not read yet; more are dropped.
 const VIEWER_QUEUE: usize = 128;
@@ -54,9 +56,11 @@ const TCP_HANDSHAKES: usize = 256;
 /// How long a new ICE-TCP connection may take to send its first packet.
 const TCP_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one packet may wait for an ICE-TCP viewer's socket to take it.
-const TCP_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const TCP_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest packet taken: ICE, DTLS and SRTP packets fit an Ethernet MTU.
-const MAX_PACKET: usize = 2048;
+pub(super) const MAX_PACKET: usize = 2048;
+/// The most bytes one GSO send may carry (the kernel's limit is 64 KiB, headers included).
+const MAX_GSO_BYTES: usize = 60_000;
 
 /// Why the shared ports could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +79,8 @@ pub struct IceMux {
 
 struct Shared {
     udp: Arc<UdpSocket>,
+    /// What the kernel can do for sends on `udp` (GSO, and how many segments at once).
+    udp_state: quinn_udp::UdpSocketState,
     udp_addr: SocketAddr,
     tcp_addr: Option<SocketAddr>,
     viewers: Mutex<Viewers>,
@@ -93,18 +99,54 @@ struct Entry {
     tcp_open: Arc<AtomicUsize>,
 }
 
-struct Datagram {
-    from: SocketAddr,
-    data: Bytes,
+pub(super) struct Datagram {
+    pub(super) from: SocketAddr,
+    pub(super) data: Bytes,
 }
 
 /// A TCP connection that named a viewer, with what was read of it to find out which.
-struct Accepted {
-    stream: TcpStream,
-    peer: SocketAddr,
-    first: Vec<u8>,
-    open: ConnectionCount,
-    permit: ConnectionPermit,
+pub(super) struct Accepted {
+    pub(super) stream: TcpStream,
+    pub(super) peer: SocketAddr,
+    /// The first packet, with its 2-byte length.
+    pub(super) first: Vec<u8>,
+    pub(super) open: ConnectionCount,
+    pub(super) permit: ConnectionPermit,
+}
+
+/// A viewer's share of the ports, for a connection we drive ourselves: the datagrams and the
+/// ICE-TCP connections that are the viewer's, and the shared UDP port to send from.
+pub(super) struct ViewerPorts {
+    shared: Arc<Shared>,
+    pub(super) datagrams: mpsc::Receiver<Datagram>,
+    pub(super) connections: mpsc::Receiver<Accepted>,
+}
+
+impl ViewerPorts {
+    /// Sends `contents`, datagrams of `segment` bytes (the last may be shorter) for `to`, in as
+    /// few calls as the kernel allows (GSO). Sends at once or not at all: a full socket buffer
+    /// drops what did not fit, as the network would, rather than making every viewer wait.
+    pub(super) fn send(&self, contents: &[u8], segment: usize, to: SocketAddr) {
+        let shared = &self.shared;
+        let per_send = shared
+            .udp_state
+            .max_gso_segments()
+            .min(MAX_GSO_BYTES / segment.max(1))
+            .max(1);
+        for chunk in contents.chunks(per_send * segment.max(1)) {
+            let segmented = chunk.len() > segment;
+            let sent = shared.send_udp(chunk, segment, to);
+            if let Err(err) = &sent {
+                tracing::trace!(%to, "WebRTC UDP send dropped: {err}");
+            }
+            if sent.is_err() && segmented && shared.udp_state.max_gso_segments() == 1 {
+                // The device refused GSO (quinn-udp now knows not to try again): one by one.
+                for datagram in chunk.chunks(segment) {
+                    let _ = shared.send_udp(datagram, segment, to);
+                }
+            }
+        }
+    }
 }
 
 impl IceMux {
@@ -136,8 +178,11 @@ impl IceMux {
             })?),
             None => None,
         };
+        let udp_state = quinn_udp::UdpSocketState::new((&udp_socket).into())
+            .map_err(|source| Error::BindUdp { addr: udp, source })?;
         let shared = Arc::new(Shared {
             udp: Arc::new(udp_socket),
+            udp_state,
             udp_addr,
             tcp_addr,
             viewers: Mutex::default(),
@@ -157,9 +202,19 @@ impl IceMux {
         self.shared.tcp_addr
     }
 
-    /// Registers a viewer under `ufrag` (the local ICE username fragment of its connection);
-    /// the lease ends the registration when dropped.
-    pub fn lease(&self, ufrag: String) -> (MuxLease, ViewerRuntime) {
+    /// Registers a publisher under `ufrag` (the local ICE username fragment of its connection),
+    /// for a connection the webrtc crate drives on the runtime returned; the lease ends the
+    /// registration when dropped.
+    pub fn lease(&self, ufrag: String) -> (MuxLease, PublisherRuntime) {
+        let (lease, ports) = self.ports(ufrag);
+        let runtime =
+            PublisherRuntime::new(Arc::clone(&self.shared), ports.datagrams, ports.connections);
+        (lease, runtime)
+    }
+
+    /// Registers a viewer under `ufrag`, for a connection we drive ourselves; the lease ends the
+    /// registration when dropped.
+    pub fn ports(&self, ufrag: String) -> (MuxLease, ViewerPorts) {
         let (datagrams, datagram_rx) = mpsc::channel(VIEWER_QUEUE);
         let (connections, connection_rx) = mpsc::channel(TCP_PER_VIEWER);
         self.shared.lock().by_ufrag.insert(
@@ -171,16 +226,34 @@ impl IceMux {
                 tcp_open: Arc::default(),
             },
         );
-        let runtime = ViewerRuntime::new(Arc::clone(&self.shared), datagram_rx, connection_rx);
+        let ports = ViewerPorts {
+            shared: Arc::clone(&self.shared),
+            datagrams: datagram_rx,
+            connections: connection_rx,
+        };
         let lease = MuxLease {
             shared: Arc::clone(&self.shared),
             ufrag,
         };
-        (lease, runtime)
+        (lease, ports)
     }
 }
 
 impl Shared {
+    /// One send of `contents` to `to`, split into datagrams of `segment` bytes by the kernel.
+    fn send_udp(&self, contents: &[u8], segment: usize, to: SocketAddr) -> io::Result<()> {
+        let transmit = quinn_udp::Transmit {
+            destination: to,
+            ecn: None,
+            contents,
+            segment_size: (contents.len() > segment).then_some(segment),
+            src_ip: None,
+        };
+        self.udp.try_io(tokio::io::Interest::WRITABLE, || {
+            self.udp_state.try_send((&*self.udp).into(), &transmit)
+        })
+    }
+
     fn lock(&self) -> MutexGuard<'_, Viewers> {
         self.viewers.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -328,7 +401,7 @@ async fn handshake(
 }
 
 /// One of a viewer's ICE-TCP connections, counted while it is open.
-struct ConnectionCount(Arc<AtomicUsize>);
+pub(super) struct ConnectionCount(Arc<AtomicUsize>);
 
 impl ConnectionCount {
     fn take(count: &Arc<AtomicUsize>) -> Option<ConnectionCount> {

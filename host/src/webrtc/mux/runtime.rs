@@ -1,4 +1,4 @@
-//! The webrtc crate's side of the mux: the runtime a viewer's connection runs on, and the
+//! The webrtc crate's side of the mux: the runtime a publisher's connection runs on, and the
 //! sockets it hands the connection in place of the ones the crate binds.
 
 use std::future::Future;
@@ -19,10 +19,10 @@ use webrtc::runtime::{
 use super::{Accepted, ConnectionCount, Datagram, Shared, TCP_WRITE_TIMEOUT};
 use crate::listen::ConnectionPermit;
 
-/// The runtime one viewer's connection runs on: tokio's, except that the sockets the connection
+/// The runtime one publisher's connection runs on: tokio's, except that the sockets the connection
 /// binds are replaced by its share of the mux.
 #[derive(Debug)]
-pub struct ViewerRuntime {
+pub struct PublisherRuntime {
     inner: Arc<TokioRuntime>,
     shared: Arc<Shared>,
     datagrams: Mutex<Option<mpsc::Receiver<Datagram>>>,
@@ -38,13 +38,13 @@ impl std::fmt::Debug for Shared {
     }
 }
 
-impl ViewerRuntime {
+impl PublisherRuntime {
     pub(super) fn new(
         shared: Arc<Shared>,
         datagrams: mpsc::Receiver<Datagram>,
         connections: mpsc::Receiver<Accepted>,
-    ) -> ViewerRuntime {
-        ViewerRuntime {
+    ) -> PublisherRuntime {
+        PublisherRuntime {
             inner: Arc::new(TokioRuntime),
             shared,
             datagrams: Mutex::new(Some(datagrams)),
@@ -60,7 +60,7 @@ fn taken<T>(slot: &Mutex<Option<T>>) -> io::Result<T> {
         .ok_or_else(|| io::Error::other("a viewer has one socket of each kind on the shared ports"))
 }
 
-impl Runtime for ViewerRuntime {
+impl Runtime for PublisherRuntime {
     fn spawn(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>) -> Box<dyn JoinHandle> {
         self.inner.spawn(future)
     }
