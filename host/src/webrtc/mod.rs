@@ -16,6 +16,7 @@
 
 #[cfg(any(fuzzing, test))]
 pub mod fuzz;
+mod ice_tcp;
 mod mux;
 mod negotiate;
 mod network;
@@ -225,6 +226,7 @@ impl WebRtc {
             audio,
             opus,
             candidates,
+            run: Vec::new(),
             _slot: slot,
             _mux: lease,
             peers: Arc::clone(&self.peers),

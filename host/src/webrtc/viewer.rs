@@ -7,13 +7,10 @@
 //! access unit: it writes the unit's packets (SSRC and payload type rewritten) into the core,
 //! which runs them through the NACK responder and SRTP, and sends what comes out in as few calls
 //! as the kernel allows (UDP GSO for the run of equal-size datagrams to one address). ICE-TCP
-//! connections are framed here too (RFC 4571), each with a task of its own that reads, and writes
-//! what the viewer sends, giving up on a viewer that stops reading for `TCP_WRITE_TIMEOUT`.
+//! connections each have a task of their own (`ice_tcp`).
 //!
 //! A keyframe request (PLI/FIR) makes the viewer wait for the next keyframe; the viewer sends its
 //! own sender reports, from the route's clock (see `report`).
-
-use std::collections::HashMap;
 
 use bytes::BytesMut;
 use rtc::peer_connection::RTCPeerConnection;
@@ -21,19 +18,14 @@ use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::message::RTCMessage;
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::sansio::Protocol;
-use rtc::shared::tcp_framing::{TcpFrameDecoder, frame_packet};
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{broadcast, mpsc};
 
-use super::mux::{Accepted, MAX_PACKET, TCP_WRITE_TIMEOUT, ViewerPorts};
+use super::ice_tcp::TcpLinks;
+use super::mux::ViewerPorts;
 use super::opus::{OpusFrame, Rendition};
 use super::*;
 
-/// Packets waiting for one ICE-TCP connection's socket; more are dropped, as UDP would.
-const TCP_QUEUE: usize = 256;
-/// Packets read from all of a viewer's ICE-TCP connections not yet taken by the viewer.
-const TCP_READ_QUEUE: usize = 64;
 /// How long the core may go without a timer: it names its next deadline whenever it has one.
 const IDLE_TICK: Duration = Duration::from_secs(1);
 /// The shortest sleep between timer checks, so that a deadline the core keeps naming as past
@@ -68,6 +60,8 @@ pub(super) struct Viewer {
     pub(super) opus: Option<(Outgoing, Arc<Rendition>)>,
     /// Remote candidates trickled in (`PATCH`).
     pub(super) candidates: mpsc::Receiver<RTCIceCandidateInit>,
+    /// Where the datagrams of one send are gathered (see `flush`).
+    pub(super) run: Vec<u8>,
     pub(super) _slot: ClientSlot,
     pub(super) _mux: MuxLease,
     pub(super) peers: Peers,
@@ -89,14 +83,6 @@ struct Tally {
     bytes: u64,
     video: Sent,
     audio: Sent,
-}
-
-/// The viewer's ICE-TCP connections: a queue to each one's task, by the browser's address, and
-/// what they read, for the viewer.
-struct TcpLinks {
-    writers: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
-    read_tx: mpsc::Sender<(SocketAddr, Vec<u8>)>,
-    read_rx: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
 }
 
 impl Viewer {
@@ -128,12 +114,7 @@ impl Viewer {
     }
 
     async fn serve(&mut self, registration: &Registration, tally: &mut Tally) -> Ending {
-        let (read_tx, read_rx) = mpsc::channel(TCP_READ_QUEUE);
-        let mut tcp = TcpLinks {
-            writers: HashMap::new(),
-            read_tx,
-            read_rx,
-        };
+        let mut tcp = TcpLinks::new();
         let connect_by = tokio::time::Instant::now() + CONNECT_TIMEOUT;
         let mut reader = None;
         let mut opus_frames = None;
@@ -278,7 +259,9 @@ impl Viewer {
     /// Sends what the core has to send: UDP datagrams to one address in runs of equal size, each
     /// run in one segmenting send; ICE-TCP packets framed, to their connection's queue.
     fn flush(&mut self, tcp: &mut TcpLinks) {
-        let mut run: Vec<u8> = Vec::new();
+        // The buffer the runs are gathered in is the viewer's, kept from one flush to the next.
+        let mut run = std::mem::take(&mut self.run);
+        run.clear();
         let mut run_to: Option<(SocketAddr, usize)> = None;
         while let Some(message) = self.pc.poll_write() {
             let to = message.transport.peer_addr;
@@ -306,6 +289,7 @@ impl Viewer {
         if let Some((addr, segment)) = run_to {
             self.ports.send(&run, segment, addr);
         }
+        self.run = run;
     }
 
     /// The last UDP packets of a closing connection (its TCP connections close with it).
@@ -427,67 +411,6 @@ impl Viewer {
             };
             if let Err(err) = sender.write_rtcp(now, vec![Box::new(report)]) {
                 tracing::debug!(session = %self.id, "sender report: {err}");
-            }
-        }
-    }
-}
-
-impl TcpLinks {
-    /// Takes an ICE-TCP connection the mux gave the viewer: a task reads its packets for the
-    /// viewer and writes the viewer's to it.
-    fn open(&mut self, accepted: Accepted) {
-        let (tx, rx) = mpsc::channel(TCP_QUEUE);
-        self.writers.insert(accepted.peer, tx);
-        tokio::spawn(tcp_connection(accepted, rx, self.read_tx.clone()));
-    }
-
-    /// Queues `packet` for the connection from `to`; dropped when its queue is full (the viewer
-    /// reads too slowly) or it has closed.
-    fn send(&mut self, to: SocketAddr, packet: &[u8]) {
-        let Some(writer) = self.writers.get(&to) else {
-            return;
-        };
-        if let Err(mpsc::error::TrySendError::Closed(_)) = writer.try_send(frame_packet(packet)) {
-            self.writers.remove(&to);
-        }
-    }
-}
-
-/// One ICE-TCP connection of a viewer (RFC 4571 framing: each packet after a 2-byte length),
-/// until either side closes it or the browser stops reading for `TCP_WRITE_TIMEOUT`.
-async fn tcp_connection(
-    accepted: Accepted,
-    mut outgoing: mpsc::Receiver<Vec<u8>>,
-    incoming: mpsc::Sender<(SocketAddr, Vec<u8>)>,
-) {
-    let Accepted {
-        mut stream,
-        peer,
-        first,
-        open: _open,
-        permit: _permit,
-    } = accepted;
-    let mut decoder = TcpFrameDecoder::new();
-    decoder.extend_from_slice(&first);
-    let mut buffer = vec![0; MAX_PACKET];
-    loop {
-        while let Some(packet) = decoder.next_packet() {
-            if incoming.send((peer, packet)).await.is_err() {
-                return;
-            }
-        }
-        tokio::select! {
-            read = stream.read(&mut buffer) => match read {
-                Ok(0) | Err(_) => return,
-                Ok(len) => decoder.extend_from_slice(&buffer[..len]),
-            },
-            packet = outgoing.recv() => {
-                let Some(packet) = packet else { return };
-                let written = tokio::time::timeout(TCP_WRITE_TIMEOUT, stream.write_all(&packet)).await;
-                if !matches!(written, Ok(Ok(()))) {
-                    tracing::debug!(%peer, "an ICE-TCP viewer stopped reading: closed");
-                    return;
-                }
             }
         }
     }
