@@ -14,7 +14,7 @@ use super::Error;
 use super::fanout::Fanouts;
 use super::session::Play;
 use super::transport::TrackTransport;
-use crate::rtp::{Run, rtcp};
+use crate::rtp::{Run, rtcp, segmented_send};
 
 /// The most bytes one GSO send may carry (the kernel's limit is 64 KiB, headers included).
 const MAX_GSO_BYTES: usize = 60_000;
@@ -100,13 +100,7 @@ impl UdpSockets {
         segment: usize,
         to: SocketAddr,
     ) -> std::io::Result<()> {
-        let transmit = quinn_udp::Transmit {
-            destination: to,
-            ecn: None,
-            contents,
-            segment_size: (contents.len() > segment).then_some(segment),
-            src_ip: None,
-        };
+        let transmit = segmented_send(contents, segment, to);
         loop {
             let sent = self.rtp.try_io(tokio::io::Interest::WRITABLE, || {
                 self.rtp_state.try_send((&self.rtp).into(), &transmit)

@@ -38,6 +38,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::listen::{ConnectionGate, ConnectionPermit};
+use crate::rtp::segmented_send;
 use rtc::stun::attributes::ATTR_USERNAME;
 use rtc::stun::message::{Message, is_stun_message};
 use rtc::stun::textattrs::TextAttribute;
@@ -242,13 +243,7 @@ impl IceMux {
 impl Shared {
     /// One send of `contents` to `to`, split into datagrams of `segment` bytes by the kernel.
     fn send_udp(&self, contents: &[u8], segment: usize, to: SocketAddr) -> io::Result<()> {
-        let transmit = quinn_udp::Transmit {
-            destination: to,
-            ecn: None,
-            contents,
-            segment_size: (contents.len() > segment).then_some(segment),
-            src_ip: None,
-        };
+        let transmit = segmented_send(contents, segment, to);
         self.udp.try_io(tokio::io::Interest::WRITABLE, || {
             self.udp_state.try_send((&*self.udp).into(), &transmit)
         })
