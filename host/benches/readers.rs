@@ -97,7 +97,8 @@ fn main() {
                     theirs.print("gst-rtsp", transport, count);
                     let ratio = ours.cpu_per_packet() / theirs.cpu_per_packet();
                     println!(
-                        "         wasmcast / gst-rtsp-server CPU per packet: {ratio:.2}x (target <= {TARGET_RATIO}x: {})",
+                        "         gst-rtsp-server played to {}/{count} readers; wasmcast / gst-rtsp-server CPU per packet: {ratio:.2}x (target <= {TARGET_RATIO}x: {})",
+                        theirs.connected,
                         if ratio <= TARGET_RATIO {
                             "ok"
                         } else {
@@ -461,10 +462,13 @@ async fn start_session<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             session = id.split(';').next().unwrap_or("").to_owned();
         }
     }
+    // No `Range`: on gst-rtsp-server's shared media of a file, `Range: npt=0-` seeks the one
+    // pipeline every reader shares back to the start, so readers joining in a burst would stall
+    // it (and each other) in a storm of flushing seeks; a live route has no range to ask for.
     request(
         stream,
         format!(
-            "PLAY {url} RTSP/1.0\r\nCSeq: {}\r\nSession: {session}\r\nRange: npt=0.000-\r\n\r\n",
+            "PLAY {url} RTSP/1.0\r\nCSeq: {}\r\nSession: {session}\r\n\r\n",
             controls.len() + 2
         ),
     )
