@@ -1,13 +1,14 @@
 //! The registry of client sessions (RTSP readers and publishers, HTTP pushes, WebRTC viewers), for
-//! the API: list them, and kick one; and the count of sessions against `max_clients`.
+//! the API: list them, and end one; and the count of sessions against `max_clients`.
 //!
 //! A session registers when it starts and holds a [`Registration`]; dropping it removes the entry.
-//! Kicking wakes the session's [`Registration::kicked`] future; the session ends itself.
+//! Ending one from outside its connection (an operator, the client's own `DELETE`, the server's
+//! drain) wakes the session's [`Registration::ended`] future with who did; the session ends itself.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::SystemTime;
 
 use tokio::sync::Notify;
@@ -42,6 +43,25 @@ impl SessionKind {
     }
 }
 
+/// Who ended a session from outside its own connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EndedBy {
+    #[error("kicked by an operator")]
+    Operator,
+    /// `DELETE` on its WHEP or WHIP resource.
+    #[error("ended by its client")]
+    Client,
+    #[error("ended: the server shuts down")]
+    Shutdown,
+}
+
+/// The wake-up of a session ended from outside, and who ended it (the first to ask).
+#[derive(Default)]
+struct Ending {
+    notify: Notify,
+    by: OnceLock<EndedBy>,
+}
+
 /// One session as the API shows it.
 #[derive(Clone, Debug)]
 pub struct SessionInfo {
@@ -54,7 +74,7 @@ pub struct SessionInfo {
 
 struct Entry {
     info: SessionInfo,
-    kick: Arc<Notify>,
+    ending: Arc<Ending>,
 }
 
 /// Every live session, by id.
@@ -90,7 +110,7 @@ impl Sessions {
                 rand::random::<u128>()
             ),
         };
-        let kick = Arc::new(Notify::new());
+        let ending = Arc::new(Ending::default());
         self.lock().insert(
             id.clone(),
             Entry {
@@ -101,13 +121,13 @@ impl Sessions {
                     peer,
                     started: SystemTime::now(),
                 },
-                kick: Arc::clone(&kick),
+                ending: Arc::clone(&ending),
             },
         );
         Registration {
             sessions: self.clone(),
             id,
-            kick,
+            ending,
         }
     }
 
@@ -116,10 +136,12 @@ impl Sessions {
     }
 
     /// Asks session `id` to end; false when there is no such session.
-    pub fn kick(&self, id: &str) -> bool {
+    pub fn end(&self, id: &str, by: EndedBy) -> bool {
         match self.lock().get(id) {
             Some(entry) => {
-                entry.kick.notify_one();
+                let _ = entry.ending.by.set(by);
+                // A stored permit: the session hears it even if it is not waiting right now.
+                entry.ending.notify.notify_one();
                 true
             }
             None => false,
@@ -216,7 +238,7 @@ impl Drop for ClientSlot {
 pub struct Registration {
     sessions: Sessions,
     id: String,
-    kick: Arc<Notify>,
+    ending: Arc<Ending>,
 }
 
 impl Registration {
@@ -224,9 +246,14 @@ impl Registration {
         &self.id
     }
 
-    /// Completes when the session is kicked.
-    pub async fn kicked(&self) {
-        self.kick.notified().await;
+    /// Completes, with who did, when the session is ended from outside its connection.
+    pub async fn ended(&self) -> EndedBy {
+        loop {
+            if let Some(by) = self.ending.by.get() {
+                return *by;
+            }
+            self.ending.notify.notified().await;
+        }
     }
 }
 
@@ -241,15 +268,17 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn kick_wakes_the_session_and_drop_removes_it() {
+    async fn ending_wakes_the_session_with_who_ended_it_and_drop_removes_it() {
         let sessions = Sessions::default();
         let peer = "127.0.0.1:1".parse().unwrap();
         let registration = sessions.register(Some("ABC"), SessionKind::RtspReader, "cam", peer);
         let push = sessions.register(None, SessionKind::HttpPush, "feed", peer);
         assert_eq!(sessions.list().len(), 2);
-        assert!(sessions.kick("ABC"));
-        registration.kicked().await;
-        assert!(!sessions.kick("nope"));
+        assert!(sessions.end("ABC", EndedBy::Client));
+        // The first to end a session names who did.
+        assert!(sessions.end("ABC", EndedBy::Shutdown));
+        assert_eq!(registration.ended().await, EndedBy::Client);
+        assert!(!sessions.end("nope", EndedBy::Operator));
         drop(registration);
         drop(push);
         assert!(sessions.list().is_empty());

@@ -91,7 +91,7 @@ async fn aiortc_plays_over_whep_and_publishes_over_whip() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        server.wait_for_log("Kicked", Duration::from_secs(5)),
+        server.wait_for_log("ended by its client", Duration::from_secs(5)),
         "the publisher's DELETE ended it"
     );
 }

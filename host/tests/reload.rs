@@ -4,7 +4,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, exchange, file_route, free_port, play, sample_clip, short_clip, wait_live};
+use common::{
+    Pusher, Server, exchange, ffprobe_streams, file_route, free_port, play, push_route,
+    sample_clip, short_clip, wait_live,
+};
 use futures::StreamExt;
 use retina::client::{TcpTransportOptions, Transport};
 use retina::codec::CodecItem;
@@ -371,5 +374,59 @@ async fn a_kubernetes_configmap_update_reloads_the_config_and_its_plugins() {
             .nth(1)
             .is_some_and(|rest| rest.contains("[\"p\"]")),
         "the plugin behind the swapped link was reloaded: {reloaded}"
+    );
+}
+
+/// A reload that removes a route ends the publisher pushing into it, and one that gives a route
+/// another source ends its publisher so the new source can take the route over: neither is left
+/// holding a connection (and the route) into nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_ends_the_publishers_of_routes_it_removes_or_gives_another_source() {
+    let server = Server::start(&format!(
+        "{}{}",
+        push_route("gone", "gone"),
+        push_route("moved", "moved")
+    ));
+    let mut rtsp = Pusher::rtsp(&short_clip(), &server.url("gone"), "tcp");
+    let mut http = Pusher::start(
+        &short_clip(),
+        &format!("http://{}/moved", server.http),
+        "-c copy",
+    );
+    wait_live(&server, "gone").await;
+    wait_live(&server, "moved").await;
+
+    server.write_routes(&file_route("moved", &sample_clip()), true);
+    assert!(
+        rtsp.exits_within(Duration::from_secs(10)),
+        "the RTSP publisher of the removed route still runs: {:#?}",
+        server.log()
+    );
+    assert!(
+        http.exits_within(Duration::from_secs(10)),
+        "the HTTP pusher of the route with a new source still runs: {:#?}",
+        server.log()
+    );
+    assert!(
+        server.wait_for_log(
+            "RTSP publisher ended: the route was removed",
+            Duration::from_secs(5)
+        ),
+        "{:#?}",
+        server.log()
+    );
+    assert!(
+        server.wait_for_log("the route's source changed", Duration::from_secs(5)),
+        "{:#?}",
+        server.log()
+    );
+    // The file took the route over: its picture, not the pusher's 320x240.
+    let url = server.url("moved");
+    let streams = tokio::task::spawn_blocking(move || ffprobe_streams(&url))
+        .await
+        .expect("ffprobe");
+    assert!(
+        streams.contains("width=") && !streams.contains("width=320"),
+        "{streams}"
     );
 }

@@ -697,7 +697,7 @@ async fn removing_a_route_closes_its_webrtc_viewers() {
         server
             .log()
             .iter()
-            .any(|l| l.contains("webrtc") && l.contains("RouteEnded")),
+            .any(|l| l.contains("webrtc") && l.contains("the route ended")),
         "{:#?}",
         server.log()
     );

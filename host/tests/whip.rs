@@ -261,7 +261,7 @@ async fn a_publisher_that_never_connects_frees_the_route() {
     let status = browser.eval(&page, PUBLISHER_WHO_WALKS_AWAY).await;
     assert_eq!(status, 201, "the route is free again");
     assert!(
-        server.wait_for_log("NeverConnected", Duration::from_secs(1)),
+        server.wait_for_log("never connected", Duration::from_secs(1)),
         "the access log says why"
     );
 }

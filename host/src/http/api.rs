@@ -13,6 +13,7 @@ use hyper::{Method, StatusCode};
 use super::{Reply, State, respond, text};
 use crate::control::{ReloadHandle, ReloadOutcome};
 use crate::hub::SourceState;
+use crate::sessions::EndedBy;
 
 pub(super) async fn handle(state: &State, method: &Method, path: &str) -> Reply {
     match (method, path, state.reload.get()) {
@@ -26,7 +27,7 @@ pub(super) async fn handle(state: &State, method: &Method, path: &str) -> Reply 
         (&Method::GET, "sessions", _) => sessions(state),
         (&Method::DELETE, path, _) if path.starts_with("sessions/") => {
             let id = &path["sessions/".len()..];
-            if state.sessions.kick(id) {
+            if state.sessions.end(id, EndedBy::Operator) {
                 json(StatusCode::OK, &serde_json::json!({ "kicked": id }))
             } else {
                 text(StatusCode::NOT_FOUND, format!("no session `{id}`"))

@@ -11,7 +11,8 @@ use hyper::body::Incoming;
 
 use super::{Reply, State, refused, text};
 use crate::auth::Login;
-use crate::sessions::SessionKind;
+use crate::hub::Revoked;
+use crate::sessions::{EndedBy, SessionKind};
 use crate::sources::{IngestError, PublishRate, TooSlow, TsIngest};
 
 /// A publisher that sends nothing for this long is taken as gone.
@@ -81,8 +82,8 @@ pub(super) async fn push(
     let outcome = loop {
         let frame = tokio::select! {
             frame = tokio::time::timeout(PUSH_STALL_TIMEOUT, body.frame()) => frame,
-            () = registration.kicked() => break Outcome::Kicked,
-            () = revocation.revoked() => break Outcome::Revoked,
+            by = registration.ended() => break Outcome::Stopped(by),
+            reason = revocation.revoked() => break Outcome::Revoked(reason),
         };
         match frame {
             Err(_) => break Outcome::Stalled,
@@ -111,7 +112,7 @@ pub(super) async fn push(
     };
     let (status, message) = match &outcome {
         Outcome::Ended => (StatusCode::OK, "push ended".to_owned()),
-        Outcome::Kicked => (StatusCode::GONE, "kicked by an operator".to_owned()),
+        Outcome::Stopped(by) => (StatusCode::GONE, by.to_string()),
         Outcome::Stalled => (
             StatusCode::REQUEST_TIMEOUT,
             format!("no data for {} s", PUSH_STALL_TIMEOUT.as_secs()),
@@ -124,9 +125,12 @@ pub(super) async fn push(
             (StatusCode::PAYLOAD_TOO_LARGE, err.to_string())
         }
         Outcome::TooSlow(slow) => (StatusCode::REQUEST_TIMEOUT, slow.to_string()),
-        Outcome::Revoked => (
-            StatusCode::FORBIDDEN,
-            "no longer allowed to publish to this route (the config changed)".to_owned(),
+        Outcome::Revoked(reason) => (
+            match reason {
+                Revoked::NotOnPublishList => StatusCode::FORBIDDEN,
+                Revoked::RouteRemoved | Revoked::SourceChanged => StatusCode::GONE,
+            },
+            format!("push ended by a config change: {reason}"),
         ),
     };
     tracing::info!(
@@ -146,9 +150,9 @@ pub(super) async fn push(
 
 enum Outcome {
     Ended,
-    Kicked,
+    Stopped(EndedBy),
     Stalled,
     TooSlow(TooSlow),
-    Revoked,
+    Revoked(Revoked),
     Refused(IngestError),
 }

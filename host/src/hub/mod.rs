@@ -14,7 +14,7 @@ mod ring;
 mod stream;
 mod timeline;
 
-pub use publish::{Outlet, Processor, PublishClaim, Publisher, Revocation};
+pub use publish::{Outlet, Processor, PublishClaim, Publisher, Revocation, Revoked};
 pub use reader::{Next, Reader};
 pub use ring::Arrivals;
 pub use stream::{Busy, Sink, SourceState, Stream, StreamStats};

@@ -2,8 +2,8 @@
 //! packetizes units and hands them to readers (on the publisher's thread, or on the route's
 //! pipeline thread when the route has a [`Processor`]).
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::Notify;
 
@@ -44,19 +44,43 @@ pub struct PublishClaim {
     revocation: Revocation,
 }
 
-/// Tells a publisher that it lost its right to publish (a reload took it off the `publish` list).
+/// Tells a publisher that it lost its right to publish, and why.
 #[derive(Clone, Debug, Default)]
-pub struct Revocation(Arc<Notify>);
+pub struct Revocation(Arc<RevocationState>);
+
+#[derive(Debug, Default)]
+struct RevocationState {
+    notify: Notify,
+    /// The first reason given; a publisher ends once, for one reason.
+    reason: OnceLock<Revoked>,
+}
+
+/// Why a reload ended a publisher.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Revoked {
+    #[error("no longer on the route's publish list")]
+    NotOnPublishList,
+    #[error("the route was removed")]
+    RouteRemoved,
+    #[error("the route's source changed")]
+    SourceChanged,
+}
 
 impl Revocation {
-    pub(super) fn revoke(&self) {
+    pub(super) fn revoke(&self, reason: Revoked) {
+        let _ = self.0.reason.set(reason);
         // A stored permit: the publisher hears it even if it is not waiting right now.
-        self.0.notify_one();
+        self.0.notify.notify_one();
     }
 
-    /// Completes when the publisher must end.
-    pub async fn revoked(&self) {
-        self.0.notified().await;
+    /// Completes, with the reason, when the publisher must end.
+    pub async fn revoked(&self) -> Revoked {
+        loop {
+            if let Some(reason) = self.0.reason.get() {
+                return *reason;
+            }
+            self.0.notify.notified().await;
+        }
     }
 }
 

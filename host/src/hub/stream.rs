@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::publish::{Outlet, PublishClaim, Revocation};
+use super::publish::{Outlet, PublishClaim, Revocation, Revoked};
 use super::reader::Reader;
 use super::ring::Ring;
 use super::timeline::{MediaInfo, Timeline, TrackRtp};
@@ -68,7 +68,8 @@ pub(super) struct Shared {
     pub(super) gop_bytes: usize,
     /// A publisher holds the stream (or is about to).
     pub(super) claimed: bool,
-    /// Who holds the claim (the user its credentials named, if any), and how to end them.
+    /// Who holds the claim when a publisher from outside does (the user its credentials named,
+    /// if any), and how to end them.
     pub(super) claimant: Option<(Option<String>, Revocation)>,
     /// Bumped by every publisher, so readers notice a change of source.
     pub(super) generation: u64,
@@ -160,21 +161,31 @@ impl Stream {
         self.lock().media.clone()
     }
 
-    /// Reserves the stream for one publisher; a second gets [`Busy`] until the first lets go.
+    /// Reserves the stream for the route's own source (a file, a pull); a second claim gets
+    /// [`Busy`] until the first lets go. The router stops its sources itself, so a reload does not
+    /// revoke this claim.
     pub fn claim(self: &Arc<Self>) -> Result<PublishClaim, Busy> {
-        self.claim_as(None)
+        self.claim_for(None)
     }
 
-    /// [`Stream::claim`] for a publisher that logged in as `user`, so that a reload that takes
-    /// `user` off the route's `publish` list can end it.
+    /// Reserves the stream for a publisher from outside (RTSP RECORD, HTTP push, WHIP) that logged
+    /// in as `user`, so that a reload can end it: one that takes `user` off the route's `publish`
+    /// list, removes the route or gives it another source.
     pub fn claim_as(self: &Arc<Self>, user: Option<String>) -> Result<PublishClaim, Busy> {
+        self.claim_for(Some(user))
+    }
+
+    fn claim_for(
+        self: &Arc<Self>,
+        publisher: Option<Option<String>>,
+    ) -> Result<PublishClaim, Busy> {
         let mut shared = self.lock();
         if shared.claimed {
             return Err(Busy(self.name.clone()));
         }
         shared.claimed = true;
         let revocation = Revocation::default();
-        shared.claimant = Some((user, revocation.clone()));
+        shared.claimant = publisher.map(|user| (user, revocation.clone()));
         Ok(PublishClaim::new(Arc::clone(self), revocation))
     }
 
@@ -192,7 +203,16 @@ impl Stream {
                 user = user.as_deref().unwrap_or("-"),
                 "publisher ended: no longer on the route's publish list"
             );
-            revocation.revoke();
+            revocation.revoke(Revoked::NotOnPublishList);
+        }
+    }
+
+    /// Ends the publisher from outside that holds the stream, if one does.
+    pub fn revoke_publisher(&self, reason: Revoked) {
+        let shared = self.lock();
+        if let (true, Some((_, revocation))) = (shared.claimed, &shared.claimant) {
+            tracing::info!(route = self.name, "publisher ended: {reason}");
+            revocation.revoke(reason);
         }
     }
 
@@ -321,11 +341,13 @@ impl Stream {
         }
     }
 
-    /// Ends the stream: every reader's [`Reader::next`] returns `None`, and the pipeline stops.
+    /// Ends the stream: every reader's [`Reader::next`] returns `None`, the publisher ends and
+    /// the pipeline stops.
     pub fn close(&self) {
         if let Some(processor) = self.processor.get() {
             processor.stop();
         }
+        self.revoke_publisher(Revoked::RouteRemoved);
         let mut shared = self.lock();
         if let Some(ring) = shared.ring.take() {
             ring.close();

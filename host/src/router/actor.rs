@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use super::{Changes, Command, Demand, Snapshot};
 use crate::auth::Policy;
 use crate::config::{self, MemoryBudget, PatternConfig, RouteConfig, SourceConfig};
-use crate::hub::Stream;
+use crate::hub::{Revoked, Stream};
 use crate::pipeline::Stage;
 use crate::plugins::{LoadedPlugin, Plugins};
 use crate::sources::{self, RunningSource};
@@ -359,6 +359,11 @@ fn update(route: &mut RunningRoute, config: RouteConfig, plugins: &Plugins) -> b
         return false;
     }
     let source_changed = route.config.source != config.source;
+    if source_changed && matches!(route.config.source, SourceConfig::Push { .. }) {
+        // A publisher of the old feed does not publish to this route any more, and the new
+        // source waits for the stream to be free.
+        route.stream.revoke_publisher(Revoked::SourceChanged);
+    }
     let on_demand_changed = route.config.on_demand != config.on_demand;
     route.config = config;
     if on_demand_changed {

@@ -20,11 +20,11 @@ use super::session::{Action, Connection, Context, bad_request, route_name};
 use super::udp::{UdpSockets, receive_rtcp, receive_rtp, register_publisher, register_rtcp};
 use crate::auth::Auth;
 use crate::config::ServerConfig;
-use crate::hub::Revocation;
+use crate::hub::{Revocation, Revoked};
 use crate::listen::{ConnectionGate, Listener, Rebind, keep_alive};
 use crate::router::RouterHandle;
 use crate::rtp::rtcp;
-use crate::sessions::{ClientLimit, Registration, SessionKind, Sessions};
+use crate::sessions::{ClientLimit, EndedBy, Registration, SessionKind, Sessions};
 
 /// How often a connection checks its session's liveness.
 const LIVENESS_CHECK_INTERVAL: Duration = Duration::from_secs(5);
@@ -265,12 +265,12 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<Share
                 }
             }
             finished = &mut egress_task => break finished.ok(),
-            () = revoked(revocation.as_ref()) => {
-                tracing::info!(%peer, route = connection.route(), "RTSP publisher ended: no longer on the route's publish list");
+            reason = revoked(revocation.as_ref()) => {
+                tracing::info!(%peer, route = connection.route(), "RTSP publisher ended: {reason}");
                 break None;
             }
-            () = kicked(registration.as_ref()) => {
-                tracing::info!(%peer, session = connection.session_id(), "RTSP session kicked by an operator");
+            by = ended(registration.as_ref()) => {
+                tracing::info!(%peer, session = connection.session_id(), "RTSP session {by}");
                 break None;
             }
         }
@@ -284,14 +284,14 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<Share
     log.finish(peer, started.elapsed(), &sent);
 }
 
-async fn kicked(registration: Option<&Registration>) {
+async fn ended(registration: Option<&Registration>) -> EndedBy {
     match registration {
-        Some(registration) => registration.kicked().await,
+        Some(registration) => registration.ended().await,
         None => std::future::pending().await,
     }
 }
 
-async fn revoked(revocation: Option<&Revocation>) {
+async fn revoked(revocation: Option<&Revocation>) -> Revoked {
     match revocation {
         Some(revocation) => revocation.revoked().await,
         None => std::future::pending().await,

@@ -16,7 +16,7 @@ use crate::config::{self, Config};
 use crate::http::HttpServer;
 use crate::router::RouterHandle;
 use crate::rtsp::RtspServer;
-use crate::sessions::{self, Sessions};
+use crate::sessions::{self, EndedBy, Sessions};
 use crate::{listen, plugins, rtsp, webrtc};
 
 /// Why the server cannot start.
@@ -233,7 +233,7 @@ impl Server {
         // Publishers go first, so that what they already sent reaches the readers.
         for session in sessions.list() {
             if session.kind.is_publisher() {
-                sessions.kick(&session.id);
+                sessions.end(&session.id, EndedBy::Shutdown);
             }
         }
         until(CLOSE_TIMEOUT, || {

@@ -51,7 +51,7 @@ use crate::hub::{SourceState, Stream};
 use crate::listen::ConnectionGate;
 use crate::media::Codec;
 use crate::router::RouterHandle;
-use crate::sessions::{ClientLimit, ClientSlot, Registration, SessionKind, Sessions};
+use crate::sessions::{ClientLimit, ClientSlot, EndedBy, Registration, SessionKind, Sessions};
 
 pub use mux::Error as BindError;
 use mux::{MuxLease, PublisherRuntime};
@@ -242,7 +242,7 @@ impl WebRtc {
             .list()
             .iter()
             .any(|s| s.id == id && s.route == route && s.kind == SessionKind::WebRtcViewer);
-        if on_route && self.sessions.kick(id) {
+        if on_route && self.sessions.end(id, EndedBy::Client) {
             Ok(())
         } else {
             Err(WhepError::NoSession(id.to_owned()))
@@ -260,7 +260,7 @@ impl WebRtc {
         let on_route = self.sessions.list().iter().any(|s| {
             s.id == id && Some(&s.route) == route.as_ref() && s.kind == SessionKind::WebRtcPublisher
         });
-        if on_route && self.sessions.kick(id) {
+        if on_route && self.sessions.end(id, EndedBy::Client) {
             Ok(())
         } else {
             Err(WhepError::NoSession(id.to_owned()))

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 
 use super::*;
-use crate::hub::Revocation;
+use crate::hub::{Revocation, Revoked};
 use crate::rtp::{DepacketizeError, Depacketizer, PayloadFormat};
 use crate::sources::{LivePublisher, PublishRate, TrackKind};
 
@@ -129,14 +129,21 @@ impl WebRtc {
 }
 
 /// Why a WHIP publisher ended, for the access log.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 enum PublishEnding {
+    #[error("never connected")]
     NeverConnected,
+    #[error("connection closed")]
     Closed,
+    #[error("no media for {} s", PUBLISH_STALL_TIMEOUT.as_secs())]
     Stalled,
-    Kicked,
-    Revoked,
+    #[error("{0}")]
+    Ended(EndedBy),
+    #[error("publisher ended: {0}")]
+    Revoked(Revoked),
+    #[error("over the route's memory budget")]
     OverBudget,
+    #[error("sends slower than real time")]
     TooSlow,
 }
 
@@ -172,7 +179,7 @@ impl WhipPublisher {
             peer = %self.peer,
             route = %self.route,
             session = %self.id,
-            ended = ?ending,
+            ended = %ending,
             seconds = started.elapsed().as_secs_f32(),
             units = self.live.units,
             tracks = %self.live.describe(),
@@ -184,7 +191,7 @@ impl WhipPublisher {
         let mut state = self.events.state.clone();
         let connected = tokio::select! {
             connected = self.events.connected() => connected,
-            () = self.registration.kicked() => return PublishEnding::Kicked,
+            by = self.registration.ended() => return PublishEnding::Ended(by),
         };
         if !connected {
             return PublishEnding::NeverConnected;
@@ -269,8 +276,8 @@ impl WhipPublisher {
                         return PublishEnding::Closed;
                     }
                 }
-                () = self.registration.kicked() => return PublishEnding::Kicked,
-                () = self.revocation.revoked() => return PublishEnding::Revoked,
+                by = self.registration.ended() => return PublishEnding::Ended(by),
+                reason = self.revocation.revoked() => return PublishEnding::Revoked(reason),
             }
         }
     }

@@ -68,12 +68,16 @@ pub(super) struct Viewer {
 }
 
 /// Why a viewer's session ended, for the access log.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub(super) enum Ending {
+    #[error("never connected")]
     NeverConnected,
+    #[error("connection closed")]
     Closed,
+    #[error("the route ended")]
     RouteEnded,
-    Kicked,
+    #[error("{0}")]
+    Ended(EndedBy),
 }
 
 /// What the viewer has sent, for the access log and its sender reports.
@@ -105,7 +109,7 @@ impl Viewer {
             peer = %self.peer,
             route = %self.route,
             session = %self.id,
-            ended = ?ending,
+            ended = %ending,
             seconds = started.elapsed().as_secs_f32(),
             packets = tally.packets,
             bytes = tally.bytes,
@@ -121,8 +125,8 @@ impl Viewer {
         let mut opus_sequence: u16 = rand::random();
         let mut reports = tokio::time::interval(SENDER_REPORT_EVERY);
         let mut waiting_for_keyframe = false;
-        let kicked = registration.kicked();
-        tokio::pin!(kicked);
+        let ended = registration.ended();
+        tokio::pin!(ended);
         loop {
             // Timers are handled here, whatever woke the task, so that a busy viewer (a flood
             // of packets from its browser) cannot starve its ICE and DTLS timers.
@@ -182,7 +186,7 @@ impl Viewer {
                 .clamp(now + MIN_SLEEP, now + IDLE_TICK);
             let timer = tokio::time::sleep_until(deadline.into());
             tokio::select! {
-                () = &mut kicked => return Ending::Kicked,
+                by = &mut ended => return Ending::Ended(by),
                 datagram = self.ports.datagrams.recv() => {
                     // None: the lease ended, which only the viewer itself does.
                     let Some(datagram) = datagram else { return Ending::Closed };

@@ -384,6 +384,20 @@ impl Pusher {
     }
 }
 
+impl Pusher {
+    /// Whether ffmpeg has stopped (the server ended its push) within `limit`.
+    pub fn exits_within(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
 impl Drop for Pusher {
     fn drop(&mut self) {
         let _ = self.0.kill();
