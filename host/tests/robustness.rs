@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{Server, file_route, play, sample_clip, short_clip};
 use futures::StreamExt;
@@ -78,6 +78,30 @@ async fn twenty_readers_all_receive_and_a_stalled_one_slows_nobody() {
         assert!(frames >= 140, "reader {i} got {frames} frames");
         assert_eq!(lost, 0, "reader {i} lost packets");
     }
+}
+
+/// A reader that stops reading and never closes is let go: the kernel buffers at most a fixed
+/// amount for it (not the 4 MiB it would grow to, which a route of this rate takes over a minute
+/// to fill), and the server gives up once a write has waited 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_stops_reading_is_let_go() {
+    let server = Server::start(&file_route("unicast", &sample_clip()));
+    let stalled = stalled_reader(&server, "unicast").await;
+    let port = stalled.local_addr().expect("local address").port();
+    assert!(common::server_holds(server.rtsp.port(), port));
+    let started = Instant::now();
+    let limit = Duration::from_secs(40);
+    while common::server_holds(server.rtsp.port(), port) {
+        assert!(
+            started.elapsed() < limit,
+            "the server still holds a reader that reads nothing, {limit:?} on"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "the server let go of the stalled reader after {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

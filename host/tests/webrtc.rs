@@ -13,7 +13,7 @@ mod whep_client;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -739,4 +739,155 @@ async fn chromium_plays_re_encoded_routes_a_gray_one_and_a_b_frame_source() {
         (Some(320), Some(240)),
         "{state}"
     );
+}
+
+/// A TCP relay at `public` in front of the ICE-TCP port at `private`, that carries both ways until
+/// `stall` is set and then reads nothing more of what the server sends, and holds its connections
+/// to the server open even after the browser closes its own: a client that stops reading without
+/// going away. Its side towards the server has a tiny receive buffer, so the server's writes block
+/// soon. Returns the local ports of its connections to the server.
+async fn stalling_tcp_relay(
+    public: SocketAddr,
+    private: SocketAddr,
+    stall: Arc<AtomicBool>,
+) -> Arc<std::sync::Mutex<Vec<u16>>> {
+    let listener = tokio::net::TcpListener::bind(public)
+        .await
+        .expect("bind the relay");
+    let ports = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let relayed = Arc::clone(&ports);
+    tokio::spawn(async move {
+        while let Ok((browser, _)) = listener.accept().await {
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket.set_recv_buffer_size(4096).expect("a small buffer");
+            let Ok(server) = socket.connect(private).await else {
+                continue;
+            };
+            if let Ok(local) = server.local_addr() {
+                relayed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(local.port());
+            }
+            let (mut from_browser, mut to_browser) = browser.into_split();
+            let (mut from_server, mut to_server) = server.into_split();
+            let stalled = Arc::clone(&stall);
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 4096];
+                while !stalled.load(Ordering::Relaxed) {
+                    let read = tokio::time::timeout(
+                        Duration::from_millis(50),
+                        from_server.read(&mut buffer),
+                    )
+                    .await;
+                    match read {
+                        Ok(Ok(0) | Err(_)) => return,
+                        Ok(Ok(n)) => {
+                            if to_browser.write_all(&buffer[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        Err(_) => {}
+                    }
+                }
+                let _held = from_server;
+                std::future::pending::<()>().await;
+            });
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 4096];
+                while let Ok(n @ 1..) = from_browser.read(&mut buffer).await {
+                    if to_server.write_all(&buffer[..n]).await.is_err() {
+                        return;
+                    }
+                }
+                let _held = to_server;
+                std::future::pending::<()>().await;
+            });
+        }
+    });
+    ports
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ice_tcp_viewer_that_stops_reading_is_let_go() {
+    let tcp_port = free_tcp_port();
+    let server = Server::start_adding(
+        &format!("webrtc_tcp = \"127.0.0.1:{tcp_port}\"\nwebrtc_public_ip = \"127.0.0.2\"\n"),
+        &file_route("unicast", &sample_clip()),
+    );
+    let stall = Arc::new(AtomicBool::new(false));
+    let relayed = stalling_tcp_relay(
+        SocketAddr::from(([127, 0, 0, 2], tcp_port)),
+        SocketAddr::from(([127, 0, 0, 1], tcp_port)),
+        Arc::clone(&stall),
+    )
+    .await;
+    wait_live(&server, "unicast").await;
+    let mut browser = Browser::launch().await;
+    // The status page plays nothing itself: the one viewer is the TCP-only one.
+    let page = browser.open(&format!("http://{}/", server.http)).await;
+    let status = browser.eval(&page, TCP_ONLY_VIEWER).await;
+    assert_eq!(status, 201, "the TCP-only offer was answered: {status}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats = browser.eval(&page, TCP_ONLY_STATS).await;
+        let stats: serde_json::Value =
+            serde_json::from_str(stats.as_str().unwrap_or("{}")).unwrap_or_default();
+        if stats["frames"].as_u64().unwrap_or(0) > 48 {
+            assert_eq!(stats["protocol"], "tcp", "{stats}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Chromium decoded too little through the relay: {stats}\n{}",
+            server.log().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let ports = relayed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    assert!(
+        ports
+            .iter()
+            .any(|&peer| common::server_holds(tcp_port, peer)),
+        "the server's sockets of the relayed connections {ports:?} are found"
+    );
+
+    // The client stops reading and never closes. The server's writes block once the buffers
+    // between are full; it gives up on the connection 5 s later (`TCP_WRITE_TIMEOUT`).
+    stall.store(true, Ordering::Relaxed);
+    let stalled = Instant::now();
+    let limit = Duration::from_secs(30);
+    while ports
+        .iter()
+        .any(|&peer| common::server_holds(tcp_port, peer))
+    {
+        assert!(
+            stalled.elapsed() < limit,
+            "the server still holds a connection that reads nothing, {limit:?} on: {ports:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "the server let go of the stalled ICE-TCP connection after {:?}",
+        stalled.elapsed()
+    );
+    // Without its connection the viewer's session ends too (ICE's timeouts, 8 s at most).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let sessions = http_get(&server, "/api/v1/sessions").await;
+        if !sessions.contains("webrtc-viewer") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stalled viewer's session outlived its connection: {sessions}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // And the route plays on for everyone else.
+    let url = server.url("unicast");
+    let streams = tokio::task::spawn_blocking(move || common::ffprobe_streams(&url))
+        .await
+        .expect("ffprobe");
+    assert!(streams.contains("codec_name=h264"), "{streams}");
 }

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -106,6 +106,19 @@ impl Browser {
 
     /// Sends one DevTools command and waits for its result.
     async fn call(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
+        match self.try_call(session, method, params).await {
+            Ok(result) => result,
+            Err(error) => panic!("{method} failed: {error}"),
+        }
+    }
+
+    /// Like [`Browser::call`], with DevTools' error as an `Err`.
+    async fn try_call(
+        &mut self,
+        session: Option<&str>,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, Value> {
         self.next_id += 1;
         let id = self.next_id;
         let mut message = json!({ "id": id, "method": method, "params": params });
@@ -125,17 +138,15 @@ impl Browser {
             let Message::Text(text) = reply else { continue };
             let value: Value = serde_json::from_str(&text).expect("DevTools JSON");
             if value["id"] == id {
-                assert!(
-                    value.get("error").is_none(),
-                    "{method} failed: {}",
-                    value["error"]
-                );
-                return value["result"].clone();
+                return match value.get("error") {
+                    Some(error) => Err(error.clone()),
+                    None => Ok(value["result"].clone()),
+                };
             }
         }
     }
 
-    /// Opens `url` in a new tab.
+    /// Opens `url` in a new tab and waits until it has loaded.
     pub async fn open(&mut self, url: &str) -> Page {
         let target = self
             .call(None, "Target.createTarget", json!({ "url": url }))
@@ -147,11 +158,31 @@ impl Browser {
                 json!({ "targetId": target["targetId"], "flatten": true }),
             )
             .await;
-        Page {
+        let page = Page {
             session: attached["sessionId"]
                 .as_str()
                 .expect("a session id")
                 .to_owned(),
+        };
+        // Until the page has loaded, what is evaluated may run in the blank page before it and be
+        // destroyed with it.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let loaded = self
+                .try_call(
+                    Some(&page.session),
+                    "Runtime.evaluate",
+                    json!({
+                        "expression": "location.href !== 'about:blank' && document.readyState === 'complete'",
+                        "returnByValue": true
+                    }),
+                )
+                .await;
+            if matches!(loaded, Ok(ref result) if result["result"]["value"] == true) {
+                return page;
+            }
+            assert!(Instant::now() < deadline, "{url} did not load: {loaded:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

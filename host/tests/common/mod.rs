@@ -544,3 +544,23 @@ pub async fn http(server: &Server, method: &str, path: &str) -> (u16, String) {
         .to_owned();
     (status, body)
 }
+
+/// Whether the server still has a socket open (not merely the kernel finishing it) for a
+/// connection from loopback port `peer` to its port `port`: `/proc/net/tcp` gives a socket no
+/// process holds inode 0.
+pub fn server_holds(port: u16, peer: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let port_of = |field: &str| {
+            field
+                .rsplit(':')
+                .next()
+                .and_then(|hex| u16::from_str_radix(hex, 16).ok())
+        };
+        fields.len() > 9
+            && port_of(fields[1]) == Some(port)
+            && port_of(fields[2]) == Some(peer)
+            && fields[9] != "0"
+    })
+}

@@ -37,7 +37,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::listen::{ConnectionGate, ConnectionPermit};
+use crate::listen::{ConnectionGate, ConnectionPermit, bound_send_buffer};
 use crate::rtp::segmented_send;
 use rtc::stun::attributes::ATTR_USERNAME;
 use rtc::stun::message::{Message, is_stun_message};
@@ -345,6 +345,7 @@ async fn accept_tcp(listener: TcpListener, shared: Arc<Shared>, gate: Arc<Connec
                 continue;
             }
         };
+        bound_send_buffer(&stream);
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
             let _handshaking = handshaking;
