@@ -2,27 +2,43 @@
 //! length): each has a task that reads the browser's packets for the viewer and writes the
 //! viewer's to it, until either side closes it or the browser stops reading for
 //! `TCP_WRITE_TIMEOUT`. The mux (`mux`) finds which viewer a connection is for.
+//!
+//! What the viewer sends in one flush (an access unit's packets, say) goes to a connection framed
+//! in one buffer, and out in one write.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use rtc::shared::tcp_framing::{TcpFrameDecoder, frame_packet};
+use rtc::shared::tcp_framing::TcpFrameDecoder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::mux::{Accepted, MAX_PACKET, TCP_WRITE_TIMEOUT};
 
-/// Packets waiting for one ICE-TCP connection's socket; more are dropped, as UDP would.
+/// Flushes waiting for one ICE-TCP connection's socket.
 const TCP_QUEUE: usize = 256;
+/// Bytes waiting for one ICE-TCP connection's socket; a flush past them is dropped, as UDP would
+/// drop its packets.
+const TCP_QUEUE_BYTES: usize = 1 << 20;
 /// Packets read from all of a viewer's ICE-TCP connections not yet taken by the viewer.
 const TCP_READ_QUEUE: usize = 64;
 
 /// The viewer's ICE-TCP connections: a queue to each one's task, by the browser's address, and
 /// what they read, for the viewer.
 pub(super) struct TcpLinks {
-    writers: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
+    writers: HashMap<SocketAddr, Writer>,
     read_tx: mpsc::Sender<(SocketAddr, Vec<u8>)>,
     pub(super) read_rx: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
+}
+
+/// The viewer's end of one connection: the packets of this flush, framed, and the queue to the
+/// connection's task with the bytes in it.
+struct Writer {
+    framed: Vec<u8>,
+    queue: mpsc::Sender<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
 }
 
 impl TcpLinks {
@@ -40,21 +56,51 @@ impl TcpLinks {
     pub(super) fn open(&mut self, accepted: Accepted) {
         // Connections that closed go, so a browser that keeps reconnecting leaves nothing behind
         // (the mux lets a viewer hold only a few open at once).
-        self.writers.retain(|_, writer| !writer.is_closed());
-        let (tx, rx) = mpsc::channel(TCP_QUEUE);
-        self.writers.insert(accepted.peer, tx);
-        tokio::spawn(tcp_connection(accepted, rx, self.read_tx.clone()));
+        self.writers.retain(|_, writer| !writer.queue.is_closed());
+        let (queue, rx) = mpsc::channel(TCP_QUEUE);
+        let queued = Arc::new(AtomicUsize::new(0));
+        self.writers.insert(
+            accepted.peer,
+            Writer {
+                framed: Vec::new(),
+                queue,
+                queued: Arc::clone(&queued),
+            },
+        );
+        tokio::spawn(tcp_connection(accepted, rx, queued, self.read_tx.clone()));
     }
 
-    /// Queues `packet` for the connection from `to`; dropped when its queue is full (the viewer
-    /// reads too slowly) or it has closed.
-    pub(super) fn send(&mut self, to: SocketAddr, packet: &[u8]) {
-        let Some(writer) = self.writers.get(&to) else {
+    /// Frames `packet` for the connection from `to`, to go at the next [`TcpLinks::flush`].
+    pub(super) fn add(&mut self, to: SocketAddr, packet: &[u8]) {
+        let (Some(writer), Ok(len)) = (self.writers.get_mut(&to), u16::try_from(packet.len()))
+        else {
             return;
         };
-        if let Err(mpsc::error::TrySendError::Closed(_)) = writer.try_send(frame_packet(packet)) {
-            self.writers.remove(&to);
-        }
+        writer.framed.extend_from_slice(&len.to_be_bytes());
+        writer.framed.extend_from_slice(packet);
+    }
+
+    /// Hands each connection what was added for it, in one buffer; dropped when the connection's
+    /// queue is full (the browser reads too slowly), forgotten when it has closed.
+    pub(super) fn flush(&mut self) {
+        self.writers.retain(|_, writer| {
+            if writer.framed.is_empty() {
+                return true;
+            }
+            let framed = std::mem::take(&mut writer.framed);
+            let len = framed.len();
+            if writer.queued.load(Ordering::Relaxed) + len > TCP_QUEUE_BYTES {
+                return !writer.queue.is_closed();
+            }
+            match writer.queue.try_send(framed) {
+                Ok(()) => {
+                    writer.queued.fetch_add(len, Ordering::Relaxed);
+                    true
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => true,
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
     }
 }
 
@@ -63,6 +109,7 @@ impl TcpLinks {
 async fn tcp_connection(
     accepted: Accepted,
     mut outgoing: mpsc::Receiver<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
     incoming: mpsc::Sender<(SocketAddr, Vec<u8>)>,
 ) {
     let Accepted {
@@ -86,9 +133,10 @@ async fn tcp_connection(
                 Ok(0) | Err(_) => return,
                 Ok(len) => decoder.extend_from_slice(&buffer[..len]),
             },
-            packet = outgoing.recv() => {
-                let Some(packet) = packet else { return };
-                let written = tokio::time::timeout(TCP_WRITE_TIMEOUT, stream.write_all(&packet)).await;
+            framed = outgoing.recv() => {
+                let Some(framed) = framed else { return };
+                let written = tokio::time::timeout(TCP_WRITE_TIMEOUT, stream.write_all(&framed)).await;
+                queued.fetch_sub(framed.len(), Ordering::Relaxed);
                 if !matches!(written, Ok(Ok(()))) {
                     tracing::debug!(%peer, "an ICE-TCP viewer stopped reading: closed");
                     return;

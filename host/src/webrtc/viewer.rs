@@ -261,7 +261,8 @@ impl Viewer {
     }
 
     /// Sends what the core has to send: UDP datagrams to one address in runs of equal size, each
-    /// run in one segmenting send; ICE-TCP packets framed, to their connection's queue.
+    /// run in one segmenting send; ICE-TCP packets framed, all of a connection's in one buffer to
+    /// its queue.
     fn flush(&mut self, tcp: &mut TcpLinks) {
         // The buffer the runs are gathered in is the viewer's, kept from one flush to the next.
         let mut run = std::mem::take(&mut self.run);
@@ -270,7 +271,7 @@ impl Viewer {
         while let Some(message) = self.pc.poll_write() {
             let to = message.transport.peer_addr;
             if message.transport.transport_protocol == TransportProtocol::TCP {
-                tcp.send(to, &message.message);
+                tcp.add(to, &message.message);
                 continue;
             }
             let len = message.message.len();
@@ -293,6 +294,7 @@ impl Viewer {
         if let Some((addr, segment)) = run_to {
             self.ports.send(&run, segment, addr);
         }
+        tcp.flush();
         self.run = run;
     }
 
