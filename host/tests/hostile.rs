@@ -40,13 +40,7 @@ async fn attacker_connection(addr: SocketAddr) -> std::io::Result<TcpStream> {
 
 /// The server's resident memory in KiB and its open file descriptors.
 fn resources(server: &Server) -> (u64, usize) {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS");
+    let rss = common::resident_kib(server.pid());
     let fds = std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
         .map(|d| d.count())
         .unwrap_or(0);

@@ -574,6 +574,79 @@ async fn a_webhook_that_never_answers_costs_its_own_queue_and_nothing_else() {
     assert!(streams.contains("h264"), "the route plays on: {streams}");
 }
 
+/// A webhook receiver that answers 200 to each POST with a chunked body of 256 MiB, sent as fast as
+/// it goes, that never ends.
+fn flooding_receiver() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind receiver");
+    let port = listener.local_addr().expect("address").port();
+    std::thread::spawn(move || {
+        for mut connection in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut request = [0u8; 4096];
+                let _ = connection.read(&mut request);
+                let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+                if connection.write_all(head).is_err() {
+                    return;
+                }
+                let chunk = [b'x'; 1 << 16];
+                let mut flood = Vec::with_capacity(chunk.len() + 16);
+                for _ in 0..(256 << 20) / chunk.len() {
+                    flood.clear();
+                    flood.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                    flood.extend_from_slice(&chunk);
+                    flood.extend_from_slice(b"\r\n");
+                    if connection.write_all(&flood).is_err() {
+                        return;
+                    }
+                }
+                // No last chunk: the body never ends.
+                std::thread::sleep(Duration::from_secs(60));
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_that_answers_with_a_body_without_end_costs_nothing() {
+    let port = flooding_receiver();
+    let server = Server::start(&format!(
+        "{}plugins = [\"flood\"]\n\
+         [plugins.flood]\nwasm = \"{}\"\ntime_limit_ms = 2000\nwebhook = \"http://127.0.0.1:{port}/hook\"\n\
+         config = {{ attack = \"event-flood\" }}\n",
+        file_route("flooded", &sample_clip()),
+        plugin_wasm("hostile").display()
+    ));
+    wait_live(&server, "flooded").await;
+    let before = common::resident_kib(server.pid());
+    let delivered = |metrics: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("wasmcast_webhook_events_total{outcome=\"delivered\"} "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    // The answer's status is all a delivery needs: its body is not read.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut peak = before;
+    loop {
+        let (_, metrics) = http(&server, "GET", "/metrics").await;
+        peak = peak.max(common::resident_kib(server.pid()));
+        if delivered(&metrics) >= 20 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "events to a receiver whose answers never end are delivered: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        peak < before + 64 * 1024,
+        "the server's memory grew from {before} KiB to {peak} KiB"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_built_against_the_0_1_0_interface_runs_on_this_host() {
     let server = Server::start(&format!(

@@ -247,12 +247,7 @@ async fn a_hundred_rapid_edits_end_on_the_last_without_leaks() {
 fn resources(pid: u32) -> (usize, usize, u64) {
     let count =
         |dir: &str| std::fs::read_dir(format!("/proc/{pid}/{dir}")).map_or(0, |d| d.count());
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024);
+    let rss = common::resident_kib(pid) * 1024;
     (count("task"), count("fd"), rss)
 }
 

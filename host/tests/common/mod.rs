@@ -564,3 +564,14 @@ pub fn server_holds(port: u16, peer: u16) -> bool {
             && fields[9] != "0"
     })
 }
+
+/// The resident memory of process `pid`, in KiB.
+pub fn resident_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
