@@ -704,6 +704,51 @@ async fn plugins_that_sleep_flood_units_or_flood_the_log_are_stopped_and_routes_
     );
 }
 
+/// A plugin allowed the network that opens a thousand sockets a unit and never closes them is held
+/// to a few hundred host resources at a time: it cannot take the server's file descriptors, so
+/// its route flows and the server goes on accepting readers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_opens_sockets_without_end_cannot_take_the_servers_files() {
+    let clip = sample_clip();
+    let server = Server::start(&format!(
+        "{}{}",
+        plugin_route("sockets", &clip, &["sockets"]),
+        hostile_plugin("sockets", "socket-flood", "network = true\n"),
+    ));
+    wait_live(&server, "sockets").await;
+    let open_files =
+        || std::fs::read_dir(format!("/proc/{}/fd", server.pid())).map_or(0, |d| d.count());
+    let mut most = open_files();
+    let frames = {
+        let reading = video_frames(server.url("sockets"), 5);
+        tokio::pin!(reading);
+        loop {
+            tokio::select! {
+                frames = &mut reading => break frames,
+                () = tokio::time::sleep(Duration::from_millis(100)) => most = most.max(open_files()),
+            }
+        }
+    };
+    assert!(most < 1000, "the server had {most} files open");
+    // The grant works, and the limit is what stopped it.
+    faulted_for(&server, &[("sockets", "host resources")]).await;
+    assert!(
+        frames.len() >= 75,
+        "the route flows: {} frames in 5 s",
+        frames.len()
+    );
+    let streams = tokio::task::spawn_blocking({
+        let url = server.url("sockets");
+        move || common::ffprobe_streams(&url)
+    })
+    .await
+    .expect("ffprobe");
+    assert!(
+        streams.contains("h264"),
+        "a new reader is served: {streams}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_whose_init_sleeps_is_refused_at_its_time_limit_and_reloads_go_on() {
     let clip = sample_clip();

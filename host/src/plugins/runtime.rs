@@ -99,6 +99,10 @@ const MAX_TABLE_ELEMENTS: usize = 1 << 18;
 const MAX_TABLES: usize = 64;
 const MAX_MEMORIES: usize = 16;
 const MAX_INSTANCES: usize = 64;
+/// Host resources (WASI streams, pollables, files, sockets; frames) one instance may hold at once.
+/// Each is host memory outside the instance's memory limit, and a file or a socket is one of the
+/// server's file descriptors; a plugin that opens them without end traps here instead.
+pub(super) const MAX_HOST_RESOURCES: usize = 256;
 /// Units one `replace` may hand back, and their bytes together: a plugin adds a unit or a few
 /// (an SEI, a split frame), not a flood.
 pub const MAX_REPLACE_UNITS: usize = 64;
@@ -113,6 +117,8 @@ pub enum Fault {
     MemoryLimit(usize),
     #[error("grew a table past {MAX_TABLE_ELEMENTS} elements")]
     TableLimit,
+    #[error("held more than {MAX_HOST_RESOURCES} host resources at once (streams, files, sockets)")]
+    ResourceLimit,
     #[error("trapped: {0}")]
     Trap(String),
     #[error("its init refused the config: {0}")]

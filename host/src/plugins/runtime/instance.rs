@@ -6,16 +6,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{ResourceTable, ResourceTableError};
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::WasiCtxBuilder;
 
 use super::host::{LogBudget, LogStream, Names, PluginState, Reporter};
 use super::picture::LentPicture;
 use super::{
-    Compiled, EPOCH_TICK, Fault, Level, MAX_INSTANCES, MAX_MEMORIES, MAX_REPLACE_BYTES,
-    MAX_REPLACE_UNITS, MAX_SNAPSHOT_BYTES, MAX_TABLE_ELEMENTS, MAX_TABLES, Pre, blocking, engine,
-    frame_world, packet_world, picture_world, wit, wit_state,
+    Compiled, EPOCH_TICK, Fault, Level, MAX_HOST_RESOURCES, MAX_INSTANCES, MAX_MEMORIES,
+    MAX_REPLACE_BYTES, MAX_REPLACE_UNITS, MAX_SNAPSHOT_BYTES, MAX_TABLE_ELEMENTS, MAX_TABLES, Pre,
+    blocking, engine, frame_world, packet_world, picture_world, wit, wit_state,
 };
 use crate::config::PluginConfig;
 use crate::media::{AccessUnit, Codec, Picture, Track};
@@ -68,6 +68,12 @@ impl Limits {
             .is_some()
         {
             return Fault::TimeLimit(self.time);
+        }
+        if matches!(
+            err.downcast_ref::<ResourceTableError>(),
+            Some(ResourceTableError::Full)
+        ) {
+            return Fault::ResourceLimit;
         }
         let text = format!("{err:#}");
         match err.downcast_ref::<Trap>() {
@@ -130,11 +136,17 @@ impl Instance {
                 })?;
         }
         if config.network {
-            wasi.inherit_network().allow_ip_name_lookup(true);
+            // Any address; TCP and UDP, which WASI's context refuses unless told.
+            wasi.inherit_network()
+                .allow_ip_name_lookup(true)
+                .allow_tcp(true)
+                .allow_udp(true);
         }
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_HOST_RESOURCES);
         let state = PluginState {
             wasi: wasi.build(),
-            table: ResourceTable::new(),
+            table,
             limits: store_limits(config.memory_limit),
             names,
             config: Arc::from(config.config.as_str()),

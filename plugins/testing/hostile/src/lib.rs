@@ -8,7 +8,9 @@
 //! - `time-travel`: hands each unit back a second earlier than the last it returned;
 //! - `event-flood`: emits a thousand events per unit (and some with a bad name or a payload too
 //!   big), sets a new metric name per unit, and hands over a 32 MiB snapshot;
-//! - `restore-trap`: panics when it is given a saved state (then passes units on).
+//! - `restore-trap`: panics when it is given a saved state (then passes units on);
+//! - `socket-flood`: with `network` granted, opens a thousand sockets per unit and never closes
+//!   them (the host's file descriptors are what it is after).
 
 use std::time::Duration;
 
@@ -24,6 +26,7 @@ enum Attack {
     FalseKeyframes,
     TimeTravel,
     RestoreTrap,
+    SocketFlood,
 }
 
 struct Hostile {
@@ -47,6 +50,7 @@ impl PacketPlugin for Hostile {
             Some("false-keyframes") => Attack::FalseKeyframes,
             Some("time-travel") => Attack::TimeTravel,
             Some("restore-trap") => Attack::RestoreTrap,
+            Some("socket-flood") => Attack::SocketFlood,
             other => return Err(format!("unknown attack {other:?}")),
         };
         Ok(Hostile { attack, units: 0 })
@@ -115,6 +119,18 @@ impl PacketPlugin for Hostile {
                 Verdict::Pass
             }
             Attack::RestoreTrap => Verdict::Pass,
+            Attack::SocketFlood => {
+                for _ in 0..1000 {
+                    match std::net::TcpListener::bind("127.0.0.1:0") {
+                        Ok(listener) => std::mem::forget(listener),
+                        Err(err) => {
+                            log(Level::Warn, &format!("no more sockets: {err}"));
+                            break;
+                        }
+                    }
+                }
+                Verdict::Pass
+            }
         }
     }
 }
