@@ -497,6 +497,31 @@ async fn a_flood_of_events_metrics_and_a_huge_snapshot_is_held_to_its_limits() {
     assert!(streams.contains("h264"), "the route plays on: {streams}");
 }
 
+/// A server whose route `flooded` runs the hostile plugin's event flood, with `port` on loopback
+/// as the plugin's webhook.
+fn flooding_events_to(port: u16) -> Server {
+    Server::start(&format!(
+        "{}plugins = [\"flood\"]\n\
+         [plugins.flood]\nwasm = \"{}\"\ntime_limit_ms = 2000\nwebhook = \"http://127.0.0.1:{port}/hook\"\n\
+         config = {{ attack = \"event-flood\" }}\n",
+        file_route("flooded", &sample_clip()),
+        plugin_wasm("hostile").display()
+    ))
+}
+
+/// The webhook events `/metrics` counts with `outcome`.
+fn webhook_events(metrics: &str, outcome: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!(
+                "wasmcast_webhook_events_total{{outcome=\"{outcome}\"}} "
+            ))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// A webhook receiver that takes connections and never answers; counts them.
 fn silent_receiver() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind receiver");
@@ -516,33 +541,16 @@ fn silent_receiver() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_that_never_answers_costs_its_own_queue_and_nothing_else() {
     let (port, accepted) = silent_receiver();
-    let server = Server::start(&format!(
-        "{}plugins = [\"flood\"]\n\
-         [plugins.flood]\nwasm = \"{}\"\ntime_limit_ms = 2000\nwebhook = \"http://127.0.0.1:{port}/hook\"\n\
-         config = {{ attack = \"event-flood\" }}\n",
-        file_route("flooded", &sample_clip()),
-        plugin_wasm("hostile").display()
-    ));
+    let server = flooding_events_to(port);
     wait_live(&server, "flooded").await;
     let (mut stream, head) = open_event_stream(&server).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     // 20 events a second into a queue of 256 that moves one try of 5 s at a time: full in some
     // 13 s, and the first event has had its three tries after 15 s.
-    let metric = |metrics: &str, outcome: &str| -> u64 {
-        metrics
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(&format!(
-                    "wasmcast_webhook_events_total{{outcome=\"{outcome}\"}} "
-                ))
-            })
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
     let deadline = Instant::now() + Duration::from_secs(30);
     let metrics = loop {
         let (_, metrics) = http(&server, "GET", "/metrics").await;
-        if metric(&metrics, "failed") >= 1 && metric(&metrics, "dropped") >= 1 {
+        if webhook_events(&metrics, "failed") >= 1 && webhook_events(&metrics, "dropped") >= 1 {
             break metrics;
         }
         assert!(
@@ -551,7 +559,7 @@ async fn a_webhook_that_never_answers_costs_its_own_queue_and_nothing_else() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    assert_eq!(metric(&metrics, "delivered"), 0, "{metrics}");
+    assert_eq!(webhook_events(&metrics, "delivered"), 0, "{metrics}");
     // One try at a time: a connection per try, not one per event.
     let connections = accepted.load(std::sync::atomic::Ordering::Relaxed);
     assert!(
@@ -610,29 +618,16 @@ fn flooding_receiver() -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_that_answers_with_a_body_without_end_costs_nothing() {
     let port = flooding_receiver();
-    let server = Server::start(&format!(
-        "{}plugins = [\"flood\"]\n\
-         [plugins.flood]\nwasm = \"{}\"\ntime_limit_ms = 2000\nwebhook = \"http://127.0.0.1:{port}/hook\"\n\
-         config = {{ attack = \"event-flood\" }}\n",
-        file_route("flooded", &sample_clip()),
-        plugin_wasm("hostile").display()
-    ));
+    let server = flooding_events_to(port);
     wait_live(&server, "flooded").await;
     let before = common::resident_kib(server.pid());
-    let delivered = |metrics: &str| -> u64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("wasmcast_webhook_events_total{outcome=\"delivered\"} "))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
     // The answer's status is all a delivery needs: its body is not read.
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut peak = before;
     loop {
         let (_, metrics) = http(&server, "GET", "/metrics").await;
         peak = peak.max(common::resident_kib(server.pid()));
-        if delivered(&metrics) >= 20 {
+        if webhook_events(&metrics, "delivered") >= 20 {
             break;
         }
         assert!(

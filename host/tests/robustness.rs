@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Server, file_route, play, sample_clip, short_clip};
 use futures::StreamExt;
@@ -89,19 +89,9 @@ async fn a_reader_that_stops_reading_is_let_go() {
     let stalled = stalled_reader(&server, "unicast").await;
     let port = stalled.local_addr().expect("local address").port();
     assert!(common::server_holds(server.rtsp.port(), port));
-    let started = Instant::now();
-    let limit = Duration::from_secs(40);
-    while common::server_holds(server.rtsp.port(), port) {
-        assert!(
-            started.elapsed() < limit,
-            "the server still holds a reader that reads nothing, {limit:?} on"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    println!(
-        "the server let go of the stalled reader after {:?}",
-        started.elapsed()
-    );
+    let after =
+        common::until_server_lets_go(server.rtsp.port(), &[port], Duration::from_secs(40)).await;
+    println!("the server let go of the stalled reader after {after:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -575,3 +575,17 @@ pub fn resident_kib(pid: u32) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
+
+/// Waits until the server holds none of the connections from loopback ports `peers` to its port
+/// `port` (see [`server_holds`]); returns how long that took. Fails past `limit`.
+pub async fn until_server_lets_go(port: u16, peers: &[u16], limit: Duration) -> Duration {
+    let started = Instant::now();
+    while peers.iter().any(|&peer| server_holds(port, peer)) {
+        assert!(
+            started.elapsed() < limit,
+            "the server still holds a connection that reads nothing, {limit:?} on: {peers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    started.elapsed()
+}
