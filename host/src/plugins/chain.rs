@@ -14,6 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use super::runtime::{FrameVerdict, Instance, KeyframeRequest, PluginStats, Verdict};
 use super::{Fault, LoadedPlugin, stream_description};
 use crate::config::{OnError, SwapAt};
@@ -54,7 +56,7 @@ struct Link {
     faults_unlogged: u64,
     faults_in_a_row: u32,
     /// The last snapshot of the plugin's state, which the next instance starts from.
-    saved: Option<Vec<u8>>,
+    saved: Option<Bytes>,
     /// Whether the state kept on disk was looked for (once per link, before its first instance).
     disk_read: bool,
     /// When the running instance's state is next saved.
@@ -366,8 +368,9 @@ impl Link {
         match instance.snapshot() {
             Ok(Some(snapshot)) => {
                 self.stats.snapshots.fetch_add(1, Ordering::Relaxed);
+                let snapshot = Bytes::from(snapshot);
                 if let Some(store) = &self.plugin.state {
-                    store.save(route, &self.plugin.name, &snapshot);
+                    store.save(route, &self.plugin.name, snapshot.clone());
                 }
                 self.saved = Some(snapshot);
             }

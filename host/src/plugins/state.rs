@@ -11,6 +11,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
+use bytes::Bytes;
+
 use super::runtime::MAX_SNAPSHOT_BYTES;
 
 /// Where plugins' snapshots are kept across restarts.
@@ -21,7 +23,7 @@ pub struct StateStore {
 }
 
 /// Snapshots handed over and not written yet, by file.
-type Pending = HashMap<PathBuf, Vec<u8>>;
+type Pending = HashMap<PathBuf, Bytes>;
 
 impl StateStore {
     /// Opens (creating it if needed) `dir` and starts the thread that writes into it, which lives
@@ -54,18 +56,19 @@ impl StateStore {
             .then(|| self.dir.join(route).join(format!("{plugin}.state")))
     }
 
-    /// Hands `snapshot` to the writer; it replaces one of the same plugin not yet written.
-    pub fn save(&self, route: &str, plugin: &str, snapshot: &[u8]) {
+    /// Hands `snapshot` to the writer (shared, not copied); it replaces one of the same plugin not
+    /// yet written.
+    pub fn save(&self, route: &str, plugin: &str, snapshot: Bytes) {
         let Some(path) = self.path(route, plugin) else {
             return;
         };
-        self.lock().insert(path, snapshot.to_vec());
+        self.lock().insert(path, snapshot);
         self.wake.notify_one();
     }
 
     /// The state saved for `plugin` on `route`, if there is one; a file that cannot be read or is
     /// larger than a snapshot may be is logged and ignored (the plugin starts afresh).
-    pub fn load(&self, route: &str, plugin: &str) -> Option<Vec<u8>> {
+    pub fn load(&self, route: &str, plugin: &str) -> Option<Bytes> {
         let path = self.path(route, plugin)?;
         if let Some(pending) = self.lock().get(&path) {
             return Some(pending.clone());
@@ -90,7 +93,7 @@ impl StateStore {
                 );
                 None
             }
-            Ok(_) => Some(bytes),
+            Ok(_) => Some(Bytes::from(bytes)),
             Err(err) => {
                 tracing::warn!(route, plugin, "cannot read {}: {err}", path.display());
                 None
@@ -110,7 +113,7 @@ impl StateStore {
             while pending.is_empty() {
                 pending = self.wake.wait(pending).unwrap_or_else(|p| p.into_inner());
             }
-            let batch: Vec<(PathBuf, Vec<u8>)> = pending.drain().collect();
+            let batch: Vec<(PathBuf, Bytes)> = pending.drain().collect();
             drop(pending);
             for (path, bytes) in batch {
                 if let Err(err) = write_atomically(&path, &bytes) {
@@ -139,9 +142,9 @@ mod tests {
     fn a_saved_state_is_there_for_the_next_store_and_odd_names_are_refused() {
         let dir = std::env::temp_dir().join(format!("wasmcast-state-{}", std::process::id()));
         let store = StateStore::open(&dir).unwrap();
-        store.save("cam", "counter", b"{\"count\":7}");
-        assert_eq!(store.load("cam", "counter").unwrap(), b"{\"count\":7}");
-        store.save("../etc", "passwd", b"no");
+        store.save("cam", "counter", Bytes::from_static(b"{\"count\":7}"));
+        assert_eq!(store.load("cam", "counter").unwrap(), &b"{\"count\":7}"[..]);
+        store.save("../etc", "passwd", Bytes::from_static(b"no"));
         assert!(store.load("../etc", "passwd").is_none());
         let file = dir.join("cam/counter.state");
         for _ in 0..100 {
@@ -151,7 +154,10 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         let reopened = StateStore::open(&dir).unwrap();
-        assert_eq!(reopened.load("cam", "counter").unwrap(), b"{\"count\":7}");
+        assert_eq!(
+            reopened.load("cam", "counter").unwrap(),
+            &b"{\"count\":7}"[..]
+        );
         assert!(reopened.load("cam", "other").is_none());
         std::fs::write(&file, vec![0u8; MAX_SNAPSHOT_BYTES + 1]).unwrap();
         assert!(reopened.load("cam", "counter").is_none(), "too large");
