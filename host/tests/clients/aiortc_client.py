@@ -133,8 +133,10 @@ async def sync(base, route, seconds):
     # beep; placed on the wall clock at the end, with the last reports.
     marks = {"video": [], "audio": []}
 
+    # Both start as if a flash (a beep) were under way: one that was when the viewer joined has
+    # no onset to mark, so the first mark waits for a dark frame (a quiet 10 ms) before it.
     async def watch_video(track):
-        lit = False
+        lit = True
         while True:
             try:
                 frame = await track.recv()
@@ -147,7 +149,7 @@ async def sync(base, route, seconds):
             lit = white
 
     async def watch_audio(track):
-        loud, quiet_run = False, 0
+        loud, quiet_run = True, 0
         while True:
             try:
                 frame = await track.recv()
