@@ -94,6 +94,156 @@ async fn a_reader_that_stops_reading_is_let_go() {
     println!("the server let go of the stalled reader after {after:?}");
 }
 
+/// Twenty-six megabits a second of 640x360 noise, H.264 baseline, one keyframe a second: enough
+/// that a reader that pauses for 400 ms fills the server's socket buffer.
+fn heavy_clip() -> std::path::PathBuf {
+    common::clip(
+        "heavy-noise.mp4",
+        "-f lavfi -i testsrc2=size=640x360:rate=25:duration=4 -vf noise=alls=40:allf=t \
+         -c:v libx264 -preset ultrafast -profile:v baseline -g 25 -qp 28 -pix_fmt yuv420p",
+    )
+}
+
+/// What a TCP-interleaved connection carried, parsed as a player does.
+#[derive(Debug, Default)]
+struct Interleaved {
+    packets: u64,
+    /// RTP sequence numbers that did not follow the one before.
+    gaps: u64,
+    /// The CSeq of each response, in the order they came.
+    responses: Vec<u32>,
+    last_sequence: Option<u16>,
+}
+
+impl Interleaved {
+    /// Takes what `buf` holds whole (a `$` frame or a response) and returns how much it took;
+    /// panics on a byte that starts neither, i.e. a frame or response cut by another.
+    fn take(&mut self, buf: &[u8]) -> usize {
+        match buf.first() {
+            None => 0,
+            Some(b'$') => {
+                let Some(&[_, channel, hi, lo]) = buf.get(..4) else {
+                    return 0;
+                };
+                let end = 4 + usize::from(u16::from_be_bytes([hi, lo]));
+                let Some(packet) = buf.get(4..end) else {
+                    return 0;
+                };
+                if channel == 0 {
+                    assert_eq!(packet[0] >> 6, 2, "an RTP packet of version 2");
+                    let sequence = u16::from_be_bytes([packet[2], packet[3]]);
+                    if self
+                        .last_sequence
+                        .is_some_and(|last| last.wrapping_add(1) != sequence)
+                    {
+                        self.gaps += 1;
+                    }
+                    self.last_sequence = Some(sequence);
+                    self.packets += 1;
+                }
+                end
+            }
+            Some(_) => {
+                let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    assert!(buf.len() < 4096, "a response head without end");
+                    return 0;
+                };
+                let head = std::str::from_utf8(&buf[..head_end]).expect("a text response head");
+                assert!(head.starts_with("RTSP/1.0 200"), "response: {head:?}");
+                let field = |name: &str| {
+                    head.lines().find_map(|l| {
+                        l.split_once(':')
+                            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                            .map(|(_, v)| v.trim().to_owned())
+                    })
+                };
+                let body: usize = field("Content-Length").map_or(0, |v| v.parse().expect("length"));
+                let end = head_end + 4 + body;
+                if buf.len() < end {
+                    return 0;
+                }
+                self.responses
+                    .push(field("CSeq").and_then(|v| v.parse().ok()).expect("CSeq"));
+                end
+            }
+        }
+    }
+}
+
+/// A TCP reader that keeps pausing (so the server's writes to it block, and its media goes out by
+/// the slow path and back) and asks for GET_PARAMETER keep-alives in between gets an intact
+/// stream: every `$` frame whole, no RTP packet missing, every response whole and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_reader_that_pauses_and_keeps_alive_gets_every_packet_and_answer_intact() {
+    let server = Server::start(&file_route("heavy", &heavy_clip()));
+    common::wait_live(&server, "heavy").await;
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(16 * 1024).expect("rcvbuf");
+    let stream = socket.connect(server.rtsp).await.expect("connect");
+    let (mut read, mut write) = stream.into_split();
+    let url = server.url("heavy");
+    let mut parsed = Interleaved::default();
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    // SETUP and PLAY, reading their answers through the same parser.
+    let setup = format!(
+        "SETUP {url}/trackID=0 RTSP/1.0\r\nCSeq: 1\r\nTransport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n\r\n"
+    );
+    write.write_all(setup.as_bytes()).await.expect("SETUP");
+    let n = read.read(&mut chunk).await.expect("SETUP reply");
+    let reply = String::from_utf8_lossy(&chunk[..n]).into_owned();
+    let session = reply
+        .lines()
+        .find_map(|l| l.strip_prefix("Session: "))
+        .and_then(|s| s.split(';').next())
+        .expect("session")
+        .to_owned();
+    let play = format!("PLAY {url} RTSP/1.0\r\nCSeq: 2\r\nSession: {session}\r\n\r\n");
+    write.write_all(play.as_bytes()).await.expect("PLAY");
+    let mut cseq = 2;
+    let until = tokio::time::Instant::now() + Duration::from_secs(8);
+    while tokio::time::Instant::now() < until {
+        cseq += 1;
+        let keep_alive =
+            format!("GET_PARAMETER {url} RTSP/1.0\r\nCSeq: {cseq}\r\nSession: {session}\r\n\r\n");
+        write
+            .write_all(keep_alive.as_bytes())
+            .await
+            .expect("GET_PARAMETER");
+        // Read for 100 ms, then pause for 400 (a second of this clip is 3.3 MB).
+        let reading = tokio::time::Instant::now() + Duration::from_millis(100);
+        while let Ok(read) = tokio::time::timeout_at(reading, read.read(&mut chunk)).await {
+            let n = read.expect("the server keeps the connection");
+            assert!(n > 0, "the server closed the connection");
+            buf.extend_from_slice(&chunk[..n]);
+            loop {
+                let taken = parsed.take(&buf);
+                if taken == 0 {
+                    break;
+                }
+                buf.drain(..taken);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    println!(
+        "{} packets, {} gaps, responses {:?}",
+        parsed.packets, parsed.gaps, parsed.responses
+    );
+    assert_eq!(parsed.gaps, 0, "no RTP packet missing");
+    assert!(
+        parsed.packets > 1000,
+        "media flowed: {} packets",
+        parsed.packets
+    );
+    let expected: Vec<u32> = (2..cseq).collect();
+    assert!(
+        parsed.responses.starts_with(&expected),
+        "every response whole and in order: {:?}",
+        parsed.responses
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_get_errors_and_other_readers_play_on() {
     let server = Server::start(&file_route("clip", &short_clip()));

@@ -1,19 +1,19 @@
-//! The egress of one RTSP connection: a task that writes its responses in order and, once it
-//! plays, the route's RTP (interleaved in the TCP connection, or to the client's UDP ports) and
-//! RTCP sender reports, each write held to a deadline.
+//! The egress of one RTSP connection: a task that writes its responses in order, each write held
+//! to a deadline. A reader whose tracks all go over UDP, or all over TCP, is served by its route's
+//! fan-out ([`fanout`]), which holds the TCP connection's write half while the socket takes whole
+//! units and hands it back here to write a response or to wait for a socket that is full; one
+//! whose tracks go both ways gets its RTP and RTCP sender reports from this task.
 
-use std::io::IoSlice;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
-use super::fanout::{self, Membership};
+use super::fanout::{self, Handback, Membership, Why};
 use super::session::Play;
 use super::transport::TrackTransport;
 use super::udp::{RtcpRegistration, UdpSockets};
@@ -117,6 +117,14 @@ impl Playback {
             .all(|t| matches!(t, TrackTransport::Udp { .. }))
     }
 
+    /// Whether every track the reader set up goes over TCP.
+    pub(super) fn all_tcp(&self) -> bool {
+        self.tracks
+            .iter()
+            .flatten()
+            .all(|t| matches!(t, TrackTransport::Tcp { .. }))
+    }
+
     /// Counts `unit` (its [`Sizes`]) as sent, for the sender reports; `true` when it is the
     /// track's first and a report should follow it at once (players sync from it).
     pub(super) fn count(&mut self, unit: &Unit, sizes: Sizes) -> bool {
@@ -177,7 +185,7 @@ impl Playback {
     }
 }
 
-pub(super) async fn next_unit(playback: &mut Option<Playback>) -> Option<Arc<Unit>> {
+async fn next_unit(playback: &mut Option<Playback>) -> Option<Arc<Unit>> {
     match playback {
         Some(playback) => playback.reader.next().await,
         None => std::future::pending().await,
@@ -191,10 +199,13 @@ pub(super) async fn run_egress(
     mut commands: mpsc::Receiver<Egress>,
     udp: Arc<UdpSockets>,
 ) -> Sent {
-    let mut out = BufWriter::with_capacity(EGRESS_BUFFER, write);
-    let mut playback: Option<Playback> = None;
-    let mut membership: Option<Membership> = None;
-    let mut sent = Sent::default();
+    let mut egress = Connection {
+        out: Some(BufWriter::with_capacity(EGRESS_BUFFER, write)),
+        playback: None,
+        membership: None,
+        sent: Sent::default(),
+        udp,
+    };
     let mut reports = tokio::time::interval(SENDER_REPORT_INTERVAL);
     let mut write_failed = false;
     loop {
@@ -202,51 +213,31 @@ pub(super) async fn run_egress(
             biased;
             command = commands.recv() => match command {
                 None => break,
-                Some(Egress::Response(bytes)) => {
-                    with_deadline(async {
-                        out.write_all(&bytes).await?;
-                        out.flush().await
-                    })
-                    .await
-                }
-                Some(Egress::Play(play, registration)) => {
-                    let started = Playback::new(play, registration);
-                    // UDP readers are served by their route's fan-out, all in one go per unit.
-                    if started.all_udp() {
-                        membership = Some(fanout::join(&udp, started));
-                    } else {
-                        playback = Some(started);
-                    }
-                    Ok(())
-                }
-                Some(Egress::Stop) => {
-                    playback = None;
-                    if let Some(member) = membership.take() {
-                        member.add_sent(&mut sent);
-                    }
-                    Ok(())
+                Some(command) => match egress.command(command).await {
+                    Ok(Flow::Go) => Ok(()),
+                    Ok(Flow::End) => break,
+                    Err(err) => Err(err),
                 }
             },
-            // The fan-out let the reader go: its stream ended (BYE sent) or the server drains.
-            () = fanout::ended(&mut membership) => break,
-            unit = next_unit(&mut playback) => match (unit, &mut playback) {
-                (Some(unit), Some(playback)) => {
-                    with_deadline(send_unit(&unit, playback, &mut out, &udp, &mut sent)).await
+            back = fanout::handed_back(&mut egress.membership, &mut egress.sent) => {
+                match egress.take_back(back).await {
+                    Ok(Some(playback)) => egress.play(playback).await,
+                    Ok(None) => break,
+                    Err(err) => Err(err),
                 }
+            }
+            unit = next_unit(&mut egress.playback) => match unit {
+                Some(unit) => with_deadline(egress.send_unit(&unit)).await,
                 // The route was removed (or the server drains): the session ends, and players hear
                 // so from a BYE on every track rather than from silence.
-                (None, Some(playback)) => {
-                    let _ = with_deadline(send_reports(playback, &mut out, &udp, None, true)).await;
+                None => {
+                    let _ = with_deadline(egress.send_reports(None, true)).await;
                     break;
                 }
-                _ => break,
             },
-            _ = reports.tick(), if playback.is_some() => match &mut playback {
-                Some(playback) => {
-                    with_deadline(send_reports(playback, &mut out, &udp, None, false)).await
-                }
-                None => Ok(()),
-            },
+            _ = reports.tick(), if egress.playback.is_some() => {
+                with_deadline(egress.send_reports(None, false)).await
+            }
         };
         if result.is_err() {
             write_failed = true;
@@ -254,16 +245,174 @@ pub(super) async fn run_egress(
         }
     }
     // A peer that took nothing for the deadline (or went away) is not waited for again.
-    if !write_failed {
+    if !write_failed && let Some(out) = &mut egress.out {
         let _ = with_deadline(out.flush()).await;
     }
-    if let Some(member) = membership {
-        member.add_sent(&mut sent);
+    if let Some(member) = &egress.membership {
+        member.add_sent(&mut egress.sent);
     }
-    sent
+    egress.sent
 }
 
-pub(super) async fn with_deadline(
+/// The egress of one connection: its writer (unless the route's fan-out holds it), and its reader,
+/// served here (`playback`) or by the fan-out (`membership`).
+struct Connection {
+    out: Option<BufWriter<OwnedWriteHalf>>,
+    playback: Option<Playback>,
+    membership: Option<Membership>,
+    sent: Sent,
+    udp: Arc<UdpSockets>,
+}
+
+/// Whether the egress goes on after a command.
+enum Flow {
+    Go,
+    End,
+}
+
+impl Connection {
+    fn writer(&mut self) -> std::io::Result<&mut BufWriter<OwnedWriteHalf>> {
+        self.out
+            .as_mut()
+            .ok_or_else(|| std::io::ErrorKind::NotConnected.into())
+    }
+
+    async fn command(&mut self, command: Egress) -> std::io::Result<Flow> {
+        // Responses need the writer, and a new play or a stop replaces the reader: the fan-out
+        // gives both back first.
+        let needs_reader_back = match &command {
+            Egress::Response(_) => self.membership.as_ref().is_some_and(|m| m.holds_writer()),
+            Egress::Play(..) | Egress::Stop => self.membership.is_some(),
+        };
+        let mut reader = None;
+        let mut ended = false;
+        if needs_reader_back && let Some(member) = self.membership.take() {
+            let back = member.reclaim(&mut self.sent).await;
+            match self.take_back(back).await? {
+                Some(playback) => reader = Some(playback),
+                None => ended = true,
+            }
+        }
+        match command {
+            Egress::Response(bytes) => {
+                with_deadline(async {
+                    let out = self.writer()?;
+                    out.write_all(&bytes).await?;
+                    out.flush().await
+                })
+                .await?;
+                if let Some(playback) = reader {
+                    self.play(playback).await?;
+                }
+            }
+            Egress::Play(play, registration) => {
+                self.play(Playback::new(play, registration)).await?;
+                ended = false;
+            }
+            Egress::Stop => self.playback = None,
+        }
+        Ok(if ended { Flow::End } else { Flow::Go })
+    }
+
+    /// Takes the writer back from what the fan-out handed back and writes what it left over;
+    /// the reader, unless its stream ended.
+    async fn take_back(&mut self, back: Option<Handback>) -> std::io::Result<Option<Playback>> {
+        let Some(back) = back else {
+            return Ok(None);
+        };
+        if let Some(writer) = back.writer {
+            self.out = Some(BufWriter::with_capacity(EGRESS_BUFFER, writer));
+        }
+        if !back.pending.is_empty() {
+            with_deadline(self.writer()?.write_all(&back.pending)).await?;
+        }
+        match back.why {
+            Why::Ended => Ok(None),
+            Why::Failed(err) => Err(err),
+            Why::Blocked | Why::Reclaimed => Ok(Some(back.playback)),
+        }
+    }
+
+    /// Starts serving `playback`: by the route's fan-out when all its tracks go over UDP or all
+    /// over TCP (the fan-out then holds the writer), here otherwise.
+    async fn play(&mut self, playback: Playback) -> std::io::Result<()> {
+        self.playback = None;
+        if playback.all_udp() {
+            self.membership = Some(fanout::join(&self.udp, playback, None));
+        } else if playback.all_tcp() {
+            // Responses go first, in order.
+            with_deadline(self.writer()?.flush()).await?;
+            let Some(out) = self.out.take() else {
+                return Err(std::io::ErrorKind::NotConnected.into());
+            };
+            self.membership = Some(fanout::join(&self.udp, playback, Some(out.into_inner())));
+        } else {
+            self.playback = Some(playback);
+        }
+        Ok(())
+    }
+
+    /// Sends `unit` to the reader served here (one whose tracks go over both UDP and TCP).
+    async fn send_unit(&mut self, unit: &Unit) -> std::io::Result<()> {
+        let Some(playback) = &mut self.playback else {
+            return Ok(());
+        };
+        let track = unit.au.track;
+        let Some(transport) = playback.transport(track) else {
+            return Ok(());
+        };
+        let stats = playback.reader.stats();
+        let sizes = Sizes::of(unit);
+        stats
+            .packets_out
+            .fetch_add(unit.rtp.packets.len() as u64, Ordering::Relaxed);
+        stats.bytes_out.fetch_add(sizes.bytes, Ordering::Relaxed);
+        let first = playback.count(unit, sizes);
+        match transport {
+            TrackTransport::Tcp { rtp_channel, .. } => {
+                let out = self.writer()?;
+                for packet in &unit.rtp.packets {
+                    write_interleaved(out, rtp_channel, packet).await?;
+                }
+            }
+            TrackTransport::Udp { rtp, .. } => {
+                for run in &unit.rtp.runs {
+                    self.udp.send_run(&unit.rtp.wire, run, rtp).await;
+                }
+            }
+        }
+        self.sent.packets += unit.rtp.packets.len() as u64;
+        self.sent.bytes += sizes.bytes;
+        if first {
+            self.send_reports(Some(track), false).await?;
+        }
+        self.writer()?.flush().await
+    }
+
+    /// Sends the reader served here a sender report for `only` one track, or for every track
+    /// that has sent media; with `goodbye`, each followed by a BYE in the same compound packet.
+    async fn send_reports(&mut self, only: Option<usize>, goodbye: bool) -> std::io::Result<()> {
+        let Some(playback) = &mut self.playback else {
+            return Ok(());
+        };
+        for (transport, report) in playback.reports(only, goodbye) {
+            match transport {
+                TrackTransport::Tcp { rtcp_channel, .. } => {
+                    let Some(out) = self.out.as_mut() else {
+                        return Err(std::io::ErrorKind::NotConnected.into());
+                    };
+                    write_interleaved(out, rtcp_channel, &report).await?
+                }
+                TrackTransport::Udp { rtcp, .. } => {
+                    let _ = self.udp.rtcp.send_to(&report, rtcp).await;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn with_deadline(
     write: impl std::future::Future<Output = std::io::Result<()>>,
 ) -> std::io::Result<()> {
     tokio::time::timeout(WRITE_STALL_TIMEOUT, write)
@@ -271,106 +420,7 @@ pub(super) async fn with_deadline(
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
-pub(super) async fn send_unit(
-    unit: &Unit,
-    playback: &mut Playback,
-    out: &mut BufWriter<OwnedWriteHalf>,
-    udp: &UdpSockets,
-    sent: &mut Sent,
-) -> std::io::Result<()> {
-    let track = unit.au.track;
-    let Some(Some(transport)) = playback.tracks.get(track).copied() else {
-        return Ok(());
-    };
-    let stats = playback.reader.stats();
-    let sizes = Sizes::of(unit);
-    stats
-        .packets_out
-        .fetch_add(unit.rtp.packets.len() as u64, Ordering::Relaxed);
-    stats.bytes_out.fetch_add(sizes.bytes, Ordering::Relaxed);
-    match transport {
-        TrackTransport::Tcp { rtp_channel, .. } => {
-            // Responses go first, in order; then the unit straight from the shared packets.
-            out.flush().await?;
-            write_interleaved_unit(out.get_mut(), rtp_channel, &unit.rtp.packets).await?;
-        }
-        TrackTransport::Udp { rtp, .. } => {
-            for run in &unit.rtp.runs {
-                udp.send_run(&unit.rtp.wire, run, rtp).await;
-            }
-        }
-    }
-    sent.packets += unit.rtp.packets.len() as u64;
-    sent.bytes += sizes.bytes;
-    if playback.count(unit, sizes) {
-        send_reports(playback, out, udp, Some(track), false).await?;
-    }
-    if matches!(transport, TrackTransport::Tcp { .. }) {
-        out.flush().await?;
-    }
-    Ok(())
-}
-
-/// Sends a sender report for `only` one track, or for every track that has sent media; with
-/// `goodbye`, each followed by a BYE in the same compound packet.
-pub(super) async fn send_reports(
-    playback: &mut Playback,
-    out: &mut BufWriter<OwnedWriteHalf>,
-    udp: &UdpSockets,
-    only: Option<usize>,
-    goodbye: bool,
-) -> std::io::Result<()> {
-    for (transport, report) in playback.reports(only, goodbye) {
-        match transport {
-            TrackTransport::Tcp { rtcp_channel, .. } => {
-                write_interleaved(out, rtcp_channel, &report).await?
-            }
-            TrackTransport::Udp { rtcp, .. } => {
-                let _ = udp.rtcp.send_to(&report, rtcp).await;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Packets written to a TCP reader in one vectored write at most: each takes two slices (its
-/// `$`-framing and itself), and a kernel takes 1024 slices at most.
-const PACKETS_PER_WRITE: usize = 64;
-
-/// Writes `packets` interleaved on `channel`: a vectored write per [`PACKETS_PER_WRITE`] packets,
-/// the packets taken from the shared buffer as they are.
-async fn write_interleaved_unit(
-    out: &mut OwnedWriteHalf,
-    channel: u8,
-    packets: &[Bytes],
-) -> std::io::Result<()> {
-    let mut framing = [[0u8; 4]; PACKETS_PER_WRITE];
-    for chunk in packets.chunks(PACKETS_PER_WRITE) {
-        for (frame, packet) in framing.iter_mut().zip(chunk) {
-            let Ok(len) = u16::try_from(packet.len()) else {
-                return Err(std::io::ErrorKind::InvalidData.into());
-            };
-            let [hi, lo] = len.to_be_bytes();
-            *frame = [b'$', channel, hi, lo];
-        }
-        let mut slices = [IoSlice::new(&[]); 2 * PACKETS_PER_WRITE];
-        for (i, (frame, packet)) in framing.iter().zip(chunk).enumerate() {
-            slices[2 * i] = IoSlice::new(frame);
-            slices[2 * i + 1] = IoSlice::new(packet);
-        }
-        let mut remaining = &mut slices[..2 * chunk.len()];
-        while !remaining.is_empty() {
-            let written = out.write_vectored(remaining).await?;
-            if written == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
-            }
-            IoSlice::advance_slices(&mut remaining, written);
-        }
-    }
-    Ok(())
-}
-
-pub(super) async fn write_interleaved(
+async fn write_interleaved(
     out: &mut BufWriter<OwnedWriteHalf>,
     channel: u8,
     packet: &[u8],

@@ -1,6 +1,7 @@
-//! The UDP readers of a route, served together: one task per ring (and per share of the cores)
-//! wakes once per unit for all its readers and sends it to each of them, a run of packets in one
-//! segmenting send (UDP GSO) where the kernel can.
+//! The readers of a route, served together: one task per ring (and per share of the cores) wakes
+//! once per unit for all its readers and sends it to each of them. A UDP reader gets a run of
+//! packets in one segmenting send (UDP GSO) where the kernel can; a TCP reader gets the unit in one
+//! vectored write, made without waiting.
 //!
 //! One `sendmmsg` for all readers would save a system call per reader too, but no maintained
 //! crate offers it soundly with a GSO control message here: nix's can only count what it sent
@@ -9,14 +10,22 @@
 //! Each reader keeps its own [`Reader`](crate::hub::Reader): where it is in the ring, its catch-up
 //! through the kept GOP and the skip to the next keyframe when it falls a ring behind are the
 //! hub's, unchanged; the task only asks each one what is due ([`Reader::try_next`]) instead of
-//! every reader's task waking for every unit. Readers over TCP keep a task each, since each TCP
-//! socket pushes back on its own.
+//! every reader's task waking for every unit.
+//!
+//! A TCP socket pushes back on its own. The fan-out holds a TCP reader's write half while its
+//! socket takes whole units; the first write it does not take whole hands the reader back to its
+//! connection (with the bytes left over), which waits for the socket under the stall deadline and
+//! then brings the reader back. The connection also takes its reader back to write an RTSP
+//! response between two units.
 
 use std::collections::HashMap;
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use bytes::Bytes;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -39,21 +48,47 @@ impl Fanouts {
     }
 }
 
-/// What connections tell a fan-out. Its channel is unbounded because a reader sends at most two
-/// (its join and its leave, readers being bounded by `max_clients` and the connection limits) and
-/// the leave is sent from `Drop`, which cannot wait.
+/// What connections tell a fan-out. Its channel is unbounded because a connection has at most one
+/// membership at a time and sends at most two commands per membership (its join, and its reclaim
+/// or leave), readers being bounded by `max_clients` and the connection limits; the leave is sent
+/// from `Drop`, which cannot wait.
 enum Command {
     Join(Box<Member>),
+    /// The connection wants its reader back (see [`Membership::reclaim`]).
+    Reclaim(u64),
     Leave(u64),
 }
 
 /// A reader in a fan-out, as the connection that played it holds it: dropping it takes the
-/// reader out.
+/// reader out (and, over TCP, closes the connection's writing side).
 pub(super) struct Membership {
     id: u64,
     commands: mpsc::UnboundedSender<Command>,
     counters: Arc<Counters>,
-    ended: oneshot::Receiver<()>,
+    holds_writer: bool,
+    handback: oneshot::Receiver<Handback>,
+}
+
+/// A reader the fan-out let go of, with what its connection needs to go on.
+pub(super) struct Handback {
+    pub(super) playback: Playback,
+    /// The TCP connection's write half, for a reader over TCP.
+    pub(super) writer: Option<OwnedWriteHalf>,
+    /// What the socket did not take of the last write: the connection writes it first.
+    pub(super) pending: Vec<u8>,
+    pub(super) why: Why,
+}
+
+/// Why the fan-out let a reader go.
+pub(super) enum Why {
+    /// Its stream ended; the BYE is sent (or in `pending`).
+    Ended,
+    /// Its TCP socket did not take a whole write at once.
+    Blocked,
+    /// Its TCP socket failed.
+    Failed(std::io::Error),
+    /// Its connection asked for it.
+    Reclaimed,
 }
 
 impl Membership {
@@ -61,6 +96,20 @@ impl Membership {
     pub(super) fn add_sent(&self, sent: &mut Sent) {
         sent.packets += self.counters.packets.load(Ordering::Relaxed);
         sent.bytes += self.counters.bytes.load(Ordering::Relaxed);
+    }
+
+    /// Whether the fan-out holds the connection's write half (the reader plays over TCP).
+    pub(super) fn holds_writer(&self) -> bool {
+        self.holds_writer
+    }
+
+    /// Takes the reader out of the fan-out, with what was sent to it added to `sent`; `None` when
+    /// the fan-out is gone (the server stops).
+    pub(super) async fn reclaim(mut self, sent: &mut Sent) -> Option<Handback> {
+        let _ = self.commands.send(Command::Reclaim(self.id));
+        let back = (&mut self.handback).await.ok();
+        self.add_sent(sent);
+        back
     }
 }
 
@@ -70,15 +119,20 @@ impl Drop for Membership {
     }
 }
 
-/// Resolves when the fan-out has let the reader go (its stream ended, after a BYE); never without
-/// a membership.
-pub(super) async fn ended(membership: &mut Option<Membership>) {
-    match membership {
-        Some(membership) => {
-            let _ = (&mut membership.ended).await;
-        }
-        None => std::future::pending().await,
+/// Resolves when the fan-out has let the reader go by itself (see [`Why`]), with what was sent to
+/// it added to `sent`; `None` when the fan-out is gone. Never without a membership.
+pub(super) async fn handed_back(
+    membership: &mut Option<Membership>,
+    sent: &mut Sent,
+) -> Option<Handback> {
+    let Some(member) = membership else {
+        return std::future::pending().await;
+    };
+    let back = (&mut member.handback).await.ok();
+    if let Some(member) = membership.take() {
+        member.add_sent(sent);
     }
+    back
 }
 
 #[derive(Default)]
@@ -87,40 +141,116 @@ struct Counters {
     bytes: AtomicU64,
 }
 
+/// Where a member's media goes.
+enum Sink {
+    /// Each track's RTP destination, if the reader set the track up.
+    Udp(Vec<Option<SocketAddr>>),
+    Tcp(OwnedWriteHalf),
+}
+
 struct Member {
     id: u64,
     playback: Playback,
-    /// Each track's RTP destination, if the reader set the track up.
-    destinations: Vec<Option<SocketAddr>>,
+    sink: Sink,
     counters: Arc<Counters>,
     next_report: Instant,
-    /// Dropped with the member: tells its connection it was let go.
-    _ended: oneshot::Sender<()>,
-    done: bool,
+    handback: Option<oneshot::Sender<Handback>>,
+    /// Set once the member is to be let go, at the end of the round.
+    leaving: Option<Why>,
+    pending: Vec<u8>,
 }
 
-/// Adds a UDP reader to the fan-out of its ring (starting one if needed).
-pub(super) fn join(udp: &Arc<UdpSockets>, mut playback: Playback) -> Membership {
+impl Member {
+    /// Lets the member go: its connection gets it back (if it still listens).
+    fn hand_back(self) {
+        let (Some(handback), Some(why)) = (self.handback, self.leaving) else {
+            return;
+        };
+        let writer = match self.sink {
+            Sink::Tcp(writer) => Some(writer),
+            Sink::Udp(_) => None,
+        };
+        let _ = handback.send(Handback {
+            playback: self.playback,
+            writer,
+            pending: self.pending,
+            why,
+        });
+    }
+
+    /// Writes `slices` to the member's TCP socket without waiting: what the socket does not take
+    /// is kept in `pending` and the member leaves, for its connection to finish the write.
+    fn write_tcp(&mut self, slices: &[IoSlice<'_>]) {
+        let Sink::Tcp(writer) = &self.sink else {
+            return;
+        };
+        match self.leaving {
+            None => {}
+            // Already behind: the rest of what it is due queues after the bytes left over.
+            Some(Why::Blocked) => {
+                for slice in slices {
+                    self.pending.extend_from_slice(slice);
+                }
+                return;
+            }
+            Some(_) => return,
+        }
+        let total: usize = slices.iter().map(|s| s.len()).sum();
+        let written = match writer.try_write_vectored(slices) {
+            Ok(written) => written,
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => 0,
+            Err(err) => {
+                self.leaving = Some(Why::Failed(err));
+                return;
+            }
+        };
+        if written >= total {
+            return;
+        }
+        let mut skip = written;
+        for slice in slices {
+            let taken = skip.min(slice.len());
+            skip -= taken;
+            self.pending.extend_from_slice(&slice[taken..]);
+        }
+        self.leaving = Some(Why::Blocked);
+    }
+}
+
+/// Adds a reader to the fan-out of its ring (starting one if needed): a UDP reader, or, with its
+/// connection's `writer`, a TCP one.
+pub(super) fn join(
+    udp: &Arc<UdpSockets>,
+    mut playback: Playback,
+    writer: Option<OwnedWriteHalf>,
+) -> Membership {
     let arrivals = playback.reader().arrivals().clone();
-    let destinations = (0..playback.reader().media().tracks.len())
-        .map(|track| match playback.transport(track) {
-            Some(TrackTransport::Udp { rtp, .. }) => Some(rtp),
-            _ => None,
-        })
-        .collect();
+    let holds_writer = writer.is_some();
+    let sink = match writer {
+        Some(writer) => Sink::Tcp(writer),
+        None => Sink::Udp(
+            (0..playback.reader().media().tracks.len())
+                .map(|track| match playback.transport(track) {
+                    Some(TrackTransport::Udp { rtp, .. }) => Some(rtp),
+                    _ => None,
+                })
+                .collect(),
+        ),
+    };
     let fanouts = &udp.fanouts;
     let id = fanouts.next_member.fetch_add(1, Ordering::Relaxed);
     let key = (arrivals.ring_id(), share(id));
     let counters = Arc::new(Counters::default());
-    let (ended_tx, ended) = oneshot::channel();
+    let (handback_tx, handback) = oneshot::channel();
     let member = Member {
         id,
         playback,
-        destinations,
+        sink,
         counters: Arc::clone(&counters),
         next_report: Instant::now() + SENDER_REPORT_INTERVAL,
-        _ended: ended_tx,
-        done: false,
+        handback: Some(handback_tx),
+        leaving: None,
+        pending: Vec::new(),
     };
     // Joining under the lock: a fan-out that finds itself empty removes itself under the same
     // lock, so a reader never joins one that is going away.
@@ -140,7 +270,8 @@ pub(super) fn join(udp: &Arc<UdpSockets>, mut playback: Playback) -> Membership 
         id,
         commands,
         counters,
-        ended,
+        holds_writer,
+        handback,
     }
 }
 
@@ -180,7 +311,7 @@ async fn run(
             continue;
         }
         let wake_at = serve(&udp, &mut members, &mut round).await;
-        members.retain(|member| !member.done);
+        let_go(&mut members, |member| member.leaving.is_some());
         tokio::select! {
             () = &mut arrived => {}
             command = inbox.recv() => match command {
@@ -195,7 +326,26 @@ async fn run(
 fn apply(command: Command, members: &mut Vec<Member>) {
     match command {
         Command::Join(member) => members.push(*member),
+        Command::Reclaim(id) => let_go(members, |member| {
+            if member.id != id {
+                return false;
+            }
+            member.leaving.get_or_insert(Why::Reclaimed);
+            true
+        }),
         Command::Leave(id) => members.retain(|member| member.id != id),
+    }
+}
+
+/// Hands back the members `leaving` picks.
+fn let_go(members: &mut Vec<Member>, mut leaving: impl FnMut(&mut Member) -> bool) {
+    let mut index = 0;
+    while index < members.len() {
+        if leaving(&mut members[index]) {
+            members.swap_remove(index).hand_back();
+        } else {
+            index += 1;
+        }
     }
 }
 
@@ -211,7 +361,7 @@ async fn serve(
     loop {
         round.clear();
         for (index, member) in members.iter_mut().enumerate() {
-            if member.done {
+            if member.leaving.is_some() {
                 continue;
             }
             match member.playback.reader().try_next(now) {
@@ -221,7 +371,7 @@ async fn serve(
                 Next::Closed => {
                     // Players hear of the end from a BYE on every track rather than silence.
                     send_reports(udp, member, None, true);
-                    member.done = true;
+                    member.leaving.get_or_insert(Why::Ended);
                 }
             }
         }
@@ -240,7 +390,7 @@ async fn serve(
             .await;
         }
     }
-    for member in members.iter_mut().filter(|member| !member.done) {
+    for member in members.iter_mut().filter(|member| member.leaving.is_none()) {
         if member.next_report <= now {
             send_reports(udp, member, None, false);
             member.next_report = now + SENDER_REPORT_INTERVAL;
@@ -260,13 +410,22 @@ async fn send_unit(
     let track = unit.au.track;
     let mut readers = 0;
     for index in indices.clone() {
-        let Some(to) = members[index].destinations.get(track).copied().flatten() else {
-            continue;
-        };
-        readers += 1;
-        for run in &unit.rtp.runs {
-            udp.send_run(&unit.rtp.wire, run, to).await;
+        let member = &mut members[index];
+        match (&member.sink, member.playback.transport(track)) {
+            (Sink::Udp(destinations), _) => {
+                let Some(to) = destinations.get(track).copied().flatten() else {
+                    continue;
+                };
+                for run in &unit.rtp.runs {
+                    udp.send_run(&unit.rtp.wire, run, to).await;
+                }
+            }
+            (Sink::Tcp(_), Some(TrackTransport::Tcp { rtp_channel, .. })) => {
+                write_interleaved_unit(member, rtp_channel, &unit.rtp.packets);
+            }
+            (Sink::Tcp(_), _) => continue,
         }
+        readers += 1;
     }
     if readers == 0 {
         return;
@@ -282,7 +441,7 @@ async fn send_unit(
         .fetch_add(sizes.bytes * readers, Ordering::Relaxed);
     for index in indices {
         let member = &mut members[index];
-        if member.destinations.get(track).copied().flatten().is_none() {
+        if member.playback.transport(track).is_none() {
             continue;
         }
         member
@@ -299,12 +458,48 @@ async fn send_unit(
     }
 }
 
-/// Sends `member` its sender reports (see [`Playback::reports`]); a report the socket cannot
-/// take at once is lost, as RTCP over UDP may be.
+/// Packets written to a TCP reader in one vectored write at most: each takes two slices (its
+/// `$`-framing and itself), and a kernel takes 1024 slices at most.
+const PACKETS_PER_WRITE: usize = 64;
+
+/// Writes `packets` interleaved on `channel` (RFC 2326, 10.12) to `member`'s TCP socket: a
+/// vectored write per [`PACKETS_PER_WRITE`] packets, taken from the shared buffer as they are.
+fn write_interleaved_unit(member: &mut Member, channel: u8, packets: &[Bytes]) {
+    let mut framing = [[0u8; 4]; PACKETS_PER_WRITE];
+    for chunk in packets.chunks(PACKETS_PER_WRITE) {
+        for (frame, packet) in framing.iter_mut().zip(chunk) {
+            let Ok(len) = u16::try_from(packet.len()) else {
+                member.leaving = Some(Why::Failed(std::io::ErrorKind::InvalidData.into()));
+                return;
+            };
+            let [hi, lo] = len.to_be_bytes();
+            *frame = [b'$', channel, hi, lo];
+        }
+        let mut slices = [IoSlice::new(&[]); 2 * PACKETS_PER_WRITE];
+        for (i, (frame, packet)) in framing.iter().zip(chunk).enumerate() {
+            slices[2 * i] = IoSlice::new(frame);
+            slices[2 * i + 1] = IoSlice::new(packet);
+        }
+        member.write_tcp(&slices[..2 * chunk.len()]);
+    }
+}
+
+/// Sends `member` its sender reports (see [`Playback::reports`]): over UDP, a report the socket
+/// cannot take at once is lost, as RTCP over UDP may be; over TCP, it is written like media.
 fn send_reports(udp: &UdpSockets, member: &mut Member, only: Option<usize>, goodbye: bool) {
     for (transport, report) in member.playback.reports(only, goodbye) {
-        if let TrackTransport::Udp { rtcp, .. } = transport {
-            let _ = udp.rtcp.try_send_to(&report, rtcp);
+        match transport {
+            TrackTransport::Udp { rtcp, .. } => {
+                let _ = udp.rtcp.try_send_to(&report, rtcp);
+            }
+            TrackTransport::Tcp { rtcp_channel, .. } => {
+                let Ok(len) = u16::try_from(report.len()) else {
+                    continue;
+                };
+                let [hi, lo] = len.to_be_bytes();
+                let framing = [b'$', rtcp_channel, hi, lo];
+                member.write_tcp(&[IoSlice::new(&framing), IoSlice::new(&report)]);
+            }
         }
     }
 }
