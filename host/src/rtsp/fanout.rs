@@ -17,6 +17,9 @@
 //! connection (with the bytes left over), which waits for the socket under the stall deadline and
 //! then brings the reader back. The connection also takes its reader back to write an RTSP
 //! response between two units.
+//!
+//! Longer than most files on purpose: what a connection holds (its [`Membership`], the
+//! [`Handback`]) and the task that serves it are two ends of one hand-over, kept side by side.
 
 use std::collections::HashMap;
 use std::io::IoSlice;
@@ -139,6 +142,13 @@ pub(super) async fn handed_back(
 struct Counters {
     packets: AtomicU64,
     bytes: AtomicU64,
+}
+
+impl Counters {
+    fn add(&self, packets: u64, bytes: u64) {
+        self.packets.fetch_add(packets, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
 }
 
 /// Where a member's media goes.
@@ -444,14 +454,7 @@ async fn send_unit(
         if member.playback.transport(track).is_none() {
             continue;
         }
-        member
-            .counters
-            .packets
-            .fetch_add(packets, Ordering::Relaxed);
-        member
-            .counters
-            .bytes
-            .fetch_add(sizes.bytes, Ordering::Relaxed);
+        member.counters.add(packets, sizes.bytes);
         if member.playback.count(unit, sizes) {
             send_reports(udp, member, Some(track), false);
         }
