@@ -4,7 +4,9 @@
 # and cmake for the codec builds (openh264; libopus, which the opus crate builds from source), make
 # for jemalloc's; componentize-py (PyPI) and componentize-js (npm), which build the Python and
 # JavaScript example plugins; clang, lld, wasi-libc and the wasm32 compiler-rt, which build the C
-# example plugin; and aiortc (PyPI), a WebRTC client nobody here wrote.
+# example plugin; aiortc (PyPI), a WebRTC client nobody here wrote; and gst-rtsp-server with the
+# system python's GObject bindings, the peer the readers bench measures wasmcast against in the same
+# run (benches are not tests, but a bench that skips its peer on a fresh machine measures nothing).
 # Debian/Ubuntu; run as root (CI does) or it uses sudo.
 set -euo pipefail
 
@@ -23,6 +25,8 @@ packages=(
   lld
   wasi-libc
   libclang-rt-dev-wasm32
+  python3-gi
+  gir1.2-gst-rtsp-server-1.0
 )
 
 missing=()

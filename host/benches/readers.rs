@@ -8,7 +8,8 @@
 //! with `cargo bench --bench readers`; set `WASMCAST_BENCH_READERS` (default `100,300`; `1000`
 //! too if the machine has the cores for the readers themselves), `WASMCAST_BENCH_TRANSPORTS`
 //! (default `udp,tcp`), `WASMCAST_BENCH_SECONDS` (default 10) and `WASMCAST_BENCH_PEER=none` to
-//! skip gst-rtsp-server (Debian: `apt install python3-gi gir1.2-gst-rtsp-server-1.0`).
+//! skip gst-rtsp-server (`scripts/install-test-deps.sh` installs it: Debian's `python3-gi` and
+//! `gir1.2-gst-rtsp-server-1.0`).
 //!
 //! The readers are minimal RTSP clients written here (they set up every track the SDP offers, by
 //! its `a=control`, and count RTP sequence numbers), cheap enough that hundreds of them and the
@@ -155,7 +156,7 @@ impl GstServer {
             let _ = child.wait();
             let errors = std::fs::read_to_string(&log).unwrap_or_default();
             return Err(format!(
-                "it did not start (apt install python3-gi gir1.2-gst-rtsp-server-1.0): {}",
+                "it did not start (scripts/install-test-deps.sh installs it): {}",
                 errors.lines().last().unwrap_or("")
             ));
         }
