@@ -5,6 +5,11 @@
 //! over the old one, so a crash leaves the old state or the new one, never half of one. Writing
 //! happens on a thread of its own: the route's thread only hands the bytes over (the newest
 //! snapshot of a plugin replaces one not yet written, so at most one waits per plugin).
+//!
+//! The directory is bounded: routes made from a pattern come and go under names their readers
+//! and publishers choose, and each would leave its plugins' files behind for good. Past
+//! [`MAX_FILES`] files or [`MAX_BYTES`] bytes, the writer removes the least recently written
+//! (their plugins start afresh if their route comes back).
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -15,11 +20,32 @@ use bytes::Bytes;
 
 use super::runtime::MAX_SNAPSHOT_BYTES;
 
+/// The most snapshot files the directory keeps.
+const MAX_FILES: usize = 1024;
+/// The most bytes of snapshots the directory keeps (a snapshot is at most 16 MiB).
+const MAX_BYTES: u64 = 1 << 30;
+
 /// Where plugins' snapshots are kept across restarts.
 pub struct StateStore {
     dir: PathBuf,
     pending: Mutex<Pending>,
     wake: Condvar,
+    limits: Limits,
+}
+
+#[derive(Clone, Copy)]
+struct Limits {
+    files: usize,
+    bytes: u64,
+}
+
+/// The snapshot files in the directory, as the writer thread knows them: each one's size and
+/// when it was written (a count, oldest lowest).
+#[derive(Default)]
+struct OnDisk {
+    files: HashMap<PathBuf, (u64, u64)>,
+    bytes: u64,
+    written: u64,
 }
 
 /// Snapshots handed over and not written yet, by file.
@@ -29,16 +55,28 @@ impl StateStore {
     /// Opens (creating it if needed) `dir` and starts the thread that writes into it, which lives
     /// as long as the process (the server keeps one store from start to exit).
     pub fn open(dir: &Path) -> std::io::Result<Arc<StateStore>> {
+        StateStore::open_within(
+            dir,
+            Limits {
+                files: MAX_FILES,
+                bytes: MAX_BYTES,
+            },
+        )
+    }
+
+    fn open_within(dir: &Path, limits: Limits) -> std::io::Result<Arc<StateStore>> {
         std::fs::create_dir_all(dir)?;
+        let on_disk = OnDisk::scan(dir);
         let store = Arc::new(StateStore {
             dir: dir.to_owned(),
             pending: Mutex::default(),
             wake: Condvar::new(),
+            limits,
         });
         let writer = Arc::clone(&store);
         std::thread::Builder::new()
             .name("plugin-state".into())
-            .spawn(move || writer.write_pending())?;
+            .spawn(move || writer.write_pending(on_disk))?;
         Ok(store)
     }
 
@@ -106,8 +144,9 @@ impl StateStore {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The writer thread: writes what is handed over, for good.
-    fn write_pending(&self) {
+    /// The writer thread: writes what is handed over, for good, keeping the directory within
+    /// its limits.
+    fn write_pending(&self, mut on_disk: OnDisk) {
         loop {
             let mut pending = self.lock();
             while pending.is_empty() {
@@ -118,7 +157,80 @@ impl StateStore {
             for (path, bytes) in batch {
                 if let Err(err) = write_atomically(&path, &bytes) {
                     tracing::warn!("cannot save plugin state to {}: {err}", path.display());
+                    continue;
                 }
+                on_disk.wrote(path.clone(), bytes.len() as u64);
+                on_disk.keep_within(self.limits, &path);
+            }
+        }
+    }
+}
+
+impl OnDisk {
+    /// The `ROUTE/PLUGIN.state` files under `dir`, in the order they were last written.
+    fn scan(dir: &Path) -> OnDisk {
+        let mut found = Vec::new();
+        for route in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            for file in std::fs::read_dir(route.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let path = file.path();
+                let Ok(metadata) = file.metadata() else {
+                    continue;
+                };
+                if path.extension().is_some_and(|e| e == "state") && metadata.is_file() {
+                    let modified = metadata.modified().unwrap_or(std::time::UNIX_EPOCH);
+                    found.push((modified, path, metadata.len()));
+                }
+            }
+        }
+        found.sort();
+        let mut on_disk = OnDisk::default();
+        for (_, path, size) in found {
+            on_disk.wrote(path, size);
+        }
+        on_disk
+    }
+
+    fn wrote(&mut self, path: PathBuf, size: u64) {
+        self.written += 1;
+        if let Some((old, _)) = self.files.insert(path, (size, self.written)) {
+            self.bytes -= old;
+        }
+        self.bytes += size;
+    }
+
+    /// Removes the least recently written files, never `newest`, until the rest fit `limits`.
+    fn keep_within(&mut self, limits: Limits, newest: &Path) {
+        while self.files.len() > limits.files || self.bytes > limits.bytes {
+            let Some(oldest) = self
+                .files
+                .iter()
+                .filter(|(path, _)| path.as_path() != newest)
+                .min_by_key(|(_, (_, written))| *written)
+                .map(|(path, _)| path.clone())
+            else {
+                return;
+            };
+            if let Some((size, _)) = self.files.remove(&oldest) {
+                self.bytes -= size;
+            }
+            match std::fs::remove_file(&oldest) {
+                Ok(()) => tracing::info!(
+                    "removed plugin state {}, the least recently saved, to keep the state \
+                     directory within {} files and {} MiB",
+                    oldest.display(),
+                    limits.files,
+                    limits.bytes >> 20
+                ),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => tracing::warn!("cannot remove {}: {err}", oldest.display()),
+            }
+            if let Some(route) = oldest.parent() {
+                // Only removed when empty: the route's other plugins may keep theirs.
+                let _ = std::fs::remove_dir(route);
             }
         }
     }
@@ -161,6 +273,82 @@ mod tests {
         assert!(reopened.load("cam", "other").is_none());
         std::fs::write(&file, vec![0u8; MAX_SNAPSHOT_BYTES + 1]).unwrap();
         assert!(reopened.load("cam", "counter").is_none(), "too large");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Waits until the writer thread has written `file`.
+    fn written(file: &Path) {
+        written_with(file, None);
+    }
+
+    /// Waits until the writer thread has written `file`, holding `content` if given.
+    fn written_with(file: &Path, content: Option<&[u8]>) {
+        for _ in 0..200 {
+            if std::fs::read(file).is_ok_and(|read| content.is_none_or(|c| c == read)) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("{} was not written", file.display());
+    }
+
+    /// Waits until exactly the `expected` of `routes` have a `counter` state on disk.
+    fn until_kept(dir: &Path, routes: &[&str], expected: &[bool]) {
+        let kept = || -> Vec<bool> {
+            routes
+                .iter()
+                .map(|route| dir.join(format!("{route}/counter.state")).exists())
+                .collect()
+        };
+        for _ in 0..200 {
+            if kept() == expected {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(kept(), expected, "states kept of {routes:?}");
+    }
+
+    #[test]
+    fn the_directory_keeps_the_most_recently_saved_states_within_its_limits() {
+        let dir =
+            std::env::temp_dir().join(format!("wasmcast-state-limits-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let limits = Limits {
+            files: 3,
+            bytes: 1000,
+        };
+        let store = StateStore::open_within(&dir, limits).unwrap();
+        // Routes a pattern made, one after another: only the three newest keep their state.
+        for i in 0..5 {
+            store.save(&format!("cam-{i}"), "counter", Bytes::from(vec![1u8; 100]));
+            written(&dir.join(format!("cam-{i}/counter.state")));
+        }
+        // Files are removed just after the write that takes the directory past its limits.
+        let routes = ["cam-0", "cam-1", "cam-2", "cam-3", "cam-4"];
+        until_kept(&dir, &routes, &[false, false, true, true, true]);
+        assert!(
+            !dir.join("cam-0").exists(),
+            "an emptied route directory goes too"
+        );
+        // A saved state counts as new again; bytes are a limit too: with `big`, four files are
+        // one too many, and without cam-3 their 1,001 bytes still are.
+        store.save("cam-2", "counter", Bytes::from(vec![2u8; 100]));
+        written_with(&dir.join("cam-2/counter.state"), Some(&[2u8; 100]));
+        store.save("big", "counter", Bytes::from(vec![3u8; 801]));
+        written(&dir.join("big/counter.state"));
+        until_kept(
+            &dir,
+            &["cam-2", "cam-3", "cam-4", "big"],
+            &[true, false, false, true],
+        );
+        // A reopened store finds what is on disk and goes on from there: within 1,000 bytes,
+        // cam-2 is the oldest to go.
+        drop(store);
+        let reopened = StateStore::open_within(&dir, limits).unwrap();
+        reopened.save("late", "counter", Bytes::from(vec![4u8; 150]));
+        written(&dir.join("late/counter.state"));
+        until_kept(&dir, &["cam-2", "big", "late"], &[false, true, true]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

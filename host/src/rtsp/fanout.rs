@@ -52,9 +52,9 @@ impl Fanouts {
 }
 
 /// What connections tell a fan-out. Its channel is unbounded because a connection has at most one
-/// membership at a time and sends at most two commands per membership (its join, and its reclaim
-/// or leave), readers being bounded by `max_clients` and the connection limits; the leave is sent
-/// from `Drop`, which cannot wait.
+/// membership at a time and sends at most three commands per membership (its join, a reclaim whose
+/// answer it waits for, its leave), readers being bounded by `max_clients` and the connection
+/// limits; the leave is sent from `Drop`, which cannot wait.
 enum Command {
     Join(Box<Member>),
     /// The connection wants its reader back (see [`Membership::reclaim`]).
