@@ -32,11 +32,11 @@ async fn exchange(server: &Server, request: &[u8]) -> String {
     common::exchange(server.rtsp, request, Duration::from_millis(500)).await
 }
 
-/// Sets up a TCP-interleaved session by hand, starts it, and then never reads again.
-async fn stalled_reader(server: &Server, route: &str) -> TcpStream {
+/// Sets up a TCP-interleaved session by hand on a socket with a `receive_buffer`-byte window and
+/// sends PLAY; returns the connection (PLAY's answer not read yet) and the session.
+async fn tcp_reader(server: &Server, route: &str, receive_buffer: u32) -> (TcpStream, String) {
     let socket = TcpSocket::new_v4().expect("socket");
-    // A tiny receive window makes the stall reach the server at once.
-    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    socket.set_recv_buffer_size(receive_buffer).expect("rcvbuf");
     let mut stream = socket.connect(server.rtsp).await.expect("connect");
     let url = server.url(route);
     let setup = format!(
@@ -55,7 +55,13 @@ async fn stalled_reader(server: &Server, route: &str) -> TcpStream {
         .to_owned();
     let play = format!("PLAY {url} RTSP/1.0\r\nCSeq: 2\r\nSession: {session}\r\n\r\n");
     stream.write_all(play.as_bytes()).await.expect("PLAY");
-    stream
+    (stream, session)
+}
+
+/// Sets up a TCP-interleaved session by hand, starts it, and then never reads again.
+async fn stalled_reader(server: &Server, route: &str) -> TcpStream {
+    // A tiny receive window makes the stall reach the server at once.
+    tcp_reader(server, route, 4096).await.0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,29 +183,13 @@ impl Interleaved {
 async fn a_tcp_reader_that_pauses_and_keeps_alive_gets_every_packet_and_answer_intact() {
     let server = Server::start(&file_route("heavy", &heavy_clip()));
     common::wait_live(&server, "heavy").await;
-    let socket = TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(16 * 1024).expect("rcvbuf");
-    let stream = socket.connect(server.rtsp).await.expect("connect");
+    let (stream, session) = tcp_reader(&server, "heavy", 16 * 1024).await;
     let (mut read, mut write) = stream.into_split();
     let url = server.url("heavy");
+    // PLAY's answer and everything after it go through the parser.
     let mut parsed = Interleaved::default();
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
-    // SETUP and PLAY, reading their answers through the same parser.
-    let setup = format!(
-        "SETUP {url}/trackID=0 RTSP/1.0\r\nCSeq: 1\r\nTransport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n\r\n"
-    );
-    write.write_all(setup.as_bytes()).await.expect("SETUP");
-    let n = read.read(&mut chunk).await.expect("SETUP reply");
-    let reply = String::from_utf8_lossy(&chunk[..n]).into_owned();
-    let session = reply
-        .lines()
-        .find_map(|l| l.strip_prefix("Session: "))
-        .and_then(|s| s.split(';').next())
-        .expect("session")
-        .to_owned();
-    let play = format!("PLAY {url} RTSP/1.0\r\nCSeq: 2\r\nSession: {session}\r\n\r\n");
-    write.write_all(play.as_bytes()).await.expect("PLAY");
     let mut cseq = 2;
     let until = tokio::time::Instant::now() + Duration::from_secs(8);
     while tokio::time::Instant::now() < until {
