@@ -9,6 +9,13 @@ use tokio_util::codec::Decoder;
 /// The largest request (headers and body) we accept. Real clients send well under 4 KiB.
 pub const MAX_MESSAGE_SIZE: usize = 64 * 1024;
 
+/// The 4-byte header of a `$`-interleaved frame of `len` bytes on `channel` (RFC 2326, 10.12);
+/// `None` for a frame too long to frame.
+pub(super) fn interleaved_header(channel: u8, len: usize) -> Option<[u8; 4]> {
+    let [hi, lo] = u16::try_from(len).ok()?.to_be_bytes();
+    Some([b'$', channel, hi, lo])
+}
+
 /// What a client sent.
 #[derive(Debug)]
 pub enum Incoming {

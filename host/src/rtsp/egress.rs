@@ -1,11 +1,10 @@
 //! The egress of one RTSP connection: a task that writes its responses in order, each write held
-//! to a deadline. A reader whose tracks all go over UDP, or all over TCP, is served by its route's
-//! fan-out ([`fanout`]), which holds the TCP connection's write half while the socket takes whole
-//! units and hands it back here to write a response or to wait for a socket that is full; one
-//! whose tracks go both ways gets its RTP and RTCP sender reports from this task.
+//! to a deadline. Its reader's media goes out through its route's fan-out ([`fanout`]), which
+//! holds the TCP connection's write half (when the reader has tracks over TCP) while the socket
+//! takes whole units, and hands it back here to write a response or to wait for a socket that is
+//! full.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -109,20 +108,12 @@ impl Playback {
         self.tracks.get(track).copied().flatten()
     }
 
-    /// Whether every track the reader set up goes over UDP.
-    pub(super) fn all_udp(&self) -> bool {
+    /// Whether a track the reader set up goes over TCP (its connection's).
+    pub(super) fn any_tcp(&self) -> bool {
         self.tracks
             .iter()
             .flatten()
-            .all(|t| matches!(t, TrackTransport::Udp { .. }))
-    }
-
-    /// Whether every track the reader set up goes over TCP.
-    pub(super) fn all_tcp(&self) -> bool {
-        self.tracks
-            .iter()
-            .flatten()
-            .all(|t| matches!(t, TrackTransport::Tcp { .. }))
+            .any(|t| matches!(t, TrackTransport::Tcp { .. }))
     }
 
     /// Counts `unit` (its [`Sizes`]) as sent, for the sender reports; `true` when it is the
@@ -185,15 +176,8 @@ impl Playback {
     }
 }
 
-async fn next_unit(playback: &mut Option<Playback>) -> Option<Arc<Unit>> {
-    match playback {
-        Some(playback) => playback.reader.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Sends responses and media of one connection, in order. Ends when the control task lets go, the
-/// stream closes, or the peer stops accepting bytes.
+/// Sends responses of one connection, in order, and starts its reader in its route's fan-out.
+/// Ends when the control task lets go, the stream closes, or the peer stops accepting bytes.
 pub(super) async fn run_egress(
     write: OwnedWriteHalf,
     mut commands: mpsc::Receiver<Egress>,
@@ -201,12 +185,10 @@ pub(super) async fn run_egress(
 ) -> Sent {
     let mut egress = Connection {
         out: Some(BufWriter::with_capacity(EGRESS_BUFFER, write)),
-        playback: None,
         membership: None,
         sent: Sent::default(),
         udp,
     };
-    let mut reports = tokio::time::interval(SENDER_REPORT_INTERVAL);
     let mut write_failed = false;
     loop {
         let result = tokio::select! {
@@ -219,24 +201,14 @@ pub(super) async fn run_egress(
                     Err(err) => Err(err),
                 }
             },
+            // The fan-out let the reader go: its stream ended (BYE sent: the route was removed or
+            // the server drains), or its socket is full or failed.
             back = fanout::handed_back(&mut egress.membership, &mut egress.sent) => {
                 match egress.take_back(back).await {
                     Ok(Some(playback)) => egress.play(playback).await,
                     Ok(None) => break,
                     Err(err) => Err(err),
                 }
-            }
-            unit = next_unit(&mut egress.playback) => match unit {
-                Some(unit) => with_deadline(egress.send_unit(&unit)).await,
-                // The route was removed (or the server drains): the session ends, and players hear
-                // so from a BYE on every track rather than from silence.
-                None => {
-                    let _ = with_deadline(egress.send_reports(None, true)).await;
-                    break;
-                }
-            },
-            _ = reports.tick(), if egress.playback.is_some() => {
-                with_deadline(egress.send_reports(None, false)).await
             }
         };
         if result.is_err() {
@@ -254,11 +226,10 @@ pub(super) async fn run_egress(
     egress.sent
 }
 
-/// The egress of one connection: its writer (unless the route's fan-out holds it), and its reader,
-/// served here (`playback`) or by the fan-out (`membership`).
+/// The egress of one connection: its writer (unless the route's fan-out holds it), and its
+/// reader's place in the fan-out.
 struct Connection {
     out: Option<BufWriter<OwnedWriteHalf>>,
-    playback: Option<Playback>,
     membership: Option<Membership>,
     sent: Sent,
     udp: Arc<UdpSockets>,
@@ -309,7 +280,8 @@ impl Connection {
                 self.play(Playback::new(play, registration)).await?;
                 ended = false;
             }
-            Egress::Stop => self.playback = None,
+            // The reader, taken back above, is let go.
+            Egress::Stop => {}
         }
         Ok(if ended { Flow::End } else { Flow::Go })
     }
@@ -333,81 +305,20 @@ impl Connection {
         }
     }
 
-    /// Starts serving `playback`: by the route's fan-out when all its tracks go over UDP or all
-    /// over TCP (the fan-out then holds the writer), here otherwise.
+    /// Starts serving `playback` in its route's fan-out, which holds the writer meanwhile if the
+    /// reader has tracks over TCP.
     async fn play(&mut self, playback: Playback) -> std::io::Result<()> {
-        self.playback = None;
-        if playback.all_udp() {
-            self.membership = Some(fanout::join(&self.udp, playback, None));
-        } else if playback.all_tcp() {
+        let writer = if playback.any_tcp() {
             // Responses go first, in order.
             with_deadline(self.writer()?.flush()).await?;
             let Some(out) = self.out.take() else {
                 return Err(std::io::ErrorKind::NotConnected.into());
             };
-            self.membership = Some(fanout::join(&self.udp, playback, Some(out.into_inner())));
+            Some(out.into_inner())
         } else {
-            self.playback = Some(playback);
-        }
-        Ok(())
-    }
-
-    /// Sends `unit` to the reader served here (one whose tracks go over both UDP and TCP).
-    async fn send_unit(&mut self, unit: &Unit) -> std::io::Result<()> {
-        let Some(playback) = &mut self.playback else {
-            return Ok(());
+            None
         };
-        let track = unit.au.track;
-        let Some(transport) = playback.transport(track) else {
-            return Ok(());
-        };
-        let stats = playback.reader.stats();
-        let sizes = Sizes::of(unit);
-        stats
-            .packets_out
-            .fetch_add(unit.rtp.packets.len() as u64, Ordering::Relaxed);
-        stats.bytes_out.fetch_add(sizes.bytes, Ordering::Relaxed);
-        let first = playback.count(unit, sizes);
-        match transport {
-            TrackTransport::Tcp { rtp_channel, .. } => {
-                let out = self.writer()?;
-                for packet in &unit.rtp.packets {
-                    write_interleaved(out, rtp_channel, packet).await?;
-                }
-            }
-            TrackTransport::Udp { rtp, .. } => {
-                for run in &unit.rtp.runs {
-                    self.udp.send_run(&unit.rtp.wire, run, rtp).await;
-                }
-            }
-        }
-        self.sent.packets += unit.rtp.packets.len() as u64;
-        self.sent.bytes += sizes.bytes;
-        if first {
-            self.send_reports(Some(track), false).await?;
-        }
-        self.writer()?.flush().await
-    }
-
-    /// Sends the reader served here a sender report for `only` one track, or for every track
-    /// that has sent media; with `goodbye`, each followed by a BYE in the same compound packet.
-    async fn send_reports(&mut self, only: Option<usize>, goodbye: bool) -> std::io::Result<()> {
-        let Some(playback) = &mut self.playback else {
-            return Ok(());
-        };
-        for (transport, report) in playback.reports(only, goodbye) {
-            match transport {
-                TrackTransport::Tcp { rtcp_channel, .. } => {
-                    let Some(out) = self.out.as_mut() else {
-                        return Err(std::io::ErrorKind::NotConnected.into());
-                    };
-                    write_interleaved(out, rtcp_channel, &report).await?
-                }
-                TrackTransport::Udp { rtcp, .. } => {
-                    let _ = self.udp.rtcp.send_to(&report, rtcp).await;
-                }
-            }
-        }
+        self.membership = Some(fanout::join(&self.udp, playback, writer));
         Ok(())
     }
 }
@@ -418,17 +329,4 @@ async fn with_deadline(
     tokio::time::timeout(WRITE_STALL_TIMEOUT, write)
         .await
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
-}
-
-async fn write_interleaved(
-    out: &mut BufWriter<OwnedWriteHalf>,
-    channel: u8,
-    packet: &[u8],
-) -> std::io::Result<()> {
-    let Ok(len) = u16::try_from(packet.len()) else {
-        return Ok(());
-    };
-    let [hi, lo] = len.to_be_bytes();
-    out.write_all(&[b'$', channel, hi, lo]).await?;
-    out.write_all(packet).await
 }

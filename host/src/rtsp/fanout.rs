@@ -1,7 +1,7 @@
 //! The readers of a route, served together: one task per ring (and per share of the cores) wakes
-//! once per unit for all its readers and sends it to each of them. A UDP reader gets a run of
-//! packets in one segmenting send (UDP GSO) where the kernel can; a TCP reader gets the unit in one
-//! vectored write, made without waiting.
+//! once per unit for all its readers and sends it to each of them, by the transport of the unit's
+//! track: over UDP a run of packets in one segmenting send (UDP GSO) where the kernel can, over TCP
+//! the unit in one vectored write, made without waiting.
 //!
 //! One `sendmmsg` for all readers would save a system call per reader too, but no maintained
 //! crate offers it soundly with a GSO control message here: nix's can only count what it sent
@@ -17,13 +17,9 @@
 //! connection (with the bytes left over), which waits for the socket under the stall deadline and
 //! then brings the reader back. The connection also takes its reader back to write an RTSP
 //! response between two units.
-//!
-//! Longer than most files on purpose: what a connection holds (its [`Membership`], the
-//! [`Handback`]) and the task that serves it are two ends of one hand-over, kept side by side.
 
 use std::collections::HashMap;
 use std::io::IoSlice;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -32,6 +28,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::codec::interleaved_header;
 use super::egress::{Playback, SENDER_REPORT_INTERVAL, Sent, Sizes};
 use super::transport::TrackTransport;
 use super::udp::UdpSockets;
@@ -151,17 +148,11 @@ impl Counters {
     }
 }
 
-/// Where a member's media goes.
-enum Sink {
-    /// Each track's RTP destination, if the reader set the track up.
-    Udp(Vec<Option<SocketAddr>>),
-    Tcp(OwnedWriteHalf),
-}
-
 struct Member {
     id: u64,
     playback: Playback,
-    sink: Sink,
+    /// The connection's write half, for a reader with tracks over TCP.
+    writer: Option<OwnedWriteHalf>,
     counters: Arc<Counters>,
     next_report: Instant,
     handback: Option<oneshot::Sender<Handback>>,
@@ -176,13 +167,9 @@ impl Member {
         let (Some(handback), Some(why)) = (self.handback, self.leaving) else {
             return;
         };
-        let writer = match self.sink {
-            Sink::Tcp(writer) => Some(writer),
-            Sink::Udp(_) => None,
-        };
         let _ = handback.send(Handback {
             playback: self.playback,
-            writer,
+            writer: self.writer,
             pending: self.pending,
             why,
         });
@@ -191,7 +178,9 @@ impl Member {
     /// Writes `slices` to the member's TCP socket without waiting: what the socket does not take
     /// is kept in `pending` and the member leaves, for its connection to finish the write.
     fn write_tcp(&mut self, slices: &[IoSlice<'_>]) {
-        let Sink::Tcp(writer) = &self.sink else {
+        let Some(writer) = &self.writer else {
+            self.leaving
+                .get_or_insert(Why::Failed(std::io::ErrorKind::NotConnected.into()));
             return;
         };
         match self.leaving {
@@ -227,8 +216,8 @@ impl Member {
     }
 }
 
-/// Adds a reader to the fan-out of its ring (starting one if needed): a UDP reader, or, with its
-/// connection's `writer`, a TCP one.
+/// Adds a reader to the fan-out of its ring (starting one if needed), with its connection's
+/// `writer` when it has tracks over TCP.
 pub(super) fn join(
     udp: &Arc<UdpSockets>,
     mut playback: Playback,
@@ -236,17 +225,6 @@ pub(super) fn join(
 ) -> Membership {
     let arrivals = playback.reader().arrivals().clone();
     let holds_writer = writer.is_some();
-    let sink = match writer {
-        Some(writer) => Sink::Tcp(writer),
-        None => Sink::Udp(
-            (0..playback.reader().media().tracks.len())
-                .map(|track| match playback.transport(track) {
-                    Some(TrackTransport::Udp { rtp, .. }) => Some(rtp),
-                    _ => None,
-                })
-                .collect(),
-        ),
-    };
     let fanouts = &udp.fanouts;
     let id = fanouts.next_member.fetch_add(1, Ordering::Relaxed);
     let key = (arrivals.ring_id(), share(id));
@@ -255,7 +233,7 @@ pub(super) fn join(
     let member = Member {
         id,
         playback,
-        sink,
+        writer,
         counters: Arc::clone(&counters),
         next_report: Instant::now() + SENDER_REPORT_INTERVAL,
         handback: Some(handback_tx),
@@ -421,19 +399,16 @@ async fn send_unit(
     let mut readers = 0;
     for index in indices.clone() {
         let member = &mut members[index];
-        match (&member.sink, member.playback.transport(track)) {
-            (Sink::Udp(destinations), _) => {
-                let Some(to) = destinations.get(track).copied().flatten() else {
-                    continue;
-                };
+        match member.playback.transport(track) {
+            Some(TrackTransport::Udp { rtp, .. }) => {
                 for run in &unit.rtp.runs {
-                    udp.send_run(&unit.rtp.wire, run, to).await;
+                    udp.send_run(&unit.rtp.wire, run, rtp).await;
                 }
             }
-            (Sink::Tcp(_), Some(TrackTransport::Tcp { rtp_channel, .. })) => {
+            Some(TrackTransport::Tcp { rtp_channel, .. }) => {
                 write_interleaved_unit(member, rtp_channel, &unit.rtp.packets);
             }
-            (Sink::Tcp(_), _) => continue,
+            None => continue,
         }
         readers += 1;
     }
@@ -465,18 +440,17 @@ async fn send_unit(
 /// `$`-framing and itself), and a kernel takes 1024 slices at most.
 const PACKETS_PER_WRITE: usize = 64;
 
-/// Writes `packets` interleaved on `channel` (RFC 2326, 10.12) to `member`'s TCP socket: a
+/// Writes `packets` interleaved on `channel` to `member`'s TCP socket: a
 /// vectored write per [`PACKETS_PER_WRITE`] packets, taken from the shared buffer as they are.
 fn write_interleaved_unit(member: &mut Member, channel: u8, packets: &[Bytes]) {
     let mut framing = [[0u8; 4]; PACKETS_PER_WRITE];
     for chunk in packets.chunks(PACKETS_PER_WRITE) {
         for (frame, packet) in framing.iter_mut().zip(chunk) {
-            let Ok(len) = u16::try_from(packet.len()) else {
+            let Some(header) = interleaved_header(channel, packet.len()) else {
                 member.leaving = Some(Why::Failed(std::io::ErrorKind::InvalidData.into()));
                 return;
             };
-            let [hi, lo] = len.to_be_bytes();
-            *frame = [b'$', channel, hi, lo];
+            *frame = header;
         }
         let mut slices = [IoSlice::new(&[]); 2 * PACKETS_PER_WRITE];
         for (i, (frame, packet)) in framing.iter().zip(chunk).enumerate() {
@@ -496,12 +470,9 @@ fn send_reports(udp: &UdpSockets, member: &mut Member, only: Option<usize>, good
                 let _ = udp.rtcp.try_send_to(&report, rtcp);
             }
             TrackTransport::Tcp { rtcp_channel, .. } => {
-                let Ok(len) = u16::try_from(report.len()) else {
-                    continue;
-                };
-                let [hi, lo] = len.to_be_bytes();
-                let framing = [b'$', rtcp_channel, hi, lo];
-                member.write_tcp(&[IoSlice::new(&framing), IoSlice::new(&report)]);
+                if let Some(header) = interleaved_header(rtcp_channel, report.len()) {
+                    member.write_tcp(&[IoSlice::new(&header), IoSlice::new(&report)]);
+                }
             }
         }
     }
