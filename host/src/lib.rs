@@ -21,7 +21,7 @@
 //! Around the data path: [`config`] is the model of the config file and its checker; `router`
 //! owns the route map and wires each route's source, pipeline and hub; `auth` decides who may
 //! connect, read, publish and use the API; `sessions` and `listen` count and cap clients and
-//! connections; [`server`] starts everything and carries out reloads (`control` is how the API
+//! connections; `udp_port` is the UDP port RTP goes out of to many peers; [`server`] starts everything and carries out reloads (`control` is how the API
 //! asks for one). `docs/architecture.md` draws the threads, tasks and bounded queues.
 
 /// The process's allocator. A frame path allocates and frees pictures of megabytes every frame
@@ -53,6 +53,7 @@ pub mod server;
 mod sessions;
 mod snapshot;
 pub mod sources;
+mod udp_port;
 pub mod webrtc;
 
 pub use server::{Server, StartError};

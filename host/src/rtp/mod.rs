@@ -11,22 +11,6 @@ pub mod rtcp;
 pub use depacketize::{DepacketizeError, Depacketized, Depacketizer, PayloadFormat};
 pub use packetize::{MAX_PACKET_SIZE, Packetizer, RtpUnit, Run};
 
-/// One send of `contents` to `to`: datagrams of `segment` bytes (the last may be shorter), cut by
-/// the kernel (UDP GSO) when there is more than one.
-pub fn segmented_send(
-    contents: &[u8],
-    segment: usize,
-    to: std::net::SocketAddr,
-) -> quinn_udp::Transmit<'_> {
-    quinn_udp::Transmit {
-        destination: to,
-        ecn: None,
-        contents,
-        segment_size: (contents.len() > segment).then_some(segment),
-        src_ip: None,
-    }
-}
-
 /// Payload type the SDP announces for track `index`: dynamic types start at 96.
 pub fn payload_type(index: usize) -> u8 {
     96u8.saturating_add(u8::try_from(index).unwrap_or(u8::MAX))

@@ -38,6 +38,4 @@ pub enum Error {
     },
     #[error("no free pair of UDP ports for RTP/RTCP in {first}-{last} (server.rtp_ports)")]
     NoUdpPorts { first: u16, last: u16 },
-    #[error("cannot set up UDP port {port} for RTP: {source}")]
-    Udp { port: u16, source: std::io::Error },
 }

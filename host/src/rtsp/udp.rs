@@ -14,19 +14,15 @@ use super::Error;
 use super::fanout::Fanouts;
 use super::session::Play;
 use super::transport::TrackTransport;
-use crate::rtp::{Run, rtcp, segmented_send};
-
-/// The most bytes one GSO send may carry (the kernel's limit is 64 KiB, headers included).
-const MAX_GSO_BYTES: usize = 60_000;
+use crate::rtp::{Run, rtcp};
+use crate::udp_port::UdpPort;
 
 /// Where a publisher's UDP packets go: its connection's inbox, and the track they belong to.
 pub(super) type RtpSource = (mpsc::Sender<(usize, Bytes)>, usize);
 
 /// The server's UDP sockets, shared by every UDP session: readers are told apart by address.
 pub(super) struct UdpSockets {
-    pub(super) rtp: UdpSocket,
-    /// What the kernel can do for RTP sends (GSO, and how many segments at once).
-    rtp_state: quinn_udp::UdpSocketState,
+    rtp: UdpPort,
     pub(super) rtcp: UdpSocket,
     pub(super) ports: (u16, u16),
     /// Liveness flags of playing sessions, by the address their RTCP comes from.
@@ -45,14 +41,11 @@ impl UdpSockets {
         let mut port = first;
         while port < last {
             if let (Ok(rtp), Ok(rtcp)) = (
-                UdpSocket::bind((ip, port)).await,
+                UdpPort::bind((ip, port).into()),
                 UdpSocket::bind((ip, port + 1)).await,
             ) {
-                let rtp_state = quinn_udp::UdpSocketState::new((&rtp).into())
-                    .map_err(|source| Error::Udp { port, source })?;
                 return Ok(Arc::new(UdpSockets {
                     rtp,
-                    rtp_state,
                     rtcp,
                     ports: (port, port + 1),
                     rtcp_peers: Mutex::default(),
@@ -70,47 +63,8 @@ impl UdpSockets {
     /// buffer is full is waited for, as a send per packet would; a datagram that cannot go is
     /// lost, as RTP over UDP allows.
     pub(super) async fn send_run(&self, wire: &[u8], run: &Run, to: SocketAddr) {
-        let Some(packets) = wire.get(run.bytes.clone()) else {
-            return;
-        };
-        // The kernel's cap on one GSO send: its segment count, and 64 KB in all.
-        let per_send = self
-            .rtp_state
-            .max_gso_segments()
-            .min(MAX_GSO_BYTES / run.segment)
-            .max(1);
-        for contents in packets.chunks(per_send * run.segment) {
-            let segmented = contents.len() > run.segment;
-            let sent = self.send_rtp(contents, run.segment, to).await;
-            if sent.is_err() && segmented && self.rtp_state.max_gso_segments() == 1 {
-                // The device refused GSO (quinn-udp now knows not to try again): these packets
-                // go one by one.
-                for packet in contents.chunks(run.segment) {
-                    let _ = self.send_rtp(packet, run.segment, to).await;
-                }
-            }
-        }
-    }
-
-    /// One send of `contents`, split into datagrams of `segment` bytes by the kernel, waiting
-    /// while the socket buffer is full.
-    async fn send_rtp(
-        &self,
-        contents: &[u8],
-        segment: usize,
-        to: SocketAddr,
-    ) -> std::io::Result<()> {
-        let transmit = segmented_send(contents, segment, to);
-        loop {
-            let sent = self.rtp.try_io(tokio::io::Interest::WRITABLE, || {
-                self.rtp_state.try_send((&self.rtp).into(), &transmit)
-            });
-            match sent {
-                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-                    self.rtp.writable().await?;
-                }
-                sent => return sent,
-            }
+        if let Some(packets) = wire.get(run.bytes.clone()) {
+            self.rtp.send(packets, run.segment, to).await;
         }
     }
 

@@ -34,11 +34,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::AsyncReadExt;
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::listen::{ConnectionGate, ConnectionPermit, bound_send_buffer};
-use crate::rtp::segmented_send;
+use crate::udp_port::UdpPort;
 use rtc::stun::attributes::ATTR_USERNAME;
 use rtc::stun::message::{Message, is_stun_message};
 use rtc::stun::textattrs::TextAttribute;
@@ -60,8 +60,6 @@ const TCP_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub(super) const TCP_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest packet taken: ICE, DTLS and SRTP packets fit an Ethernet MTU.
 pub(super) const MAX_PACKET: usize = 2048;
-/// The most bytes one GSO send may carry (the kernel's limit is 64 KiB, headers included).
-const MAX_GSO_BYTES: usize = 60_000;
 
 /// Why the shared ports could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -79,9 +77,7 @@ pub struct IceMux {
 }
 
 struct Shared {
-    udp: Arc<UdpSocket>,
-    /// What the kernel can do for sends on `udp` (GSO, and how many segments at once).
-    udp_state: quinn_udp::UdpSocketState,
+    udp: UdpPort,
     udp_addr: SocketAddr,
     tcp_addr: Option<SocketAddr>,
     viewers: Mutex<Viewers>,
@@ -128,24 +124,8 @@ impl ViewerPorts {
     /// few calls as the kernel allows (GSO). Sends at once or not at all: a full socket buffer
     /// drops what did not fit, as the network would, rather than making every viewer wait.
     pub(super) fn send(&self, contents: &[u8], segment: usize, to: SocketAddr) {
-        let shared = &self.shared;
-        let per_send = shared
-            .udp_state
-            .max_gso_segments()
-            .min(MAX_GSO_BYTES / segment.max(1))
-            .max(1);
-        for chunk in contents.chunks(per_send * segment.max(1)) {
-            let segmented = chunk.len() > segment;
-            let sent = shared.send_udp(chunk, segment, to);
-            if let Err(err) = &sent {
-                tracing::trace!(%to, "WebRTC UDP send dropped: {err}");
-            }
-            if sent.is_err() && segmented && shared.udp_state.max_gso_segments() == 1 {
-                // The device refused GSO (quinn-udp now knows not to try again): one by one.
-                for datagram in chunk.chunks(segment) {
-                    let _ = shared.send_udp(datagram, segment, to);
-                }
-            }
+        if let Err(err) = self.shared.udp.try_send(contents, segment, to) {
+            tracing::trace!(%to, "WebRTC UDP send dropped: {err}");
         }
     }
 }
@@ -158,9 +138,8 @@ impl IceMux {
         tcp: Option<SocketAddr>,
         gate: Arc<ConnectionGate>,
     ) -> Result<IceMux, Error> {
-        let udp_socket = UdpSocket::bind(udp)
-            .await
-            .map_err(|source| Error::BindUdp { addr: udp, source })?;
+        let udp_socket =
+            UdpPort::bind(udp).map_err(|source| Error::BindUdp { addr: udp, source })?;
         let udp_addr = udp_socket
             .local_addr()
             .map_err(|source| Error::BindUdp { addr: udp, source })?;
@@ -179,11 +158,8 @@ impl IceMux {
             })?),
             None => None,
         };
-        let udp_state = quinn_udp::UdpSocketState::new((&udp_socket).into())
-            .map_err(|source| Error::BindUdp { addr: udp, source })?;
         let shared = Arc::new(Shared {
-            udp: Arc::new(udp_socket),
-            udp_state,
+            udp: udp_socket,
             udp_addr,
             tcp_addr,
             viewers: Mutex::default(),
@@ -241,14 +217,6 @@ impl IceMux {
 }
 
 impl Shared {
-    /// One send of `contents` to `to`, split into datagrams of `segment` bytes by the kernel.
-    fn send_udp(&self, contents: &[u8], segment: usize, to: SocketAddr) -> io::Result<()> {
-        let transmit = segmented_send(contents, segment, to);
-        self.udp.try_io(tokio::io::Interest::WRITABLE, || {
-            self.udp_state.try_send((&*self.udp).into(), &transmit)
-        })
-    }
-
     fn lock(&self) -> MutexGuard<'_, Viewers> {
         self.viewers.lock().unwrap_or_else(|p| p.into_inner())
     }
