@@ -147,3 +147,42 @@ fn registered(
     // dropped with it: nothing here closes it or swaps the socket (no `get_mut`).
     Ok(unsafe { AsyncFd::register_with_interest(socket, interest) }?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `reader` has received, datagram sizes in order, until nothing comes for 200 ms.
+    fn received(reader: &std::net::UdpSocket) -> Vec<usize> {
+        reader
+            .set_read_timeout(Some(std::time::Duration::from_millis(200)))
+            .expect("a read timeout");
+        let mut buf = [0u8; 2048];
+        std::iter::from_fn(|| reader.recv(&mut buf).ok()).collect()
+    }
+
+    #[tokio::test]
+    async fn runs_arrive_as_their_datagrams_and_the_port_receives() {
+        let port = UdpPort::bind(([127, 0, 0, 1], 0).into()).expect("bind");
+        let reader = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind the reader");
+        let to = reader.local_addr().expect("its address");
+        // 100 datagrams of 1,200 bytes and a short last one: more than one send may carry.
+        let run: Vec<u8> = (0..120_700u32).map(|i| (i / 1200) as u8).collect();
+        port.send(&run, 1200, to).await;
+        let mut sizes = vec![1200; 100];
+        sizes.push(700);
+        assert_eq!(received(&reader), sizes);
+        port.try_send(&run[..2400], 1200, to).expect("room for two");
+        port.try_send_to(&run[..10], to).expect("room for one");
+        assert_eq!(received(&reader), [1200, 1200, 10]);
+        let echo = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        echo.send_to(b"rtcp", port.local_addr().expect("the port's address"))
+            .expect("send to the port");
+        let mut buf = [0u8; 16];
+        let (len, sender) = port.recv_from(&mut buf).await.expect("receive");
+        assert_eq!(
+            (&buf[..len], sender),
+            (&b"rtcp"[..], echo.local_addr().expect("addr"))
+        );
+    }
+}

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use super::Error;
@@ -23,7 +22,7 @@ pub(super) type RtpSource = (mpsc::Sender<(usize, Bytes)>, usize);
 /// The server's UDP sockets, shared by every UDP session: readers are told apart by address.
 pub(super) struct UdpSockets {
     rtp: UdpPort,
-    pub(super) rtcp: UdpSocket,
+    pub(super) rtcp: UdpPort,
     pub(super) ports: (u16, u16),
     /// Liveness flags of playing sessions, by the address their RTCP comes from.
     rtcp_peers: Mutex<HashMap<SocketAddr, Arc<AtomicBool>>>,
@@ -42,7 +41,7 @@ impl UdpSockets {
         while port < last {
             if let (Ok(rtp), Ok(rtcp)) = (
                 UdpPort::bind((ip, port).into()),
-                UdpSocket::bind((ip, port + 1)).await,
+                UdpPort::bind((ip, port + 1).into()),
             ) {
                 return Ok(Arc::new(UdpSockets {
                     rtp,
