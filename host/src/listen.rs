@@ -113,20 +113,6 @@ pub fn keep_alive(socket: &TcpStream) {
     }
 }
 
-/// What the kernel may hold unsent for one accepted connection (it doubles the figure for its own
-/// bookkeeping): twice this is 2 s of a 4 Mbit/s route, or a 100 ms round trip at 40 Mbit/s. Left
-/// to itself the kernel grows a send buffer to 4 MiB, which a client that stops reading then makes
-/// the server hold, and which a low-rate route (or an event stream) takes minutes to fill before
-/// the write-stall timeouts even start.
-const SEND_BUFFER: usize = 256 * 1024;
-
-/// Gives an accepted socket (RTSP, HTTP, ICE-TCP) a fixed send buffer, [`SEND_BUFFER`].
-pub fn bound_send_buffer(socket: &TcpStream) {
-    if let Err(err) = socket2::SockRef::from(socket).set_send_buffer_size(SEND_BUFFER) {
-        tracing::debug!("cannot set a TCP send buffer: {err}");
-    }
-}
-
 /// Caps open connections, in total and per client address (an IPv6 client by its /64, which one
 /// host usually has whole), across the RTSP and HTTP listeners. A connection over either cap is
 /// closed at accept, before a byte of it is read, and counted.
@@ -134,6 +120,8 @@ pub fn bound_send_buffer(socket: &TcpStream) {
 pub struct ConnectionGate {
     max_total: usize,
     max_per_address: usize,
+    /// Bytes asked for each accepted socket's send buffer.
+    send_buffer: usize,
     open: Mutex<HashMap<AddressKey, usize>>,
     open_total: AtomicUsize,
     /// Connections refused at accept, by cap.
@@ -170,15 +158,32 @@ pub enum GateRefusal {
 }
 
 impl ConnectionGate {
-    pub fn new(max_total: usize, max_per_address: usize) -> Arc<ConnectionGate> {
+    pub fn new(
+        max_total: usize,
+        max_per_address: usize,
+        send_buffer: usize,
+    ) -> Arc<ConnectionGate> {
         Arc::new(ConnectionGate {
             max_total,
             max_per_address,
+            send_buffer,
             open: Mutex::default(),
             open_total: AtomicUsize::new(0),
             refused_total: AtomicU64::new(0),
             refused_per_address: AtomicU64::new(0),
         })
+    }
+
+    /// Gives an accepted socket (RTSP, HTTP, ICE-TCP) its fixed send buffer
+    /// (`tcp_send_buffer_kb`). Left to itself the kernel grows a send buffer to 4 MiB, which a
+    /// client that stops reading then makes the server hold, and which a low-rate route (or an
+    /// event stream) takes minutes to fill before the write-stall timeouts even start; the
+    /// default, 256 KiB (which the kernel doubles), is 2 s of a 4 Mbit/s route or a 100 ms round
+    /// trip at 40 Mbit/s.
+    pub fn bound_send_buffer(&self, socket: &TcpStream) {
+        if let Err(err) = socket2::SockRef::from(socket).set_send_buffer_size(self.send_buffer) {
+            tracing::debug!("cannot set a TCP send buffer: {err}");
+        }
     }
 
     /// A place for one more connection from `ip`, given back when the permit drops.
@@ -232,9 +237,29 @@ impl Drop for ConnectionPermit {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn accepted_sockets_get_the_configured_send_buffer() {
+        // The kernel takes at most net.core.wmem_max, and doubles what it takes.
+        let most = std::fs::read_to_string("/proc/sys/net/core/wmem_max")
+            .ok()
+            .and_then(|max| max.trim().parse::<usize>().ok())
+            .unwrap_or(212_992);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        for asked in [64 << 10, 1 << 20] {
+            let _client = TcpStream::connect(addr).await.expect("connect");
+            let (accepted, _) = listener.accept().await.expect("accept");
+            ConnectionGate::new(5, 2, asked).bound_send_buffer(&accepted);
+            let size = socket2::SockRef::from(&accepted)
+                .send_buffer_size()
+                .expect("read the send buffer");
+            assert_eq!(size, 2 * asked.min(most), "asked for {asked}");
+        }
+    }
+
     #[test]
     fn caps_count_per_address_and_ipv6_by_prefix() {
-        let gate = ConnectionGate::new(5, 2);
+        let gate = ConnectionGate::new(5, 2, 256 << 10);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let first = gate.admit(a).unwrap();
         let _second = gate.admit(a).unwrap();

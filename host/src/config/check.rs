@@ -562,6 +562,20 @@ impl<'a> Checker<'a> {
         let max_unit_bytes = megabytes(&raw.max_unit_mb, "server.max_unit_mb", 1..=256);
         let route_buffer_bytes =
             megabytes(&raw.route_buffer_mb, "server.route_buffer_mb", 4..=4096);
+        let tcp_send_kb = *raw.tcp_send_buffer_kb.get_ref();
+        if !TCP_SEND_BUFFER_KB.contains(&tcp_send_kb) {
+            self.problem(
+                &raw.tcp_send_buffer_kb,
+                "server.tcp_send_buffer_kb".into(),
+                format!(
+                    "must be from {} to {} (KiB)",
+                    TCP_SEND_BUFFER_KB.start(),
+                    TCP_SEND_BUFFER_KB.end()
+                ),
+            );
+        }
+        let tcp_send_buffer =
+            tcp_send_kb.clamp(*TCP_SEND_BUFFER_KB.start(), *TCP_SEND_BUFFER_KB.end()) << 10;
         if *raw.drain_grace_s.get_ref() > MAX_DRAIN_GRACE_S {
             self.problem(
                 &raw.drain_grace_s,
@@ -587,6 +601,7 @@ impl<'a> Checker<'a> {
             max_bandwidth_kbps: *raw.max_bandwidth_kbps.get_ref(),
             max_connections: *raw.max_connections.get_ref(),
             max_connections_per_address: *raw.max_connections_per_address.get_ref(),
+            tcp_send_buffer,
             drain_grace: Duration::from_secs((*raw.drain_grace_s.get_ref()).min(MAX_DRAIN_GRACE_S)),
             state_dir: raw.state_dir.map(|dir| base_dir.join(dir.get_ref())),
             budget: MemoryBudget {
@@ -660,10 +675,12 @@ fn socket_default(value: &Spanned<String>) -> SocketAddr {
         .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
 }
 
-/// Route and feed names are single URL path segments that do not collide with the HTTP API.
 /// The longest a shutdown waits for sessions to end on their own.
 const MAX_DRAIN_GRACE_S: u64 = 3600;
+/// What `tcp_send_buffer_kb` may be: from what holds a few packets to 64 MiB.
+const TCP_SEND_BUFFER_KB: std::ops::RangeInclusive<usize> = 16..=65536;
 
+/// Route and feed names are single URL path segments that do not collide with the HTTP API.
 pub(super) fn check_path_segment(name: &str) -> Result<(), String> {
     if name.is_empty()
         || !name

@@ -67,6 +67,10 @@ pub struct ServerConfig {
     /// IPv6 client by its /64).
     pub max_connections: usize,
     pub max_connections_per_address: usize,
+    /// What the kernel may hold unsent for one accepted TCP connection, in bytes (it doubles the
+    /// figure for its own bookkeeping): what a reader far away can have in flight, and what a
+    /// client that stops reading makes the server hold.
+    pub tcp_send_buffer: usize,
     /// On SIGTERM, how long sessions may go on before they are ended (no new ones are admitted).
     pub drain_grace: Duration,
     /// Where plugins' state is kept across restarts (`state_dir`, relative to the config file).

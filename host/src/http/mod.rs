@@ -29,7 +29,7 @@ mod whip;
 use crate::auth::{Auth, AuthError, Login};
 use crate::control::ReloadHandle;
 use crate::events::Events;
-use crate::listen::{ConnectionGate, Listener, Rebind, bound_send_buffer, keep_alive};
+use crate::listen::{ConnectionGate, Listener, Rebind, keep_alive};
 use crate::router::RouterHandle;
 use crate::sessions::{ClientLimit, Sessions};
 use crate::snapshot::{SnapshotError, Snapshots};
@@ -118,7 +118,7 @@ impl HttpServer {
                             }
                         };
                         keep_alive(&socket);
-                        bound_send_buffer(&socket);
+                        self.state.gate.bound_send_buffer(&socket);
                         let state = Arc::clone(&self.state);
                         let Ok(local) = socket.local_addr() else { continue };
                         tokio::spawn(async move {

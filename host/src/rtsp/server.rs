@@ -21,7 +21,7 @@ use super::udp::{UdpSockets, receive_rtcp, receive_rtp, register_publisher, regi
 use crate::auth::Auth;
 use crate::config::ServerConfig;
 use crate::hub::{Revocation, Revoked};
-use crate::listen::{ConnectionGate, Listener, Rebind, bound_send_buffer, keep_alive};
+use crate::listen::{ConnectionGate, Listener, Rebind, keep_alive};
 use crate::router::RouterHandle;
 use crate::rtp::rtcp;
 use crate::sessions::{ClientLimit, EndedBy, Registration, SessionKind, Sessions};
@@ -114,7 +114,7 @@ impl RtspServer {
                         Ok(permit) => {
                             let _ = socket.set_nodelay(true);
                             keep_alive(&socket);
-                            bound_send_buffer(&socket);
+                            self.shared.gate.bound_send_buffer(&socket);
                             let shared = Arc::clone(&self.shared);
                             tokio::spawn(async move {
                                 serve_connection(socket, peer, shared).await;

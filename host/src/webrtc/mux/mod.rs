@@ -37,7 +37,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::listen::{ConnectionGate, ConnectionPermit, bound_send_buffer};
+use crate::listen::{ConnectionGate, ConnectionPermit};
 use crate::udp_port::UdpPort;
 use rtc::stun::attributes::ATTR_USERNAME;
 use rtc::stun::message::{Message, is_stun_message};
@@ -313,7 +313,7 @@ async fn accept_tcp(listener: TcpListener, shared: Arc<Shared>, gate: Arc<Connec
                 continue;
             }
         };
-        bound_send_buffer(&stream);
+        gate.bound_send_buffer(&stream);
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
             let _handshaking = handshaking;
