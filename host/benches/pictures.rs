@@ -9,10 +9,11 @@
 //!   meter of a 64x192 rectangle: the same work split over a chain or done by one plugin.
 //!
 //! Targets (issue #17): read-only at most 10 µs at 1080p, read-write at most 2x the memcpy, a
-//! chain of three at most 1.5x one plugin doing the same work. A chain of three copies of a plugin
-//! does three times its work: with the picture lent, nothing is paid once per picture that a
-//! chain could share, so three copies cost three times one by construction and the bench prints
-//! that ratio beside the target's. Run with `cargo bench --bench pictures`.
+//! chain of three at most 1.5x one plugin. Each link of a chain does its own plugin's work and
+//! makes its own calls; with the picture lent, nothing is paid once per picture that the links
+//! could share, so three copies of one plugin cost about three times one. The bench prints that
+//! ratio against the target, and beside it what a link costs the host and the same work split
+//! over three links against one plugin doing it. Run with `cargo bench --bench pictures`.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -81,19 +82,23 @@ fn main() {
     let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
     println!(
         "targets at 1080p: read-only {:.1?} (<= 10 µs: {}); read-write {:.2}x memcpy (<= 2x: {}); \
-         3 meters of 64x64 {:.2}x one of 64x192 (<= 1.5x: {}); a link costs the host {:.1?}\n\
-         three copies of one plugin against one: lent read-write {:.2}x, read-only {:.2}x, \
-         copied {:.2}x",
+         a chain of three copies of one plugin against one (<= 1.5x): lent read-write {:.2}x, \
+         read-only {:.2}x ({}), copied {:.2}x\n\
+         beside them: a link costs the host {:.1?}; 3 meters of 64x64 cost {:.2}x one of 64x192",
         meter[1],
         meter[1] <= Duration::from_micros(10),
         ratio(in_place[1], memcpy[1]),
         ratio(in_place[1], memcpy[1]) <= 2.0,
-        ratio(meter3[1], tall[1]),
-        ratio(meter3[1], tall[1]) <= 1.5,
-        dot[1],
         ratio(in_place3[1], in_place[1]),
         ratio(meter3[1], meter[1]),
+        if ratio(meter3[1], meter[1]) <= 1.5 {
+            "ok"
+        } else {
+            "MISSED"
+        },
         ratio(copied3[1], copied[1]),
+        dot[1],
+        ratio(meter3[1], tall[1]),
     );
 }
 
