@@ -161,6 +161,14 @@ async fn invalid_edits_keep_the_running_config_and_say_why() {
         status.contains("\"version\":1") && status.contains("wasmcast.toml:4"),
         "{status}"
     );
+    // Once per edit: the reload's own reading of the file is no edit.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let refusals = server
+        .log()
+        .iter()
+        .filter(|l| l.contains("config reload refused"))
+        .count();
+    assert_eq!(refusals, 1, "{:#?}", server.log());
 
     server.write_routes(
         &format!(

@@ -313,10 +313,13 @@ fn watch_files(path: &Path, requests: mpsc::Sender<ReloadRequest>) -> Option<Wat
     let followed = Arc::clone(&names);
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let names = followed.read().unwrap_or_else(|p| p.into_inner());
+        // Reading a file is an event too (notify watches opens): the reload's own reading of the
+        // config and the plugins must not ask for the next reload.
         let about_followed = event.is_ok_and(|e| {
-            e.paths
-                .iter()
-                .any(|p| p.file_name().is_some_and(|n| names.contains(n)))
+            !e.kind.is_access()
+                && e.paths
+                    .iter()
+                    .any(|p| p.file_name().is_some_and(|n| names.contains(n)))
         });
         if about_followed {
             let _ = events.send(());
