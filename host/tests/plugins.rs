@@ -750,7 +750,7 @@ async fn a_plugin_that_opens_sockets_without_end_cannot_take_the_servers_files()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plugin_whose_init_sleeps_is_refused_at_its_time_limit_and_reloads_go_on() {
+async fn plugins_whose_init_sleeps_or_wants_list_is_huge_are_refused_and_reloads_go_on() {
     let clip = sample_clip();
     let server = Server::start(&file_route("plain", &clip));
     wait_live(&server, "plain").await;
@@ -777,6 +777,33 @@ async fn a_plugin_whose_init_sleeps_is_refused_at_its_time_limit_and_reloads_go_
             .iter()
             .any(|l| l.contains("sleepy") && l.contains("time limit")),
         "the refusal names the plugin and the limit: {:#?}",
+        server.log()
+    );
+    // A plugin that names 200 million codecs it wants: the host copies at most 128 MiB out of a
+    // plugin in one call (wasmtime's hostcall fuel), so the plugin is refused before the host
+    // allocates anything for the list.
+    let greedy = format!(
+        "{}{}{}",
+        file_route("plain", &clip),
+        plugin_route("greedy", &clip, &["greedy"]),
+        hostile_plugin(
+            "greedy",
+            "wants-flood",
+            "memory_limit_mb = 512\ntime_limit_ms = 10000\n",
+        ),
+    );
+    server.write_routes(&greedy, true);
+    assert!(
+        server.wait_for_log("too much data", Duration::from_secs(20)),
+        "{:#?}",
+        server.log()
+    );
+    assert!(
+        server
+            .log()
+            .iter()
+            .any(|l| l.contains("greedy") && l.contains("too much data")),
+        "the refusal names the plugin and why: {:#?}",
         server.log()
     );
     // The next reload is not stuck behind it.

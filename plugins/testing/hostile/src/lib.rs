@@ -10,7 +10,8 @@
 //!   big), sets a new metric name per unit, and hands over a 32 MiB snapshot;
 //! - `restore-trap`: panics when it is given a saved state (then passes units on);
 //! - `socket-flood`: with `network` granted, opens a thousand sockets per unit and never closes
-//!   them (the host's file descriptors are what it is after).
+//!   them (the host's file descriptors are what it is after);
+//! - `wants-flood`: names 200 million codecs it wants (what the host would copy out of it).
 
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ enum Attack {
     TimeTravel,
     RestoreTrap,
     SocketFlood,
+    WantsFlood,
 }
 
 struct Hostile {
@@ -51,9 +53,17 @@ impl PacketPlugin for Hostile {
             Some("time-travel") => Attack::TimeTravel,
             Some("restore-trap") => Attack::RestoreTrap,
             Some("socket-flood") => Attack::SocketFlood,
+            Some("wants-flood") => Attack::WantsFlood,
             other => return Err(format!("unknown attack {other:?}")),
         };
         Ok(Hostile { attack, units: 0 })
+    }
+
+    fn codecs(&self) -> Vec<Codec> {
+        match self.attack {
+            Attack::WantsFlood => vec![Codec::H264; 200 << 20],
+            _ => vec![Codec::H264, Codec::H265, Codec::Aac, Codec::Opus],
+        }
     }
 
     fn snapshot(&self) -> Vec<u8> {
@@ -118,7 +128,7 @@ impl PacketPlugin for Hostile {
                 set_metric(&format!("metric-{}", self.units), 1.0);
                 Verdict::Pass
             }
-            Attack::RestoreTrap => Verdict::Pass,
+            Attack::RestoreTrap | Attack::WantsFlood => Verdict::Pass,
             Attack::SocketFlood => {
                 for _ in 0..1000 {
                     match std::net::TcpListener::bind("127.0.0.1:0") {
