@@ -21,8 +21,9 @@
 //! Around the data path: [`config`] is the model of the config file and its checker; `router`
 //! owns the route map and wires each route's source, pipeline and hub; `auth` decides who may
 //! connect, read, publish and use the API; `sessions` and `listen` count and cap clients and
-//! connections; `udp_port` is the UDP port RTP goes out of to many peers; [`server`] starts everything and carries out reloads (`control` is how the API
-//! asks for one). `docs/architecture.md` draws the threads, tasks and bounded queues.
+//! connections; `udp_port` is the UDP port RTP goes out of to many peers; [`server`] starts
+//! everything and carries out reloads (`control` is how the API asks for one).
+//! `docs/architecture.md` draws the threads, tasks and bounded queues.
 
 /// The process's allocator. A frame path allocates and frees pictures of megabytes every frame
 /// (decoder output, each frame plugin's result, encoder input); glibc's malloc hands such blocks
