@@ -1,6 +1,7 @@
 //! Hostile clients, each against the real binary: clients that hold sessions without playing,
 //! floods of connections, publishers that send endless fragments, impossible clock rates, that
-//! hold a route without sending, WHEP bodies that never arrive, strangers at the API.
+//! hold a route without sending, WHEP bodies that never arrive, strangers at the API, floods of
+//! bytes on a control connection.
 //!
 //! The attackers connect from 127.0.0.2; an honest reader plays from 127.0.0.1 through every
 //! attack and must not miss a frame, and the server's memory and open files must stay bounded.
@@ -719,4 +720,110 @@ async fn a_publisher_taken_off_the_publish_list_by_a_reload_is_ended() {
         "{:#?}",
         server.log()
     );
+}
+
+/// Writes `chunk` over and over until the server closes the connection or `limit` passes;
+/// true when it closed.
+async fn flood_until_closed(
+    mut write: impl AsyncWriteExt + Unpin,
+    chunk: Vec<u8>,
+    limit: Duration,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, write.write_all(&chunk)).await {
+            Err(_) => return false,
+            Ok(Err(_)) => return true,
+            Ok(Ok(())) => {}
+        }
+    }
+}
+
+/// A control connection is for requests and RTCP reports (and a publisher's media): a client
+/// that pours bytes into it, which the server would read and throw away at the cost of a core,
+/// is cut off within seconds, whether it has no session, sends blank lines, plays over TCP and
+/// sends endless "reports", or publishes far faster than real time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_pour_bytes_into_their_control_connection_are_cut_off() {
+    let server = Server::start(&format!(
+        "{}{}",
+        file_route("unicast", &sample_clip()),
+        push_route("feed", "feed")
+    ));
+    let honest = Honest::start(&server, "unicast").await;
+    let url = server.url("unicast");
+
+    let mut frame = vec![b'$', 1, 0xff, 0xff];
+    frame.resize(4 + 0xffff, 0x80);
+    let no_session = attacker_connection(server.rtsp).await.expect("connect");
+    let blank_lines = attacker_connection(server.rtsp).await.expect("connect");
+
+    // A reader that plays over TCP, keeps reading its media, and sends 1 KB "receiver reports"
+    // on its RTCP channel as fast as it can.
+    let mut reader = attacker_connection(server.rtsp).await.expect("connect");
+    let setup = format!(
+        "SETUP {url}/trackID=0 RTSP/1.0\r\nCSeq: 1\r\nTransport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n\r\n"
+    );
+    let reply = request(&mut reader, &setup).await;
+    assert!(reply.starts_with("RTSP/1.0 200"), "SETUP: {reply}");
+    let play = format!(
+        "PLAY {url} RTSP/1.0\r\nCSeq: 2\r\nSession: {}\r\n\r\n",
+        session_of(&reply)
+    );
+    let reply = request(&mut reader, &play).await;
+    assert!(reply.starts_with("RTSP/1.0 200"), "PLAY: {reply}");
+    let (mut media, reports) = reader.into_split();
+    let drain = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        while matches!(media.read(&mut buf).await, Ok(n) if n > 0) {}
+    });
+    let mut report = vec![b'$', 1, 0x03, 0xe8];
+    report.resize(4 + 1000, 0x81);
+
+    // A publisher whose packets are each a whole (made-up) picture, a thousand a round.
+    let publisher = recording_publisher(&server, &server.url("feed")).await;
+    let mut pictures = Vec::new();
+    for seq in 0..1000u16 {
+        let mut rtp = vec![0x80, 0x80 | 96];
+        rtp.extend_from_slice(&seq.to_be_bytes());
+        rtp.extend_from_slice(&(u32::from(seq) * 3600).to_be_bytes());
+        rtp.extend_from_slice(&[0, 0, 0x10, 0, 0x41]);
+        rtp.resize(1400, 0x9a);
+        pictures.extend_from_slice(&[b'$', 0]);
+        pictures.extend_from_slice(&(rtp.len() as u16).to_be_bytes());
+        pictures.extend_from_slice(&rtp);
+    }
+
+    let limit = Duration::from_secs(10);
+    let (no_session, blank_lines, reports, publisher) = tokio::join!(
+        flood_until_closed(no_session, frame, limit),
+        flood_until_closed(blank_lines, b"\r\n".repeat(32 * 1024), limit),
+        flood_until_closed(reports, report, limit),
+        flood_until_closed(publisher, pictures, limit),
+    );
+    assert!(
+        no_session,
+        "interleaved frames without a session: still open"
+    );
+    assert!(blank_lines, "blank lines: still open");
+    assert!(reports, "a reader's endless reports: still open");
+    assert!(
+        publisher,
+        "a publisher far faster than real time: still open"
+    );
+    assert!(server.wait_for_log(
+        "RTSP connection closed: sent more than 64 MiB at over 32 MiB/s (a publisher sends its media in real time)",
+        Duration::from_secs(1)
+    ));
+    drain.abort();
+    let cut_off = server
+        .log()
+        .iter()
+        .filter(|l| {
+            l.contains("RTSP connection closed: sent more than 256 KiB at over 64 KiB/s")
+                && l.contains("127.0.0.2")
+        })
+        .count();
+    assert_eq!(cut_off, 3, "{:#?}", server.log());
+    honest.finish(&server, 32).await;
 }

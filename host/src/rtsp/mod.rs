@@ -4,7 +4,8 @@
 //! route's shared RTP packets over UDP or interleaved in the TCP connection, with RTCP sender
 //! reports. Publishers (ANNOUNCE/RECORD) come in the same way.
 //!
-//! The protocol core has no sockets and reads no clock: `codec` frames the connection, `session`
+//! The protocol core has no sockets and reads no clock: `codec` frames the connection, `inbound` holds
+//! it to an allowance of bytes a second, `session`
 //! handles requests (its `play` and `record` halves), `transport` chooses a track's transport,
 //! `publish` turns a publisher's RTP into access units, `sdp` describes streams. The tokio edge:
 //! `server` (accept loop, one task per connection), `egress` (one writer task per connection, which
@@ -16,6 +17,7 @@ mod egress;
 mod fanout;
 #[cfg(any(fuzzing, test))]
 pub mod fuzz;
+mod inbound;
 mod publish;
 mod sdp;
 mod server;

@@ -16,6 +16,7 @@ use tokio_util::codec::FramedRead;
 use super::Error;
 use super::codec::{CodecError, Incoming, RtspDecoder};
 use super::egress::{Egress, Sent, run_egress};
+use super::inbound::{self, MeteredRead};
 use super::session::{Action, Connection, Context, bad_request, route_name};
 use super::udp::{UdpSockets, receive_rtcp, receive_rtp, register_publisher, register_rtcp};
 use crate::auth::Auth;
@@ -147,7 +148,10 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<Share
     let (read, write) = socket.into_split();
     let (egress, commands) = mpsc::channel(8);
     let mut egress_task = tokio::spawn(run_egress(write, commands, Arc::clone(&shared.udp)));
-    let mut requests = FramedRead::new(read, RtspDecoder::default());
+    let mut requests = FramedRead::new(
+        MeteredRead::new(read, inbound::READER),
+        RtspDecoder::default(),
+    );
     let mut connection = Connection::default();
     let rtcp_seen = Arc::new(AtomicBool::new(false));
     let mut liveness = tokio::time::interval(LIVENESS_CHECK_INTERVAL);
@@ -176,7 +180,12 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<Share
                         let reason = match &err {
                             CodecError::Malformed => "malformed request",
                             CodecError::TooLarge => "request too large",
-                            CodecError::Io(_) => break None,
+                            CodecError::Io(err) => {
+                                if let Some(flood) = inbound::flood_in(err) {
+                                    tracing::warn!(%peer, route = connection.route(), "RTSP connection closed: {flood}");
+                                }
+                                break None;
+                            }
                         };
                         tracing::info!(%peer, "RTSP connection closed: {err}");
                         let mut bytes = Vec::new();
@@ -228,6 +237,10 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<Share
                     }
                     Action::Stop => Egress::Stop,
                     Action::Record(sources) => {
+                        if sources.is_empty() {
+                            // Its media comes interleaved on this connection.
+                            requests.get_mut().hold_to(inbound::PUBLISHER);
+                        }
                         publisher_registration = Some(register_publisher(&shared.udp, &sources, &udp_media, &rtcp_seen));
                         continue;
                     }
