@@ -1,7 +1,7 @@
 //! Hostile clients, each against the real binary: clients that hold sessions without playing,
 //! floods of connections, publishers that send endless fragments, impossible clock rates, that
 //! hold a route without sending, WHEP bodies that never arrive, strangers at the API, floods of
-//! bytes on a control connection.
+//! bytes on a control connection, HTTP requests pipelined without end.
 //!
 //! The attackers connect from 127.0.0.2; an honest reader plays from 127.0.0.1 through every
 //! attack and must not miss a frame, and the server's memory and open files must stay bounded.
@@ -825,5 +825,38 @@ async fn clients_that_pour_bytes_into_their_control_connection_are_cut_off() {
         })
         .count();
     assert_eq!(cut_off, 3, "{:#?}", server.log());
+    honest.finish(&server, 32).await;
+}
+
+/// A client that pipelines HTTP requests as fast as it can (reading the answers) would keep a core
+/// busy answering it alone: past 200 requests at over 50 a second it is answered `429` and its
+/// connection closed; a new connection is answered as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_pipelines_requests_without_end_is_cut_off() {
+    let server = Server::start(&file_route("unicast", &sample_clip()));
+    let honest = Honest::start(&server, "unicast").await;
+    let stream = attacker_connection(server.http).await.expect("connect");
+    let (mut answers, requests) = stream.into_split();
+    let drain = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        while matches!(answers.read(&mut buf).await, Ok(n) if n > 0) {}
+    });
+    let burst = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n".repeat(1000);
+    assert!(
+        flood_until_closed(requests, burst.into_bytes(), Duration::from_secs(10)).await,
+        "the pipelining client is still connected"
+    );
+    drain.abort();
+    assert!(server.wait_for_log(
+        "HTTP connection closed: more than 200 requests at over 50 a second on one connection",
+        Duration::from_secs(1)
+    ));
+    let fresh = exchange(
+        server.http,
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(fresh.starts_with("HTTP/1.1 200"), "{fresh}");
     honest.finish(&server, 32).await;
 }

@@ -29,7 +29,7 @@ mod whip;
 use crate::auth::{Auth, AuthError, Login};
 use crate::control::ReloadHandle;
 use crate::events::Events;
-use crate::listen::{ConnectionGate, Listener, Rebind, keep_alive};
+use crate::listen::{Allowance, Budget, ConnectionGate, Listener, Rebind, keep_alive};
 use crate::router::RouterHandle;
 use crate::sessions::{ClientLimit, Sessions};
 use crate::snapshot::{SnapshotError, Snapshots};
@@ -45,6 +45,13 @@ const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// 400 KiB, which a thousand connections trickling heads could make the server hold for the
 /// header timeout); a larger head is answered `431` at once. As RTSP's request cap.
 const MAX_BUFFER: usize = 64 * 1024;
+/// Requests one connection may make: a page, a player, a dashboard polling snapshots make a few
+/// a second. A client that pipelines requests as fast as it can would keep a core busy answering
+/// it alone; past this it gets `429` and the connection is closed.
+const REQUESTS: Allowance = Allowance {
+    per_second: 50,
+    burst: 200,
+};
 
 /// Why the HTTP server cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -123,9 +130,15 @@ impl HttpServer {
                         let Ok(local) = socket.local_addr() else { continue };
                         tokio::spawn(async move {
                             let _permit = permit;
+                            let requests = std::cell::RefCell::new(Budget::new(REQUESTS, Instant::now()));
                             let service = service_fn(move |request| {
+                                let within = requests.borrow_mut().charge(1, Instant::now());
                                 let state = Arc::clone(&state);
                                 async move {
+                                    if !within {
+                                        tracing::warn!(%peer, "HTTP connection closed: {}", too_many_requests());
+                                        return Ok(closing(text(StatusCode::TOO_MANY_REQUESTS, too_many_requests())));
+                                    }
                                     Ok::<_, Infallible>(handle(&state, request, local, peer).await)
                                 }
                             });
@@ -154,6 +167,22 @@ impl HttpServer {
 
 /// Every answer's body: whole (most) or streamed (events).
 type Reply = Response<UnsyncBoxBody<Bytes, Infallible>>;
+
+fn too_many_requests() -> String {
+    format!(
+        "more than {} requests at over {} a second on one connection",
+        REQUESTS.burst, REQUESTS.per_second
+    )
+}
+
+/// `reply`, after which hyper closes the connection.
+fn closing(mut reply: Reply) -> Reply {
+    reply.headers_mut().insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
+    reply
+}
 
 /// `GET /`: routes and sessions, refreshed in the browser from the JSON API.
 fn status_page(state: &State) -> Reply {
