@@ -44,10 +44,10 @@ const SETTLE: Duration = Duration::from_secs(15);
 /// What the churn did, by kind: started, and finished as expected.
 #[derive(Default)]
 struct Tally {
-    kinds: [(AtomicU64, AtomicU64); 11],
+    kinds: [(AtomicU64, AtomicU64); 13],
 }
 
-const KINDS: [&str; 11] = [
+const KINDS: [&str; 13] = [
     "rtsp reader (tcp)",
     "rtsp reader (udp)",
     "whep viewer",
@@ -59,6 +59,8 @@ const KINDS: [&str; 11] = [
     "attack: whep body never sent",
     "attack: garbage request",
     "attack: slow push",
+    "attack: bytes poured into rtsp",
+    "attack: http requests pipelined",
 ];
 
 impl Tally {
@@ -297,7 +299,16 @@ async fn act(target: &Target, kind: usize, stay: Duration) -> bool {
         7 => announce_without_record(target).await,
         8 => whep_body_never_sent(target).await,
         9 => garbage(target.rtsp).await,
-        _ => slow_push(target.http).await,
+        10 => slow_push(target.http).await,
+        11 => {
+            let mut frame = vec![b'$', 1, 0xff, 0xff];
+            frame.resize(4 + 0xffff, 0x80);
+            pour(target.rtsp, frame).await
+        }
+        _ => {
+            let requests = "GET /healthz HTTP/1.1\r\nHost: soak\r\n\r\n".repeat(1000);
+            pour(target.http, requests.into_bytes()).await
+        }
     }
 }
 
@@ -393,6 +404,29 @@ async fn flood(addr: SocketAddr) -> bool {
         }
     }
     refused > 0
+}
+
+/// Writes `chunk` over and over (reading whatever comes back) until the server closes the
+/// connection, which it must within 10 s.
+async fn pour(addr: SocketAddr, chunk: Vec<u8>) -> bool {
+    let Some(stream) = attacker(addr).await else {
+        return true;
+    };
+    let (mut answers, mut write) = stream.into_split();
+    let drain = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        while matches!(answers.read(&mut buf).await, Ok(n) if n > 0) {}
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let closed = loop {
+        match tokio::time::timeout_at(deadline, write.write_all(&chunk)).await {
+            Err(_) => break false,
+            Ok(Err(_)) => break true,
+            Ok(Ok(())) => {}
+        }
+    };
+    drain.abort();
+    closed
 }
 
 const H264_SDP: &str = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=soak\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
