@@ -240,6 +240,26 @@ pub struct Allowance {
     pub burst: u64,
 }
 
+impl Allowance {
+    /// How an allowance of bytes reads: "256 KiB at over 64 KiB/s".
+    pub fn in_bytes(&self) -> String {
+        format!(
+            "{} at over {}/s",
+            in_units(self.burst),
+            in_units(self.per_second)
+        )
+    }
+}
+
+/// `bytes` in whole MiB where it is that, else in KiB.
+fn in_units(bytes: u64) -> String {
+    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{} KiB", bytes / 1024)
+    }
+}
+
 /// A token bucket, with the time passed in. Written here rather than taken from `governor`: it is
 /// one bucket owned by one connection's task, charged as the connection reads, which governor's
 /// shared limiters with clocks of their own are not made for.

@@ -1,7 +1,8 @@
 //! Hostile clients, each against the real binary: clients that hold sessions without playing,
 //! floods of connections, publishers that send endless fragments, impossible clock rates, that
 //! hold a route without sending, WHEP bodies that never arrive, strangers at the API, floods of
-//! bytes on a control connection, HTTP requests pipelined without end.
+//! bytes on a control connection, HTTP requests pipelined without end, pushes far faster than real
+//! time.
 //!
 //! The attackers connect from 127.0.0.2; an honest reader plays from 127.0.0.1 through every
 //! attack and must not miss a frame, and the server's memory and open files must stay bounded.
@@ -858,5 +859,47 @@ async fn a_client_that_pipelines_requests_without_end_is_cut_off() {
     )
     .await;
     assert!(fresh.starts_with("HTTP/1.1 200"), "{fresh}");
+    honest.finish(&server, 32).await;
+}
+
+/// A push far faster than real time (ffmpeg without `-re`, or a flood of TS) would be taken in as
+/// fast as a core can: past 64 MiB at over 32 MiB/s the publisher is ended with `429` and the
+/// route is free for a real one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_far_faster_than_real_time_is_ended() {
+    let server = Server::start(&format!(
+        "{}{}",
+        file_route("unicast", &sample_clip()),
+        push_route("feed", "feed")
+    ));
+    let honest = Honest::start(&server, "unicast").await;
+    let ts = common::clip(
+        "short-h264-aac.ts",
+        &format!("-i {} -c copy -f mpegts", short_clip().display()),
+    );
+    let ts = std::fs::read(ts).expect("read the TS clip");
+    let mut stream = attacker_connection(server.http).await.expect("connect");
+    stream
+        .write_all(b"POST /feed HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000000000\r\n\r\n")
+        .await
+        .expect("send the head");
+    assert!(
+        flood_until_closed(stream, ts, Duration::from_secs(10)).await,
+        "the push is still taken in"
+    );
+    assert!(server.wait_for_log(
+        "push: sent more than 64 MiB at over 32 MiB/s: a publisher sends its media in real time (ffmpeg -re)",
+        Duration::from_secs(1)
+    ));
+    let _pusher = common::Pusher::start(
+        &short_clip(),
+        &format!("http://{}/feed", server.http),
+        "-c copy",
+    );
+    let url = server.url("feed");
+    let streams = tokio::task::spawn_blocking(move || ffprobe_streams(&url))
+        .await
+        .expect("ffprobe");
+    assert!(streams.contains("h264"), "{streams}");
     honest.finish(&server, 32).await;
 }

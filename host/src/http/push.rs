@@ -13,7 +13,7 @@ use super::{Reply, State, refused, text};
 use crate::auth::Login;
 use crate::hub::Revoked;
 use crate::sessions::{EndedBy, SessionKind};
-use crate::sources::{IngestError, PublishRate, TooSlow, TsIngest};
+use crate::sources::{IngestError, PublishRate, TooFast, TooSlow, TsIngest};
 
 /// A publisher that sends nothing for this long is taken as gone.
 const PUSH_STALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -95,8 +95,10 @@ pub(super) async fn push(
                     continue;
                 };
                 bytes += data.len() as u64;
-                rate.add(data.len());
                 let now = Instant::now();
+                if let Err(fast) = rate.add(data.len(), now) {
+                    break Outcome::TooFast(fast);
+                }
                 if let Err(err) = ingest.push(data, now) {
                     break Outcome::Refused(err);
                 }
@@ -125,6 +127,7 @@ pub(super) async fn push(
             (StatusCode::PAYLOAD_TOO_LARGE, err.to_string())
         }
         Outcome::TooSlow(slow) => (StatusCode::REQUEST_TIMEOUT, slow.to_string()),
+        Outcome::TooFast(fast) => (StatusCode::TOO_MANY_REQUESTS, fast.to_string()),
         Outcome::Revoked(reason) => (
             match reason {
                 Revoked::NotOnPublishList => StatusCode::FORBIDDEN,
@@ -153,6 +156,7 @@ enum Outcome {
     Stopped(EndedBy),
     Stalled,
     TooSlow(TooSlow),
+    TooFast(TooFast),
     Revoked(Revoked),
     Refused(IngestError),
 }

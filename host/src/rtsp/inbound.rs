@@ -13,6 +13,7 @@ use std::time::Instant;
 use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::listen::{Allowance, Budget};
+use crate::sources::PUBLISH_CEILING;
 
 /// An allowance of bytes, and who is held to it.
 #[derive(Clone, Copy, Debug)]
@@ -31,34 +32,16 @@ pub const READER: Inbound = Inbound {
     sender: "a reader sends requests and RTCP reports",
 };
 
-/// A recording publisher: far above any camera (32 MiB/s is 268 Mb/s), low enough that a flood
-/// of media is not read faster than a core can throw it away.
+/// A publisher recording over TCP: the ceiling every publisher is held to.
 pub const PUBLISHER: Inbound = Inbound {
-    bytes: Allowance {
-        per_second: 32 << 20,
-        burst: 64 << 20,
-    },
+    bytes: PUBLISH_CEILING,
     sender: "a publisher sends its media in real time",
 };
 
 /// A connection sent more than its allowance.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "sent more than {} at over {}/s ({})",
-    in_units(.0.bytes.burst),
-    in_units(.0.bytes.per_second),
-    .0.sender
-)]
+#[error("sent more than {} ({})", .0.bytes.in_bytes(), .0.sender)]
 pub struct Flood(Inbound);
-
-/// `bytes` in whole MiB where it is that, else in KiB.
-fn in_units(bytes: u64) -> String {
-    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
-        format!("{} MiB", bytes >> 20)
-    } else {
-        format!("{} KiB", bytes / 1024)
-    }
-}
 
 /// The read half of a control connection, charged for every read: a read past the allowance
 /// fails with a [`Flood`] (see [`flood_in`]).

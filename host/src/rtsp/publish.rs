@@ -13,7 +13,7 @@ use super::transport::TrackTransport;
 use crate::hub::{PublishClaim, Revocation, Stream};
 use crate::media::{AAC_SAMPLE_RATES, Codec, OPUS_CLOCK_RATE, VIDEO_CLOCK_RATE};
 use crate::rtp::{DepacketizeError, Depacketizer, PayloadFormat};
-use crate::sources::{LivePublisher, OverBudget, PublishRate, TooSlow, TrackKind};
+use crate::sources::{LivePublisher, OverBudget, PublishRate, TooFast, TooSlow, TrackKind};
 
 /// AAC channel configurations go up to 7.1.
 const MAX_AAC_CHANNELS: u16 = 8;
@@ -25,6 +25,8 @@ pub enum PublishError {
     OverBudget(#[from] OverBudget),
     #[error(transparent)]
     TooSlow(#[from] TooSlow),
+    #[error(transparent)]
+    TooFast(#[from] TooFast),
 }
 
 /// One announced track.
@@ -276,7 +278,7 @@ impl Publishing {
         if !self.recording {
             return Ok(());
         }
-        self.rate.add(packet.len());
+        self.rate.add(packet.len(), now)?;
         let Some(publish_track) = self.tracks.get_mut(track) else {
             return Ok(());
         };

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::hub::{PublishClaim, Publisher, Stream, Timeline};
+use crate::listen::{Allowance, Budget};
 use crate::media::{
     AccessUnit, Codec, StreamDescription, Track, inspect_video_unit, with_parameter_sets,
 };
@@ -36,6 +37,21 @@ pub const MIN_PUBLISH_BYTES_PER_SECOND: u64 = 500;
 /// The window the rate is measured over; a publisher gets one whole window to start.
 pub const PUBLISH_RATE_WINDOW: Duration = Duration::from_secs(10);
 
+/// The most a publisher may send: far above any camera (32 MiB/s is 268 Mb/s), low enough that a
+/// flood of media is not taken in faster than a core could throw it away.
+pub const PUBLISH_CEILING: Allowance = Allowance {
+    per_second: 32 << 20,
+    burst: 64 << 20,
+};
+
+/// The publisher sent more than [`PUBLISH_CEILING`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "sent more than {}: a publisher sends its media in real time (ffmpeg -re)",
+    PUBLISH_CEILING.in_bytes()
+)]
+pub struct TooFast;
+
 /// The publisher sent less than `MIN_PUBLISH_BYTES_PER_SECOND` over a whole window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error(
@@ -46,11 +62,13 @@ pub struct TooSlow {
     pub bytes: u64,
 }
 
-/// Measures what a publisher sends, window by window. Time is passed in.
+/// Measures what a publisher sends, window by window, and holds it to the ceiling. Time is
+/// passed in.
 #[derive(Debug)]
 pub struct PublishRate {
     window_start: Instant,
     bytes: u64,
+    ceiling: Budget,
 }
 
 impl PublishRate {
@@ -58,11 +76,19 @@ impl PublishRate {
         PublishRate {
             window_start: now,
             bytes: 0,
+            ceiling: Budget::new(PUBLISH_CEILING, now),
         }
     }
 
-    pub fn add(&mut self, bytes: usize) {
-        self.bytes += bytes as u64;
+    /// Takes `bytes` that arrived at `now`; past the ceiling, the publisher is to be ended.
+    pub fn add(&mut self, bytes: usize, now: Instant) -> Result<(), TooFast> {
+        let bytes = bytes as u64;
+        self.bytes += bytes;
+        if self.ceiling.charge(bytes, now) {
+            Ok(())
+        } else {
+            Err(TooFast)
+        }
     }
 
     /// At the end of each window, whether the publisher kept to the floor in it.
@@ -308,5 +334,46 @@ impl LivePublisher {
             "publisher live"
         );
         self.publisher = Some(claim.start(StreamDescription { tracks }, timeline));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_publisher_in_real_time_keeps_to_the_floor_and_under_the_ceiling() {
+        let start = Instant::now();
+        let mut rate = PublishRate::new(start);
+        // 8 Mb/s in 40 ms units for a minute: a fast camera.
+        for step in 1..=1500u32 {
+            let now = start + Duration::from_millis(40) * step;
+            assert_eq!(rate.add(40_000, now), Ok(()), "at unit {step}");
+            assert_eq!(rate.check(now), Ok(()), "at unit {step}");
+        }
+    }
+
+    #[test]
+    fn a_publisher_far_faster_than_real_time_is_over_the_ceiling() {
+        let start = Instant::now();
+        let mut rate = PublishRate::new(start);
+        // 64 MiB at once is the burst; a second later 32 MiB more, and then nothing.
+        assert_eq!(rate.add(64 << 20, start), Ok(()));
+        let second = start + Duration::from_secs(1);
+        assert_eq!(rate.add(32 << 20, second), Ok(()));
+        assert_eq!(rate.add(1, second), Err(TooFast));
+        assert_eq!(
+            TooFast.to_string(),
+            "sent more than 64 MiB at over 32 MiB/s: a publisher sends its media in real time (ffmpeg -re)"
+        );
+    }
+
+    #[test]
+    fn a_publisher_that_trickles_is_under_the_floor() {
+        let start = Instant::now();
+        let mut rate = PublishRate::new(start);
+        let end = start + PUBLISH_RATE_WINDOW;
+        assert_eq!(rate.add(100, end), Ok(()));
+        assert_eq!(rate.check(end), Err(TooSlow { bytes: 100 }));
     }
 }

@@ -17,7 +17,10 @@ use std::sync::Arc;
 use crate::config::SourceConfig;
 use crate::hub::Stream;
 
-pub use live::{LivePublisher, MAX_UNITS_OVER_BUDGET, OverBudget, PublishRate, TooSlow, TrackKind};
+pub use live::{
+    LivePublisher, MAX_UNITS_OVER_BUDGET, OverBudget, PUBLISH_CEILING, PublishRate, TooFast,
+    TooSlow, TrackKind,
+};
 pub use mp4::{Mp4Media, SampleRef};
 pub use push::{IngestError, TsIngest};
 

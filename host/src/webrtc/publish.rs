@@ -14,7 +14,7 @@ use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use super::*;
 use crate::hub::{Revocation, Revoked};
 use crate::rtp::{DepacketizeError, Depacketizer, PayloadFormat};
-use crate::sources::{LivePublisher, PublishRate, TrackKind};
+use crate::sources::{LivePublisher, PublishRate, TooFast, TrackKind};
 
 /// A publisher that sends nothing for this long is taken as gone.
 const PUBLISH_STALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -145,6 +145,8 @@ enum PublishEnding {
     OverBudget,
     #[error("sends slower than real time")]
     TooSlow,
+    #[error(transparent)]
+    TooFast(#[from] TooFast),
 }
 
 /// One publisher's connection, from its answer until it goes.
@@ -235,7 +237,9 @@ impl WhipPublisher {
                             None => continue,
                         },
                     };
-                    rate.add(bytes.len());
+                    if let Err(fast) = rate.add(bytes.len(), now) {
+                        return PublishEnding::TooFast(fast);
+                    }
                     match depacketizer.push(bytes) {
                         Ok(units) => self.live.send_depacketized(track, units, now),
                         Err(err) => {
