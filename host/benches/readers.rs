@@ -166,7 +166,8 @@ fn start_wasmcast(clip: &Path, max_clients: usize) -> BenchServer {
         "readers",
         &format!(
             "rtp_ports = \"32000-32999\"\nmax_clients = {max_clients}\n\
-             max_connections = {0}\nmax_connections_per_address = {0}",
+             max_connections = {0}\nmax_connections_per_address = {0}\n\
+             connection_rate_per_address = {0}",
             max_clients + 16
         ),
         &format!("[routes.bench]\nsource = \"file:{}\"\n", clip.display()),

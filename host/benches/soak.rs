@@ -122,7 +122,8 @@ fn main() {
     let server = BenchServer::start(
         "soak",
         "rtp_ports = \"38000-38999\"\nmax_clients = 300\n\
-         max_connections = 1000\nmax_connections_per_address = 64\nmax_unit_mb = 2",
+         max_connections = 1000\nmax_connections_per_address = 64\n\
+         connection_rate_per_address = 1000\nmax_unit_mb = 2",
         &format!(
             "[routes.soak]\nsource = \"file:{}\"\n[routes.cam]\nsource = \"push\"\n\
              [routes.target]\nsource = \"push\"\n[routes.feed]\nsource = \"push:feed.ffm\"\n",

@@ -48,6 +48,7 @@ fn main() {
             &format!(
                 "rtp_ports = \"37000-37999\"\nmax_clients = {0}\n\
                  max_connections = {1}\nmax_connections_per_address = {1}\n\
+                 connection_rate_per_address = {1}\n\
                  max_bandwidth_kbps = {2}",
                 count + 10,
                 2 * count + 16,

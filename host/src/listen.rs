@@ -114,20 +114,46 @@ pub fn keep_alive(socket: &TcpStream) {
 }
 
 /// Caps open connections, in total and per client address (an IPv6 client by its /64, which one
-/// host usually has whole), across the RTSP and HTTP listeners. A connection over either cap is
-/// closed at accept, before a byte of it is read, and counted.
+/// host usually has whole), and how fast one address may open new ones, across the RTSP, HTTP
+/// and ICE-TCP listeners. A connection over a cap is closed at accept, before a byte of it is
+/// read, and counted.
+///
+/// The rate is what bounds a client that reconnects as soon as it is cut off: every connection
+/// is held to an allowance of its own (requests, bytes), and without a rate a client that pours
+/// bytes or requests into one connection after another kept most of a core busy.
 #[derive(Debug)]
 pub struct ConnectionGate {
     max_total: usize,
     max_per_address: usize,
+    /// New connections one address may open: a second's worth, after [`RATE_BURST`]'s worth.
+    rate_per_address: Allowance,
     /// Bytes asked for each accepted socket's send buffer.
     send_buffer: usize,
-    open: Mutex<HashMap<AddressKey, usize>>,
+    addresses: Mutex<HashMap<AddressKey, AddressState>>,
     open_total: AtomicUsize,
     /// Connections refused at accept, by cap.
     pub refused_total: AtomicU64,
     pub refused_per_address: AtomicU64,
+    pub refused_rate: AtomicU64,
 }
+
+/// What the gate keeps of one address: its open connections, and how fast it opened them. Kept
+/// while the address has connections open or its allowance is not whole again.
+#[derive(Debug)]
+struct AddressState {
+    open: usize,
+    new_connections: Budget,
+    last_admitted: Instant,
+}
+
+/// The burst of new connections an address may open, in seconds of its rate; an address that
+/// opened none for this long has its whole allowance again.
+const RATE_BURST: Duration = Duration::from_secs(10);
+
+/// How many addresses the gate keeps the rate of: past it, addresses with no connection open are
+/// forgotten (an attacker with that many addresses would start each with a whole allowance, as a
+/// new client does).
+const MAX_REMEMBERED_ADDRESSES: usize = 10_000;
 
 /// What the per-address cap counts by: an IPv4 address, or an IPv6 /64.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -155,22 +181,31 @@ pub enum GateRefusal {
     Total(usize),
     #[error("max_connections_per_address ({0}) reached for this address")]
     PerAddress(usize),
+    #[error("connection_rate_per_address ({0} a second) exceeded by this address")]
+    Rate(u64),
 }
 
 impl ConnectionGate {
     pub fn new(
         max_total: usize,
         max_per_address: usize,
+        rate_per_address: usize,
         send_buffer: usize,
     ) -> Arc<ConnectionGate> {
+        let rate = rate_per_address as u64;
         Arc::new(ConnectionGate {
             max_total,
             max_per_address,
+            rate_per_address: Allowance {
+                per_second: rate,
+                burst: rate.saturating_mul(RATE_BURST.as_secs()),
+            },
             send_buffer,
-            open: Mutex::default(),
+            addresses: Mutex::default(),
             open_total: AtomicUsize::new(0),
             refused_total: AtomicU64::new(0),
             refused_per_address: AtomicU64::new(0),
+            refused_rate: AtomicU64::new(0),
         })
     }
 
@@ -188,23 +223,60 @@ impl ConnectionGate {
 
     /// A place for one more connection from `ip`, given back when the permit drops.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, GateRefusal> {
+        self.admit_at(ip, Instant::now())
+    }
+
+    fn admit_at(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        now: Instant,
+    ) -> Result<ConnectionPermit, GateRefusal> {
         let key = AddressKey::of(ip);
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut addresses = self.lock();
         if self.open_total.load(Ordering::Relaxed) >= self.max_total {
             self.refused_total.fetch_add(1, Ordering::Relaxed);
             return Err(GateRefusal::Total(self.max_total));
         }
-        let count = open.entry(key).or_insert(0);
-        if *count >= self.max_per_address {
+        if addresses.len() >= MAX_REMEMBERED_ADDRESSES && !addresses.contains_key(&key) {
+            self.forget_idle(&mut addresses, now);
+        }
+        let address = addresses.entry(key).or_insert_with(|| AddressState {
+            open: 0,
+            new_connections: Budget::new(self.rate_per_address, now),
+            last_admitted: now,
+        });
+        if address.open >= self.max_per_address {
             self.refused_per_address.fetch_add(1, Ordering::Relaxed);
             return Err(GateRefusal::PerAddress(self.max_per_address));
         }
-        *count += 1;
+        if !address.new_connections.charge(1, now) {
+            self.refused_rate.fetch_add(1, Ordering::Relaxed);
+            return Err(GateRefusal::Rate(self.rate_per_address.per_second));
+        }
+        address.open += 1;
+        address.last_admitted = now;
         self.open_total.fetch_add(1, Ordering::Relaxed);
         Ok(ConnectionPermit {
             gate: Arc::clone(self),
             key,
         })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<AddressKey, AddressState>> {
+        // Plain counts: still consistent after a panic elsewhere.
+        self.addresses.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes room in a full table: addresses with nothing open whose allowance is whole again go
+    /// first (forgetting them changes nothing), then, if that was not enough, every address with
+    /// nothing open.
+    fn forget_idle(&self, addresses: &mut HashMap<AddressKey, AddressState>, now: Instant) {
+        addresses.retain(|_, a| {
+            a.open > 0 || now.saturating_duration_since(a.last_admitted) < RATE_BURST
+        });
+        if addresses.len() >= MAX_REMEMBERED_ADDRESSES {
+            addresses.retain(|_, a| a.open > 0);
+        }
     }
 
     /// Connections open now.
@@ -222,12 +294,9 @@ pub struct ConnectionPermit {
 
 impl Drop for ConnectionPermit {
     fn drop(&mut self) {
-        let mut open = self.gate.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = open.get_mut(&self.key) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.key);
-            }
+        let mut addresses = self.gate.lock();
+        if let Some(address) = addresses.get_mut(&self.key) {
+            address.open -= 1;
         }
         self.gate.open_total.fetch_sub(1, Ordering::Relaxed);
     }
@@ -369,7 +438,7 @@ mod tests {
         for asked in [64 << 10, 1 << 20] {
             let _client = TcpStream::connect(addr).await.expect("connect");
             let (accepted, _) = listener.accept().await.expect("accept");
-            ConnectionGate::new(5, 2, asked).bound_send_buffer(&accepted);
+            ConnectionGate::new(5, 2, 1000, asked).bound_send_buffer(&accepted);
             let size = socket2::SockRef::from(&accepted)
                 .send_buffer_size()
                 .expect("read the send buffer");
@@ -379,7 +448,7 @@ mod tests {
 
     #[test]
     fn caps_count_per_address_and_ipv6_by_prefix() {
-        let gate = ConnectionGate::new(5, 2, 256 << 10);
+        let gate = ConnectionGate::new(5, 2, 1000, 256 << 10);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let first = gate.admit(a).unwrap();
         let _second = gate.admit(a).unwrap();
@@ -403,5 +472,54 @@ mod tests {
         assert_eq!(gate.refused_per_address.load(Ordering::Relaxed), 2);
         assert_eq!(gate.refused_total.load(Ordering::Relaxed), 1);
         assert_eq!(gate.open(), 5);
+    }
+
+    #[test]
+    fn an_address_that_keeps_reconnecting_is_held_to_its_rate() {
+        let gate = ConnectionGate::new(1000, 100, 5, 256 << 10);
+        let start = Instant::now();
+        let attacker: IpAddr = "10.0.0.1".parse().unwrap();
+        // Each connection is closed at once (its permit dropped): only the rate can stop it.
+        let admitted = (0..200)
+            .filter(|_| gate.admit_at(attacker, start).is_ok())
+            .count();
+        assert_eq!(admitted, 50, "ten seconds' worth at once");
+        assert_eq!(
+            gate.admit_at(attacker, start).unwrap_err(),
+            GateRefusal::Rate(5)
+        );
+        let later = start + Duration::from_secs(2);
+        let admitted = (0..200)
+            .filter(|_| gate.admit_at(attacker, later).is_ok())
+            .count();
+        assert_eq!(admitted, 10, "then five a second");
+        // Another address is not held to the first one's rate.
+        assert!(gate.admit_at("10.0.0.2".parse().unwrap(), later).is_ok());
+        assert_eq!(gate.refused_rate.load(Ordering::Relaxed), 150 + 1 + 190);
+    }
+
+    #[test]
+    fn the_rate_table_stays_bounded_under_a_flood_of_addresses() {
+        let gate = ConnectionGate::new(100, 10, 5, 256 << 10);
+        let start = Instant::now();
+        let held = gate
+            .admit_at("192.168.0.1".parse().unwrap(), start)
+            .unwrap();
+        for i in 0..3 * MAX_REMEMBERED_ADDRESSES as u32 {
+            let ip = IpAddr::from(Ipv4Addr::from(0x0a00_0000 + i));
+            drop(gate.admit_at(ip, start).expect("a new address"));
+        }
+        let addresses = gate.lock();
+        assert!(
+            addresses.len() <= MAX_REMEMBERED_ADDRESSES,
+            "{}",
+            addresses.len()
+        );
+        assert!(
+            addresses.contains_key(&AddressKey::of("192.168.0.1".parse().unwrap())),
+            "an address with a connection open is kept"
+        );
+        drop(addresses);
+        drop(held);
     }
 }

@@ -1,8 +1,8 @@
 //! Hostile clients, each against the real binary: clients that hold sessions without playing,
 //! floods of connections, publishers that send endless fragments, impossible clock rates, that
 //! hold a route without sending, WHEP bodies that never arrive, strangers at the API, floods of
-//! bytes on a control connection, HTTP requests pipelined without end, pushes far faster than real
-//! time.
+//! bytes on a control connection (once, and reconnecting to pour again), HTTP requests pipelined
+//! without end, pushes far faster than real time.
 //!
 //! The attackers connect from 127.0.0.2; an honest reader plays from 127.0.0.1 through every
 //! attack and must not miss a frame, and the server's memory and open files must stay bounded.
@@ -897,6 +897,65 @@ async fn a_push_far_faster_than_real_time_is_ended() {
         "-c copy",
     );
     let url = server.url("feed");
+    let streams = tokio::task::spawn_blocking(move || ffprobe_streams(&url))
+        .await
+        .expect("ffprobe");
+    assert!(streams.contains("h264"), "{streams}");
+    honest.finish(&server, 32).await;
+}
+
+/// A client cut off for what it pours into a connection reconnects and pours again: the rate of
+/// new connections from its address (`connection_rate_per_address`, here 5 a second after 50) is
+/// what bounds it, and it holds nobody else back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reconnects_to_pour_again_is_held_to_its_connection_rate() {
+    let server = Server::start_adding(
+        "connection_rate_per_address = 5\n",
+        &file_route("unicast", &sample_clip()),
+    );
+    let honest = Honest::start(&server, "unicast").await;
+    let started = Instant::now();
+    let mut frame = vec![b'$', 1, 0xff, 0xff];
+    frame.resize(4 + 0xffff, 0x80);
+    for round in 0..300 {
+        let stream = attacker_connection(server.rtsp).await.expect("connect");
+        assert!(
+            flood_until_closed(stream, frame.clone(), Duration::from_secs(10)).await,
+            "connection {round} is still open"
+        );
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let cut_off = server
+        .log()
+        .iter()
+        .filter(|l| l.contains("RTSP connection closed: sent more than"))
+        .count();
+    let allowed = 50 + (5.0 * seconds).ceil() as usize;
+    assert!(
+        cut_off <= allowed,
+        "{cut_off} connections poured in {seconds:.1} s (at most {allowed} admitted)"
+    );
+    let metrics = exchange(
+        server.http,
+        b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    let refused = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "wasmcast_connections_refused_total{cap=\"connection_rate_per_address\"} ",
+            )
+        })
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(
+        refused + cut_off >= 300,
+        "{refused} refused, {cut_off} cut off"
+    );
+    // Another address plays as ever.
+    let url = server.url("unicast");
     let streams = tokio::task::spawn_blocking(move || ffprobe_streams(&url))
         .await
         .expect("ffprobe");

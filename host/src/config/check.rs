@@ -541,6 +541,10 @@ impl<'a> Checker<'a> {
                 &raw.max_connections_per_address,
                 "server.max_connections_per_address",
             ),
+            (
+                &raw.connection_rate_per_address,
+                "server.connection_rate_per_address",
+            ),
         ] {
             if *value.get_ref() == 0 {
                 self.problem(value, key.into(), "must be at least 1".into());
@@ -601,6 +605,7 @@ impl<'a> Checker<'a> {
             max_bandwidth_kbps: *raw.max_bandwidth_kbps.get_ref(),
             max_connections: *raw.max_connections.get_ref(),
             max_connections_per_address: *raw.max_connections_per_address.get_ref(),
+            connection_rate_per_address: *raw.connection_rate_per_address.get_ref(),
             tcp_send_buffer,
             drain_grace: Duration::from_secs((*raw.drain_grace_s.get_ref()).min(MAX_DRAIN_GRACE_S)),
             state_dir: raw.state_dir.map(|dir| base_dir.join(dir.get_ref())),

@@ -67,6 +67,8 @@ pub struct ServerConfig {
     /// IPv6 client by its /64).
     pub max_connections: usize,
     pub max_connections_per_address: usize,
+    /// New connections a second one client address may open, after a burst of ten seconds' worth.
+    pub connection_rate_per_address: usize,
     /// What the kernel may hold unsent for one accepted TCP connection, in bytes (it doubles the
     /// figure for its own bookkeeping): what a reader far away can have in flight, and what a
     /// client that stops reading makes the server hold.

@@ -107,6 +107,7 @@ fn connection_caps_and_memory_budget() {
     let config = parse("[server]\n").expect("valid");
     assert_eq!(config.server.max_connections, 1024);
     assert_eq!(config.server.max_connections_per_address, 128);
+    assert_eq!(config.server.connection_rate_per_address, 50);
     assert_eq!(config.server.tcp_send_buffer, 256 << 10);
     assert_eq!(config.server.budget, MemoryBudget::default());
     let config = parse("[server]\ntcp_send_buffer_kb = 4096\n").expect("valid");
@@ -120,13 +121,14 @@ fn connection_caps_and_memory_budget() {
         }
     );
     let problems = parse(
-        "[server]\nmax_connections = 0\nmax_connections_per_address = 0\nmax_unit_mb = 0\nroute_buffer_mb = 9999\ntcp_send_buffer_kb = 8\n",
+        "[server]\nmax_connections = 0\nmax_connections_per_address = 0\nconnection_rate_per_address = 0\nmax_unit_mb = 0\nroute_buffer_mb = 9999\ntcp_send_buffer_kb = 8\n",
     )
     .expect_err("invalid");
     let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
     for key in [
         "server.max_connections: must be at least 1",
         "server.max_connections_per_address: must be at least 1",
+        "server.connection_rate_per_address: must be at least 1",
         "server.max_unit_mb: must be from 1 to 256",
         "server.route_buffer_mb: must be from 4 to 4096",
         "server.tcp_send_buffer_kb: must be from 16 to 65536 (KiB)",

@@ -117,6 +117,7 @@ pub(super) fn metrics(state: &State) -> Reply {
     for (cap, count) in [
         ("max_connections", &gate.refused_total),
         ("max_connections_per_address", &gate.refused_per_address),
+        ("connection_rate_per_address", &gate.refused_rate),
     ] {
         let _ = writeln!(
             out,

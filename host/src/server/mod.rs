@@ -120,6 +120,7 @@ impl Server {
         let gate = listen::ConnectionGate::new(
             config.server.max_connections,
             config.server.max_connections_per_address,
+            config.server.connection_rate_per_address,
             config.server.tcp_send_buffer,
         );
         let rtsp = RtspServer::bind(

@@ -200,6 +200,7 @@ impl Reloader {
                 s.max_bandwidth_kbps,
                 s.max_connections,
                 s.max_connections_per_address,
+                s.connection_rate_per_address,
                 s.tcp_send_buffer,
                 s.budget,
                 s.state_dir.clone(),
@@ -218,6 +219,7 @@ impl Reloader {
             new.max_bandwidth_kbps = old.max_bandwidth_kbps;
             new.max_connections = old.max_connections;
             new.max_connections_per_address = old.max_connections_per_address;
+            new.connection_rate_per_address = old.connection_rate_per_address;
             new.tcp_send_buffer = old.tcp_send_buffer;
             new.budget = old.budget;
             new.state_dir = old.state_dir.clone();
