@@ -49,6 +49,21 @@ fn resources(server: &Server) -> (u64, usize) {
     (rss, fds)
 }
 
+/// The value of the metric whose line starts with `name` (labels included) in `/metrics`.
+async fn metric(server: &Server, name: &str) -> u64 {
+    let metrics = exchange(
+        server.http,
+        b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+}
+
 /// An honest TCP reader of a 25 fps route, playing from 127.0.0.1 until [`Honest::finish`].
 struct Honest {
     task: JoinHandle<(usize, u64)>,
@@ -265,22 +280,12 @@ async fn a_flood_of_connections_from_one_address_is_refused_at_accept() {
     // Everyone else still gets in, on both protocols.
     let streams = ffprobe_streams(&server.url("unicast"));
     assert!(streams.contains("h264"), "{streams}");
-    let metrics = exchange(
-        server.http,
-        b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-        Duration::from_secs(5),
+    let counted = metric(
+        &server,
+        "wasmcast_connections_refused_total{cap=\"max_connections_per_address\"}",
     )
     .await;
-    let counted = metrics
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(
-                "wasmcast_connections_refused_total{cap=\"max_connections_per_address\"} ",
-            )
-        })
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .unwrap_or_else(|| panic!("{metrics}"));
-    assert_eq!(counted, refused, "every refusal is counted");
+    assert_eq!(counted, refused as u64, "every refusal is counted");
     drop(flood);
     honest.finish(&server, 32).await;
 }
@@ -293,20 +298,7 @@ async fn a_flood_of_connections_from_one_address_is_refused_at_accept() {
 async fn a_client_that_stops_reading_its_answers_is_cut_off() {
     let server = Server::start(&file_route("unicast", &sample_clip()));
     let honest = Honest::start(&server, "unicast").await;
-    let open_connections = || async {
-        let metrics = exchange(
-            server.http,
-            b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-            Duration::from_secs(5),
-        )
-        .await;
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("wasmcast_connections_open "))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("{metrics}"))
-    };
-    let before = open_connections().await;
+    let before = metric(&server, "wasmcast_connections_open").await;
     let http = "GET / HTTP/1.1\r\nHost: t\r\n\r\n".repeat(2000);
     let rtsp = (0..40_000)
         .map(|cseq| {
@@ -341,7 +333,7 @@ async fn a_client_that_stops_reading_its_answers_is_cut_off() {
     tokio::time::sleep(Duration::from_secs(16)).await;
     // Everyone else is answered, and the two connections are gone before their clients read.
     assert_eq!(
-        open_connections().await,
+        metric(&server, "wasmcast_connections_open").await,
         before,
         "open connections 16 s after the stalled clients connected"
     );
@@ -935,21 +927,11 @@ async fn a_client_that_reconnects_to_pour_again_is_held_to_its_connection_rate()
         cut_off <= allowed,
         "{cut_off} connections poured in {seconds:.1} s (at most {allowed} admitted)"
     );
-    let metrics = exchange(
-        server.http,
-        b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-        Duration::from_secs(5),
+    let refused = metric(
+        &server,
+        "wasmcast_connections_refused_total{cap=\"connection_rate_per_address\"}",
     )
-    .await;
-    let refused = metrics
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(
-                "wasmcast_connections_refused_total{cap=\"connection_rate_per_address\"} ",
-            )
-        })
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .unwrap_or_else(|| panic!("{metrics}"));
+    .await as usize;
     assert!(
         refused + cut_off >= 300,
         "{refused} refused, {cut_off} cut off"
