@@ -2,7 +2,7 @@
 //! floods of connections, publishers that send endless fragments, impossible clock rates, that
 //! hold a route without sending, WHEP bodies that never arrive, strangers at the API, floods of
 //! bytes on a control connection (once, and reconnecting to pour again), HTTP requests pipelined
-//! without end, pushes far faster than real time.
+//! without end, pushes far faster than real time, packets poured into a WebRTC peer over ICE-TCP.
 //!
 //! The attackers connect from 127.0.0.2; an honest reader plays from 127.0.0.1 through every
 //! attack and must not miss a frame, and the server's memory and open files must stay bounded.
@@ -942,5 +942,93 @@ async fn a_client_that_reconnects_to_pour_again_is_held_to_its_connection_rate()
         .await
         .expect("ffprobe");
     assert!(streams.contains("h264"), "{streams}");
+    honest.finish(&server, 32).await;
+}
+
+/// An offer as a browser sends it (no real ICE or DTLS behind it), `recvonly` for WHEP or
+/// `sendonly` for WHIP.
+fn webrtc_offer(direction: &str) -> String {
+    format!(
+        "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n\
+         m=video 9 UDP/TLS/RTP/SAVPF 102\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na={direction}\r\n\
+         a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
+         a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\n\
+         a=setup:actpass\r\na=rtcp-mux\r\na=ssrc:1234 cname:attack\r\na=rtpmap:102 H264/90000\r\n\
+         a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n"
+    )
+}
+
+/// Posts `offer` to `path` (a WHEP or WHIP endpoint), connects to the ICE-TCP port the answer
+/// names from the attacker's address, names the peer with a binding request (no integrity:
+/// naming is all the mux looks at) and pours packets in; whether it was cut off within 10 s.
+async fn pour_into_ice_tcp(server: &Server, path: &str, offer: &str) -> bool {
+    let offer = format!(
+        "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{offer}",
+        offer.len()
+    );
+    let answer = exchange(server.http, offer.as_bytes(), Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    let ufrag = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+        .unwrap_or_else(|| panic!("no ufrag in {answer}"));
+    let port: u16 = answer
+        .lines()
+        .find(|l| l.contains(" tcp ") && l.contains("tcptype passive"))
+        .and_then(|l| l.split_whitespace().nth(5)?.parse().ok())
+        .unwrap_or_else(|| panic!("no ICE-TCP candidate in {answer}"));
+    let username = format!("{ufrag}:abcd").into_bytes();
+    let mut attribute = vec![0x00, 0x06];
+    attribute.extend_from_slice(&(username.len() as u16).to_be_bytes());
+    attribute.extend_from_slice(&username);
+    attribute.resize(attribute.len().next_multiple_of(4), 0);
+    let mut stun = vec![0x00, 0x01];
+    stun.extend_from_slice(&(attribute.len() as u16).to_be_bytes());
+    stun.extend_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
+    stun.extend_from_slice(&[7; 12]);
+    stun.extend_from_slice(&attribute);
+    let mut stream = attacker_connection(SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+        .expect("connect");
+    stream
+        .write_all(&[&(stun.len() as u16).to_be_bytes()[..], &stun].concat())
+        .await
+        .expect("name the peer");
+    let mut packets = Vec::new();
+    for _ in 0..100 {
+        packets.extend_from_slice(&1400u16.to_be_bytes());
+        packets.extend_from_slice(&[0x80, 102]);
+        packets.resize(packets.len() + 1398, 0x5a);
+    }
+    flood_until_closed(stream, packets, Duration::from_secs(10)).await
+}
+
+/// A connection to the ICE-TCP port only has to name a peer (by the ICE ufrag of its WHEP or WHIP
+/// answer) to be handed to it, and what it then sends is the peer's to process: one that pours
+/// packets into a viewer or a publisher is cut off within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ice_tcp_connections_that_pour_packets_into_a_peer_are_cut_off() {
+    let server = Server::start(&format!(
+        "{}{}",
+        file_route("unicast", &sample_clip()),
+        push_route("feed", "feed")
+    ));
+    let honest = Honest::start(&server, "unicast").await;
+    assert!(
+        pour_into_ice_tcp(&server, "/unicast/whep", &webrtc_offer("recvonly")).await,
+        "a viewer's ICE-TCP connection is still open"
+    );
+    assert!(server.wait_for_log(
+        "ICE-TCP connection closed: sent more than 256 KiB at over 64 KiB/s (a viewer sends RTCP feedback and ICE checks)",
+        Duration::from_secs(1)
+    ));
+    assert!(
+        pour_into_ice_tcp(&server, "/feed/whip", &webrtc_offer("sendonly")).await,
+        "a publisher's ICE-TCP connection is still open"
+    );
+    assert!(server.wait_for_log(
+        "ICE-TCP connection closed: sent more than 64 MiB at over 32 MiB/s (a publisher sends its media in real time)",
+        Duration::from_secs(1)
+    ));
     honest.finish(&server, 32).await;
 }

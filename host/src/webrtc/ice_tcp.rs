@@ -10,12 +10,14 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 use rtc::shared::tcp_framing::TcpFrameDecoder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::mux::{Accepted, MAX_PACKET, TCP_WRITE_TIMEOUT};
+use crate::listen::{Allowance, Budget};
 
 /// Flushes waiting for one ICE-TCP connection's socket.
 const TCP_QUEUE: usize = 256;
@@ -24,6 +26,14 @@ const TCP_QUEUE: usize = 256;
 const TCP_QUEUE_BYTES: usize = 1 << 20;
 /// Packets read from all of a viewer's ICE-TCP connections not yet taken by the viewer.
 const TCP_READ_QUEUE: usize = 64;
+/// What a viewer may send on one ICE-TCP connection: its RTCP feedback and ICE checks, a few kB a
+/// second (a browser's transport-wide feedback on a 50 Mb/s route is some 10 kB/s). A connection
+/// only has to name a viewer to be handed to it, and what it sends is the viewer's to process:
+/// past this it is closed, rather than keeping a core busy with packets nobody asked for.
+const VIEWER_INBOUND: Allowance = Allowance {
+    per_second: 64 * 1024,
+    burst: 256 * 1024,
+};
 
 /// The viewer's ICE-TCP connections: a queue to each one's task, by the browser's address, and
 /// what they read, for the viewer.
@@ -122,6 +132,7 @@ async fn tcp_connection(
     let mut decoder = TcpFrameDecoder::new();
     decoder.extend_from_slice(&first);
     let mut buffer = vec![0; MAX_PACKET];
+    let mut inbound = Budget::new(VIEWER_INBOUND, Instant::now());
     loop {
         while let Some(packet) = decoder.next_packet() {
             if incoming.send((peer, packet)).await.is_err() {
@@ -131,7 +142,17 @@ async fn tcp_connection(
         tokio::select! {
             read = stream.read(&mut buffer) => match read {
                 Ok(0) | Err(_) => return,
-                Ok(len) => decoder.extend_from_slice(&buffer[..len]),
+                Ok(len) => {
+                    if !inbound.charge(len as u64, Instant::now()) {
+                        tracing::warn!(
+                            %peer,
+                            "ICE-TCP connection closed: sent more than {} (a viewer sends RTCP feedback and ICE checks)",
+                            VIEWER_INBOUND.in_bytes()
+                        );
+                        return;
+                    }
+                    decoder.extend_from_slice(&buffer[..len]);
+                }
             },
             framed = outgoing.recv() => {
                 let Some(framed) = framed else { return };
