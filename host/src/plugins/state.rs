@@ -342,9 +342,20 @@ mod tests {
             &["cam-2", "cam-3", "cam-4", "big"],
             &[true, false, false, true],
         );
-        // A reopened store finds what is on disk and goes on from there: within 1,000 bytes,
-        // cam-2 is the oldest to go.
+        // A reopened store finds what is on disk, ordered by when each file was written, and goes
+        // on from there: within 1,000 bytes, cam-2 is the oldest to go. The two were written
+        // within one tick of the file system's clock, so their times are set apart here.
         drop(store);
+        let written_at = |route: &str, seconds_ago: u64| {
+            let file = std::fs::File::options()
+                .write(true)
+                .open(dir.join(format!("{route}/counter.state")))
+                .unwrap();
+            let at = std::time::SystemTime::now() - std::time::Duration::from_secs(seconds_ago);
+            file.set_modified(at).unwrap();
+        };
+        written_at("cam-2", 20);
+        written_at("big", 10);
         let reopened = StateStore::open_within(&dir, limits).unwrap();
         reopened.save("late", "counter", Bytes::from(vec![4u8; 150]));
         written(&dir.join("late/counter.state"));
