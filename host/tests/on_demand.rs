@@ -230,3 +230,94 @@ async fn names_asked_for_at_random_do_not_hold_routes() {
     assert!(video >= 250, "{video} frames in 12 s");
     assert!(last_second >= 15, "{last_second} frames in the last second");
 }
+
+/// The head of the first reply to `request` on a fresh connection to `addr`, and how long it took.
+async fn first_reply(addr: std::net::SocketAddr, request: &str) -> (String, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = tokio::time::Instant::now();
+    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    socket.write_all(request.as_bytes()).await.expect("send");
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !reply.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(10), socket.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => reply.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    (
+        String::from_utf8_lossy(&reply).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pattern_that_names_its_readers_pulls_for_them_only() {
+    let origin = Server::start_with(
+        &format!(
+            "rtsp = \"127.0.0.1:{}\"\nhttp = \"127.0.0.1:0\"\nrtp_ports = \"34000-34999\"\n",
+            free_port()
+        ),
+        &file_route("cam1", &short_clip()),
+    );
+    // alice's password is `secret` (the hash is what `wasmcast hash-password` prints).
+    let edge = Server::start(&format!(
+        "[users.alice]\npassword = \"md5:c206c90659c395ee90e28f0a59a5095b\"\n\
+         [routes.\"*\"]\nsource = \"rtsp://{}/{{name}}\"\nread = [\"alice\"]\n",
+        origin.rtsp
+    ));
+    // Asking without credentials, with wrong ones, or for a name the origin does not have: each is
+    // refused at once, and no route is made, so nothing is pulled from the origin.
+    let wrong = "Authorization: Basic YWxpY2U6bm9wZQ==\r\n";
+    for (route, method, credentials) in [
+        ("cam1", "DESCRIBE", ""),
+        ("cam1", "DESCRIBE", wrong),
+        ("cam1", "SETUP", ""),
+        ("ghost", "DESCRIBE", ""),
+    ] {
+        let url = edge.url(route);
+        let transport = if method == "SETUP" {
+            "Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n"
+        } else {
+            ""
+        };
+        let request = format!("{method} {url} RTSP/1.0\r\nCSeq: 1\r\n{credentials}{transport}\r\n");
+        let (reply, took) = first_reply(edge.rtsp, &request).await;
+        assert!(
+            reply.starts_with("RTSP/1.0 401"),
+            "{method} {route}: {reply}"
+        );
+        assert!(
+            took < Duration::from_secs(2),
+            "{method} {route} refused after {took:?}, not at once"
+        );
+    }
+    let (ok, _, err) = common::run(
+        std::process::Command::new("ffprobe")
+            .args(["-v", "error", "-show_entries", "stream=codec_name"])
+            .arg(edge.url("cam1").replace("rtsp://", "rtsp://alice:wrong@")),
+        Duration::from_secs(20),
+    );
+    assert!(
+        !ok && err.contains("401"),
+        "ffprobe with a wrong password: {err}"
+    );
+    let (_, routes) = http(&edge, "GET", "/api/v1/routes").await;
+    assert!(
+        !routes.contains("cam1") && !routes.contains("ghost"),
+        "routes made for clients that may not read them: {routes}"
+    );
+    assert_eq!(
+        origin_sessions(&origin, "cam1").await,
+        0,
+        "pulled for nobody"
+    );
+    // alice, through ffprobe's Digest login, gets the route pulled from the origin.
+    let (ok, out, err) = common::run(
+        std::process::Command::new("ffprobe")
+            .args(["-v", "error", "-show_entries", "stream=codec_name"])
+            .arg(edge.url("cam1").replace("rtsp://", "rtsp://alice:secret@")),
+        Duration::from_secs(20),
+    );
+    assert!(ok && out.contains("h264"), "alice plays: {out}{err}");
+}

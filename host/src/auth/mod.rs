@@ -105,15 +105,48 @@ impl Auth {
         publish: bool,
         login: &Login<'_>,
     ) -> Result<Option<String>, AuthError> {
-        let Some(policy) = policy else {
-            return Ok(None);
-        };
-        let allowed = if publish {
-            &policy.publish
-        } else {
-            &policy.read
-        };
-        self.authorize_users(allowed, login)
+        self.authorize_users(allowed(policy, publish), login)
+    }
+
+    /// Whether [`Auth::authorize`] would take `login` now, judged the same way but leaving no
+    /// trace: neither the login throttle nor a Digest nonce's count hear of it. For a server that
+    /// must know before doing the work a request asks for (starting a route's source) and then
+    /// answers the request with the real check.
+    pub fn would_authorize(
+        &self,
+        policy: Option<&Policy>,
+        publish: bool,
+        login: &Login<'_>,
+    ) -> bool {
+        let allowed = allowed(policy, publish);
+        if allowed.is_empty() {
+            return true;
+        }
+        let scratch_nc = login.digest.as_ref().map(|d| {
+            std::sync::atomic::AtomicU32::new(d.last_nc.load(std::sync::atomic::Ordering::Relaxed))
+        });
+        let digest = login
+            .digest
+            .as_ref()
+            .zip(scratch_nc.as_ref())
+            .map(|(d, last_nc)| DigestChallenge {
+                nonce: d.nonce,
+                request_uri: d.request_uri,
+                last_nc,
+            });
+        !self.throttle().blocked(login.peer, login.now)
+            && check(
+                login.header,
+                &read(&self.inner.users),
+                allowed,
+                login.method,
+                digest.as_ref(),
+            )
+            .is_ok()
+    }
+
+    fn throttle(&self) -> std::sync::MutexGuard<'_, LoginThrottle> {
+        self.inner.logins.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Checks `login` against `allowed` users (empty: anyone, no check) unless its address failed
@@ -127,8 +160,7 @@ impl Auth {
             return Ok(None);
         }
         let (peer, now) = (login.peer, login.now);
-        let throttle = || self.inner.logins.lock().unwrap_or_else(|p| p.into_inner());
-        if throttle().blocked(peer, now) {
+        if self.throttle().blocked(peer, now) {
             return Err(AuthError::Throttled);
         }
         let outcome = check(
@@ -140,7 +172,7 @@ impl Auth {
         );
         match outcome {
             Ok(user) => {
-                throttle().succeeded(peer);
+                self.throttle().succeeded(peer);
                 Ok(Some(user))
             }
             Err(
@@ -150,11 +182,20 @@ impl Auth {
                 | AuthError::OtherUri(_)
                 | AuthError::Replayed(_)),
             ) => {
-                throttle().failed(peer, now);
+                self.throttle().failed(peer, now);
                 Err(err)
             }
             Err(err) => Err(err),
         }
+    }
+}
+
+/// The users who may read (or `publish` to) the route of `policy`; empty: anyone.
+fn allowed(policy: Option<&Policy>, publish: bool) -> &[String] {
+    match policy {
+        None => &[],
+        Some(policy) if publish => &policy.publish,
+        Some(policy) => &policy.read,
     }
 }
 
@@ -165,4 +206,79 @@ fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 
 fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PasswordHash;
+    use md5::{Digest, Md5};
+    use std::sync::atomic::AtomicU32;
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// A DESCRIBE from 192.0.2.7 presenting `header`, answering Digest challenge `abc`.
+    fn login<'a>(header: &'a str, last_nc: &'a AtomicU32, now: Instant) -> Login<'a> {
+        Login {
+            peer: "192.0.2.7".parse().expect("an address"),
+            header: Some(header),
+            method: "DESCRIBE",
+            digest: Some(DigestChallenge {
+                nonce: "abc",
+                request_uri: "rtsp://h/cam",
+                last_nc,
+            }),
+            now,
+        }
+    }
+
+    #[test]
+    fn a_judgement_in_advance_leaves_no_trace() {
+        let users = Users::from([(
+            "alice".to_owned(),
+            PasswordHash::of("alice", "secret").into(),
+        )]);
+        let auth = Auth::new(AccessList::default(), users, Vec::new());
+        let policy = Policy {
+            read: vec!["alice".to_owned()],
+            ..Policy::default()
+        };
+        let last_nc = AtomicU32::new(0);
+        let now = Instant::now();
+        let login = |header| login(header, &last_nc, now);
+        // A Digest answer with a nonce count, judged in advance twice, is still good for the real
+        // check, and only after that is it a replay.
+        let ha1 = hex(PasswordHash::of("alice", "secret").bytes());
+        let ha2 = hex(&Md5::digest("DESCRIBE:rtsp://h/cam"));
+        let response = hex(&Md5::digest(format!("{ha1}:abc:00000001:xyz:auth:{ha2}")));
+        let digest = format!(
+            "Digest username=\"alice\", realm=\"wasmcast\", nonce=\"abc\", \
+             uri=\"rtsp://h/cam\", qop=auth, nc=00000001, cnonce=\"xyz\", \
+             response=\"{response}\""
+        );
+        assert!(auth.would_authorize(Some(&policy), false, &login(&digest)));
+        assert!(auth.would_authorize(Some(&policy), false, &login(&digest)));
+        assert_eq!(
+            auth.authorize(Some(&policy), false, &login(&digest)),
+            Ok(Some("alice".to_owned()))
+        );
+        assert!(!auth.would_authorize(Some(&policy), false, &login(&digest)));
+        // Wrong passwords judged in advance do not count toward the login throttle...
+        let wrong = "Basic YWxpY2U6bm9wZQ==";
+        let right = "Basic YWxpY2U6c2VjcmV0";
+        for _ in 0..2 * throttle::MAX_FAILED_LOGINS {
+            assert!(!auth.would_authorize(Some(&policy), false, &login(wrong)));
+        }
+        assert!(auth.authorize(Some(&policy), false, &login(right)).is_ok());
+        // ...while those the real check refuses do, and a throttled address is judged so too.
+        for _ in 0..throttle::MAX_FAILED_LOGINS {
+            assert!(auth.authorize(Some(&policy), false, &login(wrong)).is_err());
+        }
+        assert!(!auth.would_authorize(Some(&policy), false, &login(right)));
+        // A route that names no readers takes anyone.
+        assert!(auth.would_authorize(None, false, &login("")));
+        assert!(auth.would_authorize(Some(&Policy::default()), false, &login("")));
+    }
 }

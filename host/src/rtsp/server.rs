@@ -17,7 +17,7 @@ use super::Error;
 use super::codec::{CodecError, Incoming, RtspDecoder};
 use super::egress::{Egress, Sent, run_egress};
 use super::inbound::{self, MeteredRead};
-use super::session::{Action, Connection, Context, bad_request, route_name};
+use super::session::{Action, Connection, Context, bad_request};
 use super::udp::{UdpSockets, receive_rtcp, receive_rtp, register_publisher, register_rtcp};
 use crate::auth::Auth;
 use crate::config::ServerConfig;
@@ -209,8 +209,8 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<Share
                     }
                     Some(Ok(Incoming::Response)) => continue,
                 };
-                if connection.publishing().is_none() {
-                    wait_for_source(&shared, peer, &request).await;
+                if let Some(route) = connection.route_to_open(&request, &ctx, Instant::now()) {
+                    wait_for_source(&shared, &route).await;
                 }
                 last_request = Instant::now();
                 partial_since = None;
@@ -313,27 +313,9 @@ async fn revoked(revocation: Option<&Revocation>) -> Revoked {
 }
 
 /// A reader that arrives while its route's source is still starting gets the stream, not an error;
-/// an on-demand route's source starts for it (a route pattern makes the route), unless the route's
-/// access list keeps the reader out anyway.
-async fn wait_for_source(
-    shared: &Shared,
-    peer: SocketAddr,
-    request: &rtsp_types::Request<Vec<u8>>,
-) {
-    if !matches!(
-        request.method(),
-        rtsp_types::Method::Describe | rtsp_types::Method::Setup
-    ) {
-        return;
-    }
-    let Some(name) = request.request_uri().and_then(route_name) else {
-        return;
-    };
-    let policy = shared.router.policy(name);
-    if !shared.auth.permits(peer.ip(), policy.as_deref()) {
-        return;
-    }
-    if let Some(stream) = shared.router.open(name).await {
+/// an on-demand route's source starts for it (a route pattern makes the route).
+async fn wait_for_source(shared: &Shared, route: &str) {
+    if let Some(stream) = shared.router.open(route).await {
         stream.wait_while_waiting(SOURCE_START_TIMEOUT).await;
     }
 }

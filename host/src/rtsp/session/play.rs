@@ -12,8 +12,7 @@ impl Connection {
     ) -> Result<Reply, Refusal> {
         let url = request_url(request)?;
         let name = named_route(url)?;
-        let stream = permitted(ctx, lookup(ctx.router, name)?)?;
-        self.authorize(request, ctx, &stream, false, now)?;
+        let stream = self.readable(request, ctx, name, now)?;
         let media = live_media(&stream)?;
         let sdp = sdp::describe(
             name,
@@ -56,11 +55,7 @@ impl Connection {
                 ));
             }
             (_, Some(session)) => Arc::clone(&session.stream),
-            (Some(name), None) => {
-                let stream = permitted(ctx, lookup(ctx.router, name)?)?;
-                self.authorize(request, ctx, &stream, false, now)?;
-                stream
-            }
+            (Some(name), None) => self.readable(request, ctx, name, now)?,
             (None, None) => {
                 return Err(Refusal::new(
                     StatusCode::NotFound,

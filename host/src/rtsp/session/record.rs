@@ -55,8 +55,8 @@ impl Connection {
                 format!("Not Found (no push route takes `{name}`)"),
             )
         })?;
-        let stream = permitted(ctx, stream)?;
-        let user = self.authorize(request, ctx, &stream, true, now)?;
+        permitted(ctx, stream.name())?;
+        let user = self.authorize(request, ctx, stream.name(), true, now)?;
         let claim = stream.claim_as(user).map_err(|busy| {
             Refusal::new(
                 StatusCode::MethodNotValidInThisState,
