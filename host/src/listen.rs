@@ -358,14 +358,25 @@ impl Budget {
     /// Takes `amount` that arrived at `now`; false when it is past the allowance.
     pub fn charge(&mut self, amount: u64, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.refilled_at);
-        let earned = elapsed.as_nanos() * u128::from(self.allowance.per_second) / 1_000_000_000;
+        let per_second = u128::from(self.allowance.per_second);
+        let earned = elapsed.as_nanos() * per_second / 1_000_000_000;
         if earned > 0 {
-            let earned = u64::try_from(earned).unwrap_or(u64::MAX);
-            self.available = self
+            let filled = self
                 .available
-                .saturating_add(earned)
-                .min(self.allowance.burst);
-            self.refilled_at = now;
+                .saturating_add(u64::try_from(earned).unwrap_or(u64::MAX));
+            // Only the time the whole units took is spent: the fraction of the next carries over
+            // (or a client charged often would earn less than its allowance).
+            let took = u64::try_from(earned * 1_000_000_000 / per_second).ok();
+            match took {
+                Some(took) if filled < self.allowance.burst => {
+                    self.available = filled;
+                    self.refilled_at += Duration::from_nanos(took);
+                }
+                _ => {
+                    self.available = self.allowance.burst;
+                    self.refilled_at = now;
+                }
+            }
         }
         match self.available.checked_sub(amount) {
             Some(left) => {
@@ -411,6 +422,23 @@ mod tests {
             let now = start + Duration::from_millis(10 * step);
             assert!(budget.charge(10, now), "cut off at step {step}");
         }
+    }
+
+    #[test]
+    fn a_fraction_earned_between_charges_is_kept() {
+        let start = Instant::now();
+        let mut budget = Budget::new(
+            Allowance {
+                per_second: 3,
+                burst: 10,
+            },
+            start,
+        );
+        assert!(budget.charge(10, start));
+        // Half a second earns one and a half: one now, and the half counts toward the next.
+        assert!(budget.charge(1, start + Duration::from_millis(500)));
+        assert!(budget.charge(2, start + Duration::from_millis(1000)));
+        assert!(!budget.charge(1, start + Duration::from_millis(1000)));
     }
 
     #[test]
