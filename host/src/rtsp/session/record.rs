@@ -55,7 +55,7 @@ impl Connection {
                 format!("Not Found (no push route takes `{name}`)"),
             )
         })?;
-        permitted(ctx, stream.name())?;
+        access::permitted(ctx, stream.name())?;
         let user = self.authorize(request, ctx, stream.name(), true, now)?;
         let claim = stream.claim_as(user).map_err(|busy| {
             Refusal::new(
