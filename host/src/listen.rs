@@ -1,7 +1,8 @@
 //! TCP listeners that a reload can move to another address while the server runs (connections
 //! already accepted stay where they are, new ones arrive at the new address), and the caps on what
 //! accepted connections may hold: how many are open, TCP keepalive on each, how much the kernel
-//! buffers for each, and how fast each may send (a [`Budget`] its protocol charges).
+//! buffers for each, and how fast each may send (`allowance`: a [`Budget`] its protocol charges,
+//! or a [`MeteredRead`] it reads through).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -11,6 +12,10 @@ use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+
+mod allowance;
+
+pub use allowance::{Allowance, Budget, Inbound, MeteredRead, flood_in};
 
 /// The accepting side.
 pub struct Listener {
@@ -302,157 +307,9 @@ impl Drop for ConnectionPermit {
     }
 }
 
-/// How much a connection may send, in bytes or in requests: `per_second` after a first `burst`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Allowance {
-    pub per_second: u64,
-    pub burst: u64,
-}
-
-impl Allowance {
-    /// How an allowance of bytes reads: "256 KiB at over 64 KiB/s".
-    pub fn in_bytes(&self) -> String {
-        format!(
-            "{} at over {}/s",
-            in_units(self.burst),
-            in_units(self.per_second)
-        )
-    }
-}
-
-/// `bytes` in whole MiB where it is that, else in KiB.
-fn in_units(bytes: u64) -> String {
-    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
-        format!("{} MiB", bytes >> 20)
-    } else {
-        format!("{} KiB", bytes / 1024)
-    }
-}
-
-/// A token bucket, with the time passed in. Written here rather than taken from `governor`: it is
-/// one bucket owned by one connection's task, charged as the connection reads, which governor's
-/// shared limiters with clocks of their own are not made for.
-#[derive(Debug)]
-pub struct Budget {
-    allowance: Allowance,
-    available: u64,
-    refilled_at: Instant,
-}
-
-impl Budget {
-    pub fn new(allowance: Allowance, now: Instant) -> Budget {
-        Budget {
-            allowance,
-            available: allowance.burst,
-            refilled_at: now,
-        }
-    }
-
-    /// Holds the connection to `allowance` from now on; a larger burst is granted at once.
-    pub fn hold_to(&mut self, allowance: Allowance) {
-        self.available += allowance.burst.saturating_sub(self.allowance.burst);
-        self.available = self.available.min(allowance.burst);
-        self.allowance = allowance;
-    }
-
-    /// Takes `amount` that arrived at `now`; false when it is past the allowance.
-    pub fn charge(&mut self, amount: u64, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.refilled_at);
-        let per_second = u128::from(self.allowance.per_second);
-        let earned = elapsed.as_nanos() * per_second / 1_000_000_000;
-        if earned > 0 {
-            let filled = self
-                .available
-                .saturating_add(u64::try_from(earned).unwrap_or(u64::MAX));
-            // Only the time the whole units took is spent: the fraction of the next carries over
-            // (or a client charged often would earn less than its allowance).
-            let took = u64::try_from(earned * 1_000_000_000 / per_second).ok();
-            match took {
-                Some(took) if filled < self.allowance.burst => {
-                    self.available = filled;
-                    self.refilled_at += Duration::from_nanos(took);
-                }
-                _ => {
-                    self.available = self.allowance.burst;
-                    self.refilled_at = now;
-                }
-            }
-        }
-        match self.available.checked_sub(amount) {
-            Some(left) => {
-                self.available = left;
-                true
-            }
-            None => false,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const SMALL: Allowance = Allowance {
-        per_second: 1000,
-        burst: 4000,
-    };
-
-    #[test]
-    fn the_burst_then_the_rate_is_allowed_and_no_more() {
-        let start = Instant::now();
-        let mut budget = Budget::new(SMALL, start);
-        assert!(budget.charge(4000, start));
-        assert!(!budget.charge(1, start));
-        let later = start + Duration::from_millis(500);
-        assert!(budget.charge(500, later));
-        assert!(!budget.charge(1, later));
-        // A long pause earns the burst back, never more.
-        let much_later = later + Duration::from_secs(3600);
-        assert!(budget.charge(4000, much_later));
-        assert!(!budget.charge(1, much_later));
-    }
-
-    #[test]
-    fn a_steady_sender_at_the_rate_is_never_cut_off() {
-        let start = Instant::now();
-        let mut budget = Budget::new(SMALL, start);
-        // Ten every 10 ms is the rate exactly, for a minute after the burst is spent.
-        assert!(budget.charge(4000, start));
-        for step in 1..=6000u64 {
-            let now = start + Duration::from_millis(10 * step);
-            assert!(budget.charge(10, now), "cut off at step {step}");
-        }
-    }
-
-    #[test]
-    fn a_fraction_earned_between_charges_is_kept() {
-        let start = Instant::now();
-        let mut budget = Budget::new(
-            Allowance {
-                per_second: 3,
-                burst: 10,
-            },
-            start,
-        );
-        assert!(budget.charge(10, start));
-        // Half a second earns one and a half: one now, and the half counts toward the next.
-        assert!(budget.charge(1, start + Duration::from_millis(500)));
-        assert!(budget.charge(2, start + Duration::from_millis(1000)));
-        assert!(!budget.charge(1, start + Duration::from_millis(1000)));
-    }
-
-    #[test]
-    fn a_larger_allowance_grants_its_burst_at_once() {
-        let start = Instant::now();
-        let mut budget = Budget::new(SMALL, start);
-        assert!(budget.charge(4000, start));
-        budget.hold_to(Allowance {
-            burst: 10_000,
-            ..SMALL
-        });
-        assert!(budget.charge(6000, start));
-        assert!(!budget.charge(1, start));
-    }
 
     #[tokio::test]
     async fn accepted_sockets_get_the_configured_send_buffer() {

@@ -16,13 +16,13 @@ use tokio_util::codec::FramedRead;
 use super::Error;
 use super::codec::{CodecError, Incoming, RtspDecoder};
 use super::egress::{Egress, Sent, run_egress};
-use super::inbound::{self, MeteredRead};
+use super::inbound;
 use super::session::{Action, Connection, Context, bad_request};
 use super::udp::{UdpSockets, receive_rtcp, receive_rtp, register_publisher, register_rtcp};
 use crate::auth::Auth;
 use crate::config::ServerConfig;
 use crate::hub::{Revocation, Revoked};
-use crate::listen::{ConnectionGate, Listener, Rebind, keep_alive};
+use crate::listen::{ConnectionGate, Listener, MeteredRead, Rebind, flood_in, keep_alive};
 use crate::router::RouterHandle;
 use crate::rtp::rtcp;
 use crate::sessions::{ClientLimit, EndedBy, Registration, SessionKind, Sessions};
@@ -181,7 +181,7 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<Share
                             CodecError::Malformed => "malformed request",
                             CodecError::TooLarge => "request too large",
                             CodecError::Io(err) => {
-                                if let Some(flood) = inbound::flood_in(err) {
+                                if let Some(flood) = flood_in(err) {
                                     tracing::warn!(%peer, route = connection.route(), "RTSP connection closed: {flood}");
                                 }
                                 break None;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::hub::{PublishClaim, Publisher, Stream, Timeline};
-use crate::listen::{Allowance, Budget};
+use crate::listen::{Allowance, Budget, Inbound};
 use crate::media::{
     AccessUnit, Codec, StreamDescription, Track, inspect_video_unit, with_parameter_sets,
 };
@@ -42,6 +42,13 @@ pub const PUBLISH_RATE_WINDOW: Duration = Duration::from_secs(10);
 pub const PUBLISH_CEILING: Allowance = Allowance {
     per_second: 32 << 20,
     burst: 64 << 20,
+};
+
+/// A connection that carries a publisher's media (an RTSP publisher recording over TCP, a WHIP
+/// publisher's ICE-TCP connection) is held to the same ceiling as it is read.
+pub const PUBLISHER_INBOUND: Inbound = Inbound {
+    bytes: PUBLISH_CEILING,
+    sender: "a publisher sends its media in real time",
 };
 
 /// The publisher sent more than [`PUBLISH_CEILING`].

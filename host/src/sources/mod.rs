@@ -18,8 +18,8 @@ use crate::config::SourceConfig;
 use crate::hub::Stream;
 
 pub use live::{
-    LivePublisher, MAX_UNITS_OVER_BUDGET, OverBudget, PUBLISH_CEILING, PublishRate, TooFast,
-    TooSlow, TrackKind,
+    LivePublisher, MAX_UNITS_OVER_BUDGET, OverBudget, PUBLISH_CEILING, PUBLISHER_INBOUND,
+    PublishRate, TooFast, TooSlow, TrackKind,
 };
 pub use mp4::{Mp4Media, SampleRef};
 pub use push::{IngestError, TsIngest};

@@ -10,14 +10,13 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
 
 use rtc::shared::tcp_framing::TcpFrameDecoder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::mux::{Accepted, MAX_PACKET, TCP_WRITE_TIMEOUT};
-use crate::listen::{Allowance, Budget};
+use crate::listen::{Allowance, Inbound, MeteredRead, flood_in};
 
 /// Flushes waiting for one ICE-TCP connection's socket.
 const TCP_QUEUE: usize = 256;
@@ -30,9 +29,12 @@ const TCP_READ_QUEUE: usize = 64;
 /// second (a browser's transport-wide feedback on a 50 Mb/s route is some 10 kB/s). A connection
 /// only has to name a viewer to be handed to it, and what it sends is the viewer's to process:
 /// past this it is closed, rather than keeping a core busy with packets nobody asked for.
-const VIEWER_INBOUND: Allowance = Allowance {
-    per_second: 64 * 1024,
-    burst: 256 * 1024,
+const VIEWER_INBOUND: Inbound = Inbound {
+    bytes: Allowance {
+        per_second: 64 * 1024,
+        burst: 256 * 1024,
+    },
+    sender: "a viewer sends RTCP feedback and ICE checks",
 };
 
 /// The viewer's ICE-TCP connections: a queue to each one's task, by the browser's address, and
@@ -123,7 +125,7 @@ async fn tcp_connection(
     incoming: mpsc::Sender<(SocketAddr, Vec<u8>)>,
 ) {
     let Accepted {
-        mut stream,
+        stream,
         peer,
         first,
         open: _open,
@@ -132,7 +134,8 @@ async fn tcp_connection(
     let mut decoder = TcpFrameDecoder::new();
     decoder.extend_from_slice(&first);
     let mut buffer = vec![0; MAX_PACKET];
-    let mut inbound = Budget::new(VIEWER_INBOUND, Instant::now());
+    let (read, mut write) = stream.into_split();
+    let mut read = MeteredRead::new(read, VIEWER_INBOUND);
     loop {
         while let Some(packet) = decoder.next_packet() {
             if incoming.send((peer, packet)).await.is_err() {
@@ -140,23 +143,19 @@ async fn tcp_connection(
             }
         }
         tokio::select! {
-            read = stream.read(&mut buffer) => match read {
-                Ok(0) | Err(_) => return,
-                Ok(len) => {
-                    if !inbound.charge(len as u64, Instant::now()) {
-                        tracing::warn!(
-                            %peer,
-                            "ICE-TCP connection closed: sent more than {} (a viewer sends RTCP feedback and ICE checks)",
-                            VIEWER_INBOUND.in_bytes()
-                        );
-                        return;
+            read = read.read(&mut buffer) => match read {
+                Ok(0) => return,
+                Ok(len) => decoder.extend_from_slice(&buffer[..len]),
+                Err(err) => {
+                    if let Some(flood) = flood_in(&err) {
+                        tracing::warn!(%peer, "ICE-TCP connection closed: {flood}");
                     }
-                    decoder.extend_from_slice(&buffer[..len]);
+                    return;
                 }
             },
             framed = outgoing.recv() => {
                 let Some(framed) = framed else { return };
-                let written = tokio::time::timeout(TCP_WRITE_TIMEOUT, stream.write_all(&framed)).await;
+                let written = tokio::time::timeout(TCP_WRITE_TIMEOUT, write.write_all(&framed)).await;
                 queued.fetch_sub(framed.len(), Ordering::Relaxed);
                 if !matches!(written, Ok(Ok(()))) {
                     tracing::debug!(%peer, "an ICE-TCP viewer stopped reading: closed");

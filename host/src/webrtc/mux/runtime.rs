@@ -17,8 +17,8 @@ use webrtc::runtime::{
 };
 
 use super::{Accepted, ConnectionCount, Datagram, Shared, TCP_WRITE_TIMEOUT};
-use crate::listen::{Budget, ConnectionPermit};
-use crate::sources::PUBLISH_CEILING;
+use crate::listen::{ConnectionPermit, MeteredRead, flood_in};
+use crate::sources::PUBLISHER_INBOUND;
 
 /// The runtime one publisher's connection runs on: tokio's, except that the sockets the connection
 /// binds are replaced by its share of the mux.
@@ -229,11 +229,11 @@ impl AsyncTcpListener for ViewerTcpListener {
             };
             let peer = accepted.peer;
             let (read, write) = accepted.stream.into_split();
-            let inbound = Budget::new(PUBLISH_CEILING, Instant::now());
+            let read = MeteredRead::new(read, PUBLISHER_INBOUND);
             let stream = ViewerTcpStream {
                 local: self.local,
                 peer,
-                read: tokio::sync::Mutex::new((accepted.first, 0, read, inbound)),
+                read: tokio::sync::Mutex::new((accepted.first, 0, read)),
                 write: tokio::sync::Mutex::new(write),
                 _open: accepted.open,
                 _permit: accepted.permit,
@@ -251,9 +251,9 @@ impl AsyncTcpListener for ViewerTcpListener {
 struct ViewerTcpStream {
     local: SocketAddr,
     peer: SocketAddr,
-    /// What was read ahead, how much of it was handed on, the rest of the stream, and what the
-    /// publisher may still send (every publisher's ceiling: past it the connection fails).
-    read: tokio::sync::Mutex<(Vec<u8>, usize, tokio::net::tcp::OwnedReadHalf, Budget)>,
+    /// What was read ahead, how much of it was handed on, and the rest of the stream, held to
+    /// every publisher's ceiling (past it the connection fails).
+    read: tokio::sync::Mutex<(Vec<u8>, usize, MeteredRead<tokio::net::tcp::OwnedReadHalf>)>,
     write: tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>,
     _open: ConnectionCount,
     _permit: ConnectionPermit,
@@ -275,7 +275,7 @@ impl AsyncTcpStream for ViewerTcpStream {
     {
         Box::pin(async move {
             let mut read = self.read.lock().await;
-            let (ahead, used, stream, inbound) = &mut *read;
+            let (ahead, used, stream) = &mut *read;
             if *used < ahead.len() {
                 let len = (ahead.len() - *used).min(buf.len());
                 buf[..len].copy_from_slice(&ahead[*used..*used + len]);
@@ -286,16 +286,13 @@ impl AsyncTcpStream for ViewerTcpStream {
                 }
                 return Ok(len);
             }
-            let len = stream.read(buf).await?;
-            if !inbound.charge(len as u64, Instant::now()) {
-                tracing::warn!(
-                    peer = %self.peer,
-                    "ICE-TCP connection closed: sent more than {} (a publisher sends its media in real time)",
-                    PUBLISH_CEILING.in_bytes()
-                );
-                return Err(io::Error::other("over the publish ceiling"));
+            let read = stream.read(buf).await;
+            if let Err(err) = &read
+                && let Some(flood) = flood_in(err)
+            {
+                tracing::warn!(peer = %self.peer, "ICE-TCP connection closed: {flood}");
             }
-            Ok(len)
+            read
         })
     }
 
