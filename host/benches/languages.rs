@@ -46,7 +46,7 @@ fn main() {
         };
         let config = Config::parse(
             &format!(
-                "[plugins.gray]\nwasm = {wasm_key}\ntime_limit_ms = 5000\nmemory_limit_mb = 512\n"
+                "[plugins.gray]\nwasm = {wasm_key}\ntime_limit_ms = 5000\nmemory_limit_mb = 512\ncpu_percent = 100\n"
             ),
             Path::new("bench.toml"),
         )

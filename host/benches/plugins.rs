@@ -21,7 +21,7 @@ fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
     let calls = if quick { 2_000 } else { 50_000 };
     let config = Config::parse(
-        "[plugins.pass]\nwasm = \"builtin:passthrough\"\n",
+        "[plugins.pass]\nwasm = \"builtin:passthrough\"\ncpu_percent = 100\n",
         Path::new("bench.toml"),
     )
     .expect("bench config");

@@ -20,7 +20,7 @@ fn main() {
     let quick = common::quick();
     let seconds = if quick { "2" } else { "8" };
     let config = Config::parse(
-        "[plugins.gray]\nwasm = \"builtin:grayscale\"\n",
+        "[plugins.gray]\nwasm = \"builtin:grayscale\"\ncpu_percent = 100\n",
         Path::new("bench.toml"),
     )
     .expect("bench config");

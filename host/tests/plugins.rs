@@ -822,3 +822,86 @@ async fn plugins_whose_init_sleeps_or_wants_list_is_huge_are_refused_and_reloads
     );
     wait_live(&server, "after").await;
 }
+
+/// CPU time of process `pid` so far (user and system, all threads).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of proc_pid_stat(5), in clock ticks of 1/100 s.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// A plugin that spins 30 ms in every call (within its time limit, so it never faults) on a route
+/// of ~70 units a second would take a core for good and leave the route ever further behind. Held
+/// to its share of real time (`cpu_percent`, 50 by default), it rests while its units are
+/// bypassed: the route keeps flowing, and the plugin takes about half a core.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_slower_than_its_route_is_held_to_its_share_of_real_time() {
+    let server = Server::start(&format!(
+        "{}{}",
+        plugin_route("hog", &sample_clip(), &["hog"]),
+        hostile_plugin("hog", "hog", "time_limit_ms = 500\n"),
+    ));
+    wait_live(&server, "hog").await;
+    let in_calls = async || {
+        let routes = routes_json(&server).await;
+        Duration::from_secs_f64(
+            plugin_stats(&routes, "hog", "hog")["call_seconds"]
+                .as_f64()
+                .unwrap_or(0.0),
+        )
+    };
+    let (calls_before, cpu_before, started) =
+        (in_calls().await, cpu_time(server.pid()), Instant::now());
+    let frames = video_frames(server.url("hog"), 8).await;
+    let elapsed = started.elapsed();
+    let (calls, cpu) = (
+        in_calls().await - calls_before,
+        cpu_time(server.pid()) - cpu_before,
+    );
+    let longest_gap = frames
+        .windows(2)
+        .map(|pair| pair[1].at.duration_since(pair[0].at))
+        .max()
+        .unwrap_or(Duration::MAX);
+    assert!(
+        frames.len() >= 160 && longest_gap < Duration::from_millis(1500),
+        "the route keeps flowing: {} frames in 8 s (25 a second), longest gap {longest_gap:?}",
+        frames.len()
+    );
+    // Half of the time, and a second's share that may come at once.
+    assert!(
+        calls < elapsed.mul_f64(0.5) + Duration::from_millis(800),
+        "{calls:?} in the plugin's calls in {elapsed:?}"
+    );
+    assert!(
+        cpu < elapsed.mul_f64(0.8),
+        "the server used {cpu:?} of CPU in {elapsed:?}"
+    );
+    let stats = plugin_stats(&routes_json(&server).await, "hog", "hog");
+    assert!(
+        stats["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("more than its share of real time")),
+        "{stats}"
+    );
+    assert!(
+        server
+            .log()
+            .iter()
+            .any(|l| l.contains("took more than its share of real time") && l.contains("bypassed")),
+        "the log says why the plugin rests: {:#?}",
+        server.log()
+    );
+}

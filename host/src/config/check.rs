@@ -13,11 +13,11 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::{
-    AccessList, Config, Credentials, DEFAULT_MEMORY_LIMIT_MB, DEFAULT_ON_DEMAND_CLOSE_AFTER,
-    DEFAULT_SNAPSHOT_EVERY_S, DEFAULT_TIME_LIMIT_MS, DEFAULT_TRANSCODE_KBPS, IpNet, MemoryBudget,
-    OnError, Origin, PasswordHash, PluginConfig, Problem, RESERVED_NAMES, RouteConfig,
-    ServerConfig, SourceConfig, SourceTemplate, SwapAt, TokenHash, TranscodeConfig, Users,
-    WasmSource, Webhooks, raw,
+    AccessList, Config, Credentials, DEFAULT_CPU_PERCENT, DEFAULT_MEMORY_LIMIT_MB,
+    DEFAULT_ON_DEMAND_CLOSE_AFTER, DEFAULT_SNAPSHOT_EVERY_S, DEFAULT_TIME_LIMIT_MS,
+    DEFAULT_TRANSCODE_KBPS, IpNet, MemoryBudget, OnError, Origin, PasswordHash, PluginConfig,
+    Problem, RESERVED_NAMES, RouteConfig, ServerConfig, SourceConfig, SourceTemplate, SwapAt,
+    TokenHash, TranscodeConfig, Users, WasmSource, Webhooks, raw,
 };
 
 /// Collects every problem in one pass, so a user fixes them all at once.
@@ -329,6 +329,21 @@ impl<'a> Checker<'a> {
                 "give 1 to 60000 milliseconds".into(),
             );
         }
+        let cpu_percent = raw
+            .cpu_percent
+            .as_ref()
+            .map_or(DEFAULT_CPU_PERCENT, |v| *v.get_ref());
+        if let Some(value) = raw
+            .cpu_percent
+            .as_ref()
+            .filter(|v| !(1..=100).contains(v.get_ref()))
+        {
+            self.problem(
+                value,
+                format!("{key}.cpu_percent"),
+                "give 1 to 100 (percent of one core)".into(),
+            );
+        }
         let memory_limit_mb = raw
             .memory_limit_mb
             .as_ref()
@@ -402,6 +417,7 @@ impl<'a> Checker<'a> {
             config,
             on_error,
             time_limit: Duration::from_millis(time_limit_ms),
+            cpu_percent: u32::try_from(cpu_percent).unwrap_or(100),
             memory_limit: usize::try_from(memory_limit_mb << 20).unwrap_or(usize::MAX),
             env: raw.env,
             dirs,

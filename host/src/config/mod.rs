@@ -277,6 +277,9 @@ pub struct PluginConfig {
     pub on_error: OnError,
     /// How long one call may run.
     pub time_limit: Duration,
+    /// The share of real time the plugin's calls may take on a route, in percent of one core,
+    /// over a second (past it the plugin rests; see `plugins::chain`).
+    pub cpu_percent: u32,
     /// How large the plugin's memory may grow, in bytes.
     pub memory_limit: usize,
     /// Environment variables the plugin may read (none by default).
@@ -359,6 +362,9 @@ impl Origin {
 
 /// Per-call time limit of a plugin unless its table sets `time_limit_ms`.
 const DEFAULT_TIME_LIMIT_MS: u64 = 50;
+/// The share of a core a plugin's calls may take unless its table sets `cpu_percent`: room for any
+/// plugin that keeps up with its route, and half a core at most for one that cannot.
+const DEFAULT_CPU_PERCENT: u64 = 50;
 /// Memory limit of a plugin unless its table sets `memory_limit_mb`.
 const DEFAULT_MEMORY_LIMIT_MB: u64 = 64;
 /// How often a stateful plugin's state is saved unless its table sets `snapshot_every_s`.

@@ -108,6 +108,7 @@ pub(super) struct Plugin {
     pub config: toml::Table,
     pub on_error: Option<Spanned<String>>,
     pub time_limit_ms: Option<Spanned<u64>>,
+    pub cpu_percent: Option<Spanned<u64>>,
     pub memory_limit_mb: Option<Spanned<u64>>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,

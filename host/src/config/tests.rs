@@ -194,6 +194,28 @@ fn syntax_errors_and_unknown_keys_have_positions() {
 }
 
 #[test]
+fn a_plugins_share_of_real_time_has_a_default_and_a_range() {
+    let config = parse("[plugins.p]\nwasm = \"builtin:passthrough\"\n").expect("valid");
+    assert_eq!(config.plugins["p"].cpu_percent, 50);
+    assert_eq!(config.plugins["p"].time_limit, Duration::from_millis(50));
+    let config =
+        parse("[plugins.p]\nwasm = \"builtin:passthrough\"\ncpu_percent = 100\n").expect("valid");
+    assert_eq!(config.plugins["p"].cpu_percent, 100);
+    for wrong in [0, 101] {
+        let problems = parse(&format!(
+            "[plugins.p]\nwasm = \"builtin:passthrough\"\ncpu_percent = {wrong}\n"
+        ))
+        .expect_err("invalid");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.key == "plugins.p.cpu_percent" && p.message.contains("1 to 100")),
+            "{problems:?}"
+        );
+    }
+}
+
+#[test]
 fn unknown_plugin_is_refused() {
     let problems =
         parse("[routes.a]\nsource = \"file:a.mp4\"\nplugins = [\"nope\"]\n").expect_err("invalid");

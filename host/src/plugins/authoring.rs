@@ -443,6 +443,8 @@ pub fn load_for_trial(
             config: config.to_owned(),
             on_error: OnError::Bypass,
             time_limit,
+            // A trial runs the file as fast as it can: its calls take all the time there is.
+            cpu_percent: 100,
             memory_limit,
             env: Default::default(),
             dirs: Default::default(),

@@ -9,6 +9,9 @@
 //! instance's state. A fresh instance after a trap gets the last snapshot taken at the plugin's
 //! `snapshot_every_s`. With `[server] state_dir`, each snapshot is also written to disk, and a
 //! link that has none in memory (the server just started) starts from the one on disk.
+//!
+//! Time: besides each call's time limit, a plugin's calls may take `cpu_percent` of real time on
+//! its route; past it, the plugin rests (see `link`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -22,19 +25,9 @@ use crate::config::{OnError, SwapAt};
 use crate::media::Picture;
 use crate::media::{AccessUnit, Track};
 
-/// After an instance cannot be started, how long the plugin is skipped before the next try.
-const RESTART_BACKOFF: Duration = Duration::from_secs(1);
-/// At most one fault log line per plugin and route in this time; the rest are counted.
-const FAULT_LOG_INTERVAL: Duration = Duration::from_secs(1);
-/// Faults in a row after which a plugin is suspended (its units bypassed or dropped without a
-/// call): a plugin that fails every call would otherwise cost its time limit on every unit.
-const FAULTS_BEFORE_SUSPENSION: u32 = 3;
-/// The first suspension; each further one in a row doubles, up to the longest.
-const FIRST_SUSPENSION: Duration = Duration::from_secs(1);
-const LONGEST_SUSPENSION: Duration = Duration::from_secs(30);
+mod link;
 
-/// What a call needs besides its unit: the route's name, its keyframe request, the stream JSON.
-type Context<'a> = (&'a str, &'a KeyframeRequest, &'a Arc<str>);
+use link::Link;
 
 /// A plugin of a route's chain, as the API shows it.
 #[derive(Clone, Debug)]
@@ -43,24 +36,6 @@ pub struct PluginStatus {
     pub wasm: String,
     pub kind: &'static str,
     pub stats: Arc<PluginStats>,
-}
-
-/// One plugin of a chain.
-struct Link {
-    plugin: Arc<LoadedPlugin>,
-    stats: Arc<PluginStats>,
-    instance: Option<Instance>,
-    /// No new instance before this, after one failed to start.
-    retry_at: Option<Instant>,
-    last_fault_log: Option<Instant>,
-    faults_unlogged: u64,
-    faults_in_a_row: u32,
-    /// The last snapshot of the plugin's state, which the next instance starts from.
-    saved: Option<Bytes>,
-    /// Whether the state kept on disk was looked for (once per link, before its first instance).
-    disk_read: bool,
-    /// When the running instance's state is next saved.
-    next_snapshot: Option<Instant>,
 }
 
 /// The plugins of one route.
@@ -82,20 +57,12 @@ impl Chain {
     pub fn new(route: &str, plugins: &[Arc<LoadedPlugin>], previous: &[PluginStatus]) -> Chain {
         let links = plugins
             .iter()
-            .map(|plugin| Link {
-                stats: previous
+            .map(|plugin| {
+                let stats = previous
                     .iter()
                     .find(|p| p.name == plugin.name)
-                    .map_or_else(Arc::default, |p| Arc::clone(&p.stats)),
-                plugin: Arc::clone(plugin),
-                instance: None,
-                retry_at: None,
-                last_fault_log: None,
-                faults_unlogged: 0,
-                faults_in_a_row: 0,
-                saved: None,
-                disk_read: false,
-                next_snapshot: None,
+                    .map_or_else(Arc::default, |p| Arc::clone(&p.stats));
+                Link::new(Arc::clone(plugin), stats)
             })
             .collect();
         Chain {
@@ -231,266 +198,5 @@ impl Chain {
             std::mem::swap(&mut self.current, &mut self.next);
         }
         out.append(&mut self.current);
-    }
-}
-
-impl Link {
-    fn ensure_instance(
-        &mut self,
-        route: &str,
-        request_keyframe: &KeyframeRequest,
-        stream: &Arc<str>,
-    ) -> bool {
-        if self.instance.is_some() {
-            return true;
-        }
-        if self.retry_at.is_some_and(|at| Instant::now() < at) {
-            return false;
-        }
-        if !self.disk_read {
-            self.disk_read = true;
-            if self.saved.is_none()
-                && let Some(store) = &self.plugin.state
-            {
-                self.saved = store.load(route, &self.plugin.name);
-            }
-        }
-        let started = self
-            .plugin
-            .instantiate_reporting(
-                route,
-                Arc::clone(&self.stats),
-                Arc::clone(request_keyframe),
-                Arc::clone(stream),
-            )
-            .and_then(|mut instance| {
-                let Some(saved) = &self.saved else {
-                    return Ok(instance);
-                };
-                match instance.restore(saved) {
-                    Ok(Ok(())) => {
-                        self.stats.restores.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(Err(why)) => tracing::warn!(
-                        plugin = %self.plugin.name,
-                        route,
-                        "plugin refused its saved state ({why}); it starts afresh"
-                    ),
-                    // A state the plugin cannot even read would fail every instance after this
-                    // one (and, kept on disk, every start): it is let go.
-                    Err(fault) => {
-                        self.saved = None;
-                        return Err(fault);
-                    }
-                }
-                Ok(instance)
-            });
-        match started {
-            Ok(instance) => {
-                self.instance = Some(instance);
-                self.retry_at = None;
-                self.next_snapshot = self
-                    .plugin
-                    .config
-                    .snapshot_every
-                    .filter(|_| self.plugin.stateful())
-                    .map(|every| Instant::now() + every);
-                true
-            }
-            Err(fault) => {
-                self.retry_at = Some(Instant::now() + RESTART_BACKOFF);
-                self.fault(route, &fault, "cannot start", "retrying in a second");
-                false
-            }
-        }
-    }
-
-    /// Calls the plugin through `call`, with its instance started if needed, timed and counted;
-    /// `Err` is the unit's fault (`None`: the plugin is suspended or cannot start), already logged.
-    fn invoke<T>(
-        &mut self,
-        (route, request_keyframe, stream): Context<'_>,
-        call: impl FnOnce(&mut Instance) -> Result<T, Fault>,
-    ) -> Result<T, ()> {
-        if !self.ensure_instance(route, request_keyframe, stream) {
-            return Err(());
-        }
-        let Some(instance) = self.instance.as_mut() else {
-            return Err(());
-        };
-        let started = Instant::now();
-        let outcome = call(instance);
-        self.stats.calls.fetch_add(1, Ordering::Relaxed);
-        self.stats.nanos.fetch_add(
-            u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
-        match outcome {
-            Ok(value) => {
-                self.faults_in_a_row = 0;
-                if self.next_snapshot.is_some_and(|at| started >= at) {
-                    self.save_state(route);
-                }
-                Ok(value)
-            }
-            Err(fault) => {
-                // A trapped instance refuses every later call: the next unit gets a new one.
-                self.instance = None;
-                self.stats.restarts.fetch_add(1, Ordering::Relaxed);
-                self.faults_in_a_row += 1;
-                let next = match self.suspension() {
-                    Some(pause) => {
-                        self.retry_at = Some(Instant::now() + pause);
-                        format!(
-                            "{} faults in a row: suspended for {pause:?}",
-                            self.faults_in_a_row
-                        )
-                    }
-                    None => "instance restarted".to_owned(),
-                };
-                self.fault(route, &fault, "failed", &next);
-                Err(())
-            }
-        }
-    }
-
-    /// Saves the running instance's state as the one the next instance starts from; a failed
-    /// snapshot is the instance's fault (the last good one is kept).
-    fn save_state(&mut self, route: &str) {
-        let Some(instance) = self.instance.as_mut() else {
-            return;
-        };
-        self.next_snapshot = self
-            .plugin
-            .config
-            .snapshot_every
-            .map(|every| Instant::now() + every);
-        match instance.snapshot() {
-            Ok(Some(snapshot)) => {
-                self.stats.snapshots.fetch_add(1, Ordering::Relaxed);
-                let snapshot = Bytes::from(snapshot);
-                if let Some(store) = &self.plugin.state {
-                    store.save(route, &self.plugin.name, snapshot.clone());
-                }
-                self.saved = Some(snapshot);
-            }
-            Ok(None) => {}
-            Err(fault) => {
-                self.instance = None;
-                self.stats.restarts.fetch_add(1, Ordering::Relaxed);
-                self.fault(
-                    route,
-                    &fault,
-                    "failed to save its state",
-                    "instance restarted",
-                );
-            }
-        }
-    }
-
-    fn process(
-        &mut self,
-        unit: AccessUnit,
-        tracks: &[Track],
-        context: Context<'_>,
-        out: &mut Vec<AccessUnit>,
-    ) {
-        let Some(track) = tracks.get(unit.track) else {
-            return;
-        };
-        let (route, request_keyframe, stream) = context;
-        if self.ensure_instance(route, request_keyframe, stream)
-            && self
-                .instance
-                .as_ref()
-                .is_some_and(|instance| !instance.wants(&track.codec))
-        {
-            // Not a codec the plugin named: the unit goes past it uncalled.
-            out.push(unit);
-            return;
-        }
-        match self.invoke(context, |instance| {
-            instance.process_unit(&unit, &track.codec, tracks)
-        }) {
-            Ok(Verdict::Pass) => out.push(unit),
-            Ok(Verdict::Drop) => {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(Verdict::Replace(units)) => out.extend(units),
-            Err(()) => {
-                if self.plugin.config.on_error == OnError::Bypass {
-                    out.push(unit);
-                }
-            }
-        }
-    }
-
-    /// Runs a frame plugin on `picture`; false when the picture is to be left out.
-    fn process_picture(
-        &mut self,
-        picture: &mut Picture,
-        route: &str,
-        request_keyframe: &KeyframeRequest,
-        stream: &Arc<str>,
-    ) -> bool {
-        match self.invoke((route, request_keyframe, stream), |instance| {
-            instance.process_picture(picture)
-        }) {
-            Ok(FrameVerdict::Pass) => true,
-            Ok(FrameVerdict::Replace(data)) => {
-                picture.data = data;
-                true
-            }
-            Ok(FrameVerdict::Drop) => {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                false
-            }
-            Err(()) => self.plugin.config.on_error == OnError::Bypass,
-        }
-    }
-
-    /// How long to leave the plugin alone after its latest fault, if at all.
-    fn suspension(&self) -> Option<Duration> {
-        let beyond = self.faults_in_a_row.checked_sub(FAULTS_BEFORE_SUSPENSION)?;
-        Some(
-            FIRST_SUSPENSION
-                .saturating_mul(1 << beyond.min(5))
-                .min(LONGEST_SUSPENSION),
-        )
-    }
-
-    fn fault(&mut self, route: &str, fault: &Fault, what: &str, next: &str) {
-        self.stats.errors.fetch_add(1, Ordering::Relaxed);
-        let message = format!("{what}: {fault}");
-        *self
-            .stats
-            .last_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(message.clone());
-        let now = Instant::now();
-        if self
-            .last_fault_log
-            .is_some_and(|at| now.duration_since(at) < FAULT_LOG_INTERVAL)
-        {
-            self.faults_unlogged += 1;
-            return;
-        }
-        let policy = match self.plugin.config.on_error {
-            OnError::Bypass => "bypassed",
-            OnError::Drop => "dropped",
-        };
-        tracing::warn!(
-            plugin = %self.plugin.name,
-            route,
-            errors = self.stats.errors.load(Ordering::Relaxed),
-            "plugin {message}; unit {policy}, {next}{}",
-            if self.faults_unlogged > 0 {
-                format!(" ({} more faults since the last report)", self.faults_unlogged)
-            } else {
-                String::new()
-            }
-        );
-        self.last_fault_log = Some(now);
-        self.faults_unlogged = 0;
     }
 }

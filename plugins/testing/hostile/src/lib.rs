@@ -11,12 +11,15 @@
 //! - `restore-trap`: panics when it is given a saved state (then passes units on);
 //! - `socket-flood`: with `network` granted, opens a thousand sockets per unit and never closes
 //!   them (the host's file descriptors are what it is after);
-//! - `wants-flood`: names 200 million codecs it wants (what the host would copy out of it).
+//! - `wants-flood`: names 200 million codecs it wants (what the host would copy out of it);
+//! - `hog`: spins for `spin_ms` (default 30) in every call, within its time limit but slower than
+//!   its route (what it is after is a core, for good).
 
 use std::time::Duration;
 
 use wasmcast_plugin_sdk::{
-    AccessUnit, Codec, Config, Level, PacketPlugin, Verdict, emit, log, set_metric,
+    AccessUnit, Codec, Config, Level, PacketPlugin, Verdict, emit, log, monotonic_micros,
+    set_metric,
 };
 
 enum Attack {
@@ -29,6 +32,7 @@ enum Attack {
     RestoreTrap,
     SocketFlood,
     WantsFlood,
+    Hog { spin_micros: u64 },
 }
 
 struct Hostile {
@@ -54,6 +58,9 @@ impl PacketPlugin for Hostile {
             Some("restore-trap") => Attack::RestoreTrap,
             Some("socket-flood") => Attack::SocketFlood,
             Some("wants-flood") => Attack::WantsFlood,
+            Some("hog") => Attack::Hog {
+                spin_micros: config.get::<u64>("spin_ms")?.unwrap_or(30) * 1000,
+            },
             other => return Err(format!("unknown attack {other:?}")),
         };
         Ok(Hostile { attack, units: 0 })
@@ -129,6 +136,11 @@ impl PacketPlugin for Hostile {
                 Verdict::Pass
             }
             Attack::RestoreTrap | Attack::WantsFlood => Verdict::Pass,
+            Attack::Hog { spin_micros } => {
+                let until = monotonic_micros() + spin_micros;
+                while monotonic_micros() < until {}
+                Verdict::Pass
+            }
             Attack::SocketFlood => {
                 for _ in 0..1000 {
                     match std::net::TcpListener::bind("127.0.0.1:0") {
