@@ -25,6 +25,17 @@ fn edge(origin: &Server) -> Server {
     ))
 }
 
+/// An origin serving `routes`, its RTP from `rtp_ports` (each test's own, as they run at once).
+fn origin(rtp_ports: &str, routes: &str) -> Server {
+    Server::start_with(
+        &format!(
+            "rtsp = \"127.0.0.1:{}\"\nhttp = \"127.0.0.1:0\"\nrtp_ports = \"{rtp_ports}\"\n",
+            free_port()
+        ),
+        routes,
+    )
+}
+
 /// The origin's RTSP sessions reading `route`, from its API.
 async fn origin_sessions(origin: &Server, route: &str) -> usize {
     let (status, body) = http(origin, "GET", "/api/v1/sessions").await;
@@ -68,11 +79,8 @@ async fn wait_until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edges_pull_a_route_nobody_lists_once_each_while_it_is_read() {
-    let origin = Server::start_with(
-        &format!(
-            "rtsp = \"127.0.0.1:{}\"\nhttp = \"127.0.0.1:0\"\nrtp_ports = \"33000-33999\"\n",
-            free_port()
-        ),
+    let origin = origin(
+        "33000-33999",
         &format!(
             "{}{}",
             file_route("cam1", &short_clip()),
@@ -187,13 +195,7 @@ async fn edges_pull_a_route_nobody_lists_once_each_while_it_is_read() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_asked_for_at_random_do_not_hold_routes() {
-    let origin = Server::start_with(
-        &format!(
-            "rtsp = \"127.0.0.1:{}\"\nhttp = \"127.0.0.1:0\"\nrtp_ports = \"33000-33999\"\n",
-            free_port()
-        ),
-        &file_route("cam1", &short_clip()),
-    );
+    let origin = origin("35000-35999", &file_route("cam1", &short_clip()));
     // Routes that stay ten minutes after their last reader, unless they never play.
     let edge = Server::start(&format!(
         "[routes.\"*\"]\nsource = \"rtsp://{}/{{name}}\"\non_demand_close_after_s = 600\n",
@@ -253,13 +255,7 @@ async fn first_reply(addr: std::net::SocketAddr, request: &str) -> (String, Dura
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pattern_that_names_its_readers_pulls_for_them_only() {
-    let origin = Server::start_with(
-        &format!(
-            "rtsp = \"127.0.0.1:{}\"\nhttp = \"127.0.0.1:0\"\nrtp_ports = \"34000-34999\"\n",
-            free_port()
-        ),
-        &file_route("cam1", &short_clip()),
-    );
+    let origin = origin("34000-34999", &file_route("cam1", &short_clip()));
     // alice's password is `secret` (the hash is what `wasmcast hash-password` prints).
     let edge = Server::start(&format!(
         "[users.alice]\npassword = \"md5:c206c90659c395ee90e28f0a59a5095b\"\n\

@@ -73,6 +73,15 @@ fn plugin_stats(routes: &serde_json::Value, route: &str, plugin: &str) -> serde_
         .unwrap_or_else(|| panic!("no plugin {plugin} on {route}: {routes}"))
 }
 
+/// The longest wait between two frames (none: forever).
+fn longest_gap(frames: &[Frame]) -> Duration {
+    frames
+        .windows(2)
+        .map(|pair| pair[1].at.duration_since(pair[0].at))
+        .max()
+        .unwrap_or(Duration::MAX)
+}
+
 /// Waits for `routes` to go live, reads them together for 5 s and checks that each kept playing
 /// (the units its failing plugin did not take were bypassed).
 async fn keep_flowing(server: &Server, routes: [&str; 3]) {
@@ -85,11 +94,7 @@ async fn keep_flowing(server: &Server, routes: [&str; 3]) {
     // The count bound is loose because a loaded machine (CI builds beside the test) slows every
     // route a little; the gap bound is what a stopped route fails.
     for (route, frames) in routes.iter().zip([a, b, c]) {
-        let longest_gap = frames
-            .windows(2)
-            .map(|pair| pair[1].at.duration_since(pair[0].at))
-            .max()
-            .unwrap_or(Duration::MAX);
+        let longest_gap = longest_gap(&frames);
         assert!(
             frames.len() >= 75 && longest_gap < Duration::from_millis(1500),
             "{route}: the route keeps flowing: {} frames in 5 s, longest gap {longest_gap:?}",
@@ -870,11 +875,7 @@ async fn a_plugin_slower_than_its_route_is_held_to_its_share_of_real_time() {
         in_calls().await - calls_before,
         cpu_time(server.pid()) - cpu_before,
     );
-    let longest_gap = frames
-        .windows(2)
-        .map(|pair| pair[1].at.duration_since(pair[0].at))
-        .max()
-        .unwrap_or(Duration::MAX);
+    let longest_gap = longest_gap(&frames);
     assert!(
         frames.len() >= 160 && longest_gap < Duration::from_millis(1500),
         "the route keeps flowing: {} frames in 8 s (25 a second), longest gap {longest_gap:?}",
