@@ -314,51 +314,33 @@ impl<'a> Checker<'a> {
                 OnError::Bypass
             }
         };
-        let time_limit_ms = raw
-            .time_limit_ms
-            .as_ref()
-            .map_or(DEFAULT_TIME_LIMIT_MS, |v| *v.get_ref());
-        if let Some(value) = raw
-            .time_limit_ms
-            .as_ref()
-            .filter(|v| !(1..=60_000).contains(v.get_ref()))
-        {
-            self.problem(
-                value,
-                format!("{key}.time_limit_ms"),
-                "give 1 to 60000 milliseconds".into(),
-            );
-        }
-        let cpu_percent = raw
-            .cpu_percent
-            .as_ref()
-            .map_or(DEFAULT_CPU_PERCENT, |v| *v.get_ref());
-        if let Some(value) = raw
-            .cpu_percent
-            .as_ref()
-            .filter(|v| !(1..=100).contains(v.get_ref()))
-        {
-            self.problem(
-                value,
-                format!("{key}.cpu_percent"),
-                "give 1 to 100 (percent of one core)".into(),
-            );
-        }
-        let memory_limit_mb = raw
-            .memory_limit_mb
-            .as_ref()
-            .map_or(DEFAULT_MEMORY_LIMIT_MB, |v| *v.get_ref());
-        if let Some(value) = raw
-            .memory_limit_mb
-            .as_ref()
-            .filter(|v| !(1..=4096).contains(v.get_ref()))
-        {
-            self.problem(
-                value,
-                format!("{key}.memory_limit_mb"),
-                "give 1 to 4096 MiB".into(),
-            );
-        }
+        let limit = |value: &Option<Spanned<u64>>, default| {
+            value.as_ref().map_or(default, |v| *v.get_ref())
+        };
+        let time_limit_ms = limit(&raw.time_limit_ms, DEFAULT_TIME_LIMIT_MS);
+        self.within(
+            &raw.time_limit_ms,
+            1..=60_000,
+            &key,
+            "time_limit_ms",
+            "give 1 to 60000 milliseconds",
+        );
+        let cpu_percent = limit(&raw.cpu_percent, DEFAULT_CPU_PERCENT);
+        self.within(
+            &raw.cpu_percent,
+            1..=100,
+            &key,
+            "cpu_percent",
+            "give 1 to 100 (percent of one core)",
+        );
+        let memory_limit_mb = limit(&raw.memory_limit_mb, DEFAULT_MEMORY_LIMIT_MB);
+        self.within(
+            &raw.memory_limit_mb,
+            1..=4096,
+            &key,
+            "memory_limit_mb",
+            "give 1 to 4096 MiB",
+        );
         let snapshot_every = match &raw.snapshot_every_s {
             None => Some(Duration::from_secs(DEFAULT_SNAPSHOT_EVERY_S)),
             Some(value) if *value.get_ref() == 0 => None,
