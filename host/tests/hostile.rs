@@ -171,10 +171,16 @@ fn session_of(reply: &str) -> String {
         .to_owned()
 }
 
-/// An H.264 SDP as ffmpeg announces it (`track` is the one media's payload description).
+/// An ANNOUNCE of one track as ffmpeg announces it (`rtpmap` and `fmtp`: its payload
+/// description).
 fn announce(url: &str, rtpmap: &str, fmtp: &str) -> String {
+    announce_tracks(url, &format!("{rtpmap}{fmtp}a=control:streamid=0\r\n"))
+}
+
+/// An ANNOUNCE of the media sections `medias`.
+fn announce_tracks(url: &str, medias: &str) -> String {
     let sdp = format!(
-        "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=attack\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n{rtpmap}{fmtp}a=control:streamid=0\r\n"
+        "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=attack\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n{medias}"
     );
     format!(
         "ANNOUNCE {url} RTSP/1.0\r\nCSeq: 1\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
@@ -185,18 +191,36 @@ fn announce(url: &str, rtpmap: &str, fmtp: &str) -> String {
 const H264_MEDIA: &str = "m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n";
 const H264_FMTP: &str = "a=fmtp:96 packetization-mode=1; sprop-parameter-sets=Z0LAHtkDxWhAAAADAEAAAAwDxYuS,aMuMsg==\r\n";
 
+/// `tracks` H.264 media sections, track `i` with control `streamid=i`.
+fn h264_tracks(tracks: usize) -> String {
+    (0..tracks)
+        .map(|i| format!("{H264_MEDIA}{H264_FMTP}a=control:streamid={i}\r\n"))
+        .collect()
+}
+
 /// ANNOUNCE, SETUP over TCP and RECORD on `url` from the attacker's address.
 async fn recording_publisher(server: &Server, url: &str) -> TcpStream {
+    recording_publisher_of(server, url, 1).await
+}
+
+/// ANNOUNCE of `tracks` H.264 tracks, SETUP of each over TCP (track `i` on channels `2i` and
+/// `2i + 1`) and RECORD on `url` from the attacker's address.
+async fn recording_publisher_of(server: &Server, url: &str, tracks: usize) -> TcpStream {
     let mut stream = attacker_connection(server.rtsp).await.expect("connect");
-    let reply = request(&mut stream, &announce(url, H264_MEDIA, H264_FMTP)).await;
+    let reply = request(&mut stream, &announce_tracks(url, &h264_tracks(tracks))).await;
     assert!(reply.starts_with("RTSP/1.0 200"), "ANNOUNCE: {reply}");
     let session = session_of(&reply);
-    let setup = format!(
-        "SETUP {url}/streamid=0 RTSP/1.0\r\nCSeq: 2\r\nSession: {session}\r\nTransport: RTP/AVP/TCP;unicast;interleaved=0-1;mode=record\r\n\r\n"
-    );
-    let reply = request(&mut stream, &setup).await;
-    assert!(reply.starts_with("RTSP/1.0 200"), "SETUP: {reply}");
-    let record = format!("RECORD {url} RTSP/1.0\r\nCSeq: 3\r\nSession: {session}\r\n\r\n");
+    for track in 0..tracks {
+        let setup = format!(
+            "SETUP {url}/streamid={track} RTSP/1.0\r\nCSeq: {}\r\nSession: {session}\r\nTransport: RTP/AVP/TCP;unicast;interleaved={}-{};mode=record\r\n\r\n",
+            track + 2,
+            2 * track,
+            2 * track + 1
+        );
+        let reply = request(&mut stream, &setup).await;
+        assert!(reply.starts_with("RTSP/1.0 200"), "SETUP: {reply}");
+    }
+    let record = format!("RECORD {url} RTSP/1.0\r\nCSeq: 1000\r\nSession: {session}\r\n\r\n");
     let reply = request(&mut stream, &record).await;
     assert!(reply.starts_with("RTSP/1.0 200"), "RECORD: {reply}");
     stream
@@ -204,13 +228,18 @@ async fn recording_publisher(server: &Server, url: &str) -> TcpStream {
 
 /// An interleaved RTP packet on channel 0 carrying an H.264 FU-A piece.
 fn fu_a(seq: u16, start: bool, payload: &[u8]) -> Vec<u8> {
+    fu_a_on(0, seq, start, payload)
+}
+
+/// An interleaved RTP packet on `channel` carrying an H.264 FU-A piece.
+fn fu_a_on(channel: u8, seq: u16, start: bool, payload: &[u8]) -> Vec<u8> {
     let mut rtp = vec![0x80, 96];
     rtp.extend_from_slice(&seq.to_be_bytes());
     rtp.extend_from_slice(&[0, 0, 0x10, 0, 0, 0, 0, 1]);
     rtp.push(28 | 0x60);
     rtp.push(if start { 0x80 | 5 } else { 5 });
     rtp.extend_from_slice(payload);
-    let mut framed = vec![b'$', 0];
+    let mut framed = vec![b'$', channel];
     framed.extend_from_slice(&(rtp.len() as u16).to_be_bytes());
     framed.extend_from_slice(&rtp);
     framed
@@ -380,6 +409,66 @@ async fn an_http_head_past_64_kib_is_refused_at_once() {
         "{answer:?} after {:?}",
         started.elapsed()
     );
+}
+
+/// Each track's unit in the making is held to `max_unit_mb`, and so are all of a publisher's
+/// together: sixteen tracks each holding a fragment just under the cap, never ended, are sixteen
+/// times the cap; the publisher is ended instead. More than sixteen tracks are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fragments_spread_over_many_tracks_are_held_to_one_unit_together() {
+    let server = Server::start_adding(
+        "max_unit_mb = 1\nroute_buffer_mb = 4\n",
+        &format!(
+            "{}{}",
+            file_route("unicast", &sample_clip()),
+            push_route("cam", "cam")
+        ),
+    );
+    let honest = Honest::start(&server, "unicast").await;
+    let mut refused = attacker_connection(server.rtsp).await.expect("connect");
+    let reply = request(
+        &mut refused,
+        &announce_tracks(&server.url("cam"), &h264_tracks(17)),
+    )
+    .await;
+    assert!(
+        reply.starts_with("RTSP/1.0 415") && reply.contains("at most 16"),
+        "{reply}"
+    );
+    let mut stream = recording_publisher_of(&server, &server.url("cam"), 16).await;
+    let middle = vec![0x55u8; 1400];
+    let mut sent = 0usize;
+    // On each track in turn, a fragment that starts and never ends, 0.7 MB long: under the cap
+    // of 1 MiB for one track.
+    let mut ended = false;
+    'tracks: for track in 0..16u8 {
+        let mut seq = 0u16;
+        let mut round = fu_a_on(2 * track, seq, true, &middle);
+        for _ in 0..500 {
+            seq = seq.wrapping_add(1);
+            round.extend_from_slice(&fu_a_on(2 * track, seq, false, &middle));
+        }
+        for piece in round.chunks(64 * 1024) {
+            if stream.write_all(piece).await.is_err() {
+                ended = true;
+                break 'tracks;
+            }
+            sent += piece.len();
+        }
+    }
+    ended = ended || closed_within(&mut stream, Duration::from_secs(5)).await;
+    assert!(ended, "the publisher is still connected after {sent} bytes");
+    assert!(
+        server.wait_for_log(
+            "3 access units over the route's memory budget",
+            Duration::from_secs(2)
+        ),
+        "the log gives the reason: {:#?}",
+        server.log()
+    );
+    let (ok, err) = publish_once(&server.url("cam"));
+    assert!(ok, "a real publisher after the attack: {err}");
+    honest.finish(&server, 48).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

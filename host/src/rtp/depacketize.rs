@@ -80,9 +80,8 @@ impl Depacketizer {
                     self.h265(payload)
                 };
                 if let Err(err) = result {
-                    // The unit cannot be whole any more: nothing of it is kept until the next one.
-                    self.unit.clear();
-                    self.fragment = None;
+                    // The unit cannot be whole any more.
+                    self.drop_assembling();
                     return Err(err);
                 }
                 if marker {
@@ -101,6 +100,18 @@ impl Depacketizer {
             }
         }
         Ok(out)
+    }
+
+    /// Bytes of the unit and fragment being assembled.
+    pub fn assembling(&self) -> usize {
+        self.unit.len() + self.fragment.as_ref().map_or(0, BytesMut::len)
+    }
+
+    /// Drops the unit and fragment being assembled: nothing of that unit is kept until the next
+    /// one.
+    pub fn drop_assembling(&mut self) {
+        self.unit.clear();
+        self.fragment = None;
     }
 
     fn unwrap(&mut self, timestamp: u32) -> i64 {

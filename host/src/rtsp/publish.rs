@@ -17,6 +17,9 @@ use crate::sources::{LivePublisher, OverBudget, PublishRate, TooFast, TooSlow, T
 
 /// AAC channel configurations go up to 7.1.
 const MAX_AAC_CHANNELS: u16 = 8;
+/// Tracks one publisher may announce: a camera sends video, audio and perhaps metadata; a
+/// stream with several languages a few more.
+const MAX_TRACKS: usize = 16;
 
 /// Why a recording publisher is ended.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +50,11 @@ pub struct Publishing {
     pub announced_at: Instant,
     /// Packets that could not be depacketized.
     pub dropped: u64,
+    /// Bytes of units and fragments being assembled, all tracks together: held to `max_unit`,
+    /// as each track's are, so that a publisher that announces many tracks and ends no unit
+    /// holds no more than one.
+    assembling: usize,
+    max_unit: usize,
     /// What the publisher sends, against the floor, from RECORD on.
     rate: PublishRate,
     revocation: Revocation,
@@ -63,6 +71,12 @@ impl Publishing {
     ) -> Result<Publishing, String> {
         let session = sdp_types::Session::parse(sdp)
             .map_err(|err| format!("the SDP does not parse: {err}"))?;
+        if session.medias.len() > MAX_TRACKS {
+            return Err(format!(
+                "{} tracks: a publisher may announce at most {MAX_TRACKS}",
+                session.medias.len()
+            ));
+        }
         let max_unit = stream.budget().max_unit_bytes;
         let revocation = claim.revocation();
         let mut live = LivePublisher::with_independent_clocks(stream, claim);
@@ -190,6 +204,8 @@ impl Publishing {
             last_activity: now,
             announced_at: now,
             dropped: 0,
+            assembling: 0,
+            max_unit,
             rate: PublishRate::new(now),
             revocation,
         })
@@ -282,10 +298,21 @@ impl Publishing {
         let Some(publish_track) = self.tracks.get_mut(track) else {
             return Ok(());
         };
-        let units = match publish_track.depacketizer.push(packet) {
+        let depacketizer = &mut publish_track.depacketizer;
+        let before = depacketizer.assembling();
+        let pushed = depacketizer.push(packet);
+        self.assembling = self.assembling - before + depacketizer.assembling();
+        // Over the cap all tracks share, the unit this packet added to goes (the units it
+        // completed are sent), as one over a track's own cap would.
+        let over_together = self.assembling > self.max_unit;
+        if over_together {
+            self.assembling -= depacketizer.assembling();
+            depacketizer.drop_assembling();
+        }
+        let units = match pushed {
             Ok(units) => units,
             Err(err) => {
-                if matches!(err, DepacketizeError::TooLarge(_)) {
+                if over_together || matches!(err, DepacketizeError::TooLarge(_)) {
                     self.live.refused_over_budget();
                     self.live.check_budget()?;
                 }
@@ -301,6 +328,9 @@ impl Publishing {
             }
         };
         self.live.send_depacketized(track, units, now);
+        if over_together {
+            self.live.refused_over_budget();
+        }
         self.live.check_budget()?;
         Ok(())
     }
