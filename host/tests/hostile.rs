@@ -943,6 +943,57 @@ async fn a_client_that_pipelines_requests_without_end_is_cut_off() {
     honest.finish(&server, 32).await;
 }
 
+/// RTSP requests are as cheap to send as HTTP ones: keep-alives pipelined under the allowance of
+/// bytes (a thousand small requests a second) would keep a core busy answering one client. The
+/// connection is held to the same allowance of requests as HTTP's, gets `503` and is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_pipelines_rtsp_requests_without_end_is_cut_off() {
+    let server = Server::start(&file_route("unicast", &sample_clip()));
+    let honest = Honest::start(&server, "unicast").await;
+    let stream = attacker_connection(server.rtsp).await.expect("connect");
+    let (mut answers, mut requests) = stream.into_split();
+    let replies = tokio::spawn(async move {
+        let mut replies = Vec::new();
+        let _ = answers.read_to_end(&mut replies).await;
+        String::from_utf8_lossy(&replies).into_owned()
+    });
+    // A hundred keep-alives every 0.1 s: some 60 KB/s, within the allowance of bytes.
+    let batch = format!(
+        "GET_PARAMETER {} RTSP/1.0\r\nCSeq: 1\r\n\r\n",
+        server.url("unicast")
+    )
+    .repeat(100);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(10) && !replies.is_finished() {
+        if requests.write_all(batch.as_bytes()).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let replies = tokio::time::timeout(Duration::from_secs(5), replies)
+        .await
+        .expect("the pipelining client is still connected after 10 s")
+        .expect("the replies");
+    assert!(
+        replies.contains(
+            "RTSP/1.0 503 Service Unavailable (more than 200 requests at over 50 a second on one connection)"
+        ),
+        "{}",
+        &replies[replies.len().saturating_sub(300)..]
+    );
+    assert!(server.wait_for_log(
+        "RTSP connection closed: more than 200 requests at over 50 a second on one connection",
+        Duration::from_secs(1)
+    ));
+    let options = format!(
+        "OPTIONS {} RTSP/1.0\r\nCSeq: 1\r\n\r\n",
+        server.url("unicast")
+    );
+    let fresh = exchange(server.rtsp, options.as_bytes(), Duration::from_secs(1)).await;
+    assert!(fresh.starts_with("RTSP/1.0 200"), "{fresh}");
+    honest.finish(&server, 32).await;
+}
+
 /// A push far faster than real time (ffmpeg without `-re`, or a flood of TS) would be taken in as
 /// fast as a core can: past 64 MiB at over 32 MiB/s the publisher is ended with `429` and the
 /// route is free for a real one.

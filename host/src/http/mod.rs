@@ -29,7 +29,7 @@ mod whip;
 use crate::auth::{Auth, AuthError, Login};
 use crate::control::ReloadHandle;
 use crate::events::Events;
-use crate::listen::{Allowance, Budget, ConnectionGate, Listener, Rebind, keep_alive};
+use crate::listen::{Budget, ConnectionGate, Listener, REQUESTS, Rebind, keep_alive};
 use crate::router::RouterHandle;
 use crate::sessions::{ClientLimit, Sessions};
 use crate::snapshot::{SnapshotError, Snapshots};
@@ -45,13 +45,6 @@ const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// 400 KiB, which a thousand connections trickling heads could make the server hold for the
 /// header timeout); a larger head is answered `431` at once. As RTSP's request cap.
 const MAX_BUFFER: usize = 64 * 1024;
-/// Requests one connection may make: a page, a player, a dashboard polling snapshots make a few
-/// a second. A client that pipelines requests as fast as it can would keep a core busy answering
-/// it alone; past this it gets `429` and the connection is closed.
-const REQUESTS: Allowance = Allowance {
-    per_second: 50,
-    burst: 200,
-};
 
 /// Why the HTTP server cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -168,11 +161,9 @@ impl HttpServer {
 /// Every answer's body: whole (most) or streamed (events).
 type Reply = Response<UnsyncBoxBody<Bytes, Infallible>>;
 
+/// Why a connection past its allowance of requests ([`REQUESTS`]) gets `429` and is closed.
 fn too_many_requests() -> String {
-    format!(
-        "more than {} requests at over {} a second on one connection",
-        REQUESTS.burst, REQUESTS.per_second
-    )
+    format!("more than {} on one connection", REQUESTS.in_requests())
 }
 
 /// `reply`, after which hyper closes the connection.

@@ -20,7 +20,24 @@ pub struct Allowance {
     pub burst: u64,
 }
 
+/// Requests one connection may make, HTTP or RTSP: a page, a player or a dashboard polling
+/// snapshots makes a few a second, an RTSP player or publisher a handful and then a keep-alive
+/// now and then. A client that pipelines requests as fast as it can would keep a core busy
+/// answering it alone: past this its connection is closed.
+pub const REQUESTS: Allowance = Allowance {
+    per_second: 50,
+    burst: 200,
+};
+
 impl Allowance {
+    /// How an allowance of requests reads: "200 requests at over 50 a second".
+    pub fn in_requests(&self) -> String {
+        format!(
+            "{} requests at over {} a second",
+            self.burst, self.per_second
+        )
+    }
+
     /// How an allowance of bytes reads: "256 KiB at over 64 KiB/s".
     pub fn in_bytes(&self) -> String {
         format!(

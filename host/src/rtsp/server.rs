@@ -17,12 +17,14 @@ use super::Error;
 use super::codec::{CodecError, Incoming, RtspDecoder};
 use super::egress::{Egress, Sent, run_egress};
 use super::inbound;
-use super::session::{Action, Connection, Context, bad_request};
+use super::session::{Action, Connection, Context, bad_request, too_many_requests};
 use super::udp::{UdpSockets, receive_rtcp, receive_rtp, register_publisher, register_rtcp};
 use crate::auth::Auth;
 use crate::config::ServerConfig;
 use crate::hub::{Revocation, Revoked};
-use crate::listen::{ConnectionGate, Listener, MeteredRead, Rebind, flood_in, keep_alive};
+use crate::listen::{
+    Budget, ConnectionGate, Listener, MeteredRead, REQUESTS, Rebind, flood_in, keep_alive,
+};
 use crate::router::RouterHandle;
 use crate::rtp::rtcp;
 use crate::sessions::{ClientLimit, EndedBy, Registration, SessionKind, Sessions};
@@ -153,6 +155,7 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<Share
         RtspDecoder::default(),
     );
     let mut connection = Connection::default();
+    let mut request_allowance = Budget::new(REQUESTS, Instant::now());
     let rtcp_seen = Arc::new(AtomicBool::new(false));
     let mut liveness = tokio::time::interval(LIVENESS_CHECK_INTERVAL);
     let mut log = AccessLog::default();
@@ -207,8 +210,20 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<Share
                         }
                         continue;
                     }
-                    Some(Ok(Incoming::Response)) => continue,
+                    Some(Ok(Incoming::Response)) => {
+                        if !within_requests(&mut request_allowance, peer) {
+                            break None;
+                        }
+                        continue;
+                    }
                 };
+                if !within_requests(&mut request_allowance, peer) {
+                    let mut bytes = Vec::new();
+                    if too_many_requests(&request, &past_requests()).write(&mut bytes).is_ok() {
+                        let _ = egress.send(Egress::Response(bytes)).await;
+                    }
+                    break None;
+                }
                 if let Some(route) = connection.route_to_open(&request, &ctx, Instant::now()) {
                     wait_for_source(&shared, &route).await;
                 }
@@ -310,6 +325,20 @@ async fn revoked(revocation: Option<&Revocation>) -> Revoked {
         Some(revocation) => revocation.revoked().await,
         None => std::future::pending().await,
     }
+}
+
+/// Charges one message (a request, or a response a client sends) to the connection's allowance
+/// of requests; false past it, logged.
+fn within_requests(allowance: &mut Budget, peer: SocketAddr) -> bool {
+    let within = allowance.charge(1, Instant::now());
+    if !within {
+        tracing::warn!(%peer, "RTSP connection closed: {}", past_requests());
+    }
+    within
+}
+
+fn past_requests() -> String {
+    format!("more than {} on one connection", REQUESTS.in_requests())
 }
 
 /// A reader that arrives while its route's source is still starting gets the stream, not an error;

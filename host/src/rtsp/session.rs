@@ -323,6 +323,14 @@ fn base_response(status: StatusCode, cseq: Option<&str>) -> rtsp_types::Response
     }
 }
 
+/// The response to a request past its connection's allowance of requests, `why`; the connection
+/// is then closed.
+pub fn too_many_requests(request: &Request<Vec<u8>>, why: &str) -> Response<Vec<u8>> {
+    base_response(StatusCode::ServiceUnavailable, cseq(request).as_deref())
+        .reason_phrase(format!("Service Unavailable ({why})"))
+        .build(Vec::new())
+}
+
 /// The response to a request so broken that it cannot be answered in order (no CSeq is known).
 pub fn bad_request(reason: &str) -> Response<Vec<u8>> {
     base_response(StatusCode::BadRequest, None)
