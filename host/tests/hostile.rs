@@ -411,6 +411,54 @@ async fn an_http_head_past_64_kib_is_refused_at_once() {
     );
 }
 
+/// Packets cost the server as much as bytes: a publisher whose every packet is a whole picture of
+/// two bytes sent a million pictures a second within the byte ceiling, keeping a core busy for
+/// as long as it liked. Past 250,000 packets at over 50,000 a second it is ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_of_tiny_pictures_as_fast_as_it_can_is_ended() {
+    let server = Server::start(&format!(
+        "{}{}",
+        file_route("unicast", &sample_clip()),
+        push_route("cam", "cam")
+    ));
+    let honest = Honest::start(&server, "unicast").await;
+    let mut stream = recording_publisher(&server, &server.url("cam")).await;
+    let mut pictures = Vec::new();
+    for seq in 0..20_000u32 {
+        let mut rtp = vec![0x80, 0x80 | 96];
+        rtp.extend_from_slice(&(seq as u16).to_be_bytes());
+        rtp.extend_from_slice(&(seq * 3600).to_be_bytes());
+        rtp.extend_from_slice(&[0, 0, 0x10, 0, 0x41, 0x9a]);
+        pictures.extend_from_slice(&[b'$', 0]);
+        pictures.extend_from_slice(&(rtp.len() as u16).to_be_bytes());
+        pictures.extend_from_slice(&rtp);
+    }
+    let started = Instant::now();
+    let mut ended = false;
+    while started.elapsed() < Duration::from_secs(10) {
+        if stream.write_all(&pictures).await.is_err() {
+            ended = true;
+            break;
+        }
+    }
+    ended = ended || closed_within(&mut stream, Duration::from_secs(5)).await;
+    assert!(
+        ended,
+        "the publisher of tiny pictures is still connected after 10 s"
+    );
+    assert!(
+        server.wait_for_log(
+            "sent more than 250000 packets at over 50000 a second",
+            Duration::from_secs(2)
+        ),
+        "the log gives the reason: {:#?}",
+        server.log()
+    );
+    let (ok, err) = publish_once(&server.url("cam"));
+    assert!(ok, "a real publisher after the attack: {err}");
+    honest.finish(&server, 48).await;
+}
+
 /// Each track's unit in the making is held to `max_unit_mb`, and so are all of a publisher's
 /// together: sixteen tracks each holding a fragment just under the cap, never ended, are sixteen
 /// times the cap; the publisher is ended instead. More than sixteen tracks are refused.

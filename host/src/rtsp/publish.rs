@@ -294,7 +294,7 @@ impl Publishing {
         if !self.recording {
             return Ok(());
         }
-        self.rate.add(packet.len(), now)?;
+        self.rate.add_packet(packet.len(), now)?;
         let Some(publish_track) = self.tracks.get_mut(track) else {
             return Ok(());
         };

@@ -51,13 +51,31 @@ pub const PUBLISHER_INBOUND: Inbound = Inbound {
     sender: "a publisher sends its media in real time",
 };
 
-/// The publisher sent more than [`PUBLISH_CEILING`].
+/// The most RTP packets a publisher may send: what it costs the server is per packet as much as
+/// per byte, and packets of a few bytes each (every one a whole tiny picture, or a fragment of
+/// one byte) came in at a million or two a second within the byte ceiling, as fast as a core
+/// could take them. A 4K camera at 50 Mb/s sends some 5,000 a second; at full size, packets
+/// reach the byte ceiling long before this one.
+pub const PUBLISH_PACKET_CEILING: Allowance = Allowance {
+    per_second: 50_000,
+    burst: 250_000,
+};
+
+/// The publisher sent more than [`PUBLISH_CEILING`] or [`PUBLISH_PACKET_CEILING`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "sent more than {}: a publisher sends its media in real time (ffmpeg -re)",
-    PUBLISH_CEILING.in_bytes()
-)]
-pub struct TooFast;
+pub enum TooFast {
+    #[error(
+        "sent more than {}: a publisher sends its media in real time (ffmpeg -re)",
+        PUBLISH_CEILING.in_bytes()
+    )]
+    Bytes,
+    #[error(
+        "sent more than {} packets at over {} a second: a publisher sends its media in real time",
+        PUBLISH_PACKET_CEILING.burst,
+        PUBLISH_PACKET_CEILING.per_second
+    )]
+    Packets,
+}
 
 /// The publisher sent less than `MIN_PUBLISH_BYTES_PER_SECOND` over a whole window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -76,6 +94,7 @@ pub struct PublishRate {
     window_start: Instant,
     bytes: u64,
     ceiling: Budget,
+    packets: Budget,
 }
 
 impl PublishRate {
@@ -84,6 +103,7 @@ impl PublishRate {
             window_start: now,
             bytes: 0,
             ceiling: Budget::new(PUBLISH_CEILING, now),
+            packets: Budget::new(PUBLISH_PACKET_CEILING, now),
         }
     }
 
@@ -94,7 +114,17 @@ impl PublishRate {
         if self.ceiling.charge(bytes, now) {
             Ok(())
         } else {
-            Err(TooFast)
+            Err(TooFast::Bytes)
+        }
+    }
+
+    /// Takes an RTP packet of `bytes` that arrived at `now`, held to both ceilings.
+    pub fn add_packet(&mut self, bytes: usize, now: Instant) -> Result<(), TooFast> {
+        self.add(bytes, now)?;
+        if self.packets.charge(1, now) {
+            Ok(())
+        } else {
+            Err(TooFast::Packets)
         }
     }
 
@@ -368,10 +398,32 @@ mod tests {
         assert_eq!(rate.add(64 << 20, start), Ok(()));
         let second = start + Duration::from_secs(1);
         assert_eq!(rate.add(32 << 20, second), Ok(()));
-        assert_eq!(rate.add(1, second), Err(TooFast));
+        assert_eq!(rate.add(1, second), Err(TooFast::Bytes));
         assert_eq!(
-            TooFast.to_string(),
+            TooFast::Bytes.to_string(),
             "sent more than 64 MiB at over 32 MiB/s: a publisher sends its media in real time (ffmpeg -re)"
+        );
+    }
+
+    #[test]
+    fn a_publisher_of_tiny_packets_is_held_to_the_packet_ceiling() {
+        let start = Instant::now();
+        let mut rate = PublishRate::new(start);
+        // A 4K camera: 5,000 packets of 1,250 bytes a second, for a minute.
+        for step in 1..=60_000u32 {
+            let now = start + Duration::from_micros(200) * step;
+            assert_eq!(rate.add_packet(1250, now), Ok(()), "at packet {step}");
+        }
+        // Packets of 20 bytes as fast as they come: the bytes are nothing, the packets are not.
+        let later = start + Duration::from_secs(120);
+        let mut rate = PublishRate::new(later);
+        for _ in 0..250_000 {
+            assert_eq!(rate.add_packet(20, later), Ok(()));
+        }
+        assert_eq!(rate.add_packet(20, later), Err(TooFast::Packets));
+        assert_eq!(
+            TooFast::Packets.to_string(),
+            "sent more than 250000 packets at over 50000 a second: a publisher sends its media in real time"
         );
     }
 

@@ -237,7 +237,7 @@ impl WhipPublisher {
                             None => continue,
                         },
                     };
-                    if let Err(fast) = rate.add(bytes.len(), now) {
+                    if let Err(fast) = rate.add_packet(bytes.len(), now) {
                         return PublishEnding::TooFast(fast);
                     }
                     match depacketizer.push(bytes) {
