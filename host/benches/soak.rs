@@ -44,10 +44,10 @@ const SETTLE: Duration = Duration::from_secs(15);
 /// What the churn did, by kind: started, and finished as expected.
 #[derive(Default)]
 struct Tally {
-    kinds: [(AtomicU64, AtomicU64); 13],
+    kinds: [(AtomicU64, AtomicU64); 15],
 }
 
-const KINDS: [&str; 13] = [
+const KINDS: [&str; 15] = [
     "rtsp reader (tcp)",
     "rtsp reader (udp)",
     "whep viewer",
@@ -61,6 +61,8 @@ const KINDS: [&str; 13] = [
     "attack: slow push",
     "attack: bytes poured into rtsp",
     "attack: http requests pipelined",
+    "attack: rtsp requests pipelined",
+    "attack: tiny pictures published",
 ];
 
 impl Tally {
@@ -304,12 +306,24 @@ async fn act(target: &Target, kind: usize, stay: Duration) -> bool {
         11 => {
             let mut frame = vec![b'$', 1, 0xff, 0xff];
             frame.resize(4 + 0xffff, 0x80);
-            pour(target.rtsp, frame).await
+            pour(target.rtsp, frame, Duration::ZERO).await
         }
-        _ => {
+        12 => {
             let requests = "GET /healthz HTTP/1.1\r\nHost: soak\r\n\r\n".repeat(1000);
-            pour(target.http, requests.into_bytes()).await
+            pour(target.http, requests.into_bytes(), Duration::ZERO).await
         }
+        13 => {
+            // A hundred keep-alives every 0.1 s: within the allowance of bytes, not of requests.
+            let url = target.url("soak");
+            let requests = format!("GET_PARAMETER {url} RTSP/1.0\r\nCSeq: 1\r\n\r\n").repeat(100);
+            pour(
+                target.rtsp,
+                requests.into_bytes(),
+                Duration::from_millis(100),
+            )
+            .await
+        }
+        _ => tiny_pictures(target).await,
     }
 }
 
@@ -409,7 +423,9 @@ async fn flood(addr: SocketAddr) -> bool {
 
 /// Writes `chunk` over and over (reading whatever comes back) until the server closes the
 /// connection, which it must within 10 s.
-async fn pour(addr: SocketAddr, chunk: Vec<u8>) -> bool {
+/// Writes `chunk` again and again, `pause` apart, for 10 s: whether the server closed the
+/// connection meanwhile.
+async fn pour(addr: SocketAddr, chunk: Vec<u8>, pause: Duration) -> bool {
     let Some(stream) = attacker(addr).await else {
         return true;
     };
@@ -423,7 +439,7 @@ async fn pour(addr: SocketAddr, chunk: Vec<u8>) -> bool {
         match tokio::time::timeout_at(deadline, write.write_all(&chunk)).await {
             Err(_) => break false,
             Ok(Err(_)) => break true,
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => tokio::time::sleep(pause).await,
         }
     };
     drain.abort();
@@ -447,14 +463,23 @@ async fn announce(stream: &mut TcpStream, url: &str) -> Option<String> {
         .map(|s| s.split(';').next().unwrap_or(s).to_owned())
 }
 
-async fn endless_fragments(target: &Target) -> bool {
+/// What an attacker gets when it asks to publish to route `target`.
+enum Recording {
+    /// No connection: the server refused it at accept.
+    Refused,
+    /// Another attacker holds the route, as it should be.
+    Busy,
+    Granted(TcpStream),
+}
+
+/// ANNOUNCE, SETUP over TCP and RECORD on route `target`.
+async fn record(target: &Target) -> Recording {
     let url = target.url("target");
     let Some(mut stream) = attacker(target.rtsp).await else {
-        return false;
+        return Recording::Refused;
     };
     let Some(session) = announce(&mut stream, &url).await else {
-        // Another attacker holds the route.
-        return true;
+        return Recording::Busy;
     };
     let setup = format!(
         "SETUP {url}/streamid=0 RTSP/1.0\r\nCSeq: 2\r\nSession: {session}\r\nTransport: RTP/AVP/TCP;unicast;interleaved=0-1;mode=record\r\n\r\n"
@@ -462,6 +487,15 @@ async fn endless_fragments(target: &Target) -> bool {
     say(&mut stream, setup.as_bytes()).await;
     let record = format!("RECORD {url} RTSP/1.0\r\nCSeq: 3\r\nSession: {session}\r\n\r\n");
     say(&mut stream, record.as_bytes()).await;
+    Recording::Granted(stream)
+}
+
+async fn endless_fragments(target: &Target) -> bool {
+    let mut stream = match record(target).await {
+        Recording::Refused => return false,
+        Recording::Busy => return true,
+        Recording::Granted(stream) => stream,
+    };
     let piece = vec![0x55u8; 1400];
     for round in 0..10u16 {
         let mut burst = Vec::with_capacity(2100 * 1450);
@@ -476,6 +510,33 @@ async fn endless_fragments(target: &Target) -> bool {
             burst.extend_from_slice(&rtp);
         }
         if stream.write_all(&burst).await.is_err() {
+            return true;
+        }
+    }
+    closed_by_server(&mut stream, Duration::from_secs(5)).await
+}
+
+/// Every packet a whole picture of two bytes, as fast as the server takes them: ended at the
+/// packet ceiling.
+async fn tiny_pictures(target: &Target) -> bool {
+    let mut stream = match record(target).await {
+        Recording::Refused => return false,
+        Recording::Busy => return true,
+        Recording::Granted(stream) => stream,
+    };
+    let mut pictures = Vec::with_capacity(20_000 * 24);
+    for seq in 0..20_000u32 {
+        let mut rtp = vec![0x80, 0x80 | 96];
+        rtp.extend_from_slice(&(seq as u16).to_be_bytes());
+        rtp.extend_from_slice(&(seq * 3600).to_be_bytes());
+        rtp.extend_from_slice(&[0, 0, 0x10, 0, 0x41, 0x9a]);
+        pictures.extend_from_slice(&[b'$', 0]);
+        pictures.extend_from_slice(&(rtp.len() as u16).to_be_bytes());
+        pictures.extend_from_slice(&rtp);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        if stream.write_all(&pictures).await.is_err() {
             return true;
         }
     }
