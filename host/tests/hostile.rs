@@ -411,17 +411,40 @@ async fn an_http_head_past_64_kib_is_refused_at_once() {
     );
 }
 
+/// A server (with `server_keys`) whose route `unicast` an honest reader plays, and whose push
+/// route `cam` an attacker publishes to.
+async fn publish_target(server_keys: &str) -> (Server, Honest) {
+    let server = Server::start_adding(
+        server_keys,
+        &format!(
+            "{}{}",
+            file_route("unicast", &sample_clip()),
+            push_route("cam", "cam")
+        ),
+    );
+    let honest = Honest::start(&server, "unicast").await;
+    (server, honest)
+}
+
+/// After an attacker publishing to `cam` was ended: the log gives `reason`, a real publisher
+/// then gets the route, and the honest reader played throughout.
+async fn ended_for(server: &Server, honest: Honest, reason: &str) {
+    assert!(
+        server.wait_for_log(reason, Duration::from_secs(2)),
+        "the log gives the reason: {:#?}",
+        server.log()
+    );
+    let (ok, err) = publish_once(&server.url("cam"));
+    assert!(ok, "a real publisher after the attack: {err}");
+    honest.finish(server, 48).await;
+}
+
 /// Packets cost the server as much as bytes: a publisher whose every packet is a whole picture of
 /// two bytes sent a million pictures a second within the byte ceiling, keeping a core busy for
 /// as long as it liked. Past 250,000 packets at over 50,000 a second it is ended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publisher_of_tiny_pictures_as_fast_as_it_can_is_ended() {
-    let server = Server::start(&format!(
-        "{}{}",
-        file_route("unicast", &sample_clip()),
-        push_route("cam", "cam")
-    ));
-    let honest = Honest::start(&server, "unicast").await;
+    let (server, honest) = publish_target("").await;
     let mut stream = recording_publisher(&server, &server.url("cam")).await;
     let mut pictures = Vec::new();
     for seq in 0..20_000u32 {
@@ -446,17 +469,12 @@ async fn a_publisher_of_tiny_pictures_as_fast_as_it_can_is_ended() {
         ended,
         "the publisher of tiny pictures is still connected after 10 s"
     );
-    assert!(
-        server.wait_for_log(
-            "sent more than 250000 packets at over 50000 a second",
-            Duration::from_secs(2)
-        ),
-        "the log gives the reason: {:#?}",
-        server.log()
-    );
-    let (ok, err) = publish_once(&server.url("cam"));
-    assert!(ok, "a real publisher after the attack: {err}");
-    honest.finish(&server, 48).await;
+    ended_for(
+        &server,
+        honest,
+        "sent more than 250000 packets at over 50000 a second",
+    )
+    .await;
 }
 
 /// Each track's unit in the making is held to `max_unit_mb`, and so are all of a publisher's
@@ -464,15 +482,7 @@ async fn a_publisher_of_tiny_pictures_as_fast_as_it_can_is_ended() {
 /// times the cap; the publisher is ended instead. More than sixteen tracks are refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fragments_spread_over_many_tracks_are_held_to_one_unit_together() {
-    let server = Server::start_adding(
-        "max_unit_mb = 1\nroute_buffer_mb = 4\n",
-        &format!(
-            "{}{}",
-            file_route("unicast", &sample_clip()),
-            push_route("cam", "cam")
-        ),
-    );
-    let honest = Honest::start(&server, "unicast").await;
+    let (server, honest) = publish_target("max_unit_mb = 1\nroute_buffer_mb = 4\n").await;
     let mut refused = attacker_connection(server.rtsp).await.expect("connect");
     let reply = request(
         &mut refused,
@@ -506,30 +516,17 @@ async fn fragments_spread_over_many_tracks_are_held_to_one_unit_together() {
     }
     ended = ended || closed_within(&mut stream, Duration::from_secs(5)).await;
     assert!(ended, "the publisher is still connected after {sent} bytes");
-    assert!(
-        server.wait_for_log(
-            "3 access units over the route's memory budget",
-            Duration::from_secs(2)
-        ),
-        "the log gives the reason: {:#?}",
-        server.log()
-    );
-    let (ok, err) = publish_once(&server.url("cam"));
-    assert!(ok, "a real publisher after the attack: {err}");
-    honest.finish(&server, 48).await;
+    ended_for(
+        &server,
+        honest,
+        "3 access units over the route's memory budget",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endless_fragments_are_capped_and_a_publisher_that_keeps_sending_them_is_ended() {
-    let server = Server::start_adding(
-        "max_unit_mb = 1\nroute_buffer_mb = 4\n",
-        &format!(
-            "{}{}",
-            file_route("unicast", &sample_clip()),
-            push_route("cam", "cam")
-        ),
-    );
-    let honest = Honest::start(&server, "unicast").await;
+    let (server, honest) = publish_target("max_unit_mb = 1\nroute_buffer_mb = 4\n").await;
     let mut stream = recording_publisher(&server, &server.url("cam")).await;
     let middle = vec![0x55u8; 1400];
     let mut seq = 0u16;
@@ -554,18 +551,12 @@ async fn endless_fragments_are_capped_and_a_publisher_that_keeps_sending_them_is
     ended = ended || closed_within(&mut stream, Duration::from_secs(5)).await;
     // (What the attacker could write includes what the loopback socket buffers took meanwhile.)
     assert!(ended, "the publisher is still connected after {sent} bytes");
-    assert!(
-        server.wait_for_log(
-            "3 access units over the route's memory budget",
-            Duration::from_secs(2)
-        ),
-        "the log gives the reason: {:#?}",
-        server.log()
-    );
-    // The route is free for a real publisher.
-    let (ok, err) = publish_once(&server.url("cam"));
-    assert!(ok, "a real publisher after the attack: {err}");
-    honest.finish(&server, 48).await;
+    ended_for(
+        &server,
+        honest,
+        "3 access units over the route's memory budget",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
