@@ -411,6 +411,24 @@ async fn an_http_head_past_64_kib_is_refused_at_once() {
     );
 }
 
+/// Writes each of `rounds` in 64 KiB pieces until the server closes the connection (or, after the
+/// last, within 5 s): whether it did, and the bytes written.
+async fn send_until_closed(
+    stream: &mut TcpStream,
+    rounds: impl Iterator<Item = Vec<u8>>,
+) -> (bool, usize) {
+    let mut sent = 0;
+    for round in rounds {
+        for piece in round.chunks(64 * 1024) {
+            if stream.write_all(piece).await.is_err() {
+                return (true, sent);
+            }
+            sent += piece.len();
+        }
+    }
+    (closed_within(stream, Duration::from_secs(5)).await, sent)
+}
+
 /// A server (with `server_keys`) whose route `unicast` an honest reader plays, and whose push
 /// route `cam` an attacker publishes to.
 async fn publish_target(server_keys: &str) -> (Server, Honest) {
@@ -495,26 +513,16 @@ async fn fragments_spread_over_many_tracks_are_held_to_one_unit_together() {
     );
     let mut stream = recording_publisher_of(&server, &server.url("cam"), 16).await;
     let middle = vec![0x55u8; 1400];
-    let mut sent = 0usize;
     // On each track in turn, a fragment that starts and never ends, 0.7 MB long: under the cap
     // of 1 MiB for one track.
-    let mut ended = false;
-    'tracks: for track in 0..16u8 {
-        let mut seq = 0u16;
-        let mut round = fu_a_on(2 * track, seq, true, &middle);
-        for _ in 0..500 {
-            seq = seq.wrapping_add(1);
+    let rounds = (0..16u8).map(|track| {
+        let mut round = fu_a_on(2 * track, 0, true, &middle);
+        for seq in 1..=500 {
             round.extend_from_slice(&fu_a_on(2 * track, seq, false, &middle));
         }
-        for piece in round.chunks(64 * 1024) {
-            if stream.write_all(piece).await.is_err() {
-                ended = true;
-                break 'tracks;
-            }
-            sent += piece.len();
-        }
-    }
-    ended = ended || closed_within(&mut stream, Duration::from_secs(5)).await;
+        round
+    });
+    let (ended, sent) = send_until_closed(&mut stream, rounds).await;
     assert!(ended, "the publisher is still connected after {sent} bytes");
     ended_for(
         &server,
@@ -529,26 +537,17 @@ async fn endless_fragments_are_capped_and_a_publisher_that_keeps_sending_them_is
     let (server, honest) = publish_target("max_unit_mb = 1\nroute_buffer_mb = 4\n").await;
     let mut stream = recording_publisher(&server, &server.url("cam")).await;
     let middle = vec![0x55u8; 1400];
-    let mut seq = 0u16;
-    let mut sent = 0usize;
     // Each round: a fragment that starts and never ends, 1.4 MB long. The first rounds are
     // dropped at the 1 MiB cap; the third gets the publisher disconnected.
-    let mut ended = false;
-    'rounds: for _ in 0..10 {
-        let mut round = fu_a(seq, true, &middle);
-        for _ in 0..1000 {
-            seq = seq.wrapping_add(1);
-            round.extend_from_slice(&fu_a(seq, false, &middle));
+    let rounds = (0..10u16).map(|round| {
+        let first = round * 1001;
+        let mut pieces = fu_a(first, true, &middle);
+        for seq in first + 1..=first + 1000 {
+            pieces.extend_from_slice(&fu_a(seq, false, &middle));
         }
-        for piece in round.chunks(64 * 1024) {
-            if stream.write_all(piece).await.is_err() {
-                ended = true;
-                break 'rounds;
-            }
-            sent += piece.len();
-        }
-    }
-    ended = ended || closed_within(&mut stream, Duration::from_secs(5)).await;
+        pieces
+    });
+    let (ended, sent) = send_until_closed(&mut stream, rounds).await;
     // (What the attacker could write includes what the loopback socket buffers took meanwhile.)
     assert!(ended, "the publisher is still connected after {sent} bytes");
     ended_for(
