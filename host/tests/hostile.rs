@@ -226,13 +226,18 @@ async fn recording_publisher_of(server: &Server, url: &str, tracks: usize) -> Tc
     stream
 }
 
-/// An interleaved RTP packet on channel 0 carrying an H.264 FU-A piece.
-fn fu_a(seq: u16, start: bool, payload: &[u8]) -> Vec<u8> {
-    fu_a_on(0, seq, start, payload)
+/// An FU-A fragment on `channel` that starts at packet `first` and never ends: its first piece
+/// and `more` after it, each carrying `piece`.
+fn open_fragment(channel: u8, first: u16, more: u16, piece: &[u8]) -> Vec<u8> {
+    let mut packets = fu_a(channel, first, true, piece);
+    for seq in first + 1..=first + more {
+        packets.extend_from_slice(&fu_a(channel, seq, false, piece));
+    }
+    packets
 }
 
 /// An interleaved RTP packet on `channel` carrying an H.264 FU-A piece.
-fn fu_a_on(channel: u8, seq: u16, start: bool, payload: &[u8]) -> Vec<u8> {
+fn fu_a(channel: u8, seq: u16, start: bool, payload: &[u8]) -> Vec<u8> {
     let mut rtp = vec![0x80, 96];
     rtp.extend_from_slice(&seq.to_be_bytes());
     rtp.extend_from_slice(&[0, 0, 0x10, 0, 0, 0, 0, 1]);
@@ -515,13 +520,7 @@ async fn fragments_spread_over_many_tracks_are_held_to_one_unit_together() {
     let middle = vec![0x55u8; 1400];
     // On each track in turn, a fragment that starts and never ends, 0.7 MB long: under the cap
     // of 1 MiB for one track.
-    let rounds = (0..16u8).map(|track| {
-        let mut round = fu_a_on(2 * track, 0, true, &middle);
-        for seq in 1..=500 {
-            round.extend_from_slice(&fu_a_on(2 * track, seq, false, &middle));
-        }
-        round
-    });
+    let rounds = (0..16u8).map(|track| open_fragment(2 * track, 0, 500, &middle));
     let (ended, sent) = send_until_closed(&mut stream, rounds).await;
     assert!(ended, "the publisher is still connected after {sent} bytes");
     ended_for(
@@ -539,14 +538,7 @@ async fn endless_fragments_are_capped_and_a_publisher_that_keeps_sending_them_is
     let middle = vec![0x55u8; 1400];
     // Each round: a fragment that starts and never ends, 1.4 MB long. The first rounds are
     // dropped at the 1 MiB cap; the third gets the publisher disconnected.
-    let rounds = (0..10u16).map(|round| {
-        let first = round * 1001;
-        let mut pieces = fu_a(first, true, &middle);
-        for seq in first + 1..=first + 1000 {
-            pieces.extend_from_slice(&fu_a(seq, false, &middle));
-        }
-        pieces
-    });
+    let rounds = (0..10u16).map(|round| open_fragment(0, round * 1001, 1000, &middle));
     let (ended, sent) = send_until_closed(&mut stream, rounds).await;
     // (What the attacker could write includes what the loopback socket buffers took meanwhile.)
     assert!(ended, "the publisher is still connected after {sent} bytes");
