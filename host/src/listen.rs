@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 mod allowance;
 
-pub use allowance::{Allowance, Budget, Inbound, MeteredRead, REQUESTS, flood_in};
+pub use allowance::{Allowance, Budget, Inbound, MeteredRead, REQUESTS, flood_in, past_requests};
 
 /// The accepting side.
 pub struct Listener {

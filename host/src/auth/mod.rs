@@ -122,6 +122,7 @@ impl Auth {
         if allowed.is_empty() {
             return true;
         }
+        // The nonce count a right answer would record, recorded in a copy.
         let scratch_nc = login.digest.as_ref().map(|d| {
             std::sync::atomic::AtomicU32::new(d.last_nc.load(std::sync::atomic::Ordering::Relaxed))
         });
@@ -134,15 +135,22 @@ impl Auth {
                 request_uri: d.request_uri,
                 last_nc,
             });
-        !self.throttle().blocked(login.peer, login.now)
-            && check(
-                login.header,
-                &read(&self.inner.users),
-                allowed,
-                login.method,
-                digest.as_ref(),
-            )
-            .is_ok()
+        let login = Login { digest, ..*login };
+        self.judge(allowed, &login).is_ok()
+    }
+
+    /// `login` checked against `allowed` users, unless its address failed too often lately.
+    fn judge(&self, allowed: &[String], login: &Login<'_>) -> Result<String, AuthError> {
+        if self.throttle().blocked(login.peer, login.now) {
+            return Err(AuthError::Throttled);
+        }
+        check(
+            login.header,
+            &read(&self.inner.users),
+            allowed,
+            login.method,
+            login.digest.as_ref(),
+        )
     }
 
     fn throttle(&self) -> std::sync::MutexGuard<'_, LoginThrottle> {
@@ -160,17 +168,7 @@ impl Auth {
             return Ok(None);
         }
         let (peer, now) = (login.peer, login.now);
-        if self.throttle().blocked(peer, now) {
-            return Err(AuthError::Throttled);
-        }
-        let outcome = check(
-            login.header,
-            &read(&self.inner.users),
-            allowed,
-            login.method,
-            login.digest.as_ref(),
-        );
-        match outcome {
+        match self.judge(allowed, login) {
             Ok(user) => {
                 self.throttle().succeeded(peer);
                 Ok(Some(user))

@@ -29,7 +29,9 @@ mod whip;
 use crate::auth::{Auth, AuthError, Login};
 use crate::control::ReloadHandle;
 use crate::events::Events;
-use crate::listen::{Budget, ConnectionGate, Listener, REQUESTS, Rebind, keep_alive};
+use crate::listen::{
+    Budget, ConnectionGate, Listener, REQUESTS, Rebind, keep_alive, past_requests,
+};
 use crate::router::RouterHandle;
 use crate::sessions::{ClientLimit, Sessions};
 use crate::snapshot::{SnapshotError, Snapshots};
@@ -129,8 +131,8 @@ impl HttpServer {
                                 let state = Arc::clone(&state);
                                 async move {
                                     if !within {
-                                        tracing::warn!(%peer, "HTTP connection closed: {}", too_many_requests());
-                                        return Ok(closing(text(StatusCode::TOO_MANY_REQUESTS, too_many_requests())));
+                                        tracing::warn!(%peer, "HTTP connection closed: {}", past_requests());
+                                        return Ok(closing(text(StatusCode::TOO_MANY_REQUESTS, past_requests())));
                                     }
                                     Ok::<_, Infallible>(handle(&state, request, local, peer).await)
                                 }
@@ -160,11 +162,6 @@ impl HttpServer {
 
 /// Every answer's body: whole (most) or streamed (events).
 type Reply = Response<UnsyncBoxBody<Bytes, Infallible>>;
-
-/// Why a connection past its allowance of requests ([`REQUESTS`]) gets `429` and is closed.
-fn too_many_requests() -> String {
-    format!("more than {} on one connection", REQUESTS.in_requests())
-}
 
 /// `reply`, after which hyper closes the connection.
 fn closing(mut reply: Reply) -> Reply {

@@ -29,13 +29,18 @@ pub const REQUESTS: Allowance = Allowance {
     burst: 200,
 };
 
+/// Why a connection past [`REQUESTS`] is closed, for its log line and its last answer.
+pub fn past_requests() -> String {
+    format!(
+        "more than {} on one connection",
+        REQUESTS.counted("requests")
+    )
+}
+
 impl Allowance {
-    /// How an allowance of requests reads: "200 requests at over 50 a second".
-    pub fn in_requests(&self) -> String {
-        format!(
-            "{} requests at over {} a second",
-            self.burst, self.per_second
-        )
+    /// How an allowance of things counted reads: "200 `what` at over 50 a second".
+    pub fn counted(&self, what: &str) -> String {
+        format!("{} {what} at over {} a second", self.burst, self.per_second)
     }
 
     /// How an allowance of bytes reads: "256 KiB at over 64 KiB/s".

@@ -24,6 +24,7 @@ use crate::config::ServerConfig;
 use crate::hub::{Revocation, Revoked};
 use crate::listen::{
     Budget, ConnectionGate, Listener, MeteredRead, REQUESTS, Rebind, flood_in, keep_alive,
+    past_requests,
 };
 use crate::router::RouterHandle;
 use crate::rtp::rtcp;
@@ -335,10 +336,6 @@ fn within_requests(allowance: &mut Budget, peer: SocketAddr) -> bool {
         tracing::warn!(%peer, "RTSP connection closed: {}", past_requests());
     }
     within
-}
-
-fn past_requests() -> String {
-    format!("more than {} on one connection", REQUESTS.in_requests())
 }
 
 /// A reader that arrives while its route's source is still starting gets the stream, not an error;

@@ -70,9 +70,8 @@ pub enum TooFast {
     )]
     Bytes,
     #[error(
-        "sent more than {} packets at over {} a second: a publisher sends its media in real time",
-        PUBLISH_PACKET_CEILING.burst,
-        PUBLISH_PACKET_CEILING.per_second
+        "sent more than {}: a publisher sends its media in real time",
+        PUBLISH_PACKET_CEILING.counted("packets")
     )]
     Packets,
 }
