@@ -133,10 +133,14 @@ async def sync(base, route, seconds):
     # beep; placed on the wall clock at the end, with the last reports.
     marks = {"video": [], "audio": []}
 
-    # Both start as if a flash (a beep) were under way: one that was when the viewer joined has
-    # no onset to mark, so the first mark waits for a dark frame (a quiet 10 ms) before it.
+    # An onset is marked only after 200 ms of dark frames (of quiet samples): flashes and beeps
+    # are 40 and 80 ms long, a second apart. Both start as if a flash (a beep) were under way, so
+    # one that was when the viewer joined has no onset to mark. A shorter pause is not enough: the
+    # route's Opus rendition starts its AAC decoder in the middle of the stream when the first
+    # viewer comes, and its first 48 ms or so are near silence (measured), so the rest of a beep
+    # it joined looked like an onset 60 ms late, beside a flash the viewer saw no onset of.
     async def watch_video(track):
-        lit = True
+        dark_run = 0
         while True:
             try:
                 frame = await track.recv()
@@ -144,12 +148,12 @@ async def sync(base, route, seconds):
                 return
             luma = frame.planes[0]
             white = sum(bytes(luma)) / (luma.line_size * frame.height) > 128
-            if white and not lit:
+            if white and dark_run >= 5:
                 marks["video"].append(frame.pts)
-            lit = white
+            dark_run = 0 if white else dark_run + 1
 
     async def watch_audio(track):
-        loud, quiet_run = True, 0
+        quiet_run = 0
         while True:
             try:
                 frame = await track.recv()
@@ -163,15 +167,12 @@ async def sync(base, route, seconds):
                 samples = array.array("f", plane)
                 scale = 1.0
             step = 1 if frame.format.is_planar else len(frame.layout.channels)
+            pause = frame.sample_rate // 5
             for index in range(0, frame.samples):
-                level = abs(samples[index * step]) / scale
-                if level > 0.3 and not loud:
+                loud = abs(samples[index * step]) / scale > 0.3
+                if loud and quiet_run >= pause:
                     marks["audio"].append(frame.pts + index)
-                    loud = True
-                # A beep is over after 10 ms without a loud sample.
-                quiet_run = 0 if level > 0.3 else quiet_run + 1
-                if quiet_run > 480:
-                    loud = False
+                quiet_run = 0 if loud else quiet_run + 1
 
     # aiortc counts each track's frame times from its first RTP timestamp (its TimestampMapper).
     origins = {}
