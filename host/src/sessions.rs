@@ -185,8 +185,9 @@ impl ClientLimit {
         })
     }
 
-    /// A place for one more session, or why there is none.
-    pub fn acquire(self: &Arc<Self>) -> Result<ClientSlot, Full> {
+    /// Whether a new session would be admitted now, taking no place: a request that would only
+    /// be refused later starts nothing (an on-demand source, a route a pattern makes).
+    pub fn admits(&self) -> Result<(), Full> {
         if self.draining() {
             return Err(Full::Draining);
         }
@@ -197,6 +198,15 @@ impl ClientLimit {
                 max: self.max_kbps,
             });
         }
+        if self.active.load(Ordering::Acquire) >= self.max {
+            return Err(Full::Clients(self.max));
+        }
+        Ok(())
+    }
+
+    /// A place for one more session, or why there is none.
+    pub fn acquire(self: &Arc<Self>) -> Result<ClientSlot, Full> {
+        self.admits()?;
         self.active
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.max).then_some(n + 1)

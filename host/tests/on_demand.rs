@@ -317,3 +317,78 @@ async fn a_pattern_that_names_its_readers_pulls_for_them_only() {
     );
     assert!(ok && out.contains("h264"), "alice plays: {out}{err}");
 }
+
+/// An edge with no place for one more reader refuses it before a pattern makes its route: over
+/// RTSP at DESCRIBE (not at PLAY, after the pull had started), over WHEP before the offer opens
+/// the route. Nothing is pulled for a reader who would be refused; once the place is free again,
+/// the same name plays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_edge_pulls_nothing_for_the_readers_it_refuses() {
+    let origin = origin(
+        "36000-36999",
+        &format!(
+            "{}{}",
+            file_route("cam1", &short_clip()),
+            file_route("cam2", &short_clip())
+        ),
+    );
+    let edge = Server::start_adding(
+        "max_clients = 1\n",
+        &format!(
+            "[routes.\"*\"]\nsource = \"rtsp://{}/{{name}}\"\non_demand_close_after_s = {CLOSE_AFTER_S}\n",
+            origin.rtsp
+        ),
+    );
+    let holder = tokio::spawn(watch(edge.url("cam1"), 6));
+    wait_until("the holder to play", Duration::from_secs(10), async || {
+        let (_, sessions) = http(&edge, "GET", "/api/v1/sessions").await;
+        sessions.contains("rtsp-reader")
+    })
+    .await;
+    for method in ["DESCRIBE", "SETUP"] {
+        let transport = if method == "SETUP" {
+            "Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n"
+        } else {
+            ""
+        };
+        let request = format!(
+            "{method} {} RTSP/1.0\r\nCSeq: 1\r\n{transport}\r\n",
+            edge.url("cam2")
+        );
+        let (reply, took) = first_reply(edge.rtsp, &request).await;
+        assert!(
+            reply.starts_with("RTSP/1.0 453") && reply.contains("max_clients (1) reached"),
+            "{method} on a full edge: {reply}"
+        );
+        assert!(
+            took < Duration::from_secs(2),
+            "{method} refused after {took:?}"
+        );
+    }
+    let refused = whep_client::Viewer::connect(edge.http, "cam2")
+        .await
+        .err()
+        .expect("a WHEP viewer over max_clients is refused");
+    assert!(
+        refused.starts_with("WHEP answered 503") && refused.contains("max_clients"),
+        "{refused}"
+    );
+    assert_eq!(
+        origin_sessions(&origin, "cam2").await,
+        0,
+        "pulled for nobody"
+    );
+    let (_, routes) = http(&edge, "GET", "/api/v1/routes").await;
+    assert!(
+        !routes.contains("cam2"),
+        "a route made for nobody: {routes}"
+    );
+
+    let (video, _) = holder.await.expect("the holder");
+    assert!(video >= 100, "the holder played: {video} frames in 6 s");
+    let streams = common::ffprobe_streams(&edge.url("cam2"));
+    assert!(
+        streams.contains("h264"),
+        "cam2 once the place is free: {streams}"
+    );
+}

@@ -897,6 +897,8 @@ async fn a_plugin_slower_than_its_route_is_held_to_its_share_of_real_time() {
             .is_some_and(|e| e.contains("more than its share of real time")),
         "{stats}"
     );
+    // Resting is not a fault: the instance (and whatever it keeps) stays.
+    assert_eq!(stats["restarts"], 0, "{stats}");
     assert!(
         server
             .log()

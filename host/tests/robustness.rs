@@ -437,7 +437,8 @@ async fn raw_reader(server: &Server, route: &str) -> Result<TcpStream, String> {
         .write_all(play.as_bytes())
         .await
         .map_err(|e| e.to_string())?;
-    // A reader's place under max_clients is taken at PLAY: a refusal comes here.
+    // A reader's place under max_clients is taken at PLAY: a refusal comes here (or at SETUP,
+    // above, when the server was full already).
     let n = stream.read(&mut buf).await.map_err(|e| e.to_string())?;
     let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
     if reply.starts_with("RTSP/1.0 200") {

@@ -162,6 +162,9 @@ impl WebRtc {
         peer: SocketAddr,
     ) -> Result<Answer, WhepError> {
         let offered = offer::parse(offer)?;
+        // The viewer's place is taken first: a viewer the server is too full for starts no
+        // on-demand source and makes no route from a pattern.
+        let slot = self.clients.acquire()?;
         // An on-demand route's source starts for the viewer, who gets the stream once it runs.
         let stream = self
             .router
@@ -172,7 +175,6 @@ impl WebRtc {
             stream.wait_while_waiting(SOURCE_START_TIMEOUT).await;
         }
         let mut plan = plan(&stream, &offered)?;
-        let slot = self.clients.acquire()?;
         let rendition = match plan.audio {
             Some((track, _)) if plan.audio_from_aac => match self.renditions.get(&stream, track) {
                 Ok(rendition) => Some(rendition),

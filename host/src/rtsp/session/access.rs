@@ -38,15 +38,14 @@ impl Connection {
             .as_ref()
             .filter(|n| now.saturating_duration_since(n.issued) <= NONCE_LIFETIME);
         let login = login(request, ctx, nonce, now);
-        ctx.auth
-            .would_authorize(policy.as_deref(), false, &login)
+        (ctx.auth.would_authorize(policy.as_deref(), false, &login) && ctx.clients.admits().is_ok())
             .then(|| name.to_owned())
     }
 
     /// The route `name` for a reader: it exists or a pattern makes it, the access lists let the
-    /// peer in and the request's credentials are right, checked in that order before the route
-    /// is looked up (a pattern makes it only for such a request, see
-    /// [`Connection::route_to_open`]).
+    /// peer in, the request's credentials are right and the server admits one more reader,
+    /// checked in that order before the route is looked up (a pattern makes it only for such a
+    /// request, see [`Connection::route_to_open`]). The reader's place is taken at PLAY.
     pub(super) fn readable(
         &mut self,
         request: &Request<Vec<u8>>,
@@ -59,6 +58,7 @@ impl Connection {
         }
         permitted(ctx, name)?;
         self.authorize(request, ctx, name, false, now)?;
+        ctx.clients.admits().map_err(too_full)?;
         ctx.router.stream(name).ok_or_else(|| no_route(name))
     }
 
@@ -155,6 +155,21 @@ pub(super) fn permitted(ctx: &Context<'_>, route: &str) -> Result<(), Refusal> {
     } else {
         tracing::info!(peer = %ctx.peer, route, "RTSP request refused by the access list");
         Err(Refusal::new(StatusCode::Forbidden, "Forbidden"))
+    }
+}
+
+/// A reader the server has no place for: over `max_clients` or `max_bandwidth_kbps` (453), or
+/// shutting down (503).
+pub(super) fn too_full(full: Full) -> Refusal {
+    match full {
+        Full::Draining => Refusal::new(
+            StatusCode::ServiceUnavailable,
+            format!("Service Unavailable ({full})"),
+        ),
+        _ => Refusal::new(
+            StatusCode::NotEnoughBandwidth,
+            format!("Not Enough Bandwidth ({full})"),
+        ),
     }
 }
 

@@ -155,16 +155,7 @@ impl Connection {
         // The slot under max_clients is taken here, not at SETUP: a client that never plays holds
         // none (and is ended after SESSION_START_TIMEOUT).
         if session.slot.is_none() {
-            session.slot = Some(ctx.clients.acquire().map_err(|full| match full {
-                Full::Draining => Refusal::new(
-                    StatusCode::ServiceUnavailable,
-                    format!("Service Unavailable ({full})"),
-                ),
-                _ => Refusal::new(
-                    StatusCode::NotEnoughBandwidth,
-                    format!("Not Enough Bandwidth ({full})"),
-                ),
-            })?);
+            session.slot = Some(ctx.clients.acquire().map_err(access::too_full)?);
         }
         let reader = session
             .stream

@@ -387,6 +387,36 @@ async fn wrong_session_is_454_and_play_without_setup_too() {
     assert_eq!(reply.response.status(), StatusCode::SessionNotFound);
 }
 
+/// The status of a SETUP of one track on `conn` (TCP or UDP), and its session if it has one.
+fn set_up(
+    conn: &mut Connection,
+    ctx: &Context<'_>,
+    transport: &str,
+    now: Instant,
+) -> (StatusCode, Option<String>) {
+    let setup = request(
+        Method::Setup,
+        "rtsp://127.0.0.1:8554/cam/trackID=0",
+        &[("CSeq", "1"), ("Transport", transport)],
+    );
+    let reply = conn.handle(&setup, ctx, now);
+    let status = reply.response.status();
+    (
+        status,
+        (status == StatusCode::Ok).then(|| session_of(&reply.response)),
+    )
+}
+
+/// The status of a PLAY of `session` on `conn`.
+fn play(conn: &mut Connection, ctx: &Context<'_>, session: &str, now: Instant) -> StatusCode {
+    let play = request(
+        Method::Play,
+        "rtsp://127.0.0.1:8554/cam/",
+        &[("CSeq", "2"), ("Session", session)],
+    );
+    conn.handle(&play, ctx, now).response.status()
+}
+
 /// SETUP then PLAY on `conn` (one track, TCP or UDP); the PLAY response's status.
 fn setup_and_play(
     conn: &mut Connection,
@@ -394,24 +424,14 @@ fn setup_and_play(
     transport: &str,
     now: Instant,
 ) -> StatusCode {
-    let setup = request(
-        Method::Setup,
-        "rtsp://127.0.0.1:8554/cam/trackID=0",
-        &[("CSeq", "1"), ("Transport", transport)],
-    );
-    let reply = conn.handle(&setup, ctx, now);
-    assert_eq!(reply.response.status(), StatusCode::Ok);
-    let session = session_of(&reply.response);
-    let play = request(
-        Method::Play,
-        "rtsp://127.0.0.1:8554/cam/",
-        &[("CSeq", "2"), ("Session", &session)],
-    );
-    conn.handle(&play, ctx, now).response.status()
+    let (status, session) = set_up(conn, ctx, transport, now);
+    assert_eq!(status, StatusCode::Ok);
+    play(conn, ctx, &session.unwrap_or_default(), now)
 }
 
 #[tokio::test]
-async fn max_clients_counts_sessions_that_play_and_refuses_the_next_with_453() {
+async fn max_clients_counts_sessions_that_play_and_refuses_the_next_with_453_before_a_route_opens()
+{
     let fixture = Fixture::new(1).await;
     let ctx = fixture.ctx();
     let tcp = "RTP/AVP/TCP;interleaved=0-1";
@@ -428,15 +448,41 @@ async fn max_clients_counts_sessions_that_play_and_refuses_the_next_with_453() {
             StatusCode::Ok
         );
     }
+    let mut late = Connection::default();
+    let (_, late_session) = set_up(&mut late, &ctx, tcp, Instant::now());
     let mut first = Connection::default();
     assert_eq!(
         setup_and_play(&mut first, &ctx, tcp, Instant::now()),
         StatusCode::Ok
     );
+    // Full now: a session set up while there was room is refused at PLAY, and a new reader at
+    // SETUP already, before a route is opened for it.
+    assert_eq!(
+        play(
+            &mut late,
+            &ctx,
+            &late_session.unwrap_or_default(),
+            Instant::now()
+        ),
+        StatusCode::NotEnoughBandwidth
+    );
     let mut second = Connection::default();
     assert_eq!(
-        setup_and_play(&mut second, &ctx, tcp, Instant::now()),
+        set_up(&mut second, &ctx, tcp, Instant::now()).0,
         StatusCode::NotEnoughBandwidth
+    );
+    assert!(
+        second
+            .route_to_open(
+                &request(
+                    Method::Describe,
+                    "rtsp://127.0.0.1:8554/cam",
+                    &[("CSeq", "3")]
+                ),
+                &ctx,
+                Instant::now()
+            )
+            .is_none()
     );
     drop(first);
     let mut third = Connection::default();
