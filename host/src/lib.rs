@@ -44,6 +44,7 @@ pub mod events;
 mod http;
 pub mod hub;
 mod listen;
+pub mod logs;
 pub mod media;
 pub mod pipeline;
 pub mod plugins;

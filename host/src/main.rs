@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 use wasmcast::config::{self, Config};
+use wasmcast::logs;
 
 const DEFAULT_CONFIG: &str = "config/wasmcast.toml";
 
@@ -95,17 +95,13 @@ enum PluginCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = match &cli.log_level {
-        Some(level) => EnvFilter::new(level),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-    };
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().init(),
-    }
+    logs::init(
+        cli.log_level.as_deref(),
+        match cli.log_format {
+            LogFormat::Text => logs::Format::Text,
+            LogFormat::Json => logs::Format::Json,
+        },
+    );
     match cli.command.unwrap_or(Command::Serve) {
         Command::Check => check(&cli.config),
         Command::HashPassword { user } => hash_password(&user),
