@@ -1128,10 +1128,10 @@ fn webrtc_offer(direction: &str) -> String {
     )
 }
 
-/// Posts `offer` to `path` (a WHEP or WHIP endpoint), connects to the ICE-TCP port the answer
-/// names from the attacker's address, names the peer with a binding request (no integrity:
-/// naming is all the mux looks at) and pours packets in; whether it was cut off within 10 s.
-async fn pour_into_ice_tcp(server: &Server, path: &str, offer: &str) -> bool {
+/// Posts `offer` to `path` (a WHEP or WHIP endpoint) and connects to the ICE-TCP port the answer
+/// names from the attacker's address: the connection, and a framed binding request that names
+/// the peer (no integrity: naming is all the mux looks at), sent once on it already.
+async fn ice_tcp_to_peer(server: &Server, path: &str, offer: &str) -> (TcpStream, Vec<u8>) {
     let offer = format!(
         "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{offer}",
         offer.len()
@@ -1157,13 +1157,18 @@ async fn pour_into_ice_tcp(server: &Server, path: &str, offer: &str) -> bool {
     stun.extend_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
     stun.extend_from_slice(&[7; 12]);
     stun.extend_from_slice(&attribute);
+    let naming = [&(stun.len() as u16).to_be_bytes()[..], &stun].concat();
     let mut stream = attacker_connection(SocketAddr::from(([127, 0, 0, 1], port)))
         .await
         .expect("connect");
-    stream
-        .write_all(&[&(stun.len() as u16).to_be_bytes()[..], &stun].concat())
-        .await
-        .expect("name the peer");
+    stream.write_all(&naming).await.expect("name the peer");
+    (stream, naming)
+}
+
+/// Connects to the peer `offer` makes at `path` over ICE-TCP and pours packets in: whether it
+/// was cut off within 10 s.
+async fn pour_into_ice_tcp(server: &Server, path: &str, offer: &str) -> bool {
+    let (stream, _) = ice_tcp_to_peer(server, path, offer).await;
     let mut packets = Vec::new();
     for _ in 0..100 {
         packets.extend_from_slice(&1400u16.to_be_bytes());
@@ -1200,5 +1205,58 @@ async fn ice_tcp_connections_that_pour_packets_into_a_peer_are_cut_off() {
         "ICE-TCP connection closed: sent more than 64 MiB at over 32 MiB/s (a publisher sends its media in real time)",
         Duration::from_secs(1)
     ));
+    honest.finish(&server, 32).await;
+}
+
+/// A viewer whose browser sends tiny packets just under its byte allowance: bad ICE checks,
+/// which the WebRTC stack logs two warnings for each, and scraps of RTP. It is ended once past
+/// its allowance of packets, and the stack's warnings about it are held to a few lines, the rest
+/// counted in one line; before, it was never ended and wrote 10,000 lines a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_that_sends_tiny_packets_is_ended_and_its_warnings_held_back() {
+    let server = Server::start(&file_route("unicast", &sample_clip()));
+    let honest = Honest::start(&server, "unicast").await;
+    let (mut stream, bad_check) =
+        ice_tcp_to_peer(&server, "/unicast/whep", &webrtc_offer("recvonly")).await;
+    // In 50 ms: 20 checks and 150 scraps, 2.8 kB (56 kB/s, under 64 KiB/s), 3,400 packets/s.
+    let mut round = bad_check.repeat(20);
+    for _ in 0..150 {
+        round.extend_from_slice(&[0, 12, 0x80, 102]);
+        round.extend_from_slice(&[0x5a; 10]);
+    }
+    let started = Instant::now();
+    let mut closed = false;
+    while started.elapsed() < Duration::from_secs(15) && !closed {
+        closed = stream.write_all(&round).await.is_err();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = started.elapsed();
+    assert!(
+        closed || closed_within(&mut stream, Duration::from_secs(1)).await,
+        "the viewer's connection is still open after {took:?}"
+    );
+    assert!(
+        server.wait_for_log(
+            "WebRTC viewer ended: sent more than 5000 packets at over 1000 a second (a browser sends RTCP feedback and ICE checks)",
+            Duration::from_secs(1)
+        ),
+        "{:#?}",
+        server.log()
+    );
+    assert!(
+        server.wait_for_log("log lines of the WebRTC stack", Duration::from_secs(12)),
+        "what was held back is counted: {:#?}",
+        server.log()
+    );
+    let from_stack = server
+        .log()
+        .iter()
+        .filter(|l| l.contains(" rtc::") || l.contains(" rtc_"))
+        .count();
+    assert!(
+        from_stack <= 30,
+        "{from_stack} lines from the WebRTC stack: {:#?}",
+        server.log()
+    );
     honest.finish(&server, 32).await;
 }

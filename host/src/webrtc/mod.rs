@@ -48,7 +48,7 @@ use rtc::shared::marshal::Unmarshal;
 
 use crate::config::ServerConfig;
 use crate::hub::{SourceState, Stream};
-use crate::listen::ConnectionGate;
+use crate::listen::{Allowance, Budget, ConnectionGate};
 use crate::media::Codec;
 use crate::router::RouterHandle;
 use crate::sessions::{ClientLimit, ClientSlot, EndedBy, Registration, SessionKind, Sessions};
@@ -229,6 +229,7 @@ impl WebRtc {
             opus,
             candidates,
             run: Vec::new(),
+            inbound: Budget::new(viewer::INBOUND_PACKETS, Instant::now()),
             _slot: slot,
             _mux: lease,
             peers: Arc::clone(&self.peers),

@@ -10,7 +10,7 @@
 //! connections each have a task of their own (`ice_tcp`).
 //!
 //! A keyframe request (PLI/FIR) makes the viewer wait for the next keyframe; the viewer sends its
-//! own sender reports, from the route's clock (see `report`).
+//! own sender reports, from the route's clock (see `send`).
 
 use bytes::BytesMut;
 use rtc::peer_connection::RTCPeerConnection;
@@ -26,11 +26,25 @@ use super::mux::ViewerPorts;
 use super::opus::{OpusFrame, Rendition};
 use super::*;
 
+mod send;
+
+use send::{SENDER_REPORT_EVERY, Sent};
+
 /// How long the core may go without a timer: it names its next deadline whenever it has one.
 const IDLE_TICK: Duration = Duration::from_secs(1);
 /// The shortest sleep between timer checks, so that a deadline the core keeps naming as past
 /// cannot make the task spin.
 const MIN_SLEEP: Duration = Duration::from_millis(1);
+
+/// The packets a viewer's browser may send, over UDP and ICE-TCP together: RTCP feedback
+/// (receiver reports, transport-wide feedback every 50 to 250 ms, NACKs, keyframe requests) and
+/// ICE checks come to some tens a second, a few hundred on a lossy link. Each is handed to the
+/// WebRTC stack at a couple of microseconds; a viewer sending tiny packets under its byte
+/// allowance sent 17,000 a second, past this it is ended.
+pub(super) const INBOUND_PACKETS: Allowance = Allowance {
+    per_second: 1_000,
+    burst: 5_000,
+};
 
 /// One track we send: its sender in the peer connection, and the SSRC and payload type every
 /// packet must carry.
@@ -62,6 +76,8 @@ pub(super) struct Viewer {
     pub(super) candidates: mpsc::Receiver<RTCIceCandidateInit>,
     /// Where the datagrams of one send are gathered (see `flush`).
     pub(super) run: Vec<u8>,
+    /// What it has sent against [`INBOUND_PACKETS`].
+    pub(super) inbound: Budget,
     pub(super) _slot: ClientSlot,
     pub(super) _mux: MuxLease,
     pub(super) peers: Peers,
@@ -78,6 +94,11 @@ pub(super) enum Ending {
     RouteEnded,
     #[error("{0}")]
     Ended(EndedBy),
+    #[error(
+        "sent more than {} (a browser sends RTCP feedback and ICE checks)",
+        INBOUND_PACKETS.counted("packets")
+    )]
+    TooManyPackets,
 }
 
 /// What the viewer has sent, for the access log and its sender reports.
@@ -95,6 +116,9 @@ impl Viewer {
         let started = Instant::now();
         let mut tally = Tally::default();
         let ending = self.serve(&registration, &mut tally).await;
+        if matches!(ending, Ending::TooManyPackets) {
+            tracing::warn!(session = %self.id, peer = %self.peer, route = %self.route, "WebRTC viewer ended: {ending}");
+        }
         if let Err(err) = self.pc.close() {
             tracing::debug!(session = %self.id, "closing a peer connection: {err}");
         }
@@ -190,16 +214,22 @@ impl Viewer {
                 datagram = self.ports.datagrams.recv() => {
                     // None: the lease ended, which only the viewer itself does.
                     let Some(datagram) = datagram else { return Ending::Closed };
-                    self.receive(datagram.from, self.udp_local, TransportProtocol::UDP, &datagram.data);
+                    if !self.receive(datagram.from, self.udp_local, TransportProtocol::UDP, &datagram.data) {
+                        return Ending::TooManyPackets;
+                    }
                     // What else came meanwhile, before the next flush.
                     while let Ok(datagram) = self.ports.datagrams.try_recv() {
-                        self.receive(datagram.from, self.udp_local, TransportProtocol::UDP, &datagram.data);
+                        if !self.receive(datagram.from, self.udp_local, TransportProtocol::UDP, &datagram.data) {
+                            return Ending::TooManyPackets;
+                        }
                     }
                 }
                 Some(accepted) = self.ports.connections.recv() => tcp.open(accepted),
                 Some((from, packet)) = tcp.read_rx.recv() => {
-                    if let Some(local) = self.tcp_local {
-                        self.receive(from, local, TransportProtocol::TCP, &packet);
+                    if let Some(local) = self.tcp_local
+                        && !self.receive(from, local, TransportProtocol::TCP, &packet)
+                    {
+                        return Ending::TooManyPackets;
                     }
                 }
                 Some(candidate) = self.candidates.recv() => {
@@ -237,16 +267,21 @@ impl Viewer {
         }
     }
 
-    /// Hands one packet the browser sent to the core.
+    /// Hands one packet the browser sent to the core; false when it is past [`INBOUND_PACKETS`]
+    /// (and not handed over).
     fn receive(
         &mut self,
         from: SocketAddr,
         local: SocketAddr,
         protocol: TransportProtocol,
         data: &[u8],
-    ) {
+    ) -> bool {
+        let now = Instant::now();
+        if !self.inbound.charge(1, now) {
+            return false;
+        }
         let message = TaggedBytesMut {
-            now: Instant::now(),
+            now,
             transport: TransportContext {
                 local_addr: local,
                 peer_addr: from,
@@ -258,6 +293,7 @@ impl Viewer {
         if let Err(err) = self.pc.handle_read(message) {
             tracing::trace!(session = %self.id, "a packet from the browser: {err}");
         }
+        true
     }
 
     /// Sends what the core has to send: UDP datagrams to one address in runs of equal size, each
@@ -308,118 +344,6 @@ impl Viewer {
             }
         }
     }
-
-    /// Writes the hub's RTP packets of one unit with this viewer's SSRC and payload type.
-    fn send_unit(&mut self, packets: &[Bytes], outgoing: Outgoing, tally: &mut Tally) {
-        let now = Instant::now();
-        let Some(mut sender) = self.pc.rtp_sender(outgoing.sender) else {
-            return;
-        };
-        let (mut count, mut bytes) = (0u64, 0u64);
-        for packet in packets {
-            let mut buffer = packet.clone();
-            let Ok(mut rtp) = rtc::rtp::Packet::unmarshal(&mut buffer) else {
-                continue;
-            };
-            rtp.header.ssrc = outgoing.ssrc;
-            rtp.header.payload_type = outgoing.payload_type;
-            if sender.write_rtp(now, rtp).is_ok() {
-                count += 1;
-                bytes += packet.len() as u64;
-            }
-        }
-        let sent = if outgoing.sender == self.video.sender {
-            &mut tally.video
-        } else {
-            &mut tally.audio
-        };
-        sent.add(count, bytes as usize);
-        tally.packets += count;
-        tally.bytes += bytes;
-        let stats = &self.stream.stats;
-        stats.packets_out.fetch_add(count, Ordering::Relaxed);
-        stats.bytes_out.fetch_add(bytes, Ordering::Relaxed);
-    }
-
-    /// Sends one frame of the route's Opus rendition as the next RTP packet.
-    fn send_opus(
-        &mut self,
-        frame: OpusFrame,
-        outgoing: Outgoing,
-        sequence: &mut u16,
-        tally: &mut Tally,
-    ) {
-        let bytes = frame.data.len() + 12;
-        let packet = rtc::rtp::Packet {
-            header: rtc::rtp::header::Header {
-                version: 2,
-                payload_type: outgoing.payload_type,
-                sequence_number: *sequence,
-                timestamp: frame.timestamp,
-                ssrc: outgoing.ssrc,
-                ..Default::default()
-            },
-            payload: frame.data,
-        };
-        *sequence = sequence.wrapping_add(1);
-        let Some(mut sender) = self.pc.rtp_sender(outgoing.sender) else {
-            return;
-        };
-        if sender.write_rtp(Instant::now(), packet).is_ok() {
-            tally.audio.add(1, bytes);
-            tally.packets += 1;
-            tally.bytes += bytes as u64;
-            let stats = &self.stream.stats;
-            stats.packets_out.fetch_add(1, Ordering::Relaxed);
-            stats.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
-        }
-    }
-
-    /// Sends a sender report for each track that has sent something, mapping the route's clock
-    /// (not the moment of sending) to wall-clock time, so that the browser keeps the tracks in
-    /// step however long each took to make.
-    fn report(&mut self, tally: &Tally) {
-        let Some(media) = self.stream.media() else {
-            return;
-        };
-        let now = Instant::now();
-        let ntp = crate::rtp::rtcp::ntp_timestamp(std::time::SystemTime::now());
-        let audio = match (&self.audio, &self.opus) {
-            (Some((track, outgoing)), _) => Some((*outgoing, media.rtp_timestamp_at(*track, now))),
-            (None, Some((outgoing, rendition))) => {
-                Some((*outgoing, rendition.rtp_timestamp_at(&media, now)))
-            }
-            (None, None) => None,
-        };
-        let tracks = [
-            Some((
-                self.video,
-                media.rtp_timestamp_at(self.video_track, now),
-                &tally.video,
-            )),
-            audio.map(|(outgoing, at)| (outgoing, at, &tally.audio)),
-        ];
-        for (outgoing, rtp_time, sent) in tracks.into_iter().flatten() {
-            let Some(rtp_time) = rtp_time.filter(|_| sent.packets > 0) else {
-                continue;
-            };
-            let report = rtc::rtcp::sender_report::SenderReport {
-                ssrc: outgoing.ssrc,
-                ntp_time: ntp,
-                rtp_time,
-                // RFC 3550: the counts wrap.
-                packet_count: sent.packets as u32,
-                octet_count: sent.octets as u32,
-                ..Default::default()
-            };
-            let Some(mut sender) = self.pc.rtp_sender(outgoing.sender) else {
-                continue;
-            };
-            if let Err(err) = sender.write_rtcp(now, vec![Box::new(report)]) {
-                tracing::debug!(session = %self.id, "sender report: {err}");
-            }
-        }
-    }
 }
 
 /// The next unit for a viewer that reads the route; pending before it connects.
@@ -443,24 +367,6 @@ async fn next_opus(frames: &mut Option<broadcast::Receiver<OpusFrame>>) -> Optio
             *frames = None;
             None
         }
-    }
-}
-
-/// How often a viewer gets sender reports.
-const SENDER_REPORT_EVERY: Duration = Duration::from_secs(1);
-
-/// What a viewer was sent on one track, for its sender reports.
-#[derive(Default)]
-struct Sent {
-    packets: u64,
-    /// Payload octets (RTP headers left out, as RFC 3550 counts them).
-    octets: u64,
-}
-
-impl Sent {
-    fn add(&mut self, packets: u64, bytes: usize) {
-        self.packets += packets;
-        self.octets += (bytes as u64).saturating_sub(12 * packets);
     }
 }
 
