@@ -1208,6 +1208,55 @@ async fn ice_tcp_connections_that_pour_packets_into_a_peer_are_cut_off() {
     honest.finish(&server, 32).await;
 }
 
+/// WHEP offers that never connect: each used to take a place under `max_clients` for the 20 s a
+/// viewer has to connect, so one address posting offers locked every reader out. Now a viewer
+/// takes its place when it connects, and one address may have 64 waiting to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whep_offers_that_never_connect_hold_no_place() {
+    let server = Server::start_adding("max_clients = 10\n", &file_route("unicast", &sample_clip()));
+    let honest = Honest::start(&server, "unicast").await;
+    let offer = webrtc_offer("recvonly");
+    let post = format!(
+        "POST /unicast/whep HTTP/1.1\r\nHost: t\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{offer}",
+        offer.len()
+    );
+    let mut answers = Vec::new();
+    for _ in 0..68 {
+        let mut stream = attacker_connection(server.http).await.expect("connect");
+        stream.write_all(post.as_bytes()).await.expect("offer");
+        let mut answer = String::new();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer)).await;
+        answers.push(answer.lines().next().unwrap_or_default().to_owned());
+    }
+    let answered = answers
+        .iter()
+        .filter(|a| a.starts_with("HTTP/1.1 201"))
+        .count();
+    let refused = answers
+        .iter()
+        .filter(|a| a.starts_with("HTTP/1.1 429"))
+        .count();
+    assert_eq!((answered, refused), (64, 4), "{answers:#?}");
+    // The 64 wait to connect without a place: readers from elsewhere still get in, over RTSP
+    // and over WebRTC.
+    let url = server.url("unicast");
+    let streams = tokio::task::spawn_blocking(move || ffprobe_streams(&url))
+        .await
+        .expect("ffprobe");
+    assert!(streams.contains("h264"), "an RTSP reader: {streams}");
+    let viewer = whep_client::Viewer::connect(server.http, "unicast")
+        .await
+        .expect("a WebRTC viewer");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while viewer.packets.load(std::sync::atomic::Ordering::Relaxed) < 50 {
+        assert!(Instant::now() < deadline, "the WebRTC viewer got no media");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    viewer.close().await;
+    honest.finish(&server, 32).await;
+}
+
 /// A viewer whose browser sends tiny packets just under its byte allowance: bad ICE checks,
 /// which the WebRTC stack logs two warnings for each, and scraps of RTP. It is ended once past
 /// its allowance of packets, and the stack's warnings about it are held to a few lines, the rest

@@ -263,16 +263,17 @@ async fn twenty_whep_viewers_receive_media_and_delete_frees_them() {
                 .expect("a viewer"),
         );
     }
-    let refused = whep(&server, "/unicast/whep", "application/sdp", VIDEO_OFFER).await;
-    assert!(
-        refused.starts_with("HTTP/1.1 503") && refused.contains("max_clients"),
-        "the 21st viewer over max_clients = 20: {refused}"
-    );
+    // A viewer takes its place when it connects: once all twenty play, the 21st is refused.
     tokio::time::sleep(Duration::from_secs(4)).await;
     for (i, viewer) in viewers.iter().enumerate() {
         let packets = viewer.packets.load(std::sync::atomic::Ordering::Relaxed);
         assert!(packets > 50, "viewer {i} received {packets} RTP packets");
     }
+    let refused = whep(&server, "/unicast/whep", "application/sdp", VIDEO_OFFER).await;
+    assert!(
+        refused.starts_with("HTTP/1.1 503") && refused.contains("max_clients"),
+        "the 21st viewer over max_clients = 20: {refused}"
+    );
     let sessions = http_get(&server, "/api/v1/sessions").await;
     assert_eq!(sessions.matches("webrtc-viewer").count(), 20, "{sessions}");
 

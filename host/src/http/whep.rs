@@ -10,7 +10,7 @@ use hyper::{Method, Request, StatusCode};
 
 use super::{Reply, State, respond, text};
 use crate::auth::Login;
-use crate::webrtc::WhepError;
+use crate::webrtc::{TooManyUnconnected, WhepError};
 
 /// Largest request body taken on a WHEP resource.
 const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -214,7 +214,10 @@ pub(super) fn created(sdp: String, location: &str) -> Reply {
 pub(super) fn error_reply(err: &WhepError) -> Reply {
     let status = match err {
         WhepError::NoRoute(_) | WhepError::NoSession(_) => StatusCode::NOT_FOUND,
-        WhepError::NotLive(..) | WhepError::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
+        WhepError::NotLive(..)
+        | WhepError::Full(_)
+        | WhepError::Unconnected(TooManyUnconnected::InAll) => StatusCode::SERVICE_UNAVAILABLE,
+        WhepError::Unconnected(TooManyUnconnected::FromAddress) => StatusCode::TOO_MANY_REQUESTS,
         WhepError::BadOffer(_) => StatusCode::BAD_REQUEST,
         WhepError::Busy(_) => StatusCode::CONFLICT,
         WhepError::Unplayable(_) => StatusCode::NOT_ACCEPTABLE,

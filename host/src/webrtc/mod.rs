@@ -23,6 +23,7 @@ mod network;
 mod offer;
 mod opus;
 mod publish;
+mod unconnected;
 mod viewer;
 
 use std::collections::HashMap;
@@ -51,13 +52,16 @@ use crate::hub::{SourceState, Stream};
 use crate::listen::{Allowance, Budget, ConnectionGate};
 use crate::media::Codec;
 use crate::router::RouterHandle;
-use crate::sessions::{ClientLimit, ClientSlot, EndedBy, Registration, SessionKind, Sessions};
+use crate::sessions::{
+    ClientLimit, ClientSlot, EndedBy, Full, Registration, SessionKind, Sessions,
+};
 
 pub use mux::Error as BindError;
 use mux::{MuxLease, PublisherRuntime};
 use negotiate::{Events, ViewerConnection, plan, viewer_connection};
 use network::IceNetwork;
 pub use offer::OfferedVideo;
+pub use unconnected::TooManyUnconnected;
 use viewer::{Outgoing, Viewer};
 
 /// How long an offer waits for an on-demand route whose source has not produced media yet.
@@ -84,6 +88,8 @@ pub enum WhepError {
     Unplayable(String),
     #[error("the server is full: {0}")]
     Full(#[from] crate::sessions::Full),
+    #[error("too many viewers waiting to connect: {0}")]
+    Unconnected(#[from] TooManyUnconnected),
     #[error("the route has a publisher: {0}")]
     Busy(String),
     #[error("no WHEP session `{0}` on this route")]
@@ -106,6 +112,8 @@ pub struct WebRtc {
     router: RouterHandle,
     sessions: Sessions,
     clients: Arc<ClientLimit>,
+    /// Viewers that have their answer and have not connected (and taken a place) yet.
+    unconnected: Arc<unconnected::Unconnected>,
     network: IceNetwork,
     peers: Peers,
     /// The Opus renditions of AAC routes that WebRTC viewers watch.
@@ -146,6 +154,7 @@ impl WebRtc {
             router,
             sessions,
             clients,
+            unconnected: Arc::default(),
             network: IceNetwork::bind(server, gate).await?,
             peers: Arc::default(),
             renditions: Arc::default(),
@@ -162,9 +171,10 @@ impl WebRtc {
         peer: SocketAddr,
     ) -> Result<Answer, WhepError> {
         let offered = offer::parse(offer)?;
-        // The viewer's place is taken first: a viewer the server is too full for starts no
-        // on-demand source and makes no route from a pattern.
-        let slot = self.clients.acquire()?;
+        // Judged first: a viewer the server is too full for starts no on-demand source and makes
+        // no route from a pattern. Its place is taken when it connects (`unconnected`).
+        self.clients.admits()?;
+        let waiting = self.unconnected.admit(peer.ip())?;
         // An on-demand route's source starts for the viewer, who gets the stream once it runs.
         let stream = self
             .router
@@ -230,7 +240,9 @@ impl WebRtc {
             candidates,
             run: Vec::new(),
             inbound: Budget::new(viewer::INBOUND_PACKETS, Instant::now()),
-            _slot: slot,
+            clients: Arc::clone(&self.clients),
+            slot: None,
+            waiting: Some(waiting),
             _mux: lease,
             peers: Arc::clone(&self.peers),
         };

@@ -24,6 +24,7 @@ use tokio::sync::{broadcast, mpsc};
 use super::ice_tcp::TcpLinks;
 use super::mux::ViewerPorts;
 use super::opus::{OpusFrame, Rendition};
+use super::unconnected::Waiting;
 use super::*;
 
 mod send;
@@ -78,7 +79,11 @@ pub(super) struct Viewer {
     pub(super) run: Vec<u8>,
     /// What it has sent against [`INBOUND_PACKETS`].
     pub(super) inbound: Budget,
-    pub(super) _slot: ClientSlot,
+    pub(super) clients: Arc<ClientLimit>,
+    /// Its place under `max_clients`, taken when it connects.
+    pub(super) slot: Option<ClientSlot>,
+    /// Counted as waiting to connect until it does.
+    pub(super) waiting: Option<Waiting>,
     pub(super) _mux: MuxLease,
     pub(super) peers: Peers,
 }
@@ -94,6 +99,8 @@ pub(super) enum Ending {
     RouteEnded,
     #[error("{0}")]
     Ended(EndedBy),
+    #[error("connected when the server was full: {0}")]
+    Full(Full),
     #[error(
         "sent more than {} (a browser sends RTCP feedback and ICE checks)",
         INBOUND_PACKETS.counted("packets")
@@ -170,6 +177,11 @@ impl Viewer {
                 };
                 match state {
                     RTCPeerConnectionState::Connected if reader.is_none() => {
+                        match self.clients.acquire() {
+                            Ok(slot) => self.slot = Some(slot),
+                            Err(full) => return Ending::Full(full),
+                        }
+                        self.waiting = None;
                         let Some(subscribed) = self.stream.subscribe() else {
                             return Ending::RouteEnded;
                         };
