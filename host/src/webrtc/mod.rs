@@ -241,8 +241,7 @@ impl WebRtc {
             run: Vec::new(),
             inbound: Budget::new(viewer::INBOUND_PACKETS, Instant::now()),
             clients: Arc::clone(&self.clients),
-            slot: None,
-            waiting: Some(waiting),
+            place: viewer::Place::Waiting { _counted: waiting },
             _mux: lease,
             peers: Arc::clone(&self.peers),
         };

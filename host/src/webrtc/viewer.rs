@@ -80,12 +80,16 @@ pub(super) struct Viewer {
     /// What it has sent against [`INBOUND_PACKETS`].
     pub(super) inbound: Budget,
     pub(super) clients: Arc<ClientLimit>,
-    /// Its place under `max_clients`, taken when it connects.
-    pub(super) slot: Option<ClientSlot>,
-    /// Counted as waiting to connect until it does.
-    pub(super) waiting: Option<Waiting>,
+    pub(super) place: Place,
     pub(super) _mux: MuxLease,
     pub(super) peers: Peers,
+}
+
+/// Where a viewer stands: counted as waiting to connect, then holding its place under
+/// `max_clients` once it has (each held for what its drop gives back).
+pub(super) enum Place {
+    Waiting { _counted: Waiting },
+    Taken { _slot: ClientSlot },
 }
 
 /// Why a viewer's session ended, for the access log.
@@ -178,10 +182,9 @@ impl Viewer {
                 match state {
                     RTCPeerConnectionState::Connected if reader.is_none() => {
                         match self.clients.acquire() {
-                            Ok(slot) => self.slot = Some(slot),
+                            Ok(slot) => self.place = Place::Taken { _slot: slot },
                             Err(full) => return Ending::Full(full),
                         }
-                        self.waiting = None;
                         let Some(subscribed) = self.stream.subscribe() else {
                             return Ending::RouteEnded;
                         };
