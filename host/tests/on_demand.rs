@@ -235,9 +235,22 @@ async fn names_asked_for_at_random_do_not_hold_routes() {
 
 /// The head of the first reply to `request` on a fresh connection to `addr`, and how long it took.
 async fn first_reply(addr: std::net::SocketAddr, request: &str) -> (String, Duration) {
+    first_reply_from([127, 0, 0, 1], addr, request).await
+}
+
+/// [`first_reply`] on a connection from loopback address `from`.
+async fn first_reply_from(
+    from: [u8; 4],
+    addr: std::net::SocketAddr,
+    request: &str,
+) -> (String, Duration) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let started = tokio::time::Instant::now();
-    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind(std::net::SocketAddr::from((from, 0)))
+        .expect("bind");
+    let mut socket = socket.connect(addr).await.expect("connect");
     socket.write_all(request.as_bytes()).await.expect("send");
     let mut reply = Vec::new();
     let mut buf = [0u8; 4096];
@@ -391,4 +404,55 @@ async fn a_full_edge_pulls_nothing_for_the_readers_it_refuses() {
         streams.contains("h264"),
         "cam2 once the place is free: {streams}"
     );
+}
+
+/// One address asking for names it never plays holds at most 64 of the routes patterns make
+/// (1,024 in all), each for seconds: its next name is refused at once with the reason, while
+/// another address's name becomes a route and plays. Before the cap, one address asking for 1,024
+/// names every few seconds held every route patterns may make.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holds_no_more_than_its_share_of_the_routes_patterns_make() {
+    const ATTACKER: [u8; 4] = [127, 0, 0, 2];
+    let origin = origin("37000-37999", &file_route("cam1", &short_clip()));
+    let edge = Server::start(&format!(
+        "[routes.\"*\"]\nsource = \"rtsp://{}/{{name}}\"\non_demand_close_after_s = 600\n",
+        origin.rtsp
+    ));
+    let describe = |name: &str| format!("DESCRIBE {} RTSP/1.0\r\nCSeq: 1\r\n\r\n", edge.url(name));
+    let asked: Vec<_> = (0..64)
+        .map(|i| {
+            let (rtsp, request) = (edge.rtsp, describe(&format!("random-{i}")));
+            tokio::spawn(async move { first_reply_from(ATTACKER, rtsp, &request).await })
+        })
+        .collect();
+    wait_until(
+        "the 64 names to become routes",
+        Duration::from_secs(10),
+        async || {
+            let (_, routes) = http(&edge, "GET", "/api/v1/routes").await;
+            routes.matches("\"random-").count() == 64
+        },
+    )
+    .await;
+
+    let (reply, took) = first_reply_from(ATTACKER, edge.rtsp, &describe("random-64")).await;
+    assert!(
+        reply.starts_with("RTSP/1.0 503") && reply.contains("for this address"),
+        "the 65th name from one address: {reply}"
+    );
+    assert!(took < Duration::from_secs(2), "refused after {took:?}");
+    let (video, _) = watch(edge.url("cam1"), 3).await;
+    assert!(
+        video >= 40,
+        "another address's name plays: {video} frames in 3 s"
+    );
+    let (_, routes) = http(&edge, "GET", "/api/v1/routes").await;
+    assert!(
+        !routes.contains("random-64"),
+        "a route past the share: {routes}"
+    );
+    for reply in asked {
+        let (reply, _) = reply.await.expect("a DESCRIBE");
+        assert!(!reply.starts_with("RTSP/1.0 200"), "{reply}");
+    }
 }

@@ -10,6 +10,7 @@ use hyper::{Method, Request, StatusCode};
 
 use super::{Reply, State, respond, text};
 use crate::auth::Login;
+use crate::router::RouterError;
 use crate::webrtc::{TooManyUnconnected, WhepError};
 
 /// Largest request body taken on a WHEP resource.
@@ -213,7 +214,11 @@ pub(super) fn created(sdp: String, location: &str) -> Reply {
 
 pub(super) fn error_reply(err: &WhepError) -> Reply {
     let status = match err {
-        WhepError::NoRoute(_) | WhepError::NoSession(_) => StatusCode::NOT_FOUND,
+        WhepError::NoRoute(_)
+        | WhepError::NoSession(_)
+        | WhepError::Route(RouterError::NoRoute(_)) => StatusCode::NOT_FOUND,
+        WhepError::Route(RouterError::PatternRoutesInAll) => StatusCode::SERVICE_UNAVAILABLE,
+        WhepError::Route(RouterError::PatternRoutesFromAddress) => StatusCode::TOO_MANY_REQUESTS,
         WhepError::NotLive(..)
         | WhepError::Full(_)
         | WhepError::Unconnected(TooManyUnconnected::InAll) => StatusCode::SERVICE_UNAVAILABLE,

@@ -8,10 +8,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::{Changes, Command, Demand, Snapshot};
+use super::{
+    Changes, Command, Demand, MAX_PATTERN_ROUTES, PATTERN_ROUTES_PER_ADDRESS, RouterError, Snapshot,
+};
 use crate::auth::Policy;
 use crate::config::{self, MemoryBudget, PatternConfig, RouteConfig, SourceConfig};
 use crate::hub::{Revoked, Stream};
+use crate::listen::AddressKey;
 use crate::pipeline::Stage;
 use crate::plugins::{LoadedPlugin, Plugins};
 use crate::sources::{self, RunningSource};
@@ -23,10 +26,6 @@ const DEMAND_CHECK_PERIOD: Duration = Duration::from_secs(1);
 const NEVER_LIVE_CLOSE: Duration = Duration::from_secs(6);
 /// How long a shutdown waits for the pipelines to publish what they hold.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
-/// Routes made from patterns at once, at most: each is a pull from the origin, and any name a
-/// pattern matches makes one, so a client asking for random names must not make the server pull
-/// without end. Past it, new names are refused until idle ones close.
-const MAX_PATTERN_ROUTES: usize = 1024;
 
 struct RunningRoute {
     config: RouteConfig,
@@ -39,6 +38,9 @@ struct RunningRoute {
     source: Option<RunningSource>,
     /// For on-demand routes.
     demand: Option<Arc<Demand>>,
+    /// The client address a route made from a pattern was made for: it counts against that
+    /// address while nobody reads it.
+    asked_by: Option<AddressKey>,
 }
 
 impl RunningRoute {
@@ -68,6 +70,7 @@ impl RunningRoute {
             stage,
             source: None,
             demand,
+            asked_by: None,
         };
         if route.demand.is_none() {
             route.start_source();
@@ -91,12 +94,7 @@ impl RunningRoute {
         let Some(demand) = &self.demand else {
             return false;
         };
-        let readers = self
-            .stream
-            .stats
-            .readers
-            .load(std::sync::atomic::Ordering::Relaxed);
-        if readers > 0 {
+        if self.has_readers() {
             // Readers that stay are demand too: the clock starts when the last one leaves.
             demand.ask();
             return false;
@@ -118,6 +116,14 @@ impl RunningRoute {
 
     fn pattern(&self) -> Option<&str> {
         self.demand.as_ref()?.pattern.as_deref()
+    }
+
+    fn has_readers(&self) -> bool {
+        self.stream
+            .stats
+            .readers
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
     }
 }
 
@@ -164,8 +170,8 @@ impl Actor {
                     let changes = self.apply(routes, patterns, plugins);
                     let _ = done.send(changes);
                 }
-                Command::Open { name, done } => {
-                    let _ = done.send(self.open(&name));
+                Command::Open { name, asker, done } => {
+                    let _ = done.send(self.open(&name, asker));
                 }
                 Command::Shutdown { done } => {
                     // What publishers sent goes through the pipelines before the routes close.
@@ -232,9 +238,9 @@ impl Actor {
         changes
     }
 
-    /// Starts route `name`'s source if it waits for demand, or makes the route from the pattern
-    /// that matches it best.
-    fn open(&mut self, name: &str) -> Option<Arc<Stream>> {
+    /// Starts route `name`'s source if it waits for demand, or makes the route for `asker` from
+    /// the pattern that matches it best.
+    fn open(&mut self, name: &str, asker: AddressKey) -> Result<Arc<Stream>, RouterError> {
         if let Some(route) = self.routes.get_mut(name) {
             if route.source.is_none() {
                 tracing::info!(route = name, "on-demand source started for a reader");
@@ -243,28 +249,33 @@ impl Actor {
             if let Some(demand) = &route.demand {
                 demand.ask();
             }
-            return Some(Arc::clone(&route.stream));
+            return Ok(Arc::clone(&route.stream));
         }
-        config::check_route_name(name).ok()?;
-        let (pattern, settings) = config::best_pattern(&self.patterns, name)?;
-        let made = self
-            .routes
-            .values()
-            .filter(|r| r.pattern().is_some())
-            .count();
-        if made >= MAX_PATTERN_ROUTES {
-            tracing::warn!(
-                route = name,
-                pattern = pattern.as_str(),
-                "refused: {MAX_PATTERN_ROUTES} routes made from patterns already run"
-            );
-            return None;
+        let no_route = || RouterError::NoRoute(name.to_owned());
+        config::check_route_name(name).map_err(|_| no_route())?;
+        let (pattern, settings) =
+            config::best_pattern(&self.patterns, name).ok_or_else(no_route)?;
+        let made = self.routes.values().filter(|r| r.pattern().is_some());
+        let (mut in_all, mut unread_for_asker) = (0, 0);
+        for route in made {
+            in_all += 1;
+            if route.asked_by == Some(asker) && !route.has_readers() {
+                unread_for_asker += 1;
+            }
+        }
+        // Refusals are logged once per connection by its access log line, not here: they come
+        // as fast as a client can ask.
+        if in_all >= MAX_PATTERN_ROUTES {
+            return Err(RouterError::PatternRoutesInAll);
+        }
+        if unread_for_asker >= PATTERN_ROUTES_PER_ADDRESS {
+            return Err(RouterError::PatternRoutesFromAddress);
         }
         let config = match settings.route(name) {
             Ok(config) => config,
             Err(why) => {
                 tracing::info!(route = name, pattern = pattern.as_str(), "refused: {why}");
-                return None;
+                return Err(no_route());
             }
         };
         tracing::info!(
@@ -274,11 +285,12 @@ impl Actor {
         );
         let mut route =
             RunningRoute::start(name, config, Some(pattern), &self.plugins, self.budget);
+        route.asked_by = Some(asker);
         route.start_source();
         let stream = Arc::clone(&route.stream);
         self.routes.insert(name.to_owned(), route);
         self.publish();
-        Some(stream)
+        Ok(stream)
     }
 
     /// Stops the sources of on-demand routes nobody has read for their close-after time, and

@@ -13,6 +13,7 @@
 mod actor;
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -22,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::auth::Policy;
 use crate::config::{self, MemoryBudget, PatternConfig, RouteConfig};
 use crate::hub::Stream;
+use crate::listen::AddressKey;
 use crate::pipeline::{Stage, TranscodeStats};
 use crate::plugins::{PluginStatus, Plugins};
 
@@ -89,6 +91,29 @@ impl Demand {
     }
 }
 
+/// Routes made from patterns at once, at most: each is a pull from the origin, and any name a
+/// pattern matches makes one, so a client asking for random names must not make the server pull
+/// without end. Past it, new names are refused until idle ones close.
+pub const MAX_PATTERN_ROUTES: usize = 1024;
+/// Routes made from patterns for one client address (an IPv6 client by its /64) that nobody
+/// reads yet, at most: a player asks for a name and plays it within seconds, a wall of cameras
+/// some dozens at once. Without it one address asking for names it never played, again every few
+/// seconds, held every route patterns may make and refused everybody else's new names.
+pub const PATTERN_ROUTES_PER_ADDRESS: usize = 64;
+
+/// Why a reader's route could not be opened.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RouterError {
+    #[error("no route `{0}`")]
+    NoRoute(String),
+    #[error("{MAX_PATTERN_ROUTES} routes made from patterns run already")]
+    PatternRoutesInAll,
+    #[error(
+        "{PATTERN_ROUTES_PER_ADDRESS} routes made from patterns for this address have no reader yet"
+    )]
+    PatternRoutesFromAddress,
+}
+
 /// What a reload changed, for the log.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Changes {
@@ -104,10 +129,12 @@ enum Command {
         plugins: Plugins,
         done: oneshot::Sender<Changes>,
     },
-    /// A reader asks for a route: start its source on demand, or make it from a pattern.
+    /// A reader from `asker` asks for a route: start its source on demand, or make it from a
+    /// pattern.
     Open {
         name: String,
-        done: oneshot::Sender<Option<Arc<Stream>>>,
+        asker: AddressKey,
+        done: oneshot::Sender<Result<Arc<Stream>, RouterError>>,
     },
     Shutdown {
         done: oneshot::Sender<()>,
@@ -168,21 +195,22 @@ impl RouterHandle {
         self.read().demands.get(name).cloned()
     }
 
-    /// The hub of route `name` for a reader about to read it: an on-demand route's source starts
-    /// (or keeps running), and a name that only a pattern matches becomes a route. `None` when
-    /// there is no such route and no pattern makes one.
-    pub async fn open(&self, name: &str) -> Option<Arc<Stream>> {
+    /// The hub of route `name` for a reader from `asker` about to read it: an on-demand route's
+    /// source starts (or keeps running), and a name that only a pattern matches becomes a route,
+    /// within the caps on such routes.
+    pub async fn open(&self, name: &str, asker: IpAddr) -> Result<Arc<Stream>, RouterError> {
+        let no_route = || RouterError::NoRoute(name.to_owned());
         {
             let snapshot = self.read();
             let stream = snapshot.routes.get(name);
             match (stream, snapshot.demands.get(name)) {
-                (Some(stream), None) => return Some(Arc::clone(stream)),
+                (Some(stream), None) => return Ok(Arc::clone(stream)),
                 (Some(stream), Some(demand)) if demand.running() => {
                     demand.ask();
-                    return Some(Arc::clone(stream));
+                    return Ok(Arc::clone(stream));
                 }
                 (None, _) if config::best_pattern(&snapshot.patterns, name).is_none() => {
-                    return None;
+                    return Err(no_route());
                 }
                 _ => {}
             }
@@ -190,10 +218,11 @@ impl RouterHandle {
         let (done, reply) = oneshot::channel();
         let open = Command::Open {
             name: name.to_owned(),
+            asker: AddressKey::of(asker),
             done,
         };
-        self.commands.send(open).await.ok()?;
-        reply.await.ok().flatten()
+        self.commands.send(open).await.map_err(|_| no_route())?;
+        reply.await.map_err(|_| no_route())?
     }
 
     /// The plugins running on `route`, with their counters.

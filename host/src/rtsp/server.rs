@@ -17,7 +17,7 @@ use super::Error;
 use super::codec::{CodecError, Incoming, RtspDecoder};
 use super::egress::{Egress, Sent, run_egress};
 use super::inbound;
-use super::session::{Action, Connection, Context, bad_request, too_many_requests};
+use super::session::{Action, Connection, Context, bad_request, service_unavailable};
 use super::udp::{UdpSockets, receive_rtcp, receive_rtp, register_publisher, register_rtcp};
 use crate::auth::Auth;
 use crate::config::ServerConfig;
@@ -26,7 +26,7 @@ use crate::listen::{
     Budget, ConnectionGate, Listener, MeteredRead, REQUESTS, Rebind, flood_in, keep_alive,
     past_requests,
 };
-use crate::router::RouterHandle;
+use crate::router::{RouterError, RouterHandle};
 use crate::rtp::rtcp;
 use crate::sessions::{ClientLimit, EndedBy, Registration, SessionKind, Sessions};
 
@@ -220,16 +220,26 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<Share
                 };
                 if !within_requests(&mut request_allowance, peer) {
                     let mut bytes = Vec::new();
-                    if too_many_requests(&request, &past_requests()).write(&mut bytes).is_ok() {
+                    if service_unavailable(&request, &past_requests()).write(&mut bytes).is_ok() {
                         let _ = egress.send(Egress::Response(bytes)).await;
                     }
                     break None;
                 }
-                if let Some(route) = connection.route_to_open(&request, &ctx, Instant::now()) {
-                    wait_for_source(&shared, &route).await;
-                }
+                let refused = match connection.route_to_open(&request, &ctx, Instant::now()) {
+                    Some(route) => wait_for_source(&shared, &route, peer).await.err(),
+                    None => None,
+                };
                 last_request = Instant::now();
                 partial_since = None;
+                if let Some(refused) = refused {
+                    let response = service_unavailable(&request, &refused.to_string());
+                    log.note(&request, &connection, &response);
+                    let mut bytes = Vec::new();
+                    if response.write(&mut bytes).is_err() || egress.send(Egress::Response(bytes)).await.is_err() {
+                        break None;
+                    }
+                    continue;
+                }
                 let reply = connection.handle(&request, &ctx, Instant::now());
                 revocation = connection.revocation();
                 log.note(&request, &connection, &reply.response);
@@ -339,10 +349,21 @@ fn within_requests(allowance: &mut Budget, peer: SocketAddr) -> bool {
 }
 
 /// A reader that arrives while its route's source is still starting gets the stream, not an error;
-/// an on-demand route's source starts for it (a route pattern makes the route).
-async fn wait_for_source(shared: &Shared, route: &str) {
-    if let Some(stream) = shared.router.open(route).await {
-        stream.wait_while_waiting(SOURCE_START_TIMEOUT).await;
+/// an on-demand route's source starts for it (a route pattern makes the route). Refused when a
+/// pattern may make no more routes (for `peer`); a route that is not there is for the request's
+/// own answer to say.
+async fn wait_for_source(
+    shared: &Shared,
+    route: &str,
+    peer: SocketAddr,
+) -> Result<(), RouterError> {
+    match shared.router.open(route, peer.ip()).await {
+        Ok(stream) => {
+            stream.wait_while_waiting(SOURCE_START_TIMEOUT).await;
+            Ok(())
+        }
+        Err(RouterError::NoRoute(_)) => Ok(()),
+        Err(refused) => Err(refused),
     }
 }
 

@@ -323,9 +323,9 @@ fn base_response(status: StatusCode, cseq: Option<&str>) -> rtsp_types::Response
     }
 }
 
-/// The response to a request past its connection's allowance of requests, `why`; the connection
-/// is then closed.
-pub fn too_many_requests(request: &Request<Vec<u8>>, why: &str) -> Response<Vec<u8>> {
+/// `503` to a request the server will not serve now, and `why`: one past its connection's
+/// allowance of requests (the connection is then closed), or one for a route it may not make.
+pub fn service_unavailable(request: &Request<Vec<u8>>, why: &str) -> Response<Vec<u8>> {
     base_response(StatusCode::ServiceUnavailable, cseq(request).as_deref())
         .reason_phrase(format!("Service Unavailable ({why})"))
         .build(Vec::new())

@@ -90,6 +90,8 @@ pub enum WhepError {
     Full(#[from] crate::sessions::Full),
     #[error("too many viewers waiting to connect: {0}")]
     Unconnected(#[from] TooManyUnconnected),
+    #[error("{0}")]
+    Route(#[from] crate::router::RouterError),
     #[error("the route has a publisher: {0}")]
     Busy(String),
     #[error("no WHEP session `{0}` on this route")]
@@ -176,11 +178,7 @@ impl WebRtc {
         self.clients.admits()?;
         let waiting = self.unconnected.admit(peer.ip())?;
         // An on-demand route's source starts for the viewer, who gets the stream once it runs.
-        let stream = self
-            .router
-            .open(route)
-            .await
-            .ok_or_else(|| WhepError::NoRoute(route.to_owned()))?;
+        let stream = self.router.open(route, peer.ip()).await?;
         if self.router.demand(route).is_some() {
             stream.wait_while_waiting(SOURCE_START_TIMEOUT).await;
         }
