@@ -847,6 +847,57 @@ fn cpu_time(pid: u32) -> Duration {
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
+/// A plugin that spends its time where no call is timed, in the snapshots of its state (300 ms
+/// each, asked for every second, within the time limit), takes it from its share of real time as
+/// much as in its calls: held to 10 % of a core, it rests until the share has paid for each
+/// snapshot. Uncharged, it took 30 % of a core and never rested.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_spends_its_time_saving_its_state_is_held_to_its_share() {
+    let server = Server::start(&format!(
+        "{}[plugins.snapper]\nwasm = \"{}\"\n\
+         config = {{ attack = \"snapshot-hog\", spin_ms = 300 }}\n\
+         snapshot_every_s = 1\ntime_limit_ms = 1000\ncpu_percent = 10\n",
+        plugin_route("snapper", &sample_clip(), &["snapper"]),
+        plugin_wasm("hostile").display()
+    ));
+    wait_live(&server, "snapper").await;
+    let snapshots = async || {
+        plugin_stats(&routes_json(&server).await, "snapper", "snapper")["snapshots"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let (snapshots_before, cpu_before, started) =
+        (snapshots().await, cpu_time(server.pid()), Instant::now());
+    let frames = video_frames(server.url("snapper"), 9).await;
+    let elapsed = started.elapsed();
+    let (saved, cpu) = (
+        snapshots().await - snapshots_before,
+        cpu_time(server.pid()) - cpu_before,
+    );
+    assert!(
+        frames.len() >= 180,
+        "the route keeps flowing: {} frames in 9 s",
+        frames.len()
+    );
+    // A tenth of the time, and the first snapshot's 300 ms, with the route's own work beside.
+    assert!(
+        saved <= 5,
+        "{saved} snapshots of 300 ms in {elapsed:?} at 10 % of a core"
+    );
+    assert!(
+        cpu < elapsed.mul_f64(0.2) + Duration::from_millis(300),
+        "the server used {cpu:?} of CPU in {elapsed:?}"
+    );
+    let stats = plugin_stats(&routes_json(&server).await, "snapper", "snapper");
+    assert!(
+        stats["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("more than its share of real time")),
+        "{stats}"
+    );
+    assert_eq!(stats["restarts"], 0, "{stats}");
+}
+
 /// A plugin that spins 30 ms in every call (within its time limit, so it never faults) on a route
 /// of ~70 units a second would take a core for good and leave the route ever further behind. Held
 /// to its share of real time (`cpu_percent`, 50 by default), it rests while its units are

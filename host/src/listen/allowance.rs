@@ -90,6 +90,37 @@ impl Budget {
 
     /// Takes `amount` that arrived at `now`; false when it is past the allowance.
     pub fn charge(&mut self, amount: u64, now: Instant) -> bool {
+        self.refill(now);
+        match self.available.checked_sub(amount) {
+            Some(left) => {
+                self.available = left;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Takes `amount`, spent at `now`, even past the allowance: what is missing is borrowed from
+    /// the allowance to come, which earns nothing until it has paid it back. Returns how long
+    /// that takes (zero within the allowance). For what has been spent already (time a call
+    /// took), where refusing cannot undo it.
+    pub fn take(&mut self, amount: u64, now: Instant) -> Duration {
+        self.refill(now);
+        if let Some(left) = self.available.checked_sub(amount) {
+            self.available = left;
+            return Duration::ZERO;
+        }
+        let owed = u128::from(amount - self.available);
+        self.available = 0;
+        let per_second = u128::from(self.allowance.per_second.max(1));
+        let nanos = u64::try_from(owed * 1_000_000_000 / per_second).unwrap_or(u64::MAX);
+        let paid_back = Duration::from_nanos(nanos);
+        self.refilled_at = self.refilled_at.max(now) + paid_back;
+        paid_back
+    }
+
+    /// Adds what the allowance earned up to `now`, up to its burst.
+    fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.refilled_at);
         let per_second = u128::from(self.allowance.per_second);
         let earned = elapsed.as_nanos() * per_second / 1_000_000_000;
@@ -110,13 +141,6 @@ impl Budget {
                     self.refilled_at = now;
                 }
             }
-        }
-        match self.available.checked_sub(amount) {
-            Some(left) => {
-                self.available = left;
-                true
-            }
-            None => false,
         }
     }
 }
@@ -210,6 +234,24 @@ mod tests {
         let much_later = later + Duration::from_secs(3600);
         assert!(budget.charge(4000, much_later));
         assert!(!budget.charge(1, much_later));
+    }
+
+    #[test]
+    fn what_is_taken_past_the_allowance_is_paid_back_before_more_is_earned() {
+        let start = Instant::now();
+        let mut budget = Budget::new(SMALL, start);
+        assert_eq!(budget.take(3000, start), Duration::ZERO);
+        // 1,000 of the 3,000 came from the burst; 2,000 more take two seconds to earn.
+        assert_eq!(budget.take(3000, start), Duration::from_secs(2));
+        assert!(!budget.charge(1, start + Duration::from_millis(1999)));
+        // More borrowed meanwhile is paid back after that.
+        assert_eq!(
+            budget.take(500, start + Duration::from_secs(1)),
+            Duration::from_millis(500)
+        );
+        assert!(!budget.charge(1, start + Duration::from_millis(2499)));
+        assert!(budget.charge(500, start + Duration::from_secs(3)));
+        assert!(!budget.charge(1, start + Duration::from_secs(3)));
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! One plugin of a route's chain: its instance, started when needed and thrown away when a call
 //! fails, its faults and suspensions, its state, and its share of real time.
 //!
-//! Time: besides each call's time limit, a plugin's calls may take `cpu_percent` of real time on
-//! its route, charged to a token bucket of a second's worth. A plugin past it rests (its units
-//! bypassed or dropped without a call) until its share has built up again, keeping its instance:
+//! Time: besides each call's time limit, a plugin may take `cpu_percent` of real time on its
+//! route, charged to a token bucket of a second's worth: its calls, the starts of its instances
+//! and the snapshots of its state. A plugin past it rests (its units bypassed or dropped without a
+//! call) until its share has paid for what it took, keeping its instance:
 //! a plugin slower than its route cannot keep a core busy for good, nor make the route fall
 //! further behind than the pipeline's queue holds.
 
@@ -87,6 +88,7 @@ impl Link {
                 self.saved = store.load(route, &self.plugin.name);
             }
         }
+        let began = Instant::now();
         let started = self
             .plugin
             .instantiate_reporting(
@@ -117,6 +119,7 @@ impl Link {
                 }
                 Ok(instance)
             });
+        self.charge(route, began, Instant::now());
         match started {
             Ok(instance) => {
                 self.instance = Some(instance);
@@ -162,9 +165,7 @@ impl Link {
         let nanos = u64::try_from(ended.duration_since(started).as_nanos()).unwrap_or(u64::MAX);
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         self.stats.nanos.fetch_add(nanos, Ordering::Relaxed);
-        if !self.cpu.charge(nanos, ended) {
-            self.rest(route, ended);
-        }
+        self.charge(route, started, ended);
         match outcome {
             Ok(value) => {
                 self.faults_in_a_row = 0;
@@ -200,12 +201,11 @@ impl Link {
         let Some(instance) = self.instance.as_mut() else {
             return;
         };
-        self.next_snapshot = self
-            .plugin
-            .config
-            .snapshot_every
-            .map(|every| Instant::now() + every);
-        match instance.snapshot() {
+        let began = Instant::now();
+        self.next_snapshot = self.plugin.config.snapshot_every.map(|every| began + every);
+        let snapshot = instance.snapshot();
+        self.charge(route, began, Instant::now());
+        match snapshot {
             Ok(Some(snapshot)) => {
                 self.stats.snapshots.fetch_add(1, Ordering::Relaxed);
                 let snapshot = Bytes::from(snapshot);
@@ -289,10 +289,23 @@ impl Link {
         }
     }
 
-    /// Leaves the plugin alone for [`CPU_WINDOW`]: its calls took more than its share of real
-    /// time. Its instance (and state) stays; its units get `on_error` meanwhile.
-    fn rest(&mut self, route: &str, now: Instant) {
-        self.resting_until = Some(now + CPU_WINDOW);
+    /// Charges the time from `started` to `ended` to the plugin's share of real time: its calls,
+    /// and the starts of its instances and the snapshots of its state, which its own code makes
+    /// as long as the time limit lets it. Past the share, the plugin rests.
+    fn charge(&mut self, route: &str, started: Instant, ended: Instant) {
+        let nanos = u64::try_from(ended.duration_since(started).as_nanos()).unwrap_or(u64::MAX);
+        let owed = self.cpu.take(nanos, ended);
+        if !owed.is_zero() {
+            self.rest(route, ended, owed);
+        }
+    }
+
+    /// Leaves the plugin alone until its share of real time has paid back what it took past it
+    /// (`owed`), and for [`CPU_WINDOW`] at least. Its instance (and state) stays; its units get
+    /// `on_error` meanwhile.
+    fn rest(&mut self, route: &str, now: Instant, owed: Duration) {
+        let rest = owed.max(CPU_WINDOW);
+        self.resting_until = Some(now + rest);
         let message = format!(
             "took more than its share of real time ({} % of a core)",
             self.plugin.config.cpu_percent
@@ -302,7 +315,7 @@ impl Link {
             plugin = %self.plugin.name,
             route,
             errors = self.stats.errors.load(Ordering::Relaxed),
-            "plugin {message}: its units are {} without a call for {CPU_WINDOW:?} (cpu_percent \
+            "plugin {message}: its units are {} without a call for {rest:.1?} (cpu_percent \
              raises its share)",
             self.policy()
         );

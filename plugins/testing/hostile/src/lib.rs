@@ -13,7 +13,9 @@
 //!   them (the host's file descriptors are what it is after);
 //! - `wants-flood`: names 200 million codecs it wants (what the host would copy out of it);
 //! - `hog`: spins for `spin_ms` (default 30) in every call, within its time limit but slower than
-//!   its route (what it is after is a core, for good).
+//!   its route (what it is after is a core, for good);
+//! - `snapshot-hog`: spins for `spin_ms` (default 30) in every snapshot of its state, and takes
+//!   nothing in its calls.
 
 use std::time::Duration;
 
@@ -33,6 +35,7 @@ enum Attack {
     SocketFlood,
     WantsFlood,
     Hog { spin_micros: u64 },
+    SnapshotHog { spin_micros: u64 },
 }
 
 struct Hostile {
@@ -59,7 +62,10 @@ impl PacketPlugin for Hostile {
             Some("socket-flood") => Attack::SocketFlood,
             Some("wants-flood") => Attack::WantsFlood,
             Some("hog") => Attack::Hog {
-                spin_micros: config.get::<u64>("spin_ms")?.unwrap_or(30) * 1000,
+                spin_micros: spin_micros(config)?,
+            },
+            Some("snapshot-hog") => Attack::SnapshotHog {
+                spin_micros: spin_micros(config)?,
             },
             other => return Err(format!("unknown attack {other:?}")),
         };
@@ -76,6 +82,10 @@ impl PacketPlugin for Hostile {
     fn snapshot(&self) -> Vec<u8> {
         match self.attack {
             Attack::EventFlood => vec![7; 32 << 20],
+            Attack::SnapshotHog { spin_micros } => {
+                spin(spin_micros);
+                self.units.to_le_bytes().to_vec()
+            }
             _ => Vec::new(),
         }
     }
@@ -135,10 +145,9 @@ impl PacketPlugin for Hostile {
                 set_metric(&format!("metric-{}", self.units), 1.0);
                 Verdict::Pass
             }
-            Attack::RestoreTrap | Attack::WantsFlood => Verdict::Pass,
+            Attack::RestoreTrap | Attack::WantsFlood | Attack::SnapshotHog { .. } => Verdict::Pass,
             Attack::Hog { spin_micros } => {
-                let until = monotonic_micros() + spin_micros;
-                while monotonic_micros() < until {}
+                spin(spin_micros);
                 Verdict::Pass
             }
             Attack::SocketFlood => {
@@ -155,6 +164,17 @@ impl PacketPlugin for Hostile {
             }
         }
     }
+}
+
+/// The `spin_ms` of the config, in microseconds.
+fn spin_micros(config: &Config) -> Result<u64, String> {
+    Ok(config.get::<u64>("spin_ms")?.unwrap_or(30) * 1000)
+}
+
+/// Keeps the core busy for `micros`, in wasm code (not a WASI call that waits).
+fn spin(micros: u64) {
+    let until = monotonic_micros() + micros;
+    while monotonic_micros() < until {}
 }
 
 wasmcast_plugin_sdk::export_packet_plugin!(Hostile);
