@@ -2,7 +2,8 @@
 //! floods of connections, publishers that send endless fragments, impossible clock rates, that
 //! hold a route without sending, WHEP bodies that never arrive, strangers at the API, floods of
 //! bytes on a control connection (once, and reconnecting to pour again), HTTP requests pipelined
-//! without end, pushes far faster than real time, packets poured into a WebRTC peer over ICE-TCP.
+//! without end, pushes far faster than real time, packets poured into a WebRTC peer over ICE-TCP
+//! and over UDP.
 //!
 //! The attackers connect from 127.0.0.2; an honest reader plays from 127.0.0.1 through every
 //! attack and must not miss a frame, and the server's memory and open files must stay bounded.
@@ -1128,10 +1129,14 @@ fn webrtc_offer(direction: &str) -> String {
     )
 }
 
-/// Posts `offer` to `path` (a WHEP or WHIP endpoint) and connects to the ICE-TCP port the answer
-/// names from the attacker's address: the connection, and a framed binding request that names
-/// the peer (no integrity: naming is all the mux looks at), sent once on it already.
-async fn ice_tcp_to_peer(server: &Server, path: &str, offer: &str) -> (TcpStream, Vec<u8>) {
+/// Posts `offer` to `path` (a WHEP or WHIP endpoint): the answer's ICE ufrag, and the port of its
+/// candidate of `transport` (`udp`, or `tcp` for the passive ICE-TCP one).
+async fn offer_for_candidate(
+    server: &Server,
+    path: &str,
+    offer: &str,
+    transport: &str,
+) -> (String, u16) {
     let offer = format!(
         "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{offer}",
         offer.len()
@@ -1144,9 +1149,19 @@ async fn ice_tcp_to_peer(server: &Server, path: &str, offer: &str) -> (TcpStream
         .unwrap_or_else(|| panic!("no ufrag in {answer}"));
     let port: u16 = answer
         .lines()
-        .find(|l| l.contains(" tcp ") && l.contains("tcptype passive"))
+        .find(|l| {
+            l.starts_with("a=candidate:")
+                && l.split_whitespace().nth(2) == Some(transport)
+                && (transport != "tcp" || l.contains("tcptype passive"))
+        })
         .and_then(|l| l.split_whitespace().nth(5)?.parse().ok())
-        .unwrap_or_else(|| panic!("no ICE-TCP candidate in {answer}"));
+        .unwrap_or_else(|| panic!("no {transport} candidate in {answer}"));
+    (ufrag.to_owned(), port)
+}
+
+/// A binding request that names the peer whose answer had `ufrag` (no integrity: naming is all
+/// the mux looks at).
+fn naming_check(ufrag: &str) -> Vec<u8> {
     let username = format!("{ufrag}:abcd").into_bytes();
     let mut attribute = vec![0x00, 0x06];
     attribute.extend_from_slice(&(username.len() as u16).to_be_bytes());
@@ -1157,6 +1172,15 @@ async fn ice_tcp_to_peer(server: &Server, path: &str, offer: &str) -> (TcpStream
     stun.extend_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
     stun.extend_from_slice(&[7; 12]);
     stun.extend_from_slice(&attribute);
+    stun
+}
+
+/// Posts `offer` to `path` (a WHEP or WHIP endpoint) and connects to the ICE-TCP port the answer
+/// names from the attacker's address: the connection, and a framed [`naming_check`], sent once on
+/// it already.
+async fn ice_tcp_to_peer(server: &Server, path: &str, offer: &str) -> (TcpStream, Vec<u8>) {
+    let (ufrag, port) = offer_for_candidate(server, path, offer, "tcp").await;
+    let stun = naming_check(&ufrag);
     let naming = [&(stun.len() as u16).to_be_bytes()[..], &stun].concat();
     let mut stream = attacker_connection(SocketAddr::from(([127, 0, 0, 1], port)))
         .await
@@ -1305,6 +1329,48 @@ async fn a_viewer_that_sends_tiny_packets_is_ended_and_its_warnings_held_back() 
     assert!(
         from_stack <= 30,
         "{from_stack} lines from the WebRTC stack: {:#?}",
+        server.log()
+    );
+    honest.finish(&server, 32).await;
+}
+
+/// The same viewer over UDP: ICE checks that name it and scraps of RTP, 3,400 datagrams a second
+/// from the attacker's address, end it as they do over ICE-TCP, and nothing else is disturbed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_that_sends_tiny_datagrams_is_ended() {
+    let server = Server::start(&file_route("unicast", &sample_clip()));
+    let honest = Honest::start(&server, "unicast").await;
+    let (ufrag, port) =
+        offer_for_candidate(&server, "/unicast/whep", &webrtc_offer("recvonly"), "udp").await;
+    let socket = tokio::net::UdpSocket::bind(SocketAddr::new(IpAddr::from(ATTACKER), 0))
+        .await
+        .expect("a UDP socket");
+    socket
+        .connect(SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+        .expect("connect");
+    let check = naming_check(&ufrag);
+    let scrap = [[0x80, 102].as_slice(), &[0x5a; 10]].concat();
+    let started = Instant::now();
+    let mut ended = false;
+    while started.elapsed() < Duration::from_secs(15) && !ended {
+        // In 50 ms: 20 checks and 150 scraps, 3,400 datagrams a second.
+        for _ in 0..20 {
+            let _ = socket.send(&check).await;
+        }
+        for _ in 0..150 {
+            let _ = socket.send(&scrap).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        ended = server
+            .log()
+            .iter()
+            .any(|l| l.contains("WebRTC viewer ended: sent more than 5000 packets"));
+    }
+    assert!(
+        ended,
+        "the viewer was not ended in {:?}: {:#?}",
+        started.elapsed(),
         server.log()
     );
     honest.finish(&server, 32).await;
