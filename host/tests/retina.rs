@@ -187,3 +187,73 @@ async fn a_file_that_does_not_loop_ends_its_readers() {
         "the reader got the file once: {frames} frames"
     );
 }
+
+/// Audio frames a TCP reader of `url` gets from its third second to its `seconds`th, and the
+/// spread of how late they come against their timestamps (the latest's lateness less the
+/// earliest's). The first two seconds are left out: the kept GOP comes faster than real time.
+async fn audio_lateness(url: &str, seconds: u64) -> (usize, Duration) {
+    let url = url::Url::parse(url).expect("url");
+    let mut session = retina::client::Session::describe(url, SessionOptions::default())
+        .await
+        .expect("DESCRIBE");
+    for i in 0..session.streams().len() {
+        session
+            .setup(
+                i,
+                SetupOptions::default().transport(Transport::Tcp(TcpTransportOptions::default())),
+            )
+            .await
+            .expect("SETUP");
+    }
+    let mut playing = session
+        .play(PlayOptions::default())
+        .await
+        .expect("PLAY")
+        .demuxed()
+        .expect("demuxed");
+    let started = tokio::time::Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let (mut frames, mut earliest, mut latest) = (0, f64::MAX, f64::MIN);
+    while let Ok(Some(item)) = tokio::time::timeout_at(deadline, playing.next()).await {
+        if let CodecItem::AudioFrame(frame) = item.expect("media without errors") {
+            let arrived = started.elapsed();
+            if arrived < Duration::from_secs(2) {
+                continue;
+            }
+            let lateness = arrived.as_secs_f64() - frame.timestamp().elapsed_secs();
+            earliest = earliest.min(lateness);
+            latest = latest.max(lateness);
+            frames += 1;
+        }
+    }
+    (
+        frames,
+        Duration::from_secs_f64((latest - earliest).max(0.0)),
+    )
+}
+
+/// Over TCP a reader's sound waits for its next picture to go out in the same write, 50 ms at
+/// most: it comes in time beside a picture, and alone (a route without video) as much.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sound_over_tcp_comes_in_time_with_pictures_and_without() {
+    let sound_only = common::clip(
+        "sine-aac.mp4",
+        "-f lavfi -i sine=frequency=440:sample_rate=48000:duration=2 -c:a aac -ac 2 -b:a 64k",
+    );
+    let server = Server::start(&format!(
+        "{}{}",
+        file_route("both", &short_clip()),
+        file_route("sound", &sound_only)
+    ));
+    common::wait_live(&server, "both").await;
+    common::wait_live(&server, "sound").await;
+    for route in ["both", "sound"] {
+        let (frames, spread) = audio_lateness(&server.url(route), 6).await;
+        // 1024 samples at 48 kHz: 47 frames a second, 187 in four seconds.
+        assert!(frames >= 170, "{route}: {frames} audio frames in 4 s");
+        assert!(
+            spread <= Duration::from_millis(120),
+            "{route}: audio lateness spread over {spread:?}"
+        );
+    }
+}
