@@ -181,6 +181,55 @@ fn sei_timestamps(stream: &[u8]) -> Vec<u64> {
     found
 }
 
+/// Three seconds of `route`'s video as ffmpeg records it over RTSP/TCP, unchanged, in a file in
+/// `dir`.
+fn record_video(server: &Server, route: &str, dir: &TempDir) -> std::path::PathBuf {
+    let out = dir.path().join(format!("{route}.h264"));
+    let (ok, _, stderr) = run(
+        Command::new("ffmpeg")
+            .args(["-v", "error", "-rtsp_transport", "tcp", "-i"])
+            .arg(server.url(route))
+            .args(["-t", "3", "-map", "0:v", "-c", "copy", "-f", "h264", "-y"])
+            .arg(&out),
+        Duration::from_secs(30),
+    );
+    assert!(ok, "ffmpeg on {route}: {stderr}");
+    out
+}
+
+/// A chain keeps its listed order across kinds: a packet plugin listed after a frame plugin runs
+/// on the re-encoded units, so its SEI stamps reach the reader; listed before, it runs on the
+/// source's units, which are decoded and encoded again without them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packet_plugins_run_where_the_chain_lists_them_beside_frame_plugins() {
+    let server = Server::start(&format!(
+        "{}{}[plugins.stamp]\nwasm = \"builtin:sei-timestamp\"\n\
+         [plugins.gray]\nwasm = \"builtin:grayscale\"\n",
+        plugin_route("after", &sample_clip(), &["gray", "stamp"]),
+        plugin_route("before", &sample_clip(), &["stamp", "gray"]),
+    ));
+    let dir = TempDir::new();
+    let mut stamped = Vec::new();
+    for route in ["after", "before"] {
+        wait_live(&server, route).await;
+        let out = record_video(&server, route, &dir);
+        stamped.push(sei_timestamps(&std::fs::read(&out).expect("recorded stream")).len());
+    }
+    assert!(
+        stamped[0] >= 60,
+        "stamped after the re-encode: {} of 75 pictures",
+        stamped[0]
+    );
+    assert_eq!(stamped[1], 0, "stamps made before the re-encode are gone");
+    let calls = plugin_stats(&routes_json(&server).await, "before", "stamp")["calls"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        calls > 50,
+        "the stamper ran on the source's units: {calls} calls"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sei_timestamp_plugin_stamps_pictures_that_still_decode() {
     let server = Server::start(&format!(
@@ -190,18 +239,8 @@ async fn sei_timestamp_plugin_stamps_pictures_that_still_decode() {
     ));
     wait_live(&server, "stamped").await;
     let dir = TempDir::new();
-    let out = dir.path().join("stamped.h264");
-    let (ok, _, stderr) = run(
-        Command::new("ffmpeg")
-            .args(["-v", "error", "-rtsp_transport", "tcp", "-i"])
-            .arg(server.url("stamped"))
-            .args(["-t", "3", "-map", "0:v", "-c", "copy", "-f", "h264", "-y"])
-            .arg(&out),
-        Duration::from_secs(30),
-    );
-    assert!(ok, "ffmpeg: {stderr}");
-    let stream = std::fs::read(&out).expect("recorded stream");
-    let stamps = sei_timestamps(&stream);
+    let out = record_video(&server, "stamped", &dir);
+    let stamps = sei_timestamps(&std::fs::read(&out).expect("recorded stream"));
     assert!(
         stamps.len() >= 60,
         "a stamp per picture (25 fps, 3 s): {}",
