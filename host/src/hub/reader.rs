@@ -68,6 +68,11 @@ impl Reader {
         &self.media
     }
 
+    /// The track the reader starts on a keyframe of, if the stream has video.
+    pub fn video_track(&self) -> Option<usize> {
+        self.video_track
+    }
+
     /// The counters of the stream this reader reads.
     pub fn stats(&self) -> &StreamStats {
         &self.stream.stats

@@ -334,6 +334,11 @@ async fn send_unit(
     now: Instant,
 ) {
     let track = unit.au.track;
+    // The same for every member: they were all given this unit of one publisher.
+    let video = indices
+        .clone()
+        .next()
+        .is_some_and(|index| members[index].playback.reader().video_track() == Some(track));
     let mut readers = 0;
     for index in indices.clone() {
         let member = &mut members[index];
@@ -344,14 +349,6 @@ async fn send_unit(
                 }
             }
             Some(TrackTransport::Tcp { rtp_channel, .. }) => {
-                let video = member
-                    .playback
-                    .reader()
-                    .media()
-                    .description
-                    .tracks
-                    .get(track)
-                    .is_some_and(|t| t.codec.is_video());
                 if video {
                     member.write_interleaved_unit(rtp_channel, &unit.rtp.packets);
                 } else {

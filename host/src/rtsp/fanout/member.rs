@@ -14,8 +14,9 @@ use super::{Handback, Why};
 use crate::rtsp::codec::interleaved_header;
 use crate::rtsp::egress::Playback;
 
-/// How long a TCP reader's units of tracks other than video wait for its next video unit, at
-/// most: a picture comes every 40 ms at 25 pictures a second, and players buffer far longer.
+/// How long a TCP reader's units of tracks other than the video one wait for its next video
+/// unit, at most: a picture comes every 40 ms at 25 pictures a second, and players buffer far
+/// longer.
 pub(super) const HOLD_AT_MOST: std::time::Duration = std::time::Duration::from_millis(50);
 /// The bytes a TCP reader's held units may come to before they are written anyway.
 const HOLD_BYTES: usize = 16 * 1024;
@@ -48,7 +49,8 @@ pub(super) struct Member {
     /// Set once the member is to be let go, at the end of the round.
     pub(super) leaving: Option<Why>,
     pub(super) pending: Vec<u8>,
-    /// Over TCP: units of tracks other than video, framed, to go out with the next video unit.
+    /// Over TCP: units of tracks other than the video one, framed, to go out with the next
+    /// video unit.
     pub(super) held: Vec<u8>,
     /// When the oldest of `held` was held.
     pub(super) held_since: Option<Instant>,
@@ -71,7 +73,7 @@ impl Member {
         });
     }
 
-    /// Holds `packets` (a unit of a track other than video) interleaved on `channel` for the
+    /// Holds `packets` (a unit of a track other than the video one) interleaved on `channel` for the
     /// next write, unless they have waited long enough or come to enough bytes.
     pub(super) fn hold(&mut self, channel: u8, packets: &[Bytes], now: Instant) {
         for packet in packets {
