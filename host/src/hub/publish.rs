@@ -11,7 +11,7 @@ use super::Unit;
 use super::stream::{SourceState, Stream};
 use super::timeline::{MediaInfo, Timeline};
 use crate::media::{AccessUnit, StreamDescription};
-use crate::rtp::Packetizer;
+use crate::rtp::{Packetizer, RtpUnit};
 
 /// The kept group of pictures is dropped past this size (a source with very rare keyframes); new
 /// readers then wait for the next keyframe.
@@ -163,6 +163,23 @@ impl Publisher {
         true
     }
 
+    /// [`Publisher::send`] for units that are ready together, in order: without a pipeline,
+    /// consecutive units of one track may share RTP packets (see
+    /// [`Packetizer::packetize_together`]); a pipeline takes them one by one. Returns how many
+    /// were over `max_unit_mb` (and dropped).
+    pub fn send_together(&mut self, units: Vec<AccessUnit>) -> u32 {
+        let within = units
+            .iter()
+            .all(|au| au.data.len() <= self.stream.budget.max_unit_bytes);
+        match &mut self.path {
+            PublishPath::Direct(outlet) if within && self.stream.processor().is_none() => {
+                outlet.send_together(units);
+                0
+            }
+            _ => units.into_iter().map(|au| u32::from(!self.send(au))).sum(),
+        }
+    }
+
     fn send_within_budget(&mut self, au: AccessUnit) {
         if let PublishPath::Direct(outlet) = &mut self.path {
             match self.stream.processor() {
@@ -265,28 +282,63 @@ impl Outlet {
 
     /// Packetizes `au` and hands it to every reader. Units of unknown tracks are dropped.
     pub fn send(&mut self, au: AccessUnit) {
+        if !self.admit(&au) {
+            return;
+        }
         let Some(packetizer) = self.packetizers.get_mut(au.track) else {
             return;
         };
-        let size = au.data.len();
+        let rtp = packetizer.packetize(&au);
+        self.publish(au, rtp);
+    }
+
+    /// [`Outlet::send`] for units that are ready together, in order: consecutive units of one
+    /// track may share RTP packets (see [`Packetizer::packetize_together`]).
+    pub fn send_together(&mut self, units: Vec<AccessUnit>) {
+        let mut units: Vec<AccessUnit> = units.into_iter().filter(|au| self.admit(au)).collect();
+        while let Some(first) = units.first() {
+            let track = first.track;
+            let same = units.iter().take_while(|au| au.track == track).count();
+            let run: Vec<AccessUnit> = units.drain(..same).collect();
+            let Some(packetizer) = self.packetizers.get_mut(track) else {
+                continue;
+            };
+            let packetized = packetizer.packetize_together(&run);
+            for (au, rtp) in run.into_iter().zip(packetized) {
+                self.publish(au, rtp);
+            }
+        }
+    }
+
+    /// Whether `au` goes to readers: its track is known, it is within the budget, and it is not
+    /// video waiting for a keyframe.
+    fn admit(&mut self, au: &AccessUnit) -> bool {
+        if au.track >= self.packetizers.len() {
+            return false;
+        }
         let video = Some(au.track) == self.video_track;
-        let budget = self.stream.budget;
         if video && self.skipping_video && !au.keyframe {
-            return;
+            return false;
         }
         // Plugins' and encoders' output is held to the same budget as what publishers send.
-        if size > budget.max_unit_bytes {
+        if au.data.len() > self.stream.budget.max_unit_bytes {
             self.stream
                 .stats
                 .units_over_budget
                 .fetch_add(1, Ordering::Relaxed);
             self.skipping_video |= video;
-            return;
+            return false;
         }
         if video {
             self.skipping_video = false;
         }
-        let rtp = packetizer.packetize(&au);
+        true
+    }
+
+    /// Hands a packetized unit to every reader, and keeps it with the GOP it belongs to.
+    fn publish(&mut self, au: AccessUnit, rtp: RtpUnit) {
+        let size = au.data.len();
+        let video = Some(au.track) == self.video_track;
         let starts_gop = video && au.keyframe;
         if video {
             if self.last_video_pts.is_some_and(|last| au.pts < last) {

@@ -333,6 +333,10 @@ async fn send_unit(
     members: &mut [Member],
     now: Instant,
 ) {
+    // Its packets went out with a later unit's (see `Packetizer::packetize_together`).
+    if unit.rtp.packets.is_empty() {
+        return;
+    }
     let track = unit.au.track;
     // The same for every member: they were all given this unit of one publisher.
     let video = indices

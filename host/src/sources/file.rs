@@ -11,10 +11,18 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use super::mp4::MAX_SAMPLE_SIZE;
+use super::mp4::{MAX_SAMPLE_SIZE, Scheduled};
 use super::{Error, Mp4Media};
 use crate::hub::{PublishClaim, SourceState, Stream, Timeline};
-use crate::media::{AccessUnit, StreamDescription};
+use crate::media::{AccessUnit, Codec, StreamDescription};
+
+/// AAC frames of a file are sent this many at once at most, so RTSP readers get them in one
+/// packet (see `Packetizer::packetize_together`): a packet costs a server and a player far more
+/// than its bytes, and AAC's are a few hundred bytes, 47 a second.
+const AAC_FRAMES_TOGETHER: usize = 3;
+/// How early an AAC frame may be sent with the one before it (two frames at 48 kHz are 43 ms):
+/// players buffer far more than that.
+const AAC_EARLY_AT_MOST_NANOS: u64 = 50_000_000;
 
 /// Corrupt samples are logged, at most this many per pass, then only counted.
 const LOGGED_SAMPLE_ERRORS_PER_PASS: u32 = 3;
@@ -60,39 +68,59 @@ fn run(path: &Path, looping: bool, stream: &Arc<Stream>, stop: &Receiver<()>) {
     };
     let mut publisher = claim.start(media.description().clone(), timeline);
     let period = Duration::from_nanos(media.period_nanos());
+    let aac: Vec<bool> = media
+        .description()
+        .tracks
+        .iter()
+        .map(|track| matches!(track.codec, Codec::Aac { .. }))
+        .collect();
     let mut buffer = SampleBuffer::new(MAX_SAMPLE_SIZE.min(stream.budget().max_unit_bytes as u64));
     for pass in 0u64.. {
         let pass_start = start + period * u32::try_from(pass).unwrap_or(u32::MAX);
         let mut errors = 0u32;
         let mut published = 0usize;
-        for entry in media.schedule() {
+        let schedule = media.schedule();
+        // Entries already sent with an earlier unit of their track.
+        let mut sent_early: Vec<usize> = Vec::new();
+        for (index, entry) in schedule.iter().enumerate() {
+            if let Some(at) = sent_early.iter().position(|&early| early == index) {
+                sent_early.swap_remove(at);
+                continue;
+            }
             let deadline = pass_start + Duration::from_nanos(entry.at_nanos);
             if wait_until(deadline, stop) {
                 return;
             }
-            match read_unit(
-                &file,
-                path,
-                &media,
-                entry.track,
-                entry.sample,
-                pass,
-                &mut buffer,
-            ) {
-                Ok(unit) => {
-                    publisher.send(unit);
-                    published += 1;
-                }
-                Err(err) => {
-                    errors += 1;
-                    stream
-                        .stats
-                        .source_errors
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if errors <= LOGGED_SAMPLE_ERRORS_PER_PASS {
-                        tracing::warn!(route, pass, "file source skips a sample: {err}");
+            let together = together_with(schedule, index, &aac, &mut sent_early);
+            let mut ready = Vec::with_capacity(together.len());
+            for entry in together {
+                match read_unit(
+                    &file,
+                    path,
+                    &media,
+                    entry.track,
+                    entry.sample,
+                    pass,
+                    &mut buffer,
+                ) {
+                    Ok(unit) => ready.push(unit),
+                    Err(err) => {
+                        errors += 1;
+                        stream
+                            .stats
+                            .source_errors
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if errors <= LOGGED_SAMPLE_ERRORS_PER_PASS {
+                            tracing::warn!(route, pass, "file source skips a sample: {err}");
+                        }
                     }
                 }
+            }
+            published += ready.len();
+            if ready.len() == 1 {
+                publisher.send(ready.remove(0));
+            } else if !ready.is_empty() {
+                publisher.send_together(ready);
             }
         }
         if published == 0 {
@@ -107,6 +135,36 @@ fn run(path: &Path, looping: bool, stream: &Arc<Stream>, stop: &Receiver<()>) {
             return;
         }
     }
+}
+
+/// The entries that go out with `schedule[index]`, itself first: for an AAC unit, the next ones of
+/// its track due within [`AAC_EARLY_AT_MOST_NANOS`], [`AAC_FRAMES_TOGETHER`] in all at most, whose
+/// indexes are added to `sent_early`. Other tracks' units due between them go after them.
+fn together_with<'a>(
+    schedule: &'a [Scheduled],
+    index: usize,
+    aac: &[bool],
+    sent_early: &mut Vec<usize>,
+) -> Vec<&'a Scheduled> {
+    let Some(entry) = schedule.get(index) else {
+        return Vec::new();
+    };
+    let mut together = vec![entry];
+    if aac.get(entry.track) != Some(&true) {
+        return together;
+    }
+    for (later, next) in schedule.iter().enumerate().skip(index + 1) {
+        if together.len() == AAC_FRAMES_TOGETHER
+            || next.at_nanos > entry.at_nanos + AAC_EARLY_AT_MOST_NANOS
+        {
+            break;
+        }
+        if next.track == entry.track {
+            together.push(next);
+            sent_early.push(later);
+        }
+    }
+    together
 }
 
 /// Takes the stream over from the source this one replaces, which lets go within a sample's time.
@@ -220,5 +278,58 @@ fn wait_until(deadline: Instant, stop: &Receiver<()>) -> bool {
     match stop.recv_timeout(timeout) {
         Err(RecvTimeoutError::Timeout) => false,
         Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scheduled(track: usize, at_ms: f64) -> Scheduled {
+        Scheduled {
+            track,
+            sample: 0,
+            at_nanos: (at_ms * 1e6) as u64,
+        }
+    }
+
+    #[test]
+    fn aac_frames_go_three_at_a_time_ahead_of_the_pictures_between_them() {
+        // Track 0 video at 25 a second, track 1 AAC at 48 kHz, in decode order.
+        let schedule = [
+            scheduled(0, 0.0),
+            scheduled(1, 0.0),
+            scheduled(1, 21.3),
+            scheduled(0, 40.0),
+            scheduled(1, 42.7),
+            scheduled(1, 64.0),
+            scheduled(0, 80.0),
+            scheduled(1, 85.3),
+            scheduled(1, 150.0),
+        ];
+        let aac = [false, true];
+        let mut sent_early = Vec::new();
+        let at = |entries: Vec<&Scheduled>| -> Vec<u64> {
+            entries.iter().map(|e| e.at_nanos / 1_000_000).collect()
+        };
+        assert_eq!(at(together_with(&schedule, 0, &aac, &mut sent_early)), [0]);
+        assert_eq!(
+            at(together_with(&schedule, 1, &aac, &mut sent_early)),
+            [0, 21, 42],
+            "three frames, the picture at 40 ms between them sent after"
+        );
+        assert_eq!(sent_early, [2, 4]);
+        sent_early.clear();
+        assert_eq!(
+            at(together_with(&schedule, 5, &aac, &mut sent_early)),
+            [64, 85],
+            "the frame at 150 ms is more than 50 ms later"
+        );
+        assert_eq!(sent_early, [7]);
+        assert_eq!(
+            at(together_with(&schedule, 8, &aac, &mut sent_early)),
+            [150]
+        );
+        assert!(together_with(&schedule, 9, &aac, &mut sent_early).is_empty());
     }
 }

@@ -258,25 +258,50 @@ impl LivePublisher {
     /// Publishes what an RTP depacketizer made of one packet of `track` (RTP timestamps are
     /// presentation times; the kind of picture is read from the data).
     pub fn send_depacketized(&mut self, track: usize, units: Vec<Depacketized>, now: Instant) {
-        for unit in units {
-            self.send(
-                AccessUnit {
+        self.send_together(
+            units
+                .into_iter()
+                .map(|unit| AccessUnit {
                     track,
                     pts: unit.timestamp,
                     dts: unit.timestamp,
                     keyframe: true,
                     data: unit.data,
-                },
-                now,
-            );
-        }
+                })
+                .collect(),
+            now,
+        );
     }
 
     /// Publishes one unit of a declared track; `now` is when it arrived.
-    pub fn send(&mut self, mut unit: AccessUnit, now: Instant) {
-        let Some(track) = self.tracks.get_mut(unit.track) else {
+    pub fn send(&mut self, unit: AccessUnit, now: Instant) {
+        let Some(unit) = self.prepare(unit, now) else {
             return;
         };
+        if let Some(publisher) = &mut self.publisher
+            && !publisher.send(unit)
+        {
+            self.over_budget += 1;
+        }
+    }
+
+    /// Publishes units of declared tracks that arrived together (one packet's, one PES's), in
+    /// order: readers may get them in fewer packets (see `Publisher::send_together`).
+    pub fn send_together(&mut self, units: Vec<AccessUnit>, now: Instant) {
+        let prepared: Vec<AccessUnit> = units
+            .into_iter()
+            .filter_map(|unit| self.prepare(unit, now))
+            .collect();
+        if let Some(publisher) = &mut self.publisher {
+            self.over_budget += publisher.send_together(prepared);
+        }
+    }
+
+    /// Readies a unit of a declared track for publishing (its picture kind, parameter sets and
+    /// clock), starting the publisher once the tracks are known; `None` when it is not to be
+    /// published.
+    fn prepare(&mut self, mut unit: AccessUnit, now: Instant) -> Option<AccessUnit> {
+        let track = self.tracks.get_mut(unit.track)?;
         if matches!(track.kind, TrackKind::H264 | TrackKind::H265) {
             let info = inspect_video_unit(&unit.data, track.kind == TrackKind::H265);
             if let Some(codec) = info.codec {
@@ -312,20 +337,17 @@ impl LivePublisher {
                 .first_media
                 .is_some_and(|t| now.duration_since(t) >= TRACK_DISCOVERY);
             if !(ready || waited && self.tracks.iter().any(|t| t.codec.is_some())) {
-                return;
+                return None;
             }
             self.start(&unit, now);
         }
-        let (Some(publisher), Some(Some(index))) =
-            (&mut self.publisher, self.published.get(unit.track))
-        else {
-            return;
+        self.publisher.as_ref()?;
+        let Some(Some(index)) = self.published.get(unit.track) else {
+            return None;
         };
         unit.track = *index;
         self.units += 1;
-        if !publisher.send(unit) {
-            self.over_budget += 1;
-        }
+        Some(unit)
     }
 
     fn start(&mut self, first: &AccessUnit, now: Instant) {

@@ -118,9 +118,9 @@ impl TsIngest {
             let Some(index) = self.tracks.iter().position(|t| t.pid == packet.pid) else {
                 continue;
             };
-            for unit in self.access_units(index, &packet) {
-                self.live.send(unit, now);
-            }
+            // A PES often holds several AAC frames (ffmpeg's TS muxer puts in up to 2930 bytes).
+            let units = self.access_units(index, &packet);
+            self.live.send_together(units, now);
         }
     }
 

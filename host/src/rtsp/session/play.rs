@@ -173,7 +173,7 @@ impl Connection {
         let media = reader.media();
         let first = backlog.first();
         let start = first
-            .and_then(|unit| media.instant_of(unit.au.track, unit.rtp.timestamp, now))
+            .and_then(|unit| media.instant_of(unit.au.track, unit.rtp.first_timestamp(), now))
             .unwrap_or(now);
         let mut rtp_info = Vec::new();
         for (index, track) in session.tracks.iter().enumerate() {
@@ -184,7 +184,7 @@ impl Connection {
             }
             let rtptime = match first {
                 // Exact for the first unit's own track, not rounded through nanoseconds.
-                Some(unit) if unit.au.track == index => Some(unit.rtp.timestamp),
+                Some(unit) if unit.au.track == index => Some(unit.rtp.first_timestamp()),
                 _ => media.rtp_timestamp_at(index, start),
             };
             if let Some(rtptime) = rtptime {
