@@ -83,28 +83,37 @@ fn main() {
     for transport in &transports {
         for &count in &counts {
             let mut ratios = Vec::new();
+            let mut per_reader = Vec::new();
             for _ in 0..rounds {
-                if let Some(ratio) = compare(&runtime, &clip, transport, count, seconds, with_peer)
+                if let Some((ratio, reader)) =
+                    compare(&runtime, &clip, transport, count, seconds, with_peer)
                 {
                     ratios.push(ratio);
+                    per_reader.push(reader);
                 }
             }
             if ratios.len() > 1 {
-                ratios.sort_by(f64::total_cmp);
-                let median = ratios[ratios.len() / 2];
                 println!(
-                    "         {count} {transport}: median of {} rounds {median:.2}x (target <= {TARGET_RATIO}x: {}); each round {}",
+                    "         {count} {transport}: median of {} rounds {:.2}x per packet (target <= {TARGET_RATIO}x: {}; each round {}), {:.2}x per reader",
                     ratios.len(),
-                    verdict(median),
+                    median(&mut ratios),
+                    verdict(median(&mut ratios)),
                     ratios
                         .iter()
                         .map(|r| format!("{r:.2}x"))
                         .collect::<Vec<_>>()
-                        .join(", ")
+                        .join(", "),
+                    median(&mut per_reader)
                 );
             }
         }
     }
+}
+
+/// Sorts `values` and returns their median.
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 fn verdict(ratio: f64) -> &'static str {
@@ -116,7 +125,7 @@ fn verdict(ratio: f64) -> &'static str {
 }
 
 /// Measures `count` readers over `transport` against wasmcast, then (with the peer) against
-/// gst-rtsp-server; returns wasmcast's CPU per packet over gst-rtsp-server's.
+/// gst-rtsp-server; returns wasmcast's CPU per packet over gst-rtsp-server's, and per reader.
 fn compare(
     runtime: &tokio::runtime::Runtime,
     clip: &Path,
@@ -124,7 +133,7 @@ fn compare(
     count: usize,
     seconds: u64,
     with_peer: bool,
-) -> Option<f64> {
+) -> Option<(f64, f64)> {
     let ours = {
         let server = start_wasmcast(clip, count + 10);
         let target = Target {
@@ -147,12 +156,17 @@ fn compare(
             let theirs = runtime.block_on(measure(&target, transport, count, seconds));
             theirs.print("gst-rtsp", transport, count);
             let ratio = ours.cpu_per_packet() / theirs.cpu_per_packet();
+            // wasmcast puts AAC frames of the file up to three to a packet, gst-rtsp-server one:
+            // the same media in fewer packets, so CPU per reader that got it is shown beside CPU
+            // per packet.
+            let per_reader = (ours.cpu_fraction() / ours.connected.max(1) as f64)
+                / (theirs.cpu_fraction() / theirs.connected.max(1) as f64);
             println!(
-                "         gst-rtsp-server played to {}/{count} readers; wasmcast / gst-rtsp-server CPU per packet: {ratio:.2}x (target <= {TARGET_RATIO}x: {})",
+                "         gst-rtsp-server played to {}/{count} readers; wasmcast / gst-rtsp-server CPU per packet: {ratio:.2}x (target <= {TARGET_RATIO}x: {}), per reader: {per_reader:.2}x",
                 theirs.connected,
                 verdict(ratio)
             );
-            Some(ratio)
+            Some((ratio, per_reader))
         }
         Err(why) => {
             println!("         gst-rtsp-server skipped: {why}");
