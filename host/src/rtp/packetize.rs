@@ -209,7 +209,8 @@ impl Packetizer {
         for (index, unit) in units.iter().take(AAC_UNITS_PER_PACKET).enumerate() {
             let follows = index == 0
                 || (unit.track == units[0].track
-                    && unit.pts - units[index - 1].pts == AAC_FRAME_SAMPLES);
+                    // Timestamps come from publishers: absurd ones must not overflow.
+                    && unit.pts.checked_sub(units[index - 1].pts) == Some(AAC_FRAME_SAMPLES));
             bytes += 2 + unit.data.len();
             if !follows || !fits(unit) || bytes > MAX_PAYLOAD {
                 break;
@@ -513,6 +514,18 @@ mod tests {
         }
         let seqs: Vec<u16> = rtp.iter().map(|r| r.first_seq).collect();
         assert_eq!(seqs, vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn aac_units_with_absurd_timestamps_get_packets_of_their_own() {
+        let mut packetizer = Packetizer::new(&aac(), 97, 1, 0, 0);
+        let units = aac_units(&[(i64::MIN, 300), (i64::MAX, 300), (i64::MIN, 300)]);
+        let packets: Vec<usize> = packetizer
+            .packetize_together(&units)
+            .iter()
+            .map(|r| r.packets.len())
+            .collect();
+        assert_eq!(packets, vec![1, 1, 1]);
     }
 
     #[test]

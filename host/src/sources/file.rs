@@ -155,7 +155,7 @@ fn together_with<'a>(
     }
     for (later, next) in schedule.iter().enumerate().skip(index + 1) {
         if together.len() == AAC_FRAMES_TOGETHER
-            || next.at_nanos > entry.at_nanos + AAC_EARLY_AT_MOST_NANOS
+            || next.at_nanos > entry.at_nanos.saturating_add(AAC_EARLY_AT_MOST_NANOS)
         {
             break;
         }

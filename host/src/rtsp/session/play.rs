@@ -165,8 +165,9 @@ impl Connection {
         // A re-encoding route starts a fresh GOP for the newcomer (others ignore this).
         session.stream.request_keyframe();
         // RTP-Info gives, per track, the first packet this reader will get (seq) and the RTP time
-        // of one shared start instant, that of the first unit it will get (RFC 2326: every rtptime
-        // corresponds to the start of the Range). Clients map each track's clock from these, so
+        // of one shared start instant, that of the first packet it will get, which may carry AAC
+        // units from before its first unit (RFC 2326: every rtptime corresponds to the start of
+        // the Range; see `Packetizer::packetize_together`). Clients map each track's clock from these, so
         // they must name the same instant: ffmpeg switches to sender-report timing once reports
         // arrive and would shift a track by any difference. With nothing kept, the start is now.
         let backlog = reader.backlog();
